@@ -1,0 +1,90 @@
+"""Checkpoints that survive a kill -9 at any moment.
+
+A checkpoint is written to a temporary file, fsynced and renamed into place; only then does
+`checkpoints/latest` (a one-line text file, itself replaced atomically) name it. So `latest`
+never names a partial file, and a crash leaves at worst a stray `.tmp` that the next save removes.
+Checkpoints hold only tensors, containers and plain values: `torch.load(weights_only=True)` reads
+them, so a checkpoint downloaded from elsewhere cannot run code.
+"""
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+
+LATEST = "latest"
+NAME = re.compile(r"step_(\d+)\.pt$")
+
+
+def _fsync_dir(d: Path) -> None:
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, write) -> None:
+    """Call write(file) on a temporary sibling, fsync, rename over path, fsync the folder."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def save(state: dict, ckpt_dir: str | os.PathLike, keep: int) -> Path:
+    """Write state as step_NNNNNNNN.pt, point `latest` at it, keep the newest `keep` checkpoints."""
+    ckpt_dir = Path(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    path = ckpt_dir / f"step_{state['step']:08d}.pt"
+    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(ckpt_dir / LATEST, lambda f: f.write((path.name + "\n").encode()))
+    for old in list_checkpoints(ckpt_dir)[:-keep]:
+        if old != path:
+            old.unlink(missing_ok=True)
+    for stray in ckpt_dir.glob("*.tmp"):
+        stray.unlink(missing_ok=True)
+    return path
+
+
+def list_checkpoints(ckpt_dir: str | os.PathLike) -> list[Path]:
+    """Complete checkpoints in the folder, oldest first."""
+    found = [p for p in Path(ckpt_dir).glob("step_*.pt") if NAME.search(p.name)]
+    return sorted(found, key=lambda p: int(NAME.search(p.name).group(1)))
+
+
+def latest(ckpt_dir: str | os.PathLike) -> Path | None:
+    """The checkpoint `latest` names; if that pointer is missing or stale, the newest complete file."""
+    ckpt_dir = Path(ckpt_dir)
+    try:
+        name = (ckpt_dir / LATEST).read_text().strip()
+        if name and (ckpt_dir / name).is_file():
+            return ckpt_dir / name
+    except OSError:
+        pass
+    found = list_checkpoints(ckpt_dir)
+    return found[-1] if found else None
+
+
+def load(path: str | os.PathLike, map_location="cpu") -> dict:
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def resolve(path: str | os.PathLike) -> Path:
+    """A checkpoint file from a file path, a run directory or its checkpoints/ folder."""
+    path = Path(path)
+    if path.is_file():
+        return path
+    for d in (path / "checkpoints", path):
+        found = latest(d) if d.is_dir() else None
+        if found:
+            return found
+    raise FileNotFoundError(f"no checkpoint found at {path}")

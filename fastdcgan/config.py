@@ -1,0 +1,279 @@
+"""Every setting as a dataclass field: TOML file + dotted overrides, validated in one place.
+
+A field's metadata carries its help text and, where the value is one of a few words, its choices.
+`--help` is generated from the same fields, so it cannot drift from what the code accepts.
+"""
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+class UsageError(Exception):
+    """A bad command line, config key, value or dataset: the trainer exits with code 2."""
+
+
+def opt(default: Any, help: str, choices: tuple = ()) -> Any:
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class Data:
+    root: str = opt("", "image folder or CelebA download; empty = built-in synthetic faces")
+    split: str = opt("all", "CelebA partition to train on", ("train", "valid", "test", "all"))
+    image_size: int = opt(64, "training resolution in pixels (square)", (32, 64, 128))
+    backend: str = opt("auto", "input pipeline; auto picks the fastest available", ("auto", "torch"))
+    workers: int = opt(2, "DataLoader worker processes (torch backend)")
+    synthetic_n: int = opt(4000, "number of built-in synthetic faces when root is empty")
+
+
+@dataclass
+class Model:
+    nz: int = opt(100, "length of the latent vector z")
+    ngf: int = opt(64, "generator feature maps in the last layer")
+    ndf: int = opt(64, "discriminator feature maps in the first layer")
+    d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)")
+
+
+@dataclass
+class Train:
+    batch_size: int = opt(128, "batch size PER PROCESS (global batch = this x world size)")
+    epochs: int = opt(25, "passes over the dataset")
+    max_steps: int = opt(0, "stop after this many steps (0 = no limit)")
+    seed: int = opt(0, "seed for weights, noise, shuffling and the fixed sample noise")
+    run_dir: str = opt("runs/dcgan", "where config, metrics, samples, plots and checkpoints go")
+    resume: str = opt("auto", "auto = resume from run_dir's latest checkpoint; never; or a file path")
+    real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)")
+    d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)")
+    g_steps: int = opt(1, "generator updates per step")
+
+
+@dataclass
+class Optim:
+    lr_g: float = opt(2e-4, "Adam learning rate of the generator")
+    lr_d: float = opt(2e-4, "Adam learning rate of the discriminator")
+    beta1: float = opt(0.5, "Adam beta1")
+    beta2: float = opt(0.999, "Adam beta2")
+
+
+@dataclass
+class Log:
+    every: int = opt(50, "steps between log lines and metrics.jsonl records")
+
+
+@dataclass
+class Sample:
+    every: int = opt(500, "steps between fixed-noise sample grids (also at each epoch end)")
+    n: int = opt(64, "images in a sample grid")
+
+
+@dataclass
+class Ckpt:
+    every: int = opt(1000, "steps between checkpoints (also at each epoch end, on a signal, at the end)")
+    keep: int = opt(3, "how many recent checkpoints to keep")
+
+
+@dataclass
+class Config:
+    precision: str = opt("auto", "auto = bf16 autocast on a bf16 GPU, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    compile: str = opt("off", "torch.compile the training step", ("off", "default", "max-autotune"))
+    cuda_graphs: bool = opt(False, "capture the whole step in a CUDA graph (CUDA only)")
+    channels_last: bool = opt(False, "NHWC memory format for models and inputs")
+    device: str = opt("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))
+    data: Data = field(default_factory=Data)
+    model: Model = field(default_factory=Model)
+    train: Train = field(default_factory=Train)
+    optim: Optim = field(default_factory=Optim)
+    log: Log = field(default_factory=Log)
+    sample: Sample = field(default_factory=Sample)
+    ckpt: Ckpt = field(default_factory=Ckpt)
+
+
+def _sections(cfg: Config) -> dict[str, Any]:
+    """The dataclass holding each top-level key or section: '' for top-level scalars."""
+    out: dict[str, Any] = {"": cfg}
+    for f in dataclasses.fields(cfg):
+        if dataclasses.is_dataclass(getattr(cfg, f.name)):
+            out[f.name] = getattr(cfg, f.name)
+    return out
+
+
+def iter_keys(cfg: Config):
+    """(dotted key, owning object, field) for every scalar setting, in declaration order."""
+    for section, obj in _sections(cfg).items():
+        for f in dataclasses.fields(obj):
+            if dataclasses.is_dataclass(getattr(obj, f.name)):
+                continue
+            yield (f"{section}.{f.name}" if section else f.name), obj, f
+
+
+def _lookup(cfg: Config, key: str):
+    for name, obj, f in iter_keys(cfg):
+        if name == key:
+            return obj, f
+    raise UsageError(f"unknown config key '{key}' (python -m fastdcgan.train --help lists them)")
+
+
+def parse_value(key: str, text: str, default: Any) -> Any:
+    """Turn an override's text into the type of the field's default."""
+    if isinstance(default, bool):
+        low = text.lower()
+        if low in ("true", "1", "yes", "on"):
+            return True
+        if low in ("false", "0", "no", "off"):
+            return False
+        raise UsageError(f"bad value for {key}: '{text}' (expected true or false)")
+    try:
+        return type(default)(text)
+    except ValueError:
+        raise UsageError(f"bad value for {key}: '{text}' (expected {type(default).__name__})") from None
+
+
+def set_key(cfg: Config, key: str, value: Any, source: str = "") -> None:
+    obj, f = _lookup(cfg, key)
+    default = f.default
+    where = f" in {source}" if source else ""
+    if isinstance(value, str) and not isinstance(default, str):
+        value = parse_value(key, value, default)
+    elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not type(default):
+        raise UsageError(f"bad value for {key}{where}: {value!r} (expected {type(default).__name__})")
+    setattr(obj, f.name, value)
+
+
+def load_toml(cfg: Config, path: str | Path) -> None:
+    path = Path(path)
+    try:
+        table = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise UsageError(f"{path}: not valid TOML: {e}") from None
+
+    def walk(prefix: str, t: dict) -> None:
+        for k, v in t.items():
+            key = f"{prefix}{k}"
+            if isinstance(v, dict):
+                walk(key + ".", v)
+            else:
+                try:
+                    set_key(cfg, key, v, source=str(path))
+                except UsageError as e:
+                    raise UsageError(f"{path}: {e}") from None
+    walk("", table)
+
+
+def validate(cfg: Config) -> None:
+    """Check every value against its choices and range; raise UsageError naming the key."""
+    for key, obj, f in iter_keys(cfg):
+        value = getattr(obj, f.name)
+        choices = f.metadata.get("choices", ())
+        if choices and value not in choices:
+            raise UsageError(f"bad value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
+    positive = ["data.synthetic_n", "model.nz", "model.ngf", "model.ndf", "train.batch_size", "train.epochs",
+                "train.d_steps", "train.g_steps", "log.every", "sample.every", "sample.n", "ckpt.every", "ckpt.keep"]
+    for key in positive:
+        obj, f = _lookup(cfg, key)
+        if getattr(obj, f.name) < 1:
+            raise UsageError(f"bad value for {key}: must be at least 1")
+    for key in ["data.workers", "train.max_steps", "train.seed"]:
+        obj, f = _lookup(cfg, key)
+        if getattr(obj, f.name) < 0:
+            raise UsageError(f"bad value for {key}: must be at least 0")
+    for key in ["optim.lr_g", "optim.lr_d"]:
+        obj, f = _lookup(cfg, key)
+        if not getattr(obj, f.name) > 0:
+            raise UsageError(f"bad value for {key}: must be positive")
+    for key in ["optim.beta1", "optim.beta2", "model.d_dropout"]:
+        obj, f = _lookup(cfg, key)
+        if not 0 <= getattr(obj, f.name) < 1:
+            raise UsageError(f"bad value for {key}: must be in [0, 1)")
+    if not 0 < cfg.train.real_label <= 1:
+        raise UsageError("bad value for train.real_label: must be in (0, 1]")
+    if cfg.cuda_graphs:
+        raise UsageError("cuda_graphs=true is not available yet (it needs a CUDA-graph step, not built)")
+
+
+def build(config_file: str | None = None, overrides: list[str] = ()) -> Config:
+    """Defaults, then the TOML file, then `section.key=value` overrides; validated."""
+    cfg = Config()
+    if config_file:
+        load_toml(cfg, config_file)
+    for item in overrides:
+        if "=" not in item:
+            raise UsageError(f"bad override '{item}': expected section.key=value")
+        key, text = item.split("=", 1)
+        set_key(cfg, key.strip(), text.strip())
+    validate(cfg)
+    return cfg
+
+
+def to_dict(cfg: Config) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+_MISSING = object()
+
+
+def _get(d: dict[str, Any], key: str) -> Any:
+    """A dotted key's value in a to_dict() output, or _MISSING."""
+    section, _, name = key.rpartition(".")
+    return (d.get(section, {}) if section else d).get(name, _MISSING)
+
+
+def from_dict(d: dict[str, Any]) -> Config:
+    """Rebuild a Config from to_dict's output (as stored in a checkpoint); unknown keys are ignored."""
+    cfg = Config()
+    for key, _, _ in iter_keys(cfg):
+        value = _get(d, key)
+        if value is not _MISSING:
+            set_key(cfg, key, value)
+    return cfg
+
+
+def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """'key: old -> new' for each setting that differs between two to_dict() outputs."""
+    out = []
+    for key, _, _ in iter_keys(Config()):
+        a, b = _get(old, key), _get(new, key)
+        if a != b and a is not _MISSING:
+            out.append(f"{key}: {a!r} -> {b!r}")
+    return out
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(v)
+
+
+def to_toml(cfg: Config) -> str:
+    lines, section = [], None
+    for key, obj, f in iter_keys(cfg):
+        sec, _, name = key.rpartition(".")
+        if sec != section:
+            if sec:
+                lines.append(f"\n[{sec}]")
+            section = sec
+        lines.append(f"{name} = {_toml_value(getattr(obj, f.name))}")
+    return "\n".join(lines) + "\n"
+
+
+def help_text() -> str:
+    cfg, rows = Config(), []
+    for key, obj, f in iter_keys(cfg):
+        choices = f.metadata.get("choices", ())
+        extra = f" [{'|'.join(map(str, choices))}]" if choices else ""
+        rows.append(f"  {key:<18} {_toml_value(getattr(obj, f.name)):<12} {f.metadata['help']}{extra}")
+    return "config keys (section.key=value; default; meaning):\n" + "\n".join(rows)

@@ -1,0 +1,94 @@
+"""The plain input path, and the baseline every speed claim is measured against.
+
+PIL decode -> RGB -> Resize(shorter side, antialiased) -> CenterCrop -> uint8 HWC tensor, batched
+by a torch DataLoader. Floats and normalisation happen on the device, inside the step.
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchvision import transforms
+
+from ..config import UsageError
+from .folder import open_rgb
+
+
+class ImageFiles(Dataset):
+    def __init__(self, files: list[Path], image_size: int):
+        self.files = [str(f) for f in files]
+        self.transform = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size)])
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, i: int) -> torch.Tensor:
+        for j in range(i, i + len(self.files)):
+            path = self.files[j % len(self.files)]
+            try:
+                im = open_rgb(path)
+                break
+            except Exception as e:  # validated at start; a file changed since must not end the run
+                warnings.warn(f"skipping {path}: {type(e).__name__}: {e}; using the next image instead")
+        return torch.from_numpy(np.array(self.transform(im), dtype=np.uint8))  # H x W x 3
+
+
+class EpochSampler(Sampler[int]):
+    """A seeded permutation per epoch, cut to whole global batches, sliced for this rank.
+
+    `set_epoch(epoch, start_batch)` picks the epoch and skips batches already trained on, so a run
+    resumed mid-epoch sees exactly the batches the uninterrupted run would have.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
+        self.batches = n // (batch_size * world)
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start = epoch, start_batch
+
+    def indices(self) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.n, generator=g)[: self.batches * self.batch_size * self.world]
+        mine = perm.view(self.batches, self.world, self.batch_size)[:, self.rank]
+        return mine[self.start:].reshape(-1)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices().tolist())
+
+    def __len__(self) -> int:
+        return (self.batches - self.start) * self.batch_size
+
+
+class TorchLoader:
+    """Batches of uint8 NHWC images on the device, from a DataLoader over the validated files."""
+
+    name = "torch"
+
+    def __init__(self, files: list[Path], image_size: int, batch_size: int, workers: int, seed: int,
+                 device: torch.device, rank: int = 0, world: int = 1):
+        if len(files) < batch_size * world:
+            raise UsageError(f"{len(files)} usable images are fewer than one batch "
+                             f"(train.batch_size={batch_size} x {world} processes)")
+        self.device = device
+        self.sampler = EpochSampler(len(files), batch_size, seed, rank, world)
+        self.loader = DataLoader(
+            ImageFiles(files, image_size), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
+            pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
+            prefetch_factor=4 if workers > 0 else None,
+            # its own generator: worker seeding must not draw from the global RNG that makes the noise
+            generator=torch.Generator().manual_seed(seed),
+        )
+
+    def __len__(self) -> int:
+        return self.sampler.batches
+
+    def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
+        self.sampler.set_epoch(epoch, start_batch)
+        for batch in self.loader:
+            yield batch.to(self.device, non_blocking=True)

@@ -1,0 +1,393 @@
+"""Train a DCGAN. Glue and the loop; the parts live in their own modules.
+
+    python -m fastdcgan.train                                    # built-in synthetic faces
+    python -m fastdcgan.train --config configs/quickstart.toml   # small and quick, CPU is fine
+    python -m fastdcgan.train --config configs/celeba64.toml data.root=/data/celeba
+
+Starting it again on the same train.run_dir resumes from the latest checkpoint.
+Exit codes: 0 finished; 2 bad usage, config or data; 3 non-finite loss (the last good checkpoint
+is kept); 75 stopped by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: run again to resume.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, config, plots
+from .config import Config, UsageError
+from .data import folder
+from .model import build_models, fixed_noise, sample
+from .step import GANStep
+
+EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 2, 3, 75
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
+    p = argparse.ArgumentParser(
+        prog="python -m fastdcgan.train", description="Train a DCGAN (Radford et al. 2015) on a folder of images.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=config.help_text() + "\n\nexit codes: 0 finished, 2 usage/config/data error, 3 non-finite loss, "
+        "75 stopped by a signal after a checkpoint (run again to resume)")
+    p.add_argument("--config", help="TOML file of settings (overrides on the command line win)")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("overrides", nargs="*", metavar="section.key=value")
+    args = p.parse_args(argv)
+    return config.build(args.config, args.overrides), args.dry_run
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("device=cuda but no CUDA device is available")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for fp32. auto: bf16 on a GPU that has it; fp32 on CPU (bf16 is slow there)."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, *rest = state["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
+    random.setstate(state["python"])
+
+
+class Exit(Exception):
+    """Leave the loop with this exit code (non-finite loss, or a stop signal after its checkpoint)."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
+class Window:
+    """Steps and seconds since the last log line; time spent on samples and checkpoints left out."""
+
+    def __init__(self):
+        self.start, self.steps = time.perf_counter(), 0
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        self.start += time.perf_counter() - t
+
+    def rate(self, batch: int) -> float:
+        """Images per second over the window, then start a new one."""
+        now = time.perf_counter()
+        rate = self.steps * batch / max(now - self.start, 1e-9)
+        self.start, self.steps = now, 0
+        return rate
+
+
+class Display:
+    """A rich progress bar on a terminal; plain log lines in batch jobs and pipes."""
+
+    def __init__(self, total: int, start: int):
+        from rich.console import Console
+        self.console = Console()
+        self.progress = None
+        if self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
+            self.task = self.progress.add_task("train", total=total, completed=start, epoch=0, info="")
+            self.progress.start()
+
+    def update(self, step: int, epoch: int, info: str | None = None) -> None:
+        if self.progress:
+            fields = {"epoch": epoch} if info is None else {"epoch": epoch, "info": info}
+            self.progress.update(self.task, completed=step, **fields)
+
+    def print(self, line: str) -> None:
+        if self.progress:
+            self.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+class Run:
+    """One training run in one run directory: set up, resume, loop, write every artefact."""
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.dir = Path(cfg.train.run_dir)
+        self.ckpt_dir = self.dir / "checkpoints"
+        self.device = resolve_device(cfg.device)
+        self.resume_from = self._find_resume()
+        self.images = self._scan_data()
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+        torch.manual_seed(cfg.train.seed)
+        m = cfg.model
+        self.G, self.D = build_models(m.nz, m.ngf, m.ndf, cfg.data.image_size, m.d_dropout)
+        memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
+        self.G.to(self.device, memory_format=memory_format)
+        self.D.to(self.device, memory_format=memory_format)
+        o = cfg.optim
+        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
+        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
+        G, D = self.G, self.D
+        if cfg.compile != "off":  # compiled wrappers train; the plain modules are what we save
+            mode = None if cfg.compile == "default" else cfg.compile
+            G, D = torch.compile(G, mode=mode), torch.compile(D, mode=mode)
+        self.gan = GANStep(G, D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
+                           d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps,
+                           amp_dtype=resolve_precision(cfg.precision, self.device), channels_last=cfg.channels_last)
+        self.loader = self._make_loader()
+        self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, self.device)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        if self.resume_from:
+            self._load(self.resume_from)
+        self.total_steps = cfg.train.epochs * len(self.loader)
+        if cfg.train.max_steps:
+            self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        self.stop_signal: int | None = None
+
+    # ----- setup -----
+    def _find_resume(self) -> Path | None:
+        how = self.cfg.train.resume
+        if how == "auto":
+            return checkpoint.latest(self.ckpt_dir)
+        if how == "never":
+            if self.dir.exists() and any(self.dir.iterdir()):
+                raise UsageError(f"train.run_dir {self.dir} is not empty and train.resume=never")
+            return None
+        path = Path(how)
+        if not path.is_file():
+            raise UsageError(f"train.resume: no checkpoint file {path}")
+        return path
+
+    def _scan_data(self) -> folder.ImageList:
+        d = self.cfg.data
+        root = d.root
+        if not root:
+            from .data import synthetic
+            root = synthetic.default_root(n=d.synthetic_n, seed=0)
+        images = folder.scan(root, d.split, workers=d.workers)
+        return images
+
+    def _make_loader(self):
+        from .data.torch import TorchLoader
+        d, t = self.cfg.data, self.cfg.train
+        return TorchLoader(self.images.files, d.image_size, t.batch_size, d.workers, t.seed, self.device)
+
+    def _report_data(self, display: Display) -> None:
+        im = self.images
+        display.print(f"data: {len(im.files)} images in {im.root} ({im.layout} layout, split {self.cfg.data.split}), "
+                      f"backend {self.loader.name}, {len(self.loader)} steps per epoch")
+        if im.missing_rows:
+            display.print(f"note: {im.missing_rows} rows of list_eval_partition.txt name files that are not on disk; ignored")
+        if im.skipped:
+            listing = self.dir / "skipped_files.txt"
+            listing.write_text("".join(f"{p}\t{why}\n" for p, why in im.skipped))
+            first = ", ".join(p.name for p, _ in im.skipped[:3])
+            more = f" and {len(im.skipped) - 3} more" if len(im.skipped) > 3 else ""
+            display.print(f"warning: skipped {len(im.skipped)} files that do not decode ({first}{more}); "
+                          f"full list in {listing}")
+
+    # ----- checkpoints -----
+    def state(self) -> dict:
+        return {
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
+            "rng": rng_state(), "version": 1,
+        }
+
+    def _load(self, path: Path) -> None:
+        try:
+            s = checkpoint.load(path)
+            self.G.load_state_dict(s["G"])
+            self.D.load_state_dict(s["D"])
+            self.opt_g.load_state_dict(s["opt_g"])
+            self.opt_d.load_state_dict(s["opt_d"])
+        except (RuntimeError, KeyError, OSError) as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UsageError(f"cannot resume from {path}: {first}") from None
+        self.gan.load_state_dict(s["gan"])
+        self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
+        set_rng_state(s["rng"])
+        self.resumed_config = s["config"]
+
+    def save(self) -> Path | None:
+        """Checkpoint now, unless the weights may be non-finite; returns the path written."""
+        if not self.gan.finite():
+            return None
+        return checkpoint.save(self.state(), self.ckpt_dir, self.cfg.ckpt.keep)
+
+    # ----- artefacts -----
+    def save_samples(self, name: str) -> None:
+        plots.save_grid(sample(self.G, self.fixed_z), self.dir / "samples" / f"{name}.png")
+
+    def write_plots(self, epoch_label: int) -> None:
+        plots.plot_losses(self.dir / "metrics.jsonl", self.dir / "plots" / "loss.png")
+        plots.plot_d_outputs(self.gan.take_histograms(), epoch_label, self.dir / "plots" / f"d_outputs_epoch_{epoch_label:03d}.png")
+
+    def _trim_metrics(self) -> None:
+        """After a resume, forget log rows from steps the checkpoint does not contain (they are redone)."""
+        path = self.dir / "metrics.jsonl"
+        rows = [r for r in plots.read_metrics(path) if r["step"] <= self.step]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+    # ----- the loop -----
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_signal = signum
+        signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
+
+    def fit(self) -> int:
+        cfg = self.cfg
+        (self.dir / "config.toml").write_text(config.to_toml(cfg))
+        display = Display(self.total_steps, self.step)
+        try:
+            self._report_data(display)
+            batch = self.cfg.train.batch_size
+            display.print(f"device {self.device}, precision {cfg.precision}, compile {cfg.compile}, "
+                          f"batch {batch} per process, {self.total_steps} steps, run dir {self.dir}")
+            if self.resume_from:
+                display.print(f"resumed from {self.resume_from} at step {self.step} (epoch {self.epoch}, "
+                              f"batch {self.batch_in_epoch})")
+                self._trim_metrics()
+                changed = config.diff(self.resumed_config, config.to_dict(cfg))
+                if changed:
+                    display.print(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")
+            for s in STOP_SIGNALS:
+                signal.signal(s, self._on_signal)
+            return self._loop(display)
+        except Exit as e:
+            return e.code
+        finally:
+            for s in STOP_SIGNALS:
+                signal.signal(s, signal.SIG_DFL)
+            display.close()
+
+    def _loop(self, display: Display) -> int:
+        self.display, self.window = display, Window()
+        self.last_saved = self.step if self.resume_from else -1
+        reals = self.dir / "samples" / "reals.png"
+        with open(self.dir / "metrics.jsonl", "a") as self.metrics_file:
+            while self.step < self.total_steps:
+                for batch in self.loader.epoch(self.epoch, self.batch_in_epoch):
+                    if self.step == 0 and not reals.exists():
+                        plots.save_grid(batch[: self.cfg.sample.n].permute(0, 3, 1, 2).float() / 127.5 - 1, reals)
+                    self.gan.step(batch)
+                    self.step += 1
+                    self.batch_in_epoch += 1
+                    self._after_step()
+                    if self.step >= self.total_steps:
+                        break
+                if self.batch_in_epoch >= len(self.loader):
+                    self._end_epoch()
+            if self.batch_in_epoch:  # stopped by max_steps mid-epoch: plot what there is
+                self.write_plots(self.epoch + 1)
+            if self.last_saved != self.step:
+                self._checkpoint()
+        torch.save(self.G.state_dict(), self.dir / "generator.pth")
+        torch.save(self.D.state_dict(), self.dir / "discriminator.pth")
+        display.print(f"done: {self.step} steps; generator.pth, samples and plots in {self.dir}")
+        return EXIT_OK
+
+    def _after_step(self) -> None:
+        cfg = self.cfg
+        self.window.steps += 1
+        self.display.update(self.step, self.epoch)
+        if self.step % cfg.log.every == 0 or self.step == self.total_steps:
+            self._log()
+        with self.window.paused():
+            if self.step % cfg.sample.every == 0:
+                self.save_samples(f"step_{self.step:08d}")
+            if self.stop_signal is not None:
+                self._stop()
+            if self.step % cfg.ckpt.every == 0:
+                self._checkpoint()
+
+    def _end_epoch(self) -> None:
+        """A whole epoch done: its samples, plots and checkpoint."""
+        with self.window.paused():
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            self.save_samples(f"epoch_{self.epoch:03d}")
+            self.write_plots(self.epoch)
+            self._checkpoint()
+            if self.stop_signal is not None:
+                self._stop()
+
+    def _checkpoint(self) -> Path:
+        path = self.save()
+        if path is None:
+            self._nonfinite()
+        self.last_saved = self.step
+        return path
+
+    def _log(self) -> None:
+        m = self.gan.read()
+        if not all(np.isfinite(v) for v in m.values()):
+            self._nonfinite()
+        batch = self.cfg.train.batch_size
+        row = {"step": self.step, "epoch": self.epoch, "images": self.step * batch, **m,
+               "img_per_s": self.window.rate(batch), "time": time.time()}
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        info = (f"loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}  D(x) {m['d_real']:.3f}  "
+                f"D(G(z)) {m['d_fake']:.3f}  {row['img_per_s']:.0f} img/s")
+        self.display.update(self.step, self.epoch, info)
+        if self.display.progress is None:
+            self.display.print(f"step {self.step}/{self.total_steps}  epoch {self.epoch}  {info}")
+
+    def _nonfinite(self) -> None:
+        good = checkpoint.latest(self.ckpt_dir)
+        self.display.print(f"error: non-finite loss by step {self.step}; stopping. Last good checkpoint: "
+                           f"{good or 'none'}. Lower the learning rates or try precision=fp32.")
+        raise Exit(EXIT_NONFINITE)
+
+    def _stop(self) -> None:
+        name = signal.Signals(self.stop_signal).name
+        path = self._checkpoint()
+        self.display.print(f"stopped by {name} at step {self.step}; checkpoint {path}. Run the same command to resume.")
+        raise Exit(EXIT_STOPPED)
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        cfg, dry_run = parse_args(argv)
+        if dry_run:
+            print(config.to_toml(cfg), end="")
+            return EXIT_OK
+        run = Run(cfg)
+    except UsageError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    return run.fit()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
