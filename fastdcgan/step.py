@@ -102,12 +102,12 @@ class GANStep:
 
     def take_histograms(self) -> torch.Tensor:
         """The epoch's D(x) and D(G(z)) histograms (2 x HIST_BINS, on the host), then reset."""
-        h = self.hist.cpu()
+        h = self.hist.cpu().clone()  # .cpu() is no copy on a CPU run
         self.hist.zero_()
         return h
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu(), "hist": self.hist.cpu(), "scaler": self.scaler.state_dict()}
+        return {"sums": self.sums.cpu().clone(), "hist": self.hist.cpu().clone(), "scaler": self.scaler.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.sums.copy_(state["sums"])

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from fastdcgan.data import synthetic
+from fastdcgan.data.folder import cache_dir
 from fastdcgan.data.synthetic import VERSION, default_root, draw_face, make_faces
 
 
@@ -153,9 +154,9 @@ def test_default_root_removes_old_stale_temp_and_handles_lost_race(tmp_path, mon
 def test_cache_dir_resolution(monkeypatch, tmp_path):
     monkeypatch.delenv("FASTDCGAN_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert synthetic._cache_dir() == tmp_path / "xdg" / "fastdcgan"
+    assert cache_dir() == tmp_path / "xdg" / "fastdcgan"
     monkeypatch.delenv("XDG_CACHE_HOME")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert synthetic._cache_dir() == tmp_path / "home" / ".cache" / "fastdcgan"
+    assert cache_dir() == tmp_path / "home" / ".cache" / "fastdcgan"
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "c"))
-    assert synthetic._cache_dir() == tmp_path / "c"
+    assert cache_dir() == tmp_path / "c"

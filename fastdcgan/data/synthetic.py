@@ -18,6 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 import numpy as np
 from PIL import Image, ImageDraw
 
+from .folder import cache_dir
+
 VERSION = 1  # bump when the drawing changes, so caches rebuild
 
 W, H = 178, 218  # CelebA aligned-crop size
@@ -121,7 +123,8 @@ def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
     ny = cy + 0.3 * b
     d.line([pt(cx + 0.08 * a, ey + 0.1 * b), pt(cx + 0.12 * a, ny - 0.02 * b)],
            fill=dark_skin + (120,), width=S)
-    d.arc(box(cx - 0.16 * a, ny - 0.08 * b, cx + 0.16 * a, ny + 0.04 * b), 20, 160, fill=dark_skin, width=S)
+    d.arc(box(cx - 0.16 * a, ny - 0.08 * b, cx + 0.16 * a, ny + 0.04 * b), 20, 160,
+          fill=dark_skin, width=S)
     for side in (-1, 1):
         ell(cx + side * 0.07 * a, ny, 0.04 * a, 0.022 * b, fill=_shade(skin, 0.5))
 
@@ -142,7 +145,8 @@ def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
         if mouth_open:
             ell(cx, my, 0.6 * mw, 0.035 * b, fill=(80, 25, 32))
         else:
-            d.line([pt(cx - mw, my), pt(cx, my + 0.01 * b), pt(cx + mw, my)], fill=_shade(lip, 0.55), width=S)
+            d.line([pt(cx - mw, my), pt(cx, my + 0.01 * b), pt(cx + mw, my)],
+                   fill=_shade(lip, 0.55), width=S)
     if mustache:
         d.chord(box(cx - 1.05 * mw, my - 0.2 * b, cx + 1.05 * mw, my - 0.02 * b), 180, 360,
                 fill=_shade(hair, 0.9))
@@ -161,13 +165,14 @@ def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
         lid = (3 if male else 4) * S // 2  # heavier lids read as lashes
         d.arc(box(x - erx, ey - ery, x + erx, ey + ery), 180, 360, fill=(40, 28, 26), width=lid)
         inner, outer = x - side * 0.2 * a, x + side * 0.3 * a
-        d.line([pt(inner, ey - lift + 0.02 * b), pt(x + side * 0.03 * a, ey - lift - 0.05 * b),
-                pt(outer, ey - lift + 0.03 * b)], fill=brow, width=int((0.07 if male else 0.045) * b * S),
-               joint="curve")
+        arch = [pt(inner, ey - lift + 0.02 * b), pt(x + side * 0.03 * a, ey - lift - 0.05 * b),
+                pt(outer, ey - lift + 0.03 * b)]
+        d.line(arch, fill=brow, width=int((0.07 if male else 0.045) * b * S), joint="curve")
 
     # Front hair: one polygon from the outer hair outline over the crown back along the hairline.
     t_side = 1.3 if male else 1.65
-    top = [pt(*outline(t, grow=0.07, lift=0.05 if male else 0.13)) for t in np.linspace(-t_side, t_side, 24)]
+    top = [pt(*outline(t, grow=0.07, lift=0.05 if male else 0.13))
+           for t in np.linspace(-t_side, t_side, 24)]
     xs = np.linspace(0.92, -0.92, 15)
     if bangs:  # a jagged fringe just above the brows, sometimes swept to one side
         sweep = u(-0.08, 0.08)
@@ -186,7 +191,8 @@ def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
             x = cx + side * ex
             d.rounded_rectangle(box(x - gw, ey - gh, x + gw, ey + gh), radius=int(0.4 * gh * S),
                                 fill=tint, outline=frame, width=int(1.5 * S))
-            d.line([pt(x + side * gw, ey - 0.5 * gh), pt(cx + side * a, ey - 0.6 * gh)], fill=frame, width=S)
+            arm = [pt(x + side * gw, ey - 0.5 * gh), pt(cx + side * a, ey - 0.6 * gh)]
+            d.line(arm, fill=frame, width=S)
         bridge = [pt(cx - ex + gw, ey - 0.3 * gh), pt(cx + ex - gw, ey - 0.3 * gh)]
         d.line(bridge, fill=frame, width=int(1.5 * S))
 
@@ -241,17 +247,11 @@ def make_faces(root: str | os.PathLike, n: int = 4000, seed: int = 0,
     names = [f"{i + 1:06d}.jpg" for i in range(n)]
     split = [0 if i < n * 8 // 10 else 1 if i < n * 9 // 10 else 2 for i in range(n)]
     (root / "list_eval_partition.txt").write_text("".join(f"{m} {s}\n" for m, s in zip(names, split)))
-    rows = [m + " " + " ".join(f"{1 if a[k] else -1:2d}" for k in ATTRIBUTES) for m, a in zip(names, attrs)]
+    # CelebA style: "000001.jpg -1  1 ..." (values right-aligned in 2 columns).
+    rows = [m + " " + " ".join(f"{1 if a[k] else -1:2d}" for k in ATTRIBUTES)
+            for m, a in zip(names, attrs)]
     (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRIBUTES)}\n" + "\n".join(rows) + "\n")
     return root
-
-
-def _cache_dir() -> pathlib.Path:
-    """$FASTDCGAN_CACHE, else $XDG_CACHE_HOME/fastdcgan, else ~/.cache/fastdcgan."""
-    if os.environ.get("FASTDCGAN_CACHE"):
-        return pathlib.Path(os.environ["FASTDCGAN_CACHE"])
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return pathlib.Path(xdg) / "fastdcgan" if xdg else pathlib.Path.home() / ".cache" / "fastdcgan"
 
 
 def default_root(n: int = 4000, seed: int = 0) -> pathlib.Path:
@@ -263,14 +263,19 @@ def default_root(n: int = 4000, seed: int = 0) -> pathlib.Path:
     interrupted build never leaves a folder that looks complete (and a concurrent builder that loses
     the rename race just removes its temp folder and uses the winner's).
     """
-    final = _cache_dir() / f"synthetic-faces-v{VERSION}-n{n}-s{seed}"
+    final = cache_dir() / f"synthetic-faces-v{VERSION}-n{n}-s{seed}"
     if final.is_dir():  # only a finished build is ever renamed to this name
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
-    # Tidy temp folders of builds that died long ago (a live concurrent build is much younger).
+    # Tidy temp folders of builds that died long ago (a live concurrent build touches its image
+    # folder every few ms). Races with another cleaner are harmless, hence the broad except.
     for stale in final.parent.glob(f".{final.name}.tmp-*"):
-        if time.time() - stale.stat().st_mtime > 3600:
-            shutil.rmtree(stale, ignore_errors=True)
+        try:
+            touched = max(p.stat().st_mtime for p in (stale, stale / "img_align_celeba") if p.exists())
+            if time.time() - touched > 3600:
+                shutil.rmtree(stale, ignore_errors=True)
+        except (OSError, ValueError):
+            pass
     tmp = final.parent / f".{final.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         make_faces(tmp, n=n, seed=seed)
