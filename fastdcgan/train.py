@@ -235,6 +235,11 @@ class Run:
         except (RuntimeError, KeyError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UsageError(f"cannot resume from {path}: {first}") from None
+        # The optimizer state carries the old hyperparameters; the config given now is the one that applies.
+        o = self.cfg.optim
+        for opt, lr in ((self.opt_g, o.lr_g), (self.opt_d, o.lr_d)):
+            for group in opt.param_groups:
+                group["lr"], group["betas"] = lr, (o.beta1, o.beta2)
         self.gan.load_state_dict(s["gan"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         set_rng_state(s["rng"])

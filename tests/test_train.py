@@ -1,0 +1,173 @@
+"""The trainer end to end, on tiny models and data made here: artefacts, resume, signals, faults."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, run_cli, tiny_args, weights
+from fastdcgan import checkpoint
+from fastdcgan.train import EXIT_NONFINITE, EXIT_STOPPED, EXIT_USAGE, main
+
+# 48 images, batch 8: 6 steps per epoch, 12 steps in 2 epochs.
+
+
+def test_short_run_writes_every_artefact(celeba, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run)) == 0
+    assert (run / "config.toml").read_text().count("image_size = 32") == 1
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8, 10, 12]
+    for key in ("epoch", "images", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s"):
+        assert key in rows[-1]
+    assert rows[-1]["images"] == 12 * 8
+    for name in ("reals.png", "step_00000004.png", "step_00000012.png", "epoch_001.png", "epoch_002.png"):
+        assert (run / "samples" / name).is_file(), name
+    for name in ("loss.png", "d_outputs_epoch_001.png", "d_outputs_epoch_002.png"):
+        assert (run / "plots" / name).is_file(), name
+    latest = checkpoint.latest(run / "checkpoints")
+    assert latest.name == "step_00000012.pt"
+    s = torch.load(latest, weights_only=True)
+    assert s["step"] == 12 and s["epoch"] == 2 and s["config"]["model"]["ngf"] == 8
+    for key in ("G", "D", "opt_g", "opt_d", "rng", "batch_in_epoch"):
+        assert key in s
+    G = weights(run / "generator.pth")
+    assert not any(k.startswith(("_orig_mod.", "module.")) for k in G)
+    assert all(torch.equal(G[k], s["G"][k]) for k in G)
+    assert weights(run / "discriminator.pth").keys() == s["D"].keys()
+
+
+def test_resume_is_bit_identical_mid_epoch(celeba, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(tiny_args(celeba, whole, train__max_steps=9)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=5)) == 0  # stops in epoch 2, batch 5 of 6... of epoch 1
+    assert main(tiny_args(celeba, split, train__max_steps=9)) == 0  # resumes from step 5
+    a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    a, b = weights(whole / "discriminator.pth"), weights(split / "discriminator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    sa = torch.load(checkpoint.latest(whole / "checkpoints"), weights_only=True)
+    sb = torch.load(checkpoint.latest(split / "checkpoints"), weights_only=True)
+    assert sa["opt_d"]["state"][0]["step"] == sb["opt_d"]["state"][0]["step"] == 9
+    steps = [json.loads(x)["step"] for x in (split / "metrics.jsonl").read_text().splitlines()]
+    assert steps == sorted(set(steps))  # no duplicated log rows after the resume
+
+
+def test_resume_with_worker_processes_is_bit_identical(celeba, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(tiny_args(celeba, whole, train__max_steps=8, data__workers=2)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=3, data__workers=2)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=8, data__workers=2)) == 0
+    a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _start(celeba, run, **extra):
+    args = tiny_args(celeba, run, **{"train__epochs": 1000, "ckpt__every": 100000, "sample__every": 100000, **extra})
+    return subprocess.Popen([sys.executable, "-m", "fastdcgan.train", *args], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_step(run, step, proc, timeout=120):
+    t = time.time()
+    while time.time() - t < timeout:
+        path = run / "metrics.jsonl"
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise TimeoutError
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
+def test_signal_checkpoints_and_exits_resumable(celeba, tmp_path, sig):
+    run = tmp_path / "run"
+    proc = _start(celeba, run)
+    _wait_for_step(run, 4, proc)
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_STOPPED, out
+    assert f"stopped by {signal.Signals(sig).name}" in out
+    s = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert s["step"] >= 4
+    assert f"at step {s['step']};" in out  # the checkpoint is the step the message names
+
+
+def test_sigterm_then_resume_matches_uninterrupted(celeba, tmp_path):
+    run, whole = tmp_path / "run", tmp_path / "whole"
+    proc = _start(celeba, run)
+    _wait_for_step(run, 4, proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_STOPPED
+    stopped_at = checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"]
+    target = stopped_at + 5
+    extra = dict(train__epochs=1000, ckpt__every=100000, sample__every=100000, train__max_steps=target)
+    assert main(tiny_args(celeba, run, **extra)) == 0
+    assert main(tiny_args(celeba, whole, **extra)) == 0
+    a, b = weights(whole / "generator.pth"), weights(run / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_kill_9_then_restart_resumes_from_latest(celeba, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(celeba, run, ckpt__every=3)
+    _wait_for_step(run, 8, proc)
+    proc.kill()
+    proc.communicate()
+    saved = checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"]
+    assert saved >= 6
+    r = run_cli("fastdcgan.train", *tiny_args(celeba, run, train__max_steps=saved + 2))
+    assert r.returncode == 0, r.stderr
+    assert f"resumed from {run / 'checkpoints'}" in r.stdout and f"at step {saved}" in r.stdout
+
+
+def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(celeba, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4)) == 0
+    good = checkpoint.latest(run / "checkpoints")
+    # an absurd learning rate blows the weights up within a few steps
+    code = main(tiny_args(celeba, run, train__max_steps=40, optim__lr_d="1e30", optim__lr_g="1e30", ckpt__every=1,
+                          log__every=1))
+    assert code == EXIT_NONFINITE
+    assert "non-finite loss" in capsys.readouterr().out
+    latest = checkpoint.latest(run / "checkpoints")
+    s = checkpoint.load(latest)
+    assert all(torch.isfinite(v).all() for v in s["G"].values() if v.is_floating_point())
+    assert latest.name >= good.name
+
+
+def test_resume_never_refuses_a_used_run_dir(celeba, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
+    assert main(tiny_args(celeba, run, train__resume="never")) == EXIT_USAGE
+    assert "train.resume=never" in capsys.readouterr().err
+
+
+def test_resume_from_explicit_path_and_mismatched_model(celeba, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
+    ckpt = checkpoint.latest(run / "checkpoints")
+    other = tmp_path / "other"
+    assert main(tiny_args(celeba, other, train__max_steps=3, train__resume=ckpt)) == 0
+    assert checkpoint.load(checkpoint.latest(other / "checkpoints"))["step"] == 3
+    assert main(tiny_args(celeba, tmp_path / "x", model__ngf=16, train__resume=ckpt)) == EXIT_USAGE
+    assert "cannot resume" in capsys.readouterr().err
+
+
+def test_bad_data_root_is_a_usage_error(tmp_path, capsys):
+    assert main(tiny_args(tmp_path / "missing", tmp_path / "run")) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "missing" in err
+
+
+def test_skipped_files_are_warned_and_listed(celeba, tmp_path, capsys):
+    (celeba / "img_align_celeba" / "000002.jpg").write_bytes(b"")
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=1)) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 files" in out and "000002.jpg" in out
+    assert "000002.jpg" in (run / "skipped_files.txt").read_text()
