@@ -27,12 +27,56 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
+def make_optimizers(G: nn.Module, D: nn.Module, lr_g: float, lr_d: float, betas: tuple[float, float],
+                    compiled: bool, graphs: bool) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+    """Adam for each network, in the form each step variant needs.
+
+    CUDA eager: the fused kernel (one launch for all parameters). Compiled or graph-captured: the
+    learning rate is a tensor (changing it never recompiles) and on CUDA the state is `capturable`
+    (the step counter stays on the device: no host sync, and a CUDA graph can hold it). On CPU a
+    tensor lr needs the single-tensor form (foreach Adam refuses it).
+    """
+    device = next(G.parameters()).device
+
+    def adam(params, lr: float) -> torch.optim.Adam:
+        kw: dict = {}
+        if compiled or graphs:
+            lr = torch.tensor(lr, device=device)
+            kw = {"capturable": True} if device.type == "cuda" else {"foreach": False}
+        elif device.type == "cuda":
+            kw = {"fused": True}
+        return torch.optim.Adam(params, lr=lr, betas=betas, **kw)
+    return adam(G.parameters(), lr_g), adam(D.parameters(), lr_d)
+
+
+def set_hyperparameters(opt: torch.optim.Optimizer, lr: float, betas: tuple[float, float]) -> None:
+    """Apply lr and betas to every group, keeping the lr's kind (float or tensor) that this optimizer
+    was built with: a checkpoint from a compiled run carries tensor lrs that an eager foreach Adam refuses."""
+    built_with = opt.defaults["lr"]
+    for group in opt.param_groups:
+        if isinstance(built_with, torch.Tensor):
+            group["lr"] = torch.tensor(lr, dtype=built_with.dtype, device=built_with.device)
+        else:
+            group["lr"] = float(lr)
+        group["betas"] = betas
+
+
 class GANStep:
-    """Holds the models, optimizers and on-device accumulators; `step(batch)` trains on one batch."""
+    """Holds the models, optimizers and on-device accumulators; `step(batch)` trains on one batch.
+
+    compile: the networks and both optimizer steps go through torch.compile. Each network is
+    compiled on its own, not the phases: D runs three times per step (real, detached fake, fake)
+    and each call must be its own autograd node, or the G phase would backpropagate through a
+    node the D phase's backward already freed. Noise is drawn outside compiled code, so a compiled
+    run sees the same z as an eager one.
+    cuda_graphs: the whole step (noise, both phases, both optimizer steps, metrics) is captured
+    once and replayed; batches are copied into a static input buffer first.
+    """
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  *, nz: int, real_label: float = 1.0, d_steps: int = 1, g_steps: int = 1,
-                 amp_dtype: torch.dtype | None = None, channels_last: bool = False):
+                 amp_dtype: torch.dtype | None = None, channels_last: bool = False, compile: str = "off",
+                 cuda_graphs: bool = False):
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
         self.nz, self.real_label, self.d_steps, self.g_steps = nz, real_label, d_steps, g_steps
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
@@ -40,8 +84,21 @@ class GANStep:
         self.device = device
         # fp16 needs loss scaling; one scaler serves both optimizers (one update per step).
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+        if cuda_graphs and (device.type != "cuda" or self.scaler.is_enabled()):
+            raise ValueError("cuda_graphs needs a CUDA device and precision other than fp16 "
+                             "(the GradScaler reads its overflow check on the host)")
         self.sums = torch.zeros(len(METRICS) + 1, device=device)  # last slot counts steps
         self.hist = torch.zeros(2, HIST_BINS, device=device)      # D(x), D(G(z)) for the epoch
+        self.run_G, self.run_D = G, D
+        self.opt_steps = {opt_g: opt_g.step, opt_d: opt_d.step}
+        if compile != "off":
+            mode = None if compile == "default" else compile
+            self.run_G, self.run_D = torch.compile(G, mode=mode), torch.compile(D, mode=mode)
+            if not self.scaler.is_enabled():  # the scaler calls opt.step itself
+                self.opt_steps = {opt: torch.compile(opt.step, mode=mode) for opt in (opt_g, opt_d)}
+        self.cuda_graphs = cuda_graphs
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.static_batch: torch.Tensor | None = None
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -53,31 +110,81 @@ class GANStep:
 
     def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
-        self.scaler.step(opt)
+        if self.scaler.is_enabled():
+            self.scaler.scale(loss).backward()
+            self.scaler.step(opt)
+        else:
+            loss.backward()
+            self.opt_steps[opt]()
 
     def step(self, batch_u8: torch.Tensor) -> None:
+        """Train on one uint8 NHWC batch."""
+        if not self.cuda_graphs:
+            return self._step(batch_u8)
+        if self.graph is None:
+            self._capture(batch_u8)
+        self.static_batch.copy_(batch_u8, non_blocking=True)
+        self.graph.replay()
+
+    def _step(self, batch_u8: torch.Tensor) -> None:
         real = to_model_input(batch_u8, self.channels_last)
         n = real.shape[0]
+        G, D = self.run_G, self.run_D
         self.D.requires_grad_(True)
         for _ in range(self.d_steps):
+            z = self._noise(n)
             with self._autocast():
-                fake = self.G(self._noise(n))
-                logit_real = self.D(real)
-                logit_fake = self.D(fake.detach())
+                fake = G(z)
+                logit_real = D(real)
+                logit_fake = D(fake.detach())
             loss_d = bce(logit_real, self.real_label) + bce(logit_fake, 0.0)
             self._update(self.opt_d, loss_d)
         # D's weights get no gradient in the G phase: less work, same result.
         self.D.requires_grad_(False)
         for i in range(self.g_steps):
+            if i > 0:  # the first G update reuses the D phase's fakes, as the reference does
+                z = self._noise(n)
             with self._autocast():
-                if i > 0:  # the first G update reuses the D phase's fakes, as the reference does
-                    fake = self.G(self._noise(n))
-                loss_g = bce(self.D(fake), 1.0)
+                if i > 0:
+                    fake = G(z)
+                loss_g = bce(D(fake), 1.0)
             self._update(self.opt_g, loss_g)
         self.D.requires_grad_(True)
         self.scaler.update()
         self._accumulate(loss_d, loss_g, logit_real, logit_fake)
+
+    def _training_state(self) -> list[torch.Tensor]:
+        """Every tensor a step changes: weights, buffers, optimizer state, accumulators."""
+        tensors = [*self.G.parameters(), *self.D.parameters(), *self.G.buffers(), *self.D.buffers(),
+                   self.sums, self.hist]
+        for opt in (self.opt_g, self.opt_d):
+            for state in opt.state.values():
+                tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
+        return tensors
+
+    def _capture(self, batch_u8: torch.Tensor) -> None:
+        """Warm up on a side stream (compiles, allocates grads and optimizer state), undo the warm-up's
+        effect on every tensor and the RNG, then capture one step into a CUDA graph."""
+        self.static_batch = torch.empty_like(batch_u8)
+        self.static_batch.copy_(batch_u8)
+        before = {id(t): (t, t.clone()) for t in self._training_state()}  # t kept so its id stays unique
+        rng = torch.cuda.get_rng_state()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):
+                self._step(self.static_batch)
+        torch.cuda.current_stream().wait_stream(side)
+        with torch.no_grad():
+            for t in self._training_state():
+                if id(t) in before:
+                    t.copy_(before[id(t)][1])
+                else:  # state the warm-up created (Adam's moments) starts at zero, as a fresh optimizer's
+                    t.zero_()
+        torch.cuda.set_rng_state(rng)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self._step(self.static_batch)
 
     @torch.no_grad()
     def _accumulate(self, loss_d, loss_g, logit_real, logit_fake) -> None:

@@ -11,7 +11,6 @@ is kept); 75 stopped by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import random
 import signal
@@ -22,11 +21,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, config, plots
+from . import checkpoint, config, perf, plots
 from .config import Config, UsageError
 from .data import folder
 from .model import build_models, fixed_noise, sample
-from .step import GANStep
+from .step import GANStep, make_optimizers, set_hyperparameters
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 2, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -53,11 +52,14 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype, or None for fp32. auto: bf16 on a GPU that has it; fp32 on CPU (bf16 is slow there)."""
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
+
+
+def resolve_precision(name: str, device: torch.device) -> str:
+    """auto: bf16 on a GPU that has it; fp32 on CPU (no native bf16 here: autocast was ~20x slower)."""
     if name == "auto":
-        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name
 
 
 def rng_state() -> dict:
@@ -84,26 +86,6 @@ class Exit(Exception):
 
     def __init__(self, code: int):
         self.code = code
-
-
-class Window:
-    """Steps and seconds since the last log line; time spent on samples and checkpoints left out."""
-
-    def __init__(self):
-        self.start, self.steps = time.perf_counter(), 0
-
-    @contextlib.contextmanager
-    def paused(self):
-        t = time.perf_counter()
-        yield
-        self.start += time.perf_counter() - t
-
-    def rate(self, batch: int) -> float:
-        """Images per second over the window, then start a new one."""
-        now = time.perf_counter()
-        rate = self.steps * batch / max(now - self.start, 1e-9)
-        self.start, self.steps = now, 0
-        return rate
 
 
 class Display:
@@ -148,6 +130,10 @@ class Run:
         self.images = self._scan_data()
         self.dir.mkdir(parents=True, exist_ok=True)
 
+        if cfg.compile != "off":
+            # Compiled code is per run. Entries left by earlier runs in this process (a notebook, a
+            # sweep) count toward dynamo's recompile limit, past which it silently runs eager.
+            torch._dynamo.reset()
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
         self.G, self.D = build_models(m.nz, m.ngf, m.ndf, cfg.data.image_size, m.d_dropout)
@@ -155,15 +141,17 @@ class Run:
         self.G.to(self.device, memory_format=memory_format)
         self.D.to(self.device, memory_format=memory_format)
         o = cfg.optim
-        self.opt_g = torch.optim.Adam(self.G.parameters(), lr=o.lr_g, betas=(o.beta1, o.beta2))
-        self.opt_d = torch.optim.Adam(self.D.parameters(), lr=o.lr_d, betas=(o.beta1, o.beta2))
-        G, D = self.G, self.D
-        if cfg.compile != "off":  # compiled wrappers train; the plain modules are what we save
-            mode = None if cfg.compile == "default" else cfg.compile
-            G, D = torch.compile(G, mode=mode), torch.compile(D, mode=mode)
-        self.gan = GANStep(G, D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
+        self.cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"  # a preset's graphs mean nothing on CPU
+        self.opt_g, self.opt_d = make_optimizers(self.G, self.D, o.lr_g, o.lr_d, (o.beta1, o.beta2),
+                                                 compiled=cfg.compile != "off", graphs=self.cuda_graphs)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        # GANStep trains compiled wrappers when asked; self.G and self.D stay the plain modules we save.
+        self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
                            d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps,
-                           amp_dtype=resolve_precision(cfg.precision, self.device), channels_last=cfg.channels_last)
+                           amp_dtype=PRECISIONS[self.precision], channels_last=cfg.channels_last,
+                           compile=cfg.compile, cuda_graphs=self.cuda_graphs)
+        self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
+        self.peak = perf.peak_flops(self.device, self.precision)
         self.loader = self._make_loader()
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, self.device)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -237,9 +225,8 @@ class Run:
             raise UsageError(f"cannot resume from {path}: {first}") from None
         # The optimizer state carries the old hyperparameters; the config given now is the one that applies.
         o = self.cfg.optim
-        for opt, lr in ((self.opt_g, o.lr_g), (self.opt_d, o.lr_d)):
-            for group in opt.param_groups:
-                group["lr"], group["betas"] = lr, (o.beta1, o.beta2)
+        set_hyperparameters(self.opt_g, o.lr_g, (o.beta1, o.beta2))
+        set_hyperparameters(self.opt_d, o.lr_d, (o.beta1, o.beta2))
         self.gan.load_state_dict(s["gan"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         set_rng_state(s["rng"])
@@ -277,8 +264,11 @@ class Run:
         try:
             self._report_data(display)
             batch = self.cfg.train.batch_size
-            display.print(f"device {self.device}, precision {cfg.precision}, compile {cfg.compile}, "
-                          f"batch {batch} per process, {self.total_steps} steps, run dir {self.dir}")
+            graphs = "on" if self.cuda_graphs else "off (needs CUDA)" if cfg.cuda_graphs else "off"
+            display.print(f"device {self.device}, precision {self.precision}, channels_last {cfg.channels_last}, "
+                          f"compile {cfg.compile}, cuda_graphs {graphs}")
+            display.print(f"batch {batch} per process, {self.total_steps} steps, {self.flops / 1e9:.2f} GFLOP "
+                          f"per image per step, run dir {self.dir}")
             if self.resume_from:
                 display.print(f"resumed from {self.resume_from} at step {self.step} (epoch {self.epoch}, "
                               f"batch {self.batch_in_epoch})")
@@ -297,17 +287,25 @@ class Run:
             display.close()
 
     def _loop(self, display: Display) -> int:
-        self.display, self.window = display, Window()
+        self.display, self.timer = display, perf.StepTimer(self.device)
+        warmup = self.cfg.compile != "off" or self.cuda_graphs
         self.last_saved = self.step if self.resume_from else -1
         reals = self.dir / "samples" / "reals.png"
+        t_start = time.perf_counter()
         with open(self.dir / "metrics.jsonl", "a") as self.metrics_file:
             while self.step < self.total_steps:
                 for batch in self.loader.epoch(self.epoch, self.batch_in_epoch):
                     if self.step == 0 and not reals.exists():
                         plots.save_grid(batch[: self.cfg.sample.n].permute(0, 3, 1, 2).float() / 127.5 - 1, reals)
+                    self.timer.got_batch()
                     self.gan.step(batch)
+                    self.timer.step_done()
                     self.step += 1
                     self.batch_in_epoch += 1
+                    if warmup:  # compile and capture happen in the first step: report them, time the rest
+                        warmup = False
+                        self.timer.restart()
+                        display.print(f"compile/capture warm-up: {time.perf_counter() - t_start:.1f} s (left out of img/s)")
                     self._after_step()
                     if self.step >= self.total_steps:
                         break
@@ -324,11 +322,10 @@ class Run:
 
     def _after_step(self) -> None:
         cfg = self.cfg
-        self.window.steps += 1
         self.display.update(self.step, self.epoch)
         if self.step % cfg.log.every == 0 or self.step == self.total_steps:
             self._log()
-        with self.window.paused():
+        with self.timer.paused():
             if self.step % cfg.sample.every == 0:
                 self.save_samples(f"step_{self.step:08d}")
             if self.stop_signal is not None:
@@ -338,7 +335,7 @@ class Run:
 
     def _end_epoch(self) -> None:
         """A whole epoch done: its samples, plots and checkpoint."""
-        with self.window.paused():
+        with self.timer.paused():
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
             self.save_samples(f"epoch_{self.epoch:03d}")
             self.write_plots(self.epoch)
@@ -359,11 +356,14 @@ class Run:
             self._nonfinite()
         batch = self.cfg.train.batch_size
         row = {"step": self.step, "epoch": self.epoch, "images": self.step * batch, **m,
-               "img_per_s": self.window.rate(batch), "time": time.time()}
+               **self.timer.read(batch), "time": time.time()}
+        if self.peak:
+            row["mfu"] = row["img_per_s"] * self.flops / self.peak
         self.metrics_file.write(json.dumps(row) + "\n")
         self.metrics_file.flush()
         info = (f"loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}  D(x) {m['d_real']:.3f}  "
-                f"D(G(z)) {m['d_fake']:.3f}  {row['img_per_s']:.0f} img/s")
+                f"D(G(z)) {m['d_fake']:.3f}  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  "
+                f"compute {row['compute_ms']:.1f} ms" + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
         self.display.update(self.step, self.epoch, info)
         if self.display.progress is None:
             self.display.print(f"step {self.step}/{self.total_steps}  epoch {self.epoch}  {info}")

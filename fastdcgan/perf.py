@@ -1,0 +1,118 @@
+"""What a step costs and how close it runs to the hardware: FLOPs, peak rates, data vs compute time.
+
+FLOPs per image are counted once, by running the step's passes on the meta device under torch's
+FlopCounterMode: convolutions and transposed convolutions, forward and backward, as the step runs
+them (G forward per D update and per extra G update; D forward on real, detached fake and fake;
+backward through D for both phases and through G for the G phase; no weight gradients for D in the
+G phase). Elementwise work (BatchNorm, activations, Adam) is left out, as MFU figures usually do.
+At 64x64 with ngf = ndf = 64 that is 2.27 GFLOP per image.
+
+Utilisation = FLOPs per image x images per second / peak, with the peak the dense tensor-core rate
+of the precision in use (PEAK_TFLOPS; fp32 uses the TF32 rate only where TF32 is enabled).
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+# Dense (no sparsity) peak TFLOP/s from NVIDIA's data sheets, SXM parts where there are two.
+PEAK_TFLOPS = {
+    "H100": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0},
+    "H200": {"bf16": 989.0, "fp16": 989.0, "tf32": 494.0, "fp32": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "tf32": 156.0, "fp32": 19.5},
+}
+
+
+def step_flops(G: nn.Module, D: nn.Module, nz: int, image_size: int, d_steps: int = 1, g_steps: int = 1) -> float:
+    """FLOPs of one training step, per image."""
+    Gm, Dm = copy.deepcopy(G).to("meta"), copy.deepcopy(D).to("meta")
+    n = 2
+    with FlopCounterMode(display=False) as counter:
+        real = torch.empty(n, 3, image_size, image_size, device="meta")
+        for _ in range(d_steps):
+            fake = Gm(torch.empty(n, nz, 1, 1, device="meta"))
+            (Dm(real).sum() + Dm(fake.detach()).sum()).backward()
+        Dm.requires_grad_(False)
+        for i in range(g_steps):
+            if i > 0:
+                fake = Gm(torch.empty(n, nz, 1, 1, device="meta"))
+            Dm(fake).sum().backward()
+    return counter.get_total_flops() / n
+
+
+def peak_flops(device: torch.device, precision: str) -> float | None:
+    """Peak FLOP/s of the device at this precision, or None when unknown (CPUs, unlisted GPUs)."""
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    for key, rates in PEAK_TFLOPS.items():
+        if key in name:
+            if precision == "fp32" and torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32:
+                precision = "tf32"
+            return rates[precision] * 1e12
+    return None
+
+
+class StepTimer:
+    """Throughput of the training loop, and its time split into waiting for input and computing.
+
+    Time spent on side work (samples, checkpoints, plots) inside `paused()` counts nowhere. On CUDA
+    the compute time comes from events around each step, read only by `read()` (one sync per log
+    line, never per step); on CPU a step is synchronous and the host clock suffices.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self._reset(time.perf_counter())
+
+    def _reset(self, now: float) -> None:
+        self.start = self.mark = now
+        self.steps, self.data, self.compute = 0, 0.0, 0.0
+        self.events: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    def got_batch(self) -> None:
+        now = time.perf_counter()
+        self.data += now - self.mark
+        self.mark = now
+        if self.cuda:
+            self.events.append((torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)))
+            self.events[-1][0].record()
+
+    def step_done(self) -> None:
+        self.steps += 1
+        if self.cuda:
+            self.events[-1][1].record()
+        else:
+            self.compute += time.perf_counter() - self.mark
+        self.mark = time.perf_counter()
+
+    @contextlib.contextmanager
+    def paused(self):
+        t = time.perf_counter()
+        yield
+        spent = time.perf_counter() - t
+        self.start += spent
+        self.mark += spent
+
+    def restart(self) -> None:
+        """Drop everything so far (a compile warm-up) from the figures."""
+        if self.events:
+            self.events[-1][1].synchronize()
+        self._reset(time.perf_counter())
+
+    def read(self, batch_size: int) -> dict[str, float]:
+        """img_per_s, and data_ms and compute_ms per step, since the last read; then start anew."""
+        if self.events:
+            self.events[-1][1].synchronize()
+            self.compute = sum(a.elapsed_time(b) for a, b in self.events) / 1000
+        now = time.perf_counter()
+        steps = max(self.steps, 1)
+        out = {"img_per_s": self.steps * batch_size / max(now - self.start, 1e-9),
+               "data_ms": 1000 * self.data / steps, "compute_ms": 1000 * self.compute / steps}
+        self._reset(now)
+        return out

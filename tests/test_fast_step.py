@@ -1,0 +1,178 @@
+"""Each fast switch trains the same model as the eager fp32 NCHW step.
+
+Tolerances, from what the switches change (observed figures measured on this CPU, 6 steps):
+- channels_last and compile in fp32 only reorder float sums: relative error ~1e-7 per op. Losses
+  agree to 1e-5 and parameters to 1e-6 (observed: 7e-7 and 1.2e-7). One Adam step moves a weight
+  by up to lr = 2e-4, so a variant that skipped or doubled an update would miss by 200x the bound.
+- bf16 keeps 8 mantissa bits (relative error 4e-3 per op). Losses agree to 1e-2 (observed 1.8e-3);
+  parameters on average to lr / 2 (observed mean 5.7e-5), far below what a missing update gives.
+"""
+import pytest
+import torch
+
+from conftest import tiny_args, weights
+from fastdcgan import checkpoint
+from fastdcgan.model import build_models
+from fastdcgan.step import GANStep, make_optimizers
+from fastdcgan.train import main
+
+STEPS, LR = 6, 2e-4
+cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_dynamo():
+    torch._dynamo.reset()  # each test's compiled optimizers start with their own cache entries
+
+
+def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=False, noise_seed=100):
+    torch.manual_seed(0)
+    G, D = build_models(16, 8, 8, 32)
+    fmt = torch.channels_last if channels_last else torch.preserve_format
+    G.to(device, memory_format=fmt)
+    D.to(device, memory_format=fmt)
+    opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=compile != "off", graphs=graphs)
+    gan = GANStep(G, D, opt_g, opt_d, nz=16, channels_last=channels_last, compile=compile, amp_dtype=amp,
+                  cuda_graphs=graphs)
+    losses = []
+    for k in range(STEPS):
+        batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+        torch.manual_seed(noise_seed + k)
+        gan.step(batch.to(device))
+        m = gan.read()
+        losses.append([m["loss_d"], m["loss_g"]])
+    params = torch.cat([p.detach().float().flatten().cpu() for p in [*G.parameters(), *D.parameters()]])
+    train.last = gan  # for tests that look inside (the fp16 scaler)
+    return torch.tensor(losses), params
+
+
+@pytest.fixture(scope="module")
+def eager():
+    return train()
+
+
+def check(result, eager, loss_tol, param_max=None, param_mean=None):
+    (losses, params), (ref_losses, ref_params) = result, eager
+    assert (losses - ref_losses).abs().max() < loss_tol
+    diff = (params - ref_params).abs()
+    if param_max is not None:
+        assert diff.max() < param_max
+    if param_mean is not None:
+        assert diff.mean() < param_mean
+
+
+def test_tolerances_tell_a_different_run_apart(eager):
+    """Other noise, same everything else: must fail the fp32 and the bf16 bounds alike."""
+    losses, params = train(noise_seed=7)
+    diff = (params - eager[1]).abs()
+    assert diff.max() > 1e-6 and diff.mean() > LR / 2 / 10
+    assert (losses - eager[0]).abs().max() > 1e-5
+
+
+def test_channels_last_matches_eager(eager):
+    check(train(channels_last=True), eager, loss_tol=1e-5, param_max=1e-6)
+
+
+def test_compile_matches_eager(eager):
+    check(train(compile="default"), eager, loss_tol=1e-5, param_max=1e-6)
+
+
+def test_bf16_tracks_eager(eager):
+    check(train(amp=torch.bfloat16), eager, loss_tol=1e-2, param_mean=LR / 2)
+
+
+def test_all_cpu_switches_together_track_eager(eager):
+    check(train(channels_last=True, compile="default", amp=torch.bfloat16), eager, loss_tol=1e-2, param_mean=LR / 2)
+
+
+def test_fp16_tracks_eager_within_its_skipped_steps(eager):
+    """The GradScaler starts at 2^16 and halves its scale at each step whose gradients overflow,
+    skipping that update. Each skip leaves weights about one Adam step (lr) from eager, so the
+    bound is lr per skipped step plus the fp16 rounding (half an lr, as for bf16)."""
+    result = train(amp=torch.float16)
+    skipped = round(torch.log2(torch.tensor(2.0 ** 16 / train.last.scaler.get_scale())).item())
+    assert 1 <= skipped < STEPS  # it did skip, and it did train
+    check(result, eager, loss_tol=0.1, param_mean=LR * (skipped + 0.5))
+
+
+def test_fp16_scaler_state_is_checkpointed(celeba, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, precision="fp16", train__max_steps=3)) == 0
+    scaler = checkpoint.load(checkpoint.latest(run / "checkpoints"))["gan"]["scaler"]
+    assert scaler["scale"] < 2.0 ** 16  # it has skipped overflowing steps and backed off
+    assert main(tiny_args(celeba, run, precision="fp16", train__max_steps=5)) == 0
+
+
+def test_channels_last_step_has_no_layout_conversions():
+    torch.manual_seed(0)
+    G, D = build_models(16, 8, 8, 32)
+    G.to(memory_format=torch.channels_last)
+    D.to(memory_format=torch.channels_last)
+    opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=False, graphs=False)
+    gan = GANStep(G, D, opt_g, opt_d, nz=16, channels_last=True)
+    batch = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
+    gan.step(batch)
+    with torch.profiler.profile() as prof:
+        gan.step(batch)
+    ops = {e.key for e in prof.key_averages()}
+    assert "aten::contiguous" not in ops and "aten::clone" not in ops, sorted(ops)
+
+
+def test_no_recompiles_after_warmup_over_epochs_samples_and_checkpoints(celeba, tmp_path):
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    assert main(tiny_args(celeba, tmp_path / "a", compile="default", train__max_steps=2)) == 0
+    after_warmup = counters["stats"]["unique_graphs"]
+    torch._dynamo.reset()
+    counters.clear()
+    # two epochs of 6 steps, with samples, logs and checkpoints every 2-4 steps and at epoch ends
+    assert main(tiny_args(celeba, tmp_path / "b", compile="default", log__every=1, sample__every=3,
+                          ckpt__every=2)) == 0
+    assert after_warmup > 0 and counters["stats"]["unique_graphs"] == after_warmup
+
+
+def test_checkpoints_move_between_compiled_and_eager_runs(celeba, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, compile="default", train__max_steps=3)) == 0
+    assert not any(k.startswith("_orig_mod.") for k in checkpoint.load(checkpoint.latest(run / "checkpoints"))["G"])
+    assert main(tiny_args(celeba, run, train__max_steps=5)) == 0  # eager resumes the compiled run
+    assert main(tiny_args(celeba, run, compile="default", train__max_steps=7)) == 0  # and back
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == 7
+
+
+def test_compiled_resume_is_exact(celeba, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(tiny_args(celeba, whole, compile="default", train__max_steps=7)) == 0
+    assert main(tiny_args(celeba, split, compile="default", train__max_steps=4)) == 0
+    assert main(tiny_args(celeba, split, compile="default", train__max_steps=7)) == 0
+    a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_cuda_graphs_refused_with_fp16(capsys):
+    assert main(["cuda_graphs=true", "precision=fp16", "--dry-run"]) == 2
+    assert "precision=bf16" in capsys.readouterr().err
+
+
+def test_cuda_graphs_is_ignored_on_cpu_with_a_note(celeba, tmp_path, capsys):
+    assert main(tiny_args(celeba, tmp_path / "r", cuda_graphs="true", train__max_steps=2)) == 0
+    assert "cuda_graphs off (needs CUDA)" in capsys.readouterr().out
+
+
+@cuda
+def test_cuda_eager_matches_cpu_closely(eager):
+    check(train(device="cuda"), eager, loss_tol=1e-4, param_mean=LR / 20)
+
+
+@cuda
+def test_cuda_graphs_match_eager_cuda():
+    ref = train(device="cuda")
+    check(train(device="cuda", graphs=True), ref, loss_tol=1e-5, param_max=1e-6)
+
+
+@cuda
+def test_cuda_all_switches_track_eager_cuda():
+    ref = train(device="cuda")
+    check(train(device="cuda", channels_last=True, compile="default", amp=torch.bfloat16, graphs=True), ref,
+          loss_tol=1e-2, param_mean=LR / 2)
