@@ -41,6 +41,7 @@ class Model:
     ngf: int = opt(64, "generator feature maps in the last layer")
     ndf: int = opt(64, "discriminator feature maps in the first layer")
     d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)")
+    sync_bn: bool = opt(False, "BatchNorm statistics over all processes' batches (several processes)")
 
 
 @dataclass
@@ -54,6 +55,7 @@ class Train:
     real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)")
     d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)")
     g_steps: int = opt(1, "generator updates per step")
+    timeout_s: float = opt(600.0, "seconds a collective waits for a lost process before the run fails")
 
 
 @dataclass
@@ -62,6 +64,7 @@ class Optim:
     lr_d: float = opt(2e-4, "Adam learning rate of the discriminator")
     beta1: float = opt(0.5, "Adam beta1")
     beta2: float = opt(0.999, "Adam beta2")
+    scale_lr: bool = opt(False, "multiply both learning rates by the number of processes")
 
 
 @dataclass
@@ -189,7 +192,7 @@ def validate(cfg: Config) -> None:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 0:
             raise UsageError(f"bad value for {key}: must be at least 0")
-    for key in ["optim.lr_g", "optim.lr_d"]:
+    for key in ["optim.lr_g", "optim.lr_d", "train.timeout_s"]:
         obj, f = _lookup(cfg, key)
         if not getattr(obj, f.name) > 0:
             raise UsageError(f"bad value for {key}: must be positive")

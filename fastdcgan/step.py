@@ -9,8 +9,10 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 HIST_BINS = 50
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
@@ -76,7 +78,7 @@ class GANStep:
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  *, nz: int, real_label: float = 1.0, d_steps: int = 1, g_steps: int = 1,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False, compile: str = "off",
-                 cuda_graphs: bool = False):
+                 cuda_graphs: bool = False, distributed: bool = False):
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
         self.nz, self.real_label, self.d_steps, self.g_steps = nz, real_label, d_steps, g_steps
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
@@ -84,16 +86,24 @@ class GANStep:
         self.device = device
         # fp16 needs loss scaling; one scaler serves both optimizers (one update per step).
         self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        if cuda_graphs and (device.type != "cuda" or self.scaler.is_enabled()):
-            raise ValueError("cuda_graphs needs a CUDA device and precision other than fp16 "
+        if cuda_graphs and (device.type != "cuda" or self.scaler.is_enabled() or distributed):
+            raise ValueError("cuda_graphs needs one process on a CUDA device and precision other than fp16 "
                              "(the GradScaler reads its overflow check on the host)")
         self.sums = torch.zeros(len(METRICS) + 1, device=device)  # last slot counts steps
         self.hist = torch.zeros(2, HIST_BINS, device=device)      # D(x), D(G(z)) for the epoch
-        self.run_G, self.run_D = G, D
+        # Under DDP, G and D are each wrapped: broadcast_buffers=False, because D runs twice before
+        # one backward and a buffer broadcast between would overwrite BatchNorm stats autograd saved.
+        # The G phase runs the plain D, frozen: no gradient all-reduce for D there (as StyleGAN2-ADA).
+        self.run_G, self.run_D, self.frozen_D = G, D, D
+        if distributed:
+            ids = [device.index] if device.type == "cuda" else None
+            self.run_G = DDP(G, device_ids=ids, broadcast_buffers=False)
+            self.run_D = DDP(D, device_ids=ids, broadcast_buffers=False)
         self.opt_steps = {opt_g: opt_g.step, opt_d: opt_d.step}
         if compile != "off":
             mode = None if compile == "default" else compile
-            self.run_G, self.run_D = torch.compile(G, mode=mode), torch.compile(D, mode=mode)
+            self.run_G, self.run_D = torch.compile(self.run_G, mode=mode), torch.compile(self.run_D, mode=mode)
+            self.frozen_D = torch.compile(D, mode=mode) if distributed else self.run_D
             if not self.scaler.is_enabled():  # the scaler calls opt.step itself
                 self.opt_steps = {opt: torch.compile(opt.step, mode=mode) for opt in (opt_g, opt_d)}
         self.cuda_graphs = cuda_graphs
@@ -129,7 +139,7 @@ class GANStep:
     def _step(self, batch_u8: torch.Tensor) -> None:
         real = to_model_input(batch_u8, self.channels_last)
         n = real.shape[0]
-        G, D = self.run_G, self.run_D
+        G, D, frozen_D = self.run_G, self.run_D, self.frozen_D
         self.D.requires_grad_(True)
         for _ in range(self.d_steps):
             z = self._noise(n)
@@ -147,7 +157,7 @@ class GANStep:
             with self._autocast():
                 if i > 0:
                     fake = G(z)
-                loss_g = bce(D(fake), 1.0)
+                loss_g = bce(frozen_D(fake), 1.0)
             self._update(self.opt_g, loss_g)
         self.D.requires_grad_(True)
         self.scaler.update()
@@ -196,7 +206,10 @@ class GANStep:
 
     def read(self) -> dict[str, float]:
         """Means since the last read (one host sync), then reset. Empty if no step ran."""
-        sums = self.sums.tolist()
+        sums = self.sums.clone()
+        if dist.is_initialized():  # every rank logs and checks the same, global means
+            dist.all_reduce(sums)
+        sums = sums.tolist()
         self.sums.zero_()
         count = sums[-1]
         if count == 0:
@@ -204,13 +217,19 @@ class GANStep:
         return {k: v / count for k, v in zip(METRICS, sums)}
 
     def finite(self) -> bool:
-        """False if any loss since the last read was NaN or infinite (one host sync)."""
-        return bool(torch.isfinite(self.sums).all())
+        """False if any loss since the last read was NaN or infinite, on this or any rank."""
+        ok = torch.isfinite(self.sums).all().to(torch.int32)
+        if dist.is_initialized():
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok)
 
     def take_histograms(self) -> torch.Tensor:
         """The epoch's D(x) and D(G(z)) histograms (2 x HIST_BINS, on the host), then reset."""
-        h = self.hist.cpu().clone()  # .cpu() is no copy on a CPU run
+        h = self.hist.clone()
+        if dist.is_initialized():
+            dist.all_reduce(h)
         self.hist.zero_()
+        h = h.cpu()
         return h
 
     def state_dict(self) -> dict:

@@ -11,6 +11,7 @@ is kept); 75 stopped by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: r
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import signal
@@ -21,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, config, perf, plots
+from . import checkpoint, config, dist, perf, plots
 from .config import Config, UsageError
 from .data import folder
 from .model import build_models, fixed_noise, sample
@@ -29,6 +30,8 @@ from .step import GANStep, make_optimizers, set_hyperparameters
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 2, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+STOP_FILE = "STOP"       # touch RUN_DIR/STOP to stop a run at the next check (how sbatch relays USR1)
+STOP_CHECK_EVERY = 10    # steps between stop checks when several processes must agree
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
@@ -66,7 +69,7 @@ def rng_state() -> dict:
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
         "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python": random.getstate(),
     }
@@ -74,8 +77,8 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    if state["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])
@@ -91,11 +94,12 @@ class Exit(Exception):
 class Display:
     """A rich progress bar on a terminal; plain log lines in batch jobs and pipes."""
 
-    def __init__(self, total: int, start: int):
+    def __init__(self, total: int, start: int, enabled: bool = True):
         from rich.console import Console
         self.console = Console()
         self.progress = None
-        if self.console.is_terminal:
+        self.enabled = enabled  # only rank 0 shows anything
+        if enabled and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
@@ -108,6 +112,8 @@ class Display:
             self.progress.update(self.task, completed=step, **fields)
 
     def print(self, line: str) -> None:
+        if not self.enabled:
+            return
         if self.progress:
             self.console.print(line, highlight=False)
         else:
@@ -125,10 +131,16 @@ class Run:
         self.cfg = cfg
         self.dir = Path(cfg.train.run_dir)
         self.ckpt_dir = self.dir / "checkpoints"
-        self.device = resolve_device(cfg.device)
-        self.resume_from = self._find_resume()
-        self.images = self._scan_data()
-        self.dir.mkdir(parents=True, exist_ok=True)
+        self.env = dist.from_environment()
+        self.main = self.env.main
+        self.device = dist.init(self.env, resolve_device(cfg.device), cfg.train.timeout_s)
+        if cfg.cuda_graphs and self.device.type == "cuda" and self.env.world > 1:
+            raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
+        # Rank 0 looks at the run directory and the data; every rank gets its answer (or its error).
+        self.resume_from, self.images = self._on_main(lambda: (self._find_resume(), self._scan_data()))
+        if self.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / STOP_FILE).unlink(missing_ok=True)  # a stop request already served
 
         if cfg.compile != "off":
             # Compiled code is per run. Entries left by earlier runs in this process (a notebook, a
@@ -137,19 +149,26 @@ class Run:
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
         self.G, self.D = build_models(m.nz, m.ngf, m.ndf, cfg.data.image_size, m.d_dropout)
+        if self.env.rank:  # same initial weights everywhere, different noise per rank
+            torch.manual_seed(cfg.train.seed + 1_000_003 * self.env.rank)
+        if m.sync_bn and self.env.world > 1:
+            self.G = dist.convert_sync_batchnorm(self.G, self.device)
+            self.D = dist.convert_sync_batchnorm(self.D, self.device)
         memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.G.to(self.device, memory_format=memory_format)
         self.D.to(self.device, memory_format=memory_format)
         o = cfg.optim
         self.cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"  # a preset's graphs mean nothing on CPU
-        self.opt_g, self.opt_d = make_optimizers(self.G, self.D, o.lr_g, o.lr_d, (o.beta1, o.beta2),
-                                                 compiled=cfg.compile != "off", graphs=self.cuda_graphs)
+        self.lr_scale = self.env.world if o.scale_lr else 1
+        self.opt_g, self.opt_d = make_optimizers(self.G, self.D, o.lr_g * self.lr_scale, o.lr_d * self.lr_scale,
+                                                 (o.beta1, o.beta2), compiled=cfg.compile != "off",
+                                                 graphs=self.cuda_graphs)
         self.precision = resolve_precision(cfg.precision, self.device)
         # GANStep trains compiled wrappers when asked; self.G and self.D stay the plain modules we save.
         self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
                            d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps,
                            amp_dtype=PRECISIONS[self.precision], channels_last=cfg.channels_last,
-                           compile=cfg.compile, cuda_graphs=self.cuda_graphs)
+                           compile=cfg.compile, cuda_graphs=self.cuda_graphs, distributed=self.env.world > 1)
         self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
         self.peak = perf.peak_flops(self.device, self.precision)
         self.loader = self._make_loader()
@@ -163,6 +182,19 @@ class Run:
         self.stop_signal: int | None = None
 
     # ----- setup -----
+    def _on_main(self, fn):
+        """fn() on rank 0, its result (or its UsageError) on every rank."""
+        result, error = None, None
+        if self.main:
+            try:
+                result = fn()
+            except UsageError as e:
+                error = str(e)
+        result, error = dist.broadcast((result, error))
+        if error:
+            raise UsageError(error)
+        return result
+
     def _find_resume(self) -> Path | None:
         how = self.cfg.train.resume
         if how == "auto":
@@ -188,7 +220,8 @@ class Run:
     def _make_loader(self):
         from .data.torch import TorchLoader
         d, t = self.cfg.data, self.cfg.train
-        return TorchLoader(self.images.files, d.image_size, t.batch_size, d.workers, t.seed, self.device)
+        return TorchLoader(self.images.files, d.image_size, t.batch_size, d.workers, t.seed, self.device,
+                           self.env.rank, self.env.world)
 
     def _report_data(self, display: Display) -> None:
         im = self.images
@@ -196,7 +229,7 @@ class Run:
                       f"backend {self.loader.name}, {len(self.loader)} steps per epoch")
         if im.missing_rows:
             display.print(f"note: {im.missing_rows} rows of list_eval_partition.txt name files that are not on disk; ignored")
-        if im.skipped:
+        if im.skipped and self.main:
             listing = self.dir / "skipped_files.txt"
             listing.write_text("".join(f"{p}\t{why}\n" for p, why in im.skipped))
             first = ", ".join(p.name for p, _ in im.skipped[:3])
@@ -210,7 +243,7 @@ class Run:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
-            "rng": rng_state(), "version": 1,
+            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
         }
 
     def _load(self, path: Path) -> None:
@@ -225,29 +258,48 @@ class Run:
             raise UsageError(f"cannot resume from {path}: {first}") from None
         # The optimizer state carries the old hyperparameters; the config given now is the one that applies.
         o = self.cfg.optim
-        set_hyperparameters(self.opt_g, o.lr_g, (o.beta1, o.beta2))
-        set_hyperparameters(self.opt_d, o.lr_d, (o.beta1, o.beta2))
+        set_hyperparameters(self.opt_g, o.lr_g * self.lr_scale, (o.beta1, o.beta2))
+        set_hyperparameters(self.opt_d, o.lr_d * self.lr_scale, (o.beta1, o.beta2))
         self.gan.load_state_dict(s["gan"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
-        set_rng_state(s["rng"])
+        saved_world, rank = s.get("world", 1), self.env.rank
+        if saved_world == self.env.world:
+            set_rng_state(s["rng"][rank])
+        else:
+            # Another world size: keep the images seen this epoch (exact at epoch boundaries; mid-epoch
+            # the new slicing of the same permutation may repeat or skip up to a global batch), new noise.
+            self.batch_in_epoch = self.batch_in_epoch * saved_world // self.env.world
+            torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + self.step)
         self.resumed_config = s["config"]
 
     def save(self) -> Path | None:
-        """Checkpoint now, unless the weights may be non-finite; returns the path written."""
+        """Checkpoint now, unless the weights may be non-finite on any rank; returns the path written.
+
+        Every rank calls it at the same step (state() gathers every rank's RNG); rank 0 writes; the
+        barrier after keeps other ranks from exiting, and a launcher from killing rank 0, mid-write.
+        """
         if not self.gan.finite():
             return None
-        return checkpoint.save(self.state(), self.ckpt_dir, self.cfg.ckpt.keep)
+        state = self.state()
+        path = checkpoint.save(state, self.ckpt_dir, self.cfg.ckpt.keep) if self.main else self.ckpt_dir / "latest"
+        dist.barrier()
+        return path
 
     # ----- artefacts -----
     def save_samples(self, name: str) -> None:
-        plots.save_grid(sample(self.G, self.fixed_z), self.dir / "samples" / f"{name}.png")
+        if self.main:
+            plots.save_grid(sample(self.G, self.fixed_z), self.dir / "samples" / f"{name}.png")
 
     def write_plots(self, epoch_label: int) -> None:
-        plots.plot_losses(self.dir / "metrics.jsonl", self.dir / "plots" / "loss.png")
-        plots.plot_d_outputs(self.gan.take_histograms(), epoch_label, self.dir / "plots" / f"d_outputs_epoch_{epoch_label:03d}.png")
+        hist = self.gan.take_histograms()  # on every rank: it sums the ranks' histograms
+        if self.main:
+            plots.plot_losses(self.dir / "metrics.jsonl", self.dir / "plots" / "loss.png")
+            plots.plot_d_outputs(hist, epoch_label, self.dir / "plots" / f"d_outputs_epoch_{epoch_label:03d}.png")
 
     def _trim_metrics(self) -> None:
         """After a resume, forget log rows from steps the checkpoint does not contain (they are redone)."""
+        if not self.main:
+            return
         path = self.dir / "metrics.jsonl"
         rows = [r for r in plots.read_metrics(path) if r["step"] <= self.step]
         path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -257,17 +309,26 @@ class Run:
         self.stop_signal = signum
         signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
 
+    def _write_status(self, state: str) -> None:
+        """RUN_DIR/STATUS: running, finished, stopped (resumable) or nonfinite. Batch scripts read it:
+        torchrun reports any non-zero worker exit as its own exit code 1."""
+        if self.main:
+            checkpoint.atomic_write(self.dir / "STATUS", lambda f: f.write(f"{state} {self.step}\n".encode()))
+
     def fit(self) -> int:
         cfg = self.cfg
-        (self.dir / "config.toml").write_text(config.to_toml(cfg))
-        display = Display(self.total_steps, self.step)
+        if self.main:
+            (self.dir / "config.toml").write_text(config.to_toml(cfg))
+        display = Display(self.total_steps, self.step, enabled=self.main)
+        code = None
         try:
             self._report_data(display)
             batch = self.cfg.train.batch_size
             graphs = "on" if self.cuda_graphs else "off (needs CUDA)" if cfg.cuda_graphs else "off"
             display.print(f"device {self.device}, precision {self.precision}, channels_last {cfg.channels_last}, "
                           f"compile {cfg.compile}, cuda_graphs {graphs}")
-            display.print(f"batch {batch} per process, {self.total_steps} steps, {self.flops / 1e9:.2f} GFLOP "
+            world = f", {self.env.world} processes, global batch {batch * self.env.world}" if self.env.world > 1 else ""
+            display.print(f"batch {batch} per process{world}, {self.total_steps} steps, {self.flops / 1e9:.2f} GFLOP "
                           f"per image per step, run dir {self.dir}")
             if self.resume_from:
                 display.print(f"resumed from {self.resume_from} at step {self.step} (epoch {self.epoch}, "
@@ -278,13 +339,17 @@ class Run:
                     display.print(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")
             for s in STOP_SIGNALS:
                 signal.signal(s, self._on_signal)
-            return self._loop(display)
+            self._write_status("running")
+            code = self._loop(display)
         except Exit as e:
-            return e.code
+            code = e.code
         finally:
             for s in STOP_SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
             display.close()
+            if code is not None:
+                self._write_status({EXIT_OK: "finished", EXIT_STOPPED: "stopped"}.get(code, "nonfinite"))
+        return code
 
     def _loop(self, display: Display) -> int:
         self.display, self.timer = display, perf.StepTimer(self.device)
@@ -292,10 +357,11 @@ class Run:
         self.last_saved = self.step if self.resume_from else -1
         reals = self.dir / "samples" / "reals.png"
         t_start = time.perf_counter()
-        with open(self.dir / "metrics.jsonl", "a") as self.metrics_file:
+        metrics = open(self.dir / "metrics.jsonl", "a") if self.main else contextlib.nullcontext()
+        with metrics as self.metrics_file:
             while self.step < self.total_steps:
                 for batch in self.loader.epoch(self.epoch, self.batch_in_epoch):
-                    if self.step == 0 and not reals.exists():
+                    if self.step == 0 and self.main and not reals.exists():
                         plots.save_grid(batch[: self.cfg.sample.n].permute(0, 3, 1, 2).float() / 127.5 - 1, reals)
                     self.timer.got_batch()
                     self.gan.step(batch)
@@ -315,8 +381,9 @@ class Run:
                 self.write_plots(self.epoch + 1)
             if self.last_saved != self.step:
                 self._checkpoint()
-        torch.save(self.G.state_dict(), self.dir / "generator.pth")
-        torch.save(self.D.state_dict(), self.dir / "discriminator.pth")
+        if self.main:
+            torch.save(self.G.state_dict(), self.dir / "generator.pth")
+            torch.save(self.D.state_dict(), self.dir / "discriminator.pth")
         display.print(f"done: {self.step} steps; generator.pth, samples and plots in {self.dir}")
         return EXIT_OK
 
@@ -328,7 +395,7 @@ class Run:
         with self.timer.paused():
             if self.step % cfg.sample.every == 0:
                 self.save_samples(f"step_{self.step:08d}")
-            if self.stop_signal is not None:
+            if self._stop_requested():
                 self._stop()
             if self.step % cfg.ckpt.every == 0:
                 self._checkpoint()
@@ -340,7 +407,7 @@ class Run:
             self.save_samples(f"epoch_{self.epoch:03d}")
             self.write_plots(self.epoch)
             self._checkpoint()
-            if self.stop_signal is not None:
+            if self._stop_requested(now=True):
                 self._stop()
 
     def _checkpoint(self) -> Path:
@@ -354,13 +421,14 @@ class Run:
         m = self.gan.read()
         if not all(np.isfinite(v) for v in m.values()):
             self._nonfinite()
-        batch = self.cfg.train.batch_size
+        batch = self.cfg.train.batch_size * self.env.world  # global: every rank's images count
         row = {"step": self.step, "epoch": self.epoch, "images": self.step * batch, **m,
                **self.timer.read(batch), "time": time.time()}
         if self.peak:
             row["mfu"] = row["img_per_s"] * self.flops / self.peak
-        self.metrics_file.write(json.dumps(row) + "\n")
-        self.metrics_file.flush()
+        if self.main:
+            self.metrics_file.write(json.dumps(row) + "\n")
+            self.metrics_file.flush()
         info = (f"loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}  D(x) {m['d_real']:.3f}  "
                 f"D(G(z)) {m['d_fake']:.3f}  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  "
                 f"compute {row['compute_ms']:.1f} ms" + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
@@ -374,9 +442,21 @@ class Run:
                            f"{good or 'none'}. Lower the learning rates or try precision=fp32.")
         raise Exit(EXIT_NONFINITE)
 
+    def _stop_requested(self, now: bool = False) -> bool:
+        """A stop signal on any rank, or RUN_DIR/STOP: every rank gets the same answer at the same step.
+        With several processes that takes a collective, so it is asked every STOP_CHECK_EVERY steps."""
+        if self.env.world == 1 and self.stop_signal is not None:
+            return True
+        if not now and self.step % STOP_CHECK_EVERY:
+            return False
+        local = self.stop_signal is not None or (self.main and (self.dir / STOP_FILE).exists())
+        return dist.any_rank(local)
+
     def _stop(self) -> None:
-        name = signal.Signals(self.stop_signal).name
+        name = signal.Signals(self.stop_signal).name if self.stop_signal else f"{STOP_FILE} file"
         path = self._checkpoint()
+        if self.main:
+            (self.dir / STOP_FILE).unlink(missing_ok=True)
         self.display.print(f"stopped by {name} at step {self.step}; checkpoint {path}. Run the same command to resume.")
         raise Exit(EXIT_STOPPED)
 
@@ -390,8 +470,12 @@ def main(argv: list[str] | None = None) -> int:
         run = Run(cfg)
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
+        dist.shutdown()
         return EXIT_USAGE
-    return run.fit()
+    try:
+        return run.fit()
+    finally:
+        dist.shutdown()
 
 
 if __name__ == "__main__":

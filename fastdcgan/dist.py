@@ -1,0 +1,153 @@
+"""Processes, ranks and the process group: torchrun, srun without torchrun, or one process.
+
+    python -m fastdcgan.train ...                                  # one process
+    torchrun --nproc_per_node=4 -m fastdcgan.train ...             # one node, 4 processes
+    srun --ntasks-per-node=4 python -m fastdcgan.train ...         # SLURM tasks, no torchrun
+    sbatch slurm/train.sbatch                                      # several nodes, see README
+
+NCCL with one GPU per local rank on CUDA, gloo on CPU. Collectives time out (train.timeout_s) so
+that a lost process fails the others instead of hanging them. Rank 0 alone writes files and prints.
+"""
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass
+class Env:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def first_host(nodelist: str) -> str:
+    """The first host of a SLURM node list: 'gpu[03-05,7],cpu1' -> 'gpu03'."""
+    m = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not m:
+        raise ValueError(f"cannot read SLURM node list {nodelist!r}")
+    prefix, ranges = m.groups()
+    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+
+
+def from_environment(environ: dict | None = None) -> Env:
+    """Rank, world size and local rank from torchrun's variables, else SLURM's, else one process.
+
+    Under SLURM without torchrun it also sets MASTER_ADDR (the first host of the job) and
+    MASTER_PORT (derived from the job id, so two jobs on one node do not collide) when unset.
+    """
+    env = os.environ if environ is None else environ
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return Env(int(env["RANK"]), int(env["WORLD_SIZE"]), int(env.get("LOCAL_RANK", 0)))
+    if int(env.get("SLURM_NTASKS", "1")) > 1 and "SLURM_PROCID" in env:
+        env.setdefault("MASTER_ADDR", first_host(env["SLURM_JOB_NODELIST"]))
+        env.setdefault("MASTER_PORT", str(20000 + int(env.get("SLURM_JOB_ID", "0")) % 20000))
+        return Env(int(env["SLURM_PROCID"]), int(env["SLURM_NTASKS"]), int(env.get("SLURM_LOCALID", 0)))
+    return Env()
+
+
+_cpu_group = None  # gloo group for small host-side agreements: no GPU sync, whatever the main backend
+
+
+def init(env: Env, device: torch.device, timeout_s: float) -> torch.device:
+    """Join the process group (when there is more than one process); returns this rank's device."""
+    if device.type == "cuda":
+        device = torch.device("cuda", env.local_rank)
+        torch.cuda.set_device(device)
+    if env.world > 1 and not dist.is_initialized():
+        os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a lost peer raises, not hangs
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank,
+                                world_size=env.world, timeout=timedelta(seconds=timeout_s),
+                                device_id=device if device.type == "cuda" else None)
+        global _cpu_group
+        _cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None
+    return device
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def any_rank(flag: bool) -> bool:
+    """True on every rank if it is True on any rank: one small CPU collective, no GPU sync."""
+    if not dist.is_initialized():
+        return flag
+    t = torch.tensor([int(flag)])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group)
+    return bool(t.item())
+
+
+def all_gather(obj):
+    """Every rank's obj, in rank order (one process: [obj])."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast(obj):
+    """Rank 0's obj on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+class SyncBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose batch statistics span all processes, on any device.
+
+    torch.nn.SyncBatchNorm serves CUDA; it refuses CPU tensors, so gloo runs use this: per-channel
+    sums and sums of squares go through a differentiable all-reduce, which also carries the
+    gradient of the statistics back to every process, as SyncBatchNorm's backward does.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+        count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
+        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        c = x.shape[1]
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = stats[c:2 * c] / n - mean * mean
+        with torch.no_grad():
+            self.num_batches_tracked += 1
+            m = self.momentum
+            self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
+            self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
+        shape = (1, c, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape)
+
+
+def convert_sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Every BatchNorm2d made process-synchronised: torch's on CUDA, SyncBatchNorm2d elsewhere."""
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        if type(child) is nn.BatchNorm2d:
+            new = SyncBatchNorm2d(child.num_features, child.eps, child.momentum).to(child.weight.device)
+            new.load_state_dict(child.state_dict())
+            setattr(module, name, new)
+        else:
+            convert_sync_batchnorm(child, device)
+    return module
