@@ -66,8 +66,14 @@ def init(env: Env, device: torch.device, timeout_s: float) -> torch.device:
         torch.cuda.set_device(device)
     if env.world > 1 and not dist.is_initialized():
         os.environ.setdefault("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1")  # a lost peer raises, not hangs
+        timeout = timedelta(seconds=timeout_s)
+        store, _, _ = next(dist.rendezvous("env://", rank=env.rank, world_size=env.world, timeout=timeout))
+        # torchrun keeps its store across restarts; without a fresh prefix a restarted rank can read
+        # the dead rank's address from the last round and fail to connect.
+        restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=env.rank,
-                                world_size=env.world, timeout=timedelta(seconds=timeout_s),
+                                world_size=env.world, timeout=timeout,
+                                store=dist.PrefixStore(f"fastdcgan/restart{restart}", store),
                                 device_id=device if device.type == "cuda" else None)
         global _cpu_group
         _cpu_group = dist.new_group(backend="gloo") if device.type == "cuda" else None

@@ -7,6 +7,7 @@ reads a value back to the host: losses and D outputs are summed on the device an
 from __future__ import annotations
 
 import contextlib
+import inspect
 
 import torch
 import torch.distributed as dist
@@ -15,6 +16,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 HIST_BINS = 50
+# No buffer broadcast at each forward; newer torch names the switch forward_sync_buffers.
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+                  else {"broadcast_buffers": False})
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 
 
@@ -91,14 +95,14 @@ class GANStep:
                              "(the GradScaler reads its overflow check on the host)")
         self.sums = torch.zeros(len(METRICS) + 1, device=device)  # last slot counts steps
         self.hist = torch.zeros(2, HIST_BINS, device=device)      # D(x), D(G(z)) for the epoch
-        # Under DDP, G and D are each wrapped: broadcast_buffers=False, because D runs twice before
+        # Under DDP, G and D are each wrapped without buffer broadcasts, because D runs twice before
         # one backward and a buffer broadcast between would overwrite BatchNorm stats autograd saved.
         # The G phase runs the plain D, frozen: no gradient all-reduce for D there (as StyleGAN2-ADA).
         self.run_G, self.run_D, self.frozen_D = G, D, D
         if distributed:
             ids = [device.index] if device.type == "cuda" else None
-            self.run_G = DDP(G, device_ids=ids, broadcast_buffers=False)
-            self.run_D = DDP(D, device_ids=ids, broadcast_buffers=False)
+            self.run_G = DDP(G, device_ids=ids, **NO_BUFFER_SYNC)
+            self.run_D = DDP(D, device_ids=ids, **NO_BUFFER_SYNC)
         self.opt_steps = {opt_g: opt_g.step, opt_d: opt_d.step}
         if compile != "off":
             mode = None if compile == "default" else compile

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import random
 import signal
 import sys
@@ -43,7 +44,7 @@ def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
     p.add_argument("--config", help="TOML file of settings (overrides on the command line win)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # overrides may come before or after --config
     return config.build(args.config, args.overrides), args.dry_run
 
 
@@ -138,9 +139,7 @@ class Run:
             raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
         # Rank 0 looks at the run directory and the data; every rank gets its answer (or its error).
         self.resume_from, self.images = self._on_main(lambda: (self._find_resume(), self._scan_data()))
-        if self.main:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            (self.dir / STOP_FILE).unlink(missing_ok=True)  # a stop request already served
+        self.stop_pending = self._on_main(self._stop_file_at_start)
 
         if cfg.compile != "off":
             # Compiled code is per run. Entries left by earlier runs in this process (a notebook, a
@@ -194,6 +193,16 @@ class Run:
         if error:
             raise UsageError(error)
         return result
+
+    def _stop_file_at_start(self) -> bool:
+        """A stop leaves RUN_DIR/STOP. A fresh launch clears it; workers that torchrun restarts in the
+        same launch find it and stop at once, rather than train on in an allocation being taken away."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        stop = self.dir / STOP_FILE
+        if stop.exists() and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+            return True
+        stop.unlink(missing_ok=True)
+        return False
 
     def _find_resume(self) -> Path | None:
         how = self.cfg.train.resume
@@ -339,6 +348,9 @@ class Run:
                     display.print(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")
             for s in STOP_SIGNALS:
                 signal.signal(s, self._on_signal)
+            if self.stop_pending:
+                display.print(f"{self.dir / STOP_FILE} is there: this launch was asked to stop; not training")
+                raise Exit(EXIT_STOPPED)
             self._write_status("running")
             code = self._loop(display)
         except Exit as e:
@@ -456,7 +468,7 @@ class Run:
         name = signal.Signals(self.stop_signal).name if self.stop_signal else f"{STOP_FILE} file"
         path = self._checkpoint()
         if self.main:
-            (self.dir / STOP_FILE).unlink(missing_ok=True)
+            (self.dir / STOP_FILE).write_text(f"stopped by {name} at step {self.step}\n")
         self.display.print(f"stopped by {name} at step {self.step}; checkpoint {path}. Run the same command to resume.")
         raise Exit(EXIT_STOPPED)
 

@@ -1,0 +1,135 @@
+"""Several processes on CPU: real torchrun, real gloo process groups, real signals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import REPO, tiny_args
+from fastdcgan import checkpoint, dist
+from fastdcgan.data.torch import EpochSampler
+from fastdcgan.train import EXIT_STOPPED, main
+
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def torchrun(*args, extra=(), **kw):
+    return subprocess.Popen([*TORCHRUN, *extra, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
+
+
+def wait_for_step(run: Path, step: int, proc, timeout=180):
+    t = time.time()
+    while time.time() - t < timeout:
+        path = run / "metrics.jsonl"
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.1)
+    raise TimeoutError
+
+
+def workers_of(proc) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def test_first_host_and_environments(monkeypatch):
+    assert dist.first_host("gpu[03-05,7],cpu1") == "gpu03"
+    assert dist.first_host("node12") == "node12"
+    assert dist.first_host("a[1,4]") == "a1"
+    assert dist.from_environment({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == dist.Env(3, 8, 1)
+    env = {"SLURM_PROCID": "5", "SLURM_NTASKS": "8", "SLURM_LOCALID": "1", "SLURM_JOB_NODELIST": "n[2-3]",
+           "SLURM_JOB_ID": "77"}
+    assert dist.from_environment(env) == dist.Env(5, 8, 1)
+    assert env["MASTER_ADDR"] == "n2" and env["MASTER_PORT"] == "20077"
+    assert dist.from_environment({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == dist.Env()
+
+
+def test_rank_slices_cover_each_image_once_per_epoch():
+    n, batch = 103, 5
+    slices = [EpochSampler(n, batch, seed=1, rank=r, world=3) for r in range(3)]
+    for s in slices:
+        s.set_epoch(2)
+    seen = [i for s in slices for i in s]
+    assert len(seen) == len(set(seen)) == (n // 15) * 15
+    assert all(len(list(s)) == (n // 15) * batch for s in slices)
+
+
+def test_two_processes_train_and_only_rank_0_writes(celeba, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__max_steps=8))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert out.count("global batch 8") == 1 and out.count("done: 8 steps") == 1  # one display
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [2, 4, 6, 8]
+    assert (run / "STATUS").read_text().split() == ["finished", "8"]
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["world"] == 2
+    assert (run / "generator.pth").is_file()
+
+
+def test_sync_bn_two_half_batches_equal_one_whole_batch(tmp_path):
+    worker = str(REPO / "tests" / "syncbn_worker.py")
+    proc = torchrun(worker, tmp_path / "two.pt", 16, 1)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE")}
+    subprocess.run([sys.executable, worker, tmp_path / "one.pt", "16", "1"], check=True, env=env, cwd=REPO)
+    two, one = torch.load(tmp_path / "two.pt"), torch.load(tmp_path / "one.pt")
+    # Same sums in another order: float32 rounding only (~1e-7 relative); an unsynced BatchNorm,
+    # or gradients summed instead of averaged, would be off by whole Adam steps (2e-4).
+    for net in ("G", "D"):
+        for k, v in one[net].items():
+            assert torch.allclose(two[net][k].float(), v.float(), atol=2e-6), (net, k)
+
+
+def test_sigterm_to_one_worker_stops_all_with_one_checkpoint(celeba, tmp_path):
+    run = tmp_path / "run"
+    proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__epochs=1000,
+                                                         ckpt__every=1000, sample__every=1000))
+    wait_for_step(run, 3, proc)
+    os.kill(workers_of(proc)[1], signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert out.count(f"exitcode  : {EXIT_STOPPED}") >= 1, out  # the workers' code, as torchrun reports it
+    state, step = (run / "STATUS").read_text().split()
+    assert state == "stopped"
+    saved = checkpoint.list_checkpoints(run / "checkpoints")
+    assert [int(checkpoint.load(p)["step"]) for p in saved] == [int(step)]  # one checkpoint, at the agreed step
+    assert int(step) % 10 == 0 or int(step) % 6 == 0  # agreed every STOP_CHECK_EVERY steps and at epoch ends
+
+    # ... and that 2-process checkpoint resumes in one process (fresh launch: the stale STOP is cleared)
+    assert main(tiny_args(celeba, run, train__batch_size=4, train__max_steps=int(step) + 4)) == 0
+    assert (run / "STATUS").read_text().split() == ["finished", str(int(step) + 4)]
+
+
+def test_killed_worker_restarts_and_resumes(celeba, tmp_path):
+    run = tmp_path / "run"
+    args = tiny_args(celeba, run, train__batch_size=4, train__epochs=100, ckpt__every=3, train__max_steps=30)
+    proc = torchrun("-m", "fastdcgan.train", *args, extra=["--max-restarts=1"])
+    wait_for_step(run, 8, proc)
+    os.kill(workers_of(proc)[1], signal.SIGKILL)
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    assert "resumed from" in out
+    assert (run / "STATUS").read_text().split() == ["finished", "30"]
+
+
+def test_sbatch_script_parses_and_builds_the_torchrun_command():
+    script = REPO / "slurm" / "train.sbatch"
+    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "3", "SLURM_GPUS_ON_NODE": "4",
+           "SLURM_JOB_NODELIST": "gpu[10-12]", "SLURM_JOB_NAME": "faces", "PYTHON": sys.executable}
+    r = subprocess.run(["bash", script, "--config", "configs/celeba64.toml", "data.root=/data/celeba"],
+                       capture_output=True, text=True, env=env, cwd=REPO)
+    assert r.returncode == 0, r.stderr
+    cmd = r.stdout.split()
+    assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
+    for part in ("--nnodes=3", "--nproc_per_node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu10:24242",
+                 "--rdzv_id=4242", "fastdcgan.train", "train.run_dir=runs/faces-4242", "data.root=/data/celeba"):
+        assert part in cmd, part
