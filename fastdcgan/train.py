@@ -198,9 +198,8 @@ class Run:
         return images
 
     def _make_loader(self):
-        from .data.torch import TorchLoader
-        d, t = self.cfg.data, self.cfg.train
-        return TorchLoader(self.images.files, d.image_size, t.batch_size, d.workers, t.seed, self.device)
+        from .data.loaders import make_loader
+        return make_loader(self.cfg, self.images, self.device, say=lambda line: print(line, flush=True))
 
     def _report_data(self, display: Display) -> None:
         im = self.images
