@@ -41,7 +41,7 @@ from .folder import ImageList, cache_dir, open_rgb
 from .order import batches_per_epoch, epoch_batches
 
 FORMAT_VERSION = 1
-TRANSFORM = "centre square (side = shorter side), antialiased linear resize to SxS, RGB uint8 HWC"
+TRANSFORM = "torchvision Resize(S)+CenterCrop(S) region, one antialiased linear resize, RGB uint8 HWC"
 CHUNK = 256  # images per decode batch while building
 
 
@@ -65,17 +65,28 @@ def is_complete(folder: Path) -> bool:
     return (folder / "index.json").is_file() and (folder / "images.npy").is_file()
 
 
-def square_box(width: int, height: int) -> tuple[float, float, float, float]:
-    """The centred square (left, top, right, bottom) the DALI pipeline resizes: same geometry here."""
-    side = min(width, height)
-    left, top = (width - side) / 2, (height - side) / 2
-    return left, top, left + side, top + side
+def plain_path_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
+    """(left, top, right, bottom): the source region torchvision's Resize(size) + CenterCrop(size) keeps.
+
+    The Python twin of dali.plain_path_roi (see there for the arithmetic).
+    """
+    short, box = min(width, height), []
+    for n in (width, height):
+        r = n * size // short
+        off = round((r - size) / 2)
+        box.append((off * n / r, (off + size) * n / r))
+    (left, right), (top, bottom) = box
+    return left, top, right, bottom
 
 
 def decode_pil(path: str, image_size: int) -> np.ndarray:
-    """One image the way the DALI pipeline makes it, with PIL (JPEG draft: DCT-domain downscale)."""
+    """One image the way the DALI pipeline makes it, with PIL and JPEG draft mode (DCT-domain downscale)."""
+    with Image.open(path) as im:
+        width, height = im.size  # before draft mode shrinks it
     im = open_rgb(path, draft_size=image_size)
-    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=square_box(*im.size))
+    kx, ky = im.size[0] / width, im.size[1] / height
+    left, top, right, bottom = plain_path_box(width, height, image_size)
+    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=(left * kx, top * ky, right * kx, bottom * ky))
     return np.asarray(im, dtype=np.uint8)
 
 
