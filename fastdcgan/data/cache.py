@@ -80,10 +80,14 @@ def plain_path_box(width: int, height: int, size: int) -> tuple[float, float, fl
 
 
 def decode_pil(path: str, image_size: int) -> np.ndarray:
-    """One image the way the DALI pipeline makes it, with PIL and JPEG draft mode (DCT-domain downscale)."""
+    """One image the way the DALI pipeline makes it, with PIL.
+
+    JPEG draft mode lets libjpeg downscale in the DCT domain, but only to twice the target size:
+    drafting right down to it (a 1/4 scale for 178x218 -> 32) costs 2.4 grey levels of detail.
+    """
     with Image.open(path) as im:
         width, height = im.size  # before draft mode shrinks it
-    im = open_rgb(path, draft_size=image_size)
+    im = open_rgb(path, draft_size=2 * image_size)
     kx, ky = im.size[0] / width, im.size[1] / height
     left, top, right, bottom = plain_path_box(width, height, image_size)
     im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=(left * kx, top * ky, right * kx, bottom * ky))
