@@ -1,9 +1,12 @@
 """The DALI input backend on CPU: output format, geometry against the plain path, order, sharding."""
+import warnings
+
+import numpy as np
 import pytest
 import torch
 
 from conftest import color_ids, tiny_args, weights, write_colors
-from fastdcgan.data.dali import DaliLoader
+from fastdcgan.data.dali import DaliLoader, NameSource, build_pipeline
 from fastdcgan.data.folder import find_images, scan
 from fastdcgan.data.order import epoch_batches
 from fastdcgan.data.synthetic import make_faces
@@ -103,13 +106,17 @@ def test_a_corrupt_file_never_reaches_dali(tmp_path):
     files = write_colors(tmp_path, 16)
     good = files[3].read_bytes()
     files[3].write_bytes(good[: len(good) // 3])  # truncated JPEG
-    # Unchecked, DALI dies on it: the point of validating first.
+    # Given it, a DALI pipeline dies: the point of validating first.
+    source = NameSource(find_images(tmp_path).files)
+    pipe = build_pipeline(source, 32, 16, 1, 1, CPU)
+    source.start(np.arange(16).reshape(1, 16))
     with pytest.raises(RuntimeError):
-        for _ in DaliLoader(find_images(tmp_path).files, 32, 4, 0, CPU, 1).epoch(0):
-            pass
+        pipe.run()
     images = scan(tmp_path)
     assert [p.name for p, _ in images.skipped] == ["0003.jpg"]
-    ids = [i for b in DaliLoader(images.files, 32, 4, 0, CPU, 1).epoch(0) for i in color_ids(b)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even the recovery path is needed
+        ids = [i for b in DaliLoader(images.files, 32, 4, 0, CPU, 1).epoch(0) for i in color_ids(b)]
     assert len(ids) == 12 and 3 not in ids
 
 
@@ -121,3 +128,17 @@ def test_resume_mid_epoch_with_dali_is_bit_identical(celeba, tmp_path, capsys):
     assert main(tiny_args(celeba, split, data__backend="dali", train__max_steps=9)) == 0
     a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_file_broken_after_the_check_does_not_end_the_epoch(tmp_path):
+    files = write_colors(tmp_path, 16)
+    loader = DaliLoader(scan(tmp_path).files, 32, 4, seed=0, device=CPU, threads=1)
+    good = files[5].read_bytes()
+    files[5].write_bytes(good[: len(good) // 3])  # truncated after validation, while "training"
+    with pytest.warns(UserWarning, match="DALI failed"):
+        batches = [color_ids(b) for b in loader.epoch(0)]
+    expected = epoch_batches(16, 4, 0, 0).tolist()
+    assert len(batches) == 4
+    for got, want in zip(batches, expected):  # every batch as planned; file 5 replaced by the next one
+        assert got == [6 if i == 5 else i for i in want]
+    assert [color_ids(b) for b in loader.epoch(1)][0] != [] and len(list(loader.epoch(2))) == 4

@@ -25,6 +25,7 @@ buffers. uint8 (B, H, W, 3) permuted to NCHW is already channels_last.
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -163,7 +164,7 @@ class DaliLoader:
             raise UsageError(f"{len(files)} usable images are fewer than one batch "
                              f"(train.batch_size={batch_size} x {world} processes)")
         self.n, self.batch_size, self.seed, self.rank, self.world = len(files), batch_size, seed, rank, world
-        self.device = device
+        self.files, self.image_size, self.prefetch, self.device = files, image_size, prefetch, device
         self.threads = threads or default_threads()
         self.source = NameSource(files)
         self.pipe = build_pipeline(self.source, image_size, batch_size, self.threads, prefetch, device)
@@ -178,6 +179,31 @@ class DaliLoader:
         table = epoch_batches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world)[start_batch:]
         self.source.start(table.numpy())
         self.started = True
-        for _ in range(len(table)):
-            (out,) = self.pipe.run()
+        for b in range(len(table)):
+            try:
+                (out,) = self.pipe.run()
+            except RuntimeError as e:  # a file changed since it was checked: this pipeline is dead
+                yield self._recover(table.numpy(), b, e)
+                continue
             yield to_torch(out, self.device)
+
+    def _recover(self, table: np.ndarray, b: int, error: Exception) -> torch.Tensor:
+        """Batch b decoded with PIL (a file that fails is replaced by the next one, as the torch path does);
+        a new pipeline carries on from batch b + 1. One bad file must not end an hour-long run."""
+        from .cache import decode_pil
+
+        lines = [x.strip() for x in str(error).splitlines()]
+        why = next((x for x in lines if x.startswith(("Error in", "nvImageCodec", "Could not"))), type(error).__name__)
+        warnings.warn(f"DALI failed on a batch ({why.rstrip(',')}); decoding it with PIL and restarting the pipeline")
+        images = []
+        for i in table[b]:
+            for j in range(i, i + self.n):
+                try:
+                    images.append(decode_pil(str(self.files[j % self.n]), self.image_size))
+                    break
+                except Exception as e:  # PIL raises many kinds; any of them means this file is unusable
+                    warnings.warn(f"skipping {self.files[j % self.n]}: {type(e).__name__}: {e}; using the next image")
+        self.pipe = build_pipeline(self.source, self.image_size, self.batch_size, self.threads, self.prefetch,
+                                   self.device)
+        self.source.start(table[b + 1:])
+        return torch.from_numpy(np.stack(images)).to(self.device)
