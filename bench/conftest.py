@@ -122,7 +122,8 @@ def machine() -> dict:
                                             capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             info["driver"] = "unknown"
-    info["command"] = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    prog = Path(sys.argv[0]).name
+    info["command"] = " ".join(["python -m pytest" if prog in ("__main__.py", "pytest") else prog, *sys.argv[1:]])
     return info
 
 
