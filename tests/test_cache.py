@@ -132,10 +132,9 @@ def test_hflip_mirrors_a_seeded_half_and_resumes_exactly(faces):
     assert not torch.equal(torch.cat(list(flipped.epoch(1))), torch.cat(list(plain.epoch(1))))
 
 
-@pytest.mark.parametrize("hflip", [False, True])
-def test_resume_mid_epoch_with_the_cache_is_bit_identical(celeba, tmp_path, hflip):
+def test_resume_mid_epoch_with_the_cache_and_hflip_is_bit_identical(celeba, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    extra = dict(data__backend="cache", data__hflip=hflip)
+    extra = dict(data__backend="cache", data__hflip=True)  # the flips must resume exactly too
     assert main(tiny_args(celeba, whole, train__max_steps=9, **extra)) == 0
     assert main(tiny_args(celeba, split, train__max_steps=5, **extra)) == 0
     assert main(tiny_args(celeba, split, train__max_steps=9, **extra)) == 0
