@@ -134,7 +134,8 @@ def _table(rows: list[Row]) -> list[str]:
     for r in rows:
         rel = f"{r.img_per_s / base[r.suite]:.2f}x" if r.suite in base else ""
         notes = ", ".join(f"{k}={v}" for k, v in r.extra.items())
-        lines.append(f"{r.suite:<8} {r.variant:<26} {r.img_per_s:>9,.0f} {rel:>8} {r.p50_ms:>8.2f} {r.p95_ms:>8.2f}  {notes}")
+        lines.append(f"{r.suite:<8} {r.variant:<26} {r.img_per_s:>9,.0f} {rel:>8} {r.p50_ms:>8.2f} "
+                     f"{r.p95_ms:>8.2f}  {notes}")
     return lines
 
 

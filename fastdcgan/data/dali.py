@@ -5,7 +5,7 @@ otherwise) -> one antialiased linear fn.resize of exactly the source region that
 Resize(S) + CenterCrop(S) keeps (torchvision's rounding included: plain_path_roi) to S x S -> uint8
 HWC. Same geometry, same filter: the two paths differ by about 0.1 grey levels on average (tested;
 a plain centred square would be off by half a pixel, 0.8 grey levels at 64px and 7 at 32px), and
-resizing only that region is 15% faster on CPU than resizing the whole image and then cropping.
+resizing only that region is 11-17% faster on CPU than resizing the whole image and then cropping.
 
 Order and sharding. DALI's own readers cannot do what exact resume needs: `fn.readers.file` fixes
 its file list when the pipeline is built, its `random_shuffle` is a buffer shuffle with no way to
@@ -35,10 +35,11 @@ import torch
 from ..config import UsageError
 from .order import batches_per_epoch, epoch_batches
 
-# Share of the JPEGs nvJPEG sends to the hardware decoder (A100, H100) when the pipeline runs with
-# a GPU; the rest are decoded by CUDA kernels with Huffman decoding on DALI's CPU threads. DALI's
-# default is 0.65, tuned on A100 with ~5 CPU threads per GPU; an H100 has 7 hardware JPEG engines
-# (A100: 5), so a larger share is expected to pay. Unmeasured here: tune it on the target GPU.
+# Share of the JPEGs nvJPEG sends to the hardware JPEG decoder (A100, H100) when the pipeline runs
+# with a GPU; the rest are decoded by CUDA kernels with Huffman decoding on DALI's CPU threads.
+# DALI's default, 0.65, was tuned on an A100 with a few CPU threads per GPU; an H100 has more JPEG
+# hardware (7 NVJPG engines), so a larger share should pay. UNMEASURED (no GPU was available when
+# this was written): measure with bench/test_input.py on the target GPU and tune.
 HW_DECODER_LOAD = 0.75
 # CelebA's aligned crops are 178x218; nvJPEG's hardware decoder preallocates for this size, so the
 # first batches do not stall on allocation. Larger images still decode (buffers grow once).
@@ -110,9 +111,9 @@ def build_pipeline(source: NameSource, image_size: int, batch_size: int, threads
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device.type == "cuda"
+    device_id = (torch.cuda.current_device() if device.index is None else device.index) if gpu else None
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=prefetch,
-                  device_id=(device.index if device.index is not None else torch.cuda.current_device()) if gpu else None)
+    @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=prefetch, device_id=device_id)
     def pipe():
         names = fn.external_source(source=source, batch=True, dtype=types.UINT8)
         encoded = fn.io.file.read(names)
