@@ -156,7 +156,7 @@ def test_auto_picks_the_cache_when_it_fits_then_dali_then_torch(monkeypatch):
 def test_auto_through_the_trainer_says_what_it_picked(celeba, tmp_path, capsys):
     assert main(tiny_args(celeba, tmp_path / "run", data__backend="auto", train__max_steps=2)) == 0
     out = capsys.readouterr().out
-    assert "input: backend cache (auto: 48 images at 32px = 0 MiB fits the budget" in out
+    assert "input: backend cache (auto: 48 images at 32px = 0.1 MiB fits the budget" in out
     assert "input: cache built: 48 images" in out
 
 

@@ -58,7 +58,7 @@ def choose(backend: str, n_images: int, image_size: int, device: torch.device) -
     if backend != "auto":
         return backend, "data.backend=" + backend
     budget, what = memory_budget(device)
-    size = f"{n_images} images at {image_size}px = {need / 2**20:.0f} MiB"
+    size = f"{n_images} images at {image_size}px = {need / 2**20:.1f} MiB"
     if need <= budget:
         return "cache", f"auto: {size} fits the budget ({what})"
     if available() is None:
@@ -106,10 +106,10 @@ def build_cache(images: ImageList, image_size: int, device: torch.device, thread
             report = cache.ensure(images, image_size, device, threads, lambda done: bar.update(task, completed=done))
     size = cache.nbytes(report.images, image_size) / 2**20
     if report.built:
-        say(f"input: cache built: {report.images} images, {size:.0f} MiB in {report.seconds:.1f} s "
+        say(f"input: cache built: {report.images} images, {size:.1f} MiB in {report.seconds:.1f} s "
             f"({report.decoder}) at {report.folder}")
     else:
-        say(f"input: cache reused: {report.images} images, {size:.0f} MiB at {report.folder}")
+        say(f"input: cache reused: {report.images} images, {size:.1f} MiB at {report.folder}")
     if report.skipped:
         say(f"warning: {len(report.skipped)} files did not decode while building the cache and are left out "
             f"(first: {report.skipped[0][0]}: {report.skipped[0][1]})")
