@@ -235,7 +235,7 @@ def ensure(images: ImageList, image_size: int, device: torch.device, threads: in
     index = index_of(images, image_size)
     folder = location(index)
     if not is_complete(folder):
-        with _lock(folder.parent / f"{folder.name}.lock"):
+        with _lock(folder.parent / f".{folder.name}.lock"):
             if not is_complete(folder):  # another process may have built it while we waited
                 _remove_stale_temps(folder.parent)
                 return _build(index, images, folder, device, threads, progress)
