@@ -30,8 +30,12 @@ class Data:
     root: str = opt("", "image folder or CelebA download; empty = built-in synthetic faces")
     split: str = opt("all", "CelebA partition to train on", ("train", "valid", "test", "all"))
     image_size: int = opt(64, "training resolution in pixels (square)", (32, 64, 128))
-    backend: str = opt("auto", "input pipeline; auto picks the fastest available", ("auto", "torch"))
+    backend: str = opt("auto", "input pipeline; auto = cache if the decoded dataset fits the memory budget, "
+                       "else dali, else torch", ("auto", "cache", "dali", "torch"))
     workers: int = opt(2, "DataLoader worker processes (torch backend)")
+    dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); 0 = usable cores / ranks per node")
+    prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)")
+    hflip: bool = opt(False, "mirror a seeded half of each batch on the device (off in the paper)")
     synthetic_n: int = opt(4000, "number of built-in synthetic faces when root is empty")
 
 
@@ -182,13 +186,14 @@ def validate(cfg: Config) -> None:
         choices = f.metadata.get("choices", ())
         if choices and value not in choices:
             raise UsageError(f"bad value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
-    positive = ["data.synthetic_n", "model.nz", "model.ngf", "model.ndf", "train.batch_size", "train.epochs",
-                "train.d_steps", "train.g_steps", "log.every", "sample.every", "sample.n", "ckpt.every", "ckpt.keep"]
+    positive = ["data.synthetic_n", "data.prefetch", "model.nz", "model.ngf", "model.ndf", "train.batch_size",
+                "train.epochs", "train.d_steps", "train.g_steps", "log.every", "sample.every", "sample.n",
+                "ckpt.every", "ckpt.keep"]
     for key in positive:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 1:
             raise UsageError(f"bad value for {key}: must be at least 1")
-    for key in ["data.workers", "train.max_steps", "train.seed"]:
+    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed"]:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 0:
             raise UsageError(f"bad value for {key}: must be at least 0")

@@ -227,10 +227,9 @@ class Run:
         return images
 
     def _make_loader(self):
-        from .data.torch import TorchLoader
-        d, t = self.cfg.data, self.cfg.train
-        return TorchLoader(self.images.files, d.image_size, t.batch_size, d.workers, t.seed, self.device,
-                           self.env.rank, self.env.world)
+        from .data.loaders import make_loader
+        say = (lambda line: print(line, flush=True)) if self.main else (lambda line: None)
+        return make_loader(self.cfg, self.images, self.device, self.env.rank, self.env.world, say=say)
 
     def _report_data(self, display: Display) -> None:
         im = self.images

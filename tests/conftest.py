@@ -51,10 +51,30 @@ def celeba(tmp_path) -> Path:
     return make_celeba(tmp_path / "celeba", 48)
 
 
+def write_colors(root: Path, n: int, size=(40, 48)) -> list[Path]:
+    """n <= 128 JPEGs of one flat colour each that says which file it is (read back with color_ids)."""
+    files = []
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        files.append(root / f"{i:04d}.jpg")
+        Image.new("RGB", size, (8 * (i % 32), 32 + 64 * (i // 32), 100)).save(files[-1], quality=95)
+    return files
+
+
+def color_ids(batch: torch.Tensor) -> list[int]:
+    """The file index of each image in a uint8 NHWC batch of write_colors images."""
+    mean = batch.float().mean(dim=(1, 2)).cpu()
+    return [int(round(r / 8)) + 32 * int(round((g - 32) / 64)) for r, g, _ in mean.tolist()]
+
+
 def tiny_args(root: Path, run_dir: Path, **extra) -> list[str]:
-    """Overrides for a run that takes a second or two on CPU: 32x32, ngf=ndf=8, batch 8."""
-    args = {"data.root": root, "data.image_size": 32, "data.workers": 0, "model.nz": 16, "model.ngf": 8,
-            "model.ndf": 8, "train.batch_size": 8, "train.epochs": 2, "train.run_dir": run_dir,
+    """Overrides for a run that takes a second or two on CPU: 32x32, ngf=ndf=8, batch 8.
+
+    The plain torch input path unless a test names another backend (tests of the cache, DALI and
+    auto backends through the trainer live in test_cache.py and test_dali.py).
+    """
+    args = {"data.root": root, "data.backend": "torch", "data.image_size": 32, "data.workers": 0, "model.nz": 16,
+            "model.ngf": 8, "model.ndf": 8, "train.batch_size": 8, "train.epochs": 2, "train.run_dir": run_dir,
             "log.every": 2, "sample.every": 4, "sample.n": 16, "ckpt.every": 4, "device": "cpu"}
     args.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in args.items()]

@@ -16,6 +16,7 @@ from torchvision import transforms
 
 from ..config import UsageError
 from .folder import open_rgb
+from .order import batches_per_epoch, epoch_batches
 
 
 class ImageFiles(Dataset):
@@ -38,7 +39,7 @@ class ImageFiles(Dataset):
 
 
 class EpochSampler(Sampler[int]):
-    """A seeded permutation per epoch, cut to whole global batches, sliced for this rank.
+    """A seeded permutation per epoch, cut to whole global batches, sliced for this rank (order.py).
 
     `set_epoch(epoch, start_batch)` picks the epoch and skips batches already trained on, so a run
     resumed mid-epoch sees exactly the batches the uninterrupted run would have.
@@ -46,16 +47,14 @@ class EpochSampler(Sampler[int]):
 
     def __init__(self, n: int, batch_size: int, seed: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.seed, self.rank, self.world = n, batch_size, seed, rank, world
-        self.batches = n // (batch_size * world)
+        self.batches = batches_per_epoch(n, batch_size, world)
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start = epoch, start_batch
 
     def indices(self) -> torch.Tensor:
-        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.n, generator=g)[: self.batches * self.batch_size * self.world]
-        mine = perm.view(self.batches, self.world, self.batch_size)[:, self.rank]
+        mine = epoch_batches(self.n, self.batch_size, self.seed, self.epoch, self.rank, self.world)
         return mine[self.start:].reshape(-1)
 
     def __iter__(self) -> Iterator[int]:

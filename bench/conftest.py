@@ -1,0 +1,180 @@
+"""Shared by every benchmark suite: sizes, the image folder, result rows and the closing table.
+
+    pytest bench/ --benchmark-only                                # small: a few minutes on a 2-core CPU
+    pytest bench/ --benchmark-only --bench-size=full              # CelebA-size: 178x218 JPEGs, batch 128, 64x64
+    pytest bench/ --benchmark-only --bench-data /data/celeba      # your images instead of synthetic faces
+    pytest bench/ --benchmark-only --bench-out results.json       # the rows as JSON too
+
+A suite measures with pytest-benchmark's `benchmark` fixture (so --benchmark-only selects it) and
+records one row per variant with `bench_record`: images/s and per-batch p50/p95 latency, beside the
+suite's baseline measured in the same run. Warm-up (workers starting, pipelines building,
+compilation) happens before the timed region. Benchmarks report; they never assert a speed. At the
+end one table is printed with the machine, the versions and the command line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pytest
+import torch
+
+# What --bench-size means: images made when no --bench-data is given, batch size, training size.
+SIZES = {"small": dict(images=1024, batch=64, image_size=64, rounds=3, width=32, steps=8),
+         "full": dict(images=8192, batch=128, image_size=64, rounds=3, width=64, steps=50)}
+
+
+def pytest_addoption(parser):
+    g = parser.getgroup("fastdcgan benchmarks")
+    g.addoption("--bench-size", choices=sorted(SIZES), default="small",
+                help="small (default): a few minutes on a 2-core CPU; full: CelebA-size JPEGs, batch 128, 64x64")
+    g.addoption("--bench-data", default=None, metavar="PATH",
+                help="image folder or CelebA download to read (default: synthetic 178x218 faces made once)")
+    g.addoption("--bench-out", default=None, metavar="FILE", help="also write the result rows and machine as JSON")
+
+
+@dataclass
+class Row:
+    suite: str
+    variant: str
+    img_per_s: float
+    p50_ms: float
+    p95_ms: float
+    max_ms: float = 0.0
+    baseline: bool = False
+    extra: dict = field(default_factory=dict)
+
+
+ROWS: list[Row] = []
+
+
+@dataclass
+class BenchData:
+    root: Path
+    files: list[Path]
+    batch: int
+    image_size: int
+    rounds: int
+    size: str
+    width: int   # ngf = ndf of the models the step and end-to-end suites train
+    steps: int   # timed steps per round in the step suite
+
+
+@pytest.fixture(scope="session")
+def bench_data(request, tmp_path_factory) -> BenchData:
+    """The image folder every suite reads: --bench-data, or synthetic CelebA-size faces made once."""
+    from fastdcgan.data import folder, synthetic
+
+    size = request.config.getoption("--bench-size")
+    s = SIZES[size]
+    root = request.config.getoption("--bench-data")
+    if root is None:
+        root = synthetic.make_faces(tmp_path_factory.mktemp("bench-faces"), n=s["images"])
+    images = folder.scan(root)
+    return BenchData(Path(root), images.files, s["batch"], s["image_size"], s["rounds"], size, s["width"], s["steps"])
+
+
+def timed_calls(fn, n: int, device: torch.device) -> list[float]:
+    """Seconds of each of n calls of fn: CUDA events around each on a GPU (read after the last),
+    the host clock on CPU, where the work is done when fn returns."""
+    import time
+    if device.type != "cuda":
+        out = []
+        for _ in range(n):
+            t = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t)
+        return out
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(n)]
+    for start, end in events:
+        start.record()
+        fn()
+        end.record()
+    torch.cuda.synchronize(device)
+    return [a.elapsed_time(b) / 1000 for a, b in events]
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+
+
+@pytest.fixture
+def bench_record():
+    """record(suite, variant, batch_seconds, batch_size, baseline=False, **extra) -> Row."""
+
+    def record(suite: str, variant: str, batch_seconds: list[float], batch_size: int, baseline: bool = False,
+               **extra) -> Row:
+        row = Row(suite, variant, batch_size * len(batch_seconds) / sum(batch_seconds),
+                  1000 * statistics.median(batch_seconds), 1000 * percentile(batch_seconds, 0.95),
+                  1000 * max(batch_seconds), baseline, extra)
+        ROWS.append(row)
+        return row
+
+    return record
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine() -> dict:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {"cpu": _cpu_model(), "cores": cores, "python": platform.python_version(), "torch": torch.__version__,
+            "cuda": torch.version.cuda if torch.cuda.is_available() else "none (no GPU)", "gpu": "none"}
+    try:
+        import nvidia.dali
+        info["dali"] = nvidia.dali.__version__
+    except Exception:
+        info["dali"] = "not importable"
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+        try:
+            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                                            capture_output=True, text=True, timeout=10).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            info["driver"] = "unknown"
+    prog = Path(sys.argv[0]).name
+    info["command"] = " ".join(["python -m pytest" if prog in ("__main__.py", "pytest") else prog, *sys.argv[1:]])
+    return info
+
+
+def _table(rows: list[Row]) -> list[str]:
+    base = {r.suite: r.img_per_s for r in rows if r.baseline}
+    head = f"{'suite':<8} {'variant':<30} {'img/s':>10} {'vs base':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  notes"
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        rel = f"{r.img_per_s / base[r.suite]:.2f}x" if r.suite in base else ""
+        notes = ", ".join(f"{k}={v}" for k, v in r.extra.items())
+        lines.append(f"{r.suite:<8} {r.variant:<30} {r.img_per_s:>10,.0f} {rel:>8} {r.p50_ms:>8.2f} "
+                     f"{r.p95_ms:>8.2f} {r.max_ms:>8.2f}  {notes}")
+    return lines
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not ROWS:
+        return
+    m = machine()
+    tr = terminalreporter
+    tr.section("fastdcgan benchmark results")
+    for key, value in m.items():
+        tr.write_line(f"{key:<8} {value}")
+    tr.write_line("")
+    for line in _table(ROWS):
+        tr.write_line(line)
+    out = config.getoption("--bench-out")
+    if out:
+        Path(out).write_text(json.dumps({"machine": m, "rows": [asdict(r) for r in ROWS]}, indent=1))
+        tr.write_line(f"rows written to {out}")

@@ -1,0 +1,107 @@
+"""Input backends: images/s into the training device, each over the same JPEG folder.
+
+The plain DataLoader with 1..N workers (baseline: 2 workers), DALI on CPU threads, DALI with GPU
+decode (CUDA only), and the decode-once cache (its one-off build too). A round is one epoch of
+whole batches; epoch 0 is the untimed warm-up (worker start, pipeline build, first fill). On a GPU
+each batch is synchronised before its time is taken, so the latency is the batch's, not a queue's.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+import torch
+
+from fastdcgan.data import dali
+from fastdcgan.data.cache import CacheLoader, ensure
+from fastdcgan.data.torch import TorchLoader
+
+CUDA = torch.cuda.is_available()
+CPU = torch.device("cpu")
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+WORKERS = sorted({w for w in (1, 2, 4, 8, 16, CORES) if w <= max(CORES, 2)})
+BASELINE_WORKERS = 2
+needs_dali = pytest.mark.skipif(dali.available() is not None, reason=str(dali.available()))
+needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+
+
+def measure(benchmark, loader, data, device: torch.device) -> list[float]:
+    """Per-batch seconds over data.rounds timed epochs, after one untimed epoch."""
+    for _ in loader.epoch(0):
+        pass
+    times: list[float] = []
+    epochs = iter(range(1, 10**6))
+
+    def one_epoch():
+        t = time.perf_counter()
+        for batch in loader.epoch(next(epochs)):
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            now = time.perf_counter()
+            times.append(now - t)
+            t = now
+
+    benchmark.pedantic(one_epoch, rounds=data.rounds, iterations=1)
+    return times
+
+
+@pytest.mark.parametrize("workers", WORKERS, ids=[f"{w}w" for w in WORKERS])
+def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
+    device = torch.device("cuda" if CUDA else "cpu")
+    loader = TorchLoader(bench_data.files, bench_data.image_size, bench_data.batch, workers, 0, device)
+    times = measure(benchmark, loader, bench_data, device)
+    bench_record("input", f"torch {workers} workers", times, bench_data.batch, baseline=workers == BASELINE_WORKERS,
+                 device=device.type)
+
+
+@needs_dali
+@pytest.mark.parametrize("threads", sorted({1, dali.default_threads()}))
+def test_dali_cpu(benchmark, bench_data, bench_record, threads):
+    loader = dali.DaliLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, CPU, threads=threads)
+    times = measure(benchmark, loader, bench_data, CPU)
+    bench_record("input", f"dali cpu {threads} threads", times, bench_data.batch, device="cpu")
+
+
+@needs_dali
+@needs_cuda
+def test_dali_gpu(benchmark, bench_data, bench_record):
+    device = torch.device("cuda")
+    loader = dali.DaliLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, device)
+    times = measure(benchmark, loader, bench_data, device)
+    bench_record("input", f"dali mixed {loader.threads} threads", times, bench_data.batch,
+                 device=torch.cuda.get_device_name(), hw_decoder_load=dali.HW_DECODER_LOAD)
+
+
+@pytest.fixture(scope="module")
+def built_cache(bench_data, tmp_path_factory):
+    """The cache, built once into a fresh folder; the build is timed as a row of its own."""
+    from fastdcgan.data.folder import ImageList
+    images = ImageList(bench_data.root, bench_data.files, "folder")
+    device = torch.device("cuda" if CUDA else "cpu")
+    old = os.environ.get("FASTDCGAN_CACHE")
+    os.environ["FASTDCGAN_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))  # never reuse a cache here
+    try:
+        t = time.perf_counter()
+        report = ensure(images, bench_data.image_size, device)
+        yield report, time.perf_counter() - t
+    finally:
+        if old is None:
+            del os.environ["FASTDCGAN_CACHE"]
+        else:
+            os.environ["FASTDCGAN_CACHE"] = old
+
+
+def test_cache_build(benchmark, bench_data, bench_record, built_cache):
+    report, seconds = built_cache
+    benchmark.pedantic(lambda: None, rounds=1)  # the build ran once, in the fixture; --benchmark-only keeps this
+    bench_record("input", "cache build (once)", [seconds], report.images, decoder=report.decoder,
+                 note="one pass; p50=p95=whole build")
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
+def test_cache(benchmark, bench_data, bench_record, built_cache, device):
+    device = torch.device(device)
+    loader = CacheLoader(built_cache[0].folder, bench_data.batch, 0, device)
+    times = measure(benchmark, loader, bench_data, device)
+    bench_record("input", f"cache {device.type}", times, bench_data.batch, device=device.type)

@@ -1,0 +1,129 @@
+"""End to end: whole training iterations with input, over the same images and model size.
+
+- plain: the trainer's own loop (fastdcgan.train.main) on the baseline path: torch DataLoader with 2
+  workers, fp32, eager, NCHW.
+- fast: the same loop with configs/celeba64-fast.toml (input backend auto: the cache where it fits;
+  channels_last, compile, and on a GPU bf16 and CUDA graphs).
+- reference: what users run today, re-created from the description of pytorch/examples
+  dcgan/main.py: ImageFolder + ToTensor + Normalize, 2 workers, D ending in Sigmoid with BCELoss,
+  and five `.item()` reads plus a print every iteration.
+
+The trainer's rows come from its metrics.jsonl: each log window (STEP_WINDOW steps) is one latency
+sample (mean step time in the window); the first window (workers starting, compilation) is dropped.
+The CelebA epoch estimate is 202,599 images / img/s.
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import timed_calls
+from fastdcgan.model import build_models
+from fastdcgan.train import main
+
+CELEBA = 202_599
+CUDA = torch.cuda.is_available()
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+WINDOWS = 5
+
+
+def window(bench_data) -> int:
+    return 5 if bench_data.size == "small" else 20
+
+
+def run_trainer(tmp_path, bench_data, extra: list[str]) -> list[float]:
+    """Seconds per step for each log window after the first, from a real trainer run."""
+    steps = window(bench_data)
+    run = tmp_path / "run"
+    args = [f"data.root={bench_data.root}", f"data.image_size={bench_data.image_size}",
+            f"model.ngf={bench_data.width}", f"model.ndf={bench_data.width}", f"train.batch_size={bench_data.batch}",
+            f"train.run_dir={run}", "train.epochs=1000", f"train.max_steps={steps * (WINDOWS + 1)}",
+            f"log.every={steps}", "sample.every=100000", "ckpt.every=100000", *extra]
+    assert main(args) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()][1:]
+    return [bench_data.batch / r["img_per_s"] for r in rows]
+
+
+def record(bench_record, name, seconds, bench_data, baseline=False):
+    row = bench_record("e2e", name, seconds, bench_data.batch, baseline=baseline, ngf=bench_data.width)
+    row.extra["celeba_epoch"] = f"{CELEBA / row.img_per_s / 60:.1f} min"
+    return row
+
+
+def test_plain_trainer(benchmark, bench_data, bench_record, tmp_path):
+    plain = ["data.backend=torch", "data.workers=2", "precision=fp32", "compile=off", "channels_last=false",
+             "cuda_graphs=false"]
+    seconds: list[float] = []
+    benchmark.pedantic(lambda: seconds.extend(run_trainer(tmp_path, bench_data, plain)), rounds=1, iterations=1)
+    record(bench_record, "plain trainer (baseline)", seconds, bench_data, baseline=True)
+
+
+def test_fast_trainer(benchmark, bench_data, bench_record, tmp_path):
+    fast = ["--config", "configs/celeba64-fast.toml", "data.backend=auto"]
+    seconds: list[float] = []
+    benchmark.pedantic(lambda: seconds.extend(run_trainer(tmp_path, bench_data, fast)), rounds=1, iterations=1)
+    record(bench_record, "fast preset", seconds, bench_data)
+
+
+def test_reference_loop(benchmark, bench_data, bench_record):
+    """pytorch/examples dcgan/main.py's loop, as users run it today."""
+    from torchvision import datasets, transforms
+    size = bench_data.image_size
+    try:
+        dataset = datasets.ImageFolder(str(bench_data.root), transform=transforms.Compose([
+            transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(),
+            transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]))
+    except (FileNotFoundError, RuntimeError) as e:
+        pytest.skip(f"ImageFolder cannot read {bench_data.root}: {e}")
+    loader = torch.utils.data.DataLoader(dataset, batch_size=bench_data.batch, shuffle=True, num_workers=2,
+                                         drop_last=True)
+    torch.manual_seed(0)
+    netG, D = build_models(100, bench_data.width, bench_data.width, size)
+    netD = nn.Sequential(*D.main, nn.Sigmoid())  # the reference's D ends in a Sigmoid
+    netG.to(DEVICE)
+    netD.to(DEVICE)
+    criterion = nn.BCELoss()
+    optD = torch.optim.Adam(netD.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    optG = torch.optim.Adam(netG.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    batches = iter(())
+
+    def iteration():
+        nonlocal batches
+        try:
+            data = next(batches)
+        except StopIteration:
+            batches = iter(loader)
+            data = next(batches)
+        netD.zero_grad()
+        real = data[0].to(DEVICE)
+        label = torch.full((real.size(0),), 1.0, device=DEVICE)
+        output = netD(real).view(-1)
+        err_real = criterion(output, label)
+        err_real.backward()
+        d_x = output.mean().item()
+        fake = netG(torch.randn(real.size(0), 100, 1, 1, device=DEVICE))
+        label.fill_(0.0)
+        output = netD(fake.detach()).view(-1)
+        err_fake = criterion(output, label)
+        err_fake.backward()
+        d_g_z1 = output.mean().item()
+        optD.step()
+        netG.zero_grad()
+        label.fill_(1.0)
+        output = netD(fake).view(-1)
+        err_g = criterion(output, label)
+        err_g.backward()
+        d_g_z2 = output.mean().item()
+        optG.step()
+        print(f"Loss_D: {(err_real + err_fake).item():.4f} Loss_G: {err_g.item():.4f} D(x): {d_x:.4f} "
+              f"D(G(z)): {d_g_z1:.4f} / {d_g_z2:.4f}")
+
+    steps = window(bench_data) * WINDOWS
+    for _ in range(window(bench_data)):  # warm-up: workers start, allocator, cudnn
+        iteration()
+    seconds: list[float] = []
+    benchmark.pedantic(lambda: seconds.extend(timed_calls(iteration, steps, DEVICE)), rounds=1, iterations=1)
+    record(bench_record, "pytorch/examples loop", seconds, bench_data)

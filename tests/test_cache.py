@@ -1,0 +1,172 @@
+"""The decode-once cache: build, reuse, invalidation, interrupted builds, batches, auto, prepare."""
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import REPO, color_ids, run_cli, tiny_args, weights, write_colors
+from fastdcgan.data import cache, dali, loaders
+from fastdcgan.data.cache import CacheLoader, ensure, plain_path_box
+from fastdcgan.data.dali import DaliLoader
+from fastdcgan.data.folder import scan
+from fastdcgan.data.order import HFlip, epoch_batches
+from fastdcgan.data.synthetic import make_faces
+from fastdcgan.data.torch import ImageFiles
+from fastdcgan.train import main
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture
+def faces(tmp_path):
+    return make_faces(tmp_path / "faces", n=24, workers=1)
+
+
+def test_build_then_reuse(faces):
+    images = scan(faces)
+    first = ensure(images, 32, CPU)
+    assert first.built and first.images == 24 and "DALI CPU" in first.decoder
+    arr = np.load(first.folder / "images.npy", mmap_mode="r")
+    assert arr.shape == (24, 32, 32, 3) and arr.dtype == np.uint8
+    index = json.loads((first.folder / "index.json").read_text())
+    assert index["version"] == cache.FORMAT_VERSION and index["image_size"] == 32
+    name, size, mtime = index["files"][5]
+    assert name == "img_align_celeba/000006.jpg" and size == (faces / name).stat().st_size
+    again = ensure(scan(faces), 32, CPU)
+    assert not again.built and again.folder == first.folder
+    assert ensure(images, 64, CPU).folder != first.folder  # another setting, another cache
+
+
+def test_contents_match_the_dali_backend_and_the_plain_path(faces):
+    images = scan(faces)
+    arr = np.load(ensure(images, 64, CPU).folder / "images.npy")
+    order = epoch_batches(24, 8, 0, 0)
+    batch = next(iter(DaliLoader(images.files, 64, 8, 0, CPU, threads=1).epoch(0)))
+    assert np.array_equal(batch.numpy(), arr[order[0].numpy()])  # the same pipeline made both
+    plain = ImageFiles(images.files, 64)
+    ref = np.stack([plain[i].numpy() for i in range(24)]).astype(float)
+    assert np.abs(arr - ref).mean() <= 2.0
+
+
+def test_without_dali_pil_builds_the_same_images(faces, monkeypatch, tmp_path):
+    with_dali = np.load(ensure(scan(faces), 32, CPU).folder / "images.npy").astype(float)
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "other-cache"))
+    monkeypatch.setattr(dali, "available", lambda: "nvidia-dali is not importable (test)")
+    report = ensure(scan(faces), 32, CPU, threads=1)
+    assert report.built and report.decoder.startswith("PIL")
+    with_pil = np.load(report.folder / "images.npy").astype(float)
+    assert np.abs(with_pil - with_dali).mean() <= 2.0
+
+
+@pytest.mark.parametrize("size", [(178, 218), (218, 178), (44, 52), (100, 100)])
+def test_plain_path_box_is_torchvisions_resize_and_crop(size):
+    from PIL import Image
+    from torchvision import transforms
+    rng = np.random.default_rng(0)
+    im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+    for s in (32, 64):
+        ref = np.asarray(transforms.CenterCrop(s)(transforms.Resize(s)(im)), dtype=float)
+        ours = np.asarray(im.resize((s, s), Image.Resampling.BILINEAR, box=plain_path_box(*size, s)), dtype=float)
+        assert np.abs(ours - ref).mean() < 0.05  # rounding only; half a pixel off would be > 1
+
+
+def test_a_changed_file_builds_a_new_cache(faces):
+    old = ensure(scan(faces), 32, CPU)
+    f = faces / "img_align_celeba" / "000004.jpg"
+    f.write_bytes((faces / "img_align_celeba" / "000009.jpg").read_bytes())
+    new = ensure(scan(faces), 32, CPU)
+    assert new.built and new.folder != old.folder
+    arr = np.load(new.folder / "images.npy")
+    assert np.array_equal(arr[3], arr[8])  # the new cache holds the new picture
+    (faces / "img_align_celeba" / "000010.jpg").unlink()
+    assert ensure(scan(faces), 32, CPU).images == 23
+
+
+def test_an_interrupted_build_never_looks_complete(faces):
+    # A build killed (SIGKILL) after its first chunk, in another process.
+    code = ("import os, signal, torch; from fastdcgan.data import cache, folder; cache.CHUNK = 8; "
+            f"cache.ensure(folder.scan({str(faces)!r}), 32, torch.device('cpu'), 1, "
+            "lambda done: os.kill(os.getpid(), signal.SIGKILL))")
+    r = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=os.environ, capture_output=True)
+    assert r.returncode == -9, r.stderr
+    folder = cache.location(cache.index_of(scan(faces), 32))
+    assert not folder.exists() and list(folder.parent.glob(f".tmp-{folder.name}-*"))  # only its temp folder
+    report = ensure(scan(faces), 32, CPU)
+    assert report.built and cache.is_complete(folder) and report.images == 24
+
+
+def test_corrupt_files_are_left_out(faces):
+    (faces / "img_align_celeba" / "000002.jpg").write_bytes(b"not a jpeg")
+    report = ensure(scan(faces), 32, CPU)
+    index = json.loads((report.folder / "index.json").read_text())
+    assert report.images == 23 and "img_align_celeba/000002.jpg" not in [f[0] for f in index["files"]]
+
+
+def test_loader_order_shards_and_resume(tmp_path):
+    write_colors(tmp_path, 40)
+    folder = ensure(scan(tmp_path), 32, CPU).folder
+    ids = []
+    for rank in range(2):
+        loader = CacheLoader(folder, 4, seed=3, device=CPU, rank=rank, world=2)
+        assert len(loader) == 5
+        batches = [color_ids(b) for b in loader.epoch(1)]
+        assert batches == epoch_batches(40, 4, 3, 1, rank, 2).tolist()  # the order every backend shares
+        assert [color_ids(b) for b in loader.epoch(1, start_batch=2)] == batches[2:]
+        assert batches != [color_ids(b) for b in loader.epoch(2)]
+        ids += [i for b in batches for i in b]
+    assert sorted(ids) == list(range(40))
+
+
+def test_hflip_mirrors_a_seeded_half_and_resumes_exactly(faces):
+    folder = ensure(scan(faces), 32, CPU).folder
+    plain, flipped = CacheLoader(folder, 8, 0, CPU), HFlip(CacheLoader(folder, 8, 0, CPU), seed=0)
+    a, b = torch.cat(list(plain.epoch(0))), torch.cat(list(flipped.epoch(0)))
+    same = [torch.equal(x, y) for x, y in zip(a, b)]
+    mirrored = [torch.equal(x.flip(1), y) for x, y in zip(a, b)]
+    assert all(s or m for s, m in zip(same, mirrored)) and 4 <= sum(mirrored) <= 20
+    assert torch.equal(torch.cat(list(flipped.epoch(0, start_batch=1))), b[8:])
+    assert not torch.equal(torch.cat(list(flipped.epoch(1))), torch.cat(list(plain.epoch(1))))
+
+
+def test_resume_mid_epoch_with_the_cache_and_hflip_is_bit_identical(celeba, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    extra = dict(data__backend="cache", data__hflip=True)  # the flips must resume exactly too
+    assert main(tiny_args(celeba, whole, train__max_steps=9, **extra)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=5, **extra)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=9, **extra)) == 0
+    a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_auto_picks_the_cache_when_it_fits_then_dali_then_torch(monkeypatch):
+    name, why = loaders.choose("auto", 1000, 64, CPU)
+    assert name == "cache" and "fits" in why and "available RAM" in why
+    monkeypatch.setattr(loaders, "HOST_FRACTION", 1e-9)
+    name, why = loaders.choose("auto", 1000, 64, CPU)
+    assert name == "dali" and "exceeds" in why
+    monkeypatch.setattr(dali, "available", lambda: "nvidia-dali is not importable (test)")
+    assert loaders.choose("auto", 1000, 64, CPU)[0] == "torch"
+    assert loaders.choose("cache", 10**9, 128, CPU)[0] == "cache"  # an explicit choice is taken as given
+
+
+def test_auto_through_the_trainer_says_what_it_picked(celeba, tmp_path, capsys):
+    assert main(tiny_args(celeba, tmp_path / "run", data__backend="auto", train__max_steps=2)) == 0
+    out = capsys.readouterr().out
+    assert "input: backend cache (auto: 48 images at 32px = 0.1 MiB fits the budget" in out
+    assert "input: cache built: 48 images" in out
+
+
+def test_prepare_builds_reuses_and_reports(faces):
+    (faces / "img_align_celeba" / "000003.jpg").write_bytes(b"")
+    r = run_cli("fastdcgan.prepare", faces, "--image-size", "32")
+    assert r.returncode == 0, r.stderr
+    assert "cache built" in r.stdout and "images      23 at 32x32" in r.stdout
+    assert "skipped     1 files" in r.stdout and "000003.jpg" in r.stdout
+    r = run_cli("fastdcgan.prepare", faces, "--image-size", "32")
+    assert r.returncode == 0 and "cache reused" in r.stdout
+    r = run_cli("fastdcgan.prepare", faces / "nope")
+    assert r.returncode == 2 and "not found" in r.stderr

@@ -1,0 +1,144 @@
+"""The DALI input backend on CPU: output format, geometry against the plain path, order, sharding."""
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import color_ids, tiny_args, weights, write_colors
+from fastdcgan.data.dali import DaliLoader, NameSource, build_pipeline
+from fastdcgan.data.folder import find_images, scan
+from fastdcgan.data.order import epoch_batches
+from fastdcgan.data.synthetic import make_faces
+from fastdcgan.data.torch import ImageFiles
+from fastdcgan.train import main
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Real 178x218 CelebA-layout JPEGs (quality 90), as the plain and DALI paths both read them."""
+    root = make_faces(tmp_path_factory.mktemp("faces"), n=32, workers=1)
+    return sorted((root / "img_align_celeba").glob("*.jpg"))
+
+
+def test_batches_are_uint8_nhwc_channels_last_full_range(faces):
+    loader = DaliLoader(faces, 32, 8, seed=0, device=CPU, threads=2)
+    batches = list(loader.epoch(0))
+    assert len(loader) == len(batches) == 4
+    b = batches[0]
+    assert b.shape == (8, 32, 32, 3) and b.dtype == torch.uint8 and b.device == CPU
+    assert b.permute(0, 3, 1, 2).is_contiguous(memory_format=torch.channels_last)
+    assert b.min() < 40 and b.max() > 215 and b.float().std() > 20  # real pictures, not padding
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_geometry_matches_the_plain_path(faces, size):
+    loader = DaliLoader(faces, size, 16, seed=3, device=CPU, threads=2)
+    plain = ImageFiles(faces, size)
+    for b, batch in enumerate(loader.epoch(0)):
+        ref = torch.stack([plain[i] for i in epoch_batches(len(faces), 16, 3, 0)[b].tolist()])
+        mad = (batch.float() - ref.float()).abs().mean().item()
+        assert mad <= 2.0, mad  # about 0.8 measured on real CelebA files
+
+
+def test_wide_and_tall_images_keep_their_centre_square(tmp_path):
+    # Black thirds on either side (or above and below) of a white centre square: only the white
+    # square must survive, cropped, not squeezed in with the black.
+    from PIL import Image
+    for name, size, box in (("wide.png", (90, 30), (30, 0, 60, 30)), ("tall.jpg", (30, 90), (0, 30, 30, 60))):
+        im = Image.new("RGB", size, (0, 0, 0))
+        im.paste((255, 255, 255), box)
+        im.save(tmp_path / name, quality=95)
+    loader = DaliLoader([tmp_path / "wide.png", tmp_path / "tall.jpg"], 16, 1, seed=0, device=CPU, threads=1)
+    for batch in loader.epoch(0):
+        assert batch.shape == (1, 16, 16, 3)
+        assert batch[0, 2:-2, 2:-2].float().mean() > 245  # the edges may blend with the cut-off border
+
+
+def test_ranks_take_disjoint_slices_that_cover_the_epoch(tmp_path):
+    files = write_colors(tmp_path, 40)
+    seen = []
+    for rank in range(2):
+        loader = DaliLoader(files, 32, 4, seed=1, device=CPU, threads=1, rank=rank, world=2)
+        assert len(loader) == 5
+        seen.append([i for batch in loader.epoch(0) for i in color_ids(batch)])
+    assert len(seen[0]) == len(seen[1]) == 20
+    assert set(seen[0]).isdisjoint(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(40))
+
+
+def test_partial_last_global_batch_is_dropped(tmp_path):
+    files = write_colors(tmp_path, 43)
+    ids = [i for r in range(2) for b in DaliLoader(files, 32, 4, 1, CPU, 1, rank=r, world=2).epoch(0)
+           for i in color_ids(b)]
+    assert len(ids) == len(set(ids)) == 40
+
+
+def test_epoch_order_is_seeded_reshuffled_and_resumable(tmp_path):
+    files = write_colors(tmp_path, 24)
+
+    def order(seed, epoch, start=0):
+        return [color_ids(b) for b in DaliLoader(files, 16, 4, seed, CPU, 1).epoch(epoch, start)]
+
+    e0 = order(5, 0)
+    assert sorted(i for b in e0 for i in b) == list(range(24))
+    assert order(5, 0) == e0                   # reproducible
+    assert order(5, 1) != e0                   # reshuffled each epoch
+    assert order(6, 0) != e0                   # seeded
+    assert order(5, 0, start=4) == e0[4:]      # a resume at batch 4 sees exactly the rest
+    assert e0 == epoch_batches(24, 4, 5, 0).tolist()  # the order every backend shares
+
+
+def test_one_loader_runs_epochs_after_an_abandoned_one(tmp_path):
+    files = write_colors(tmp_path, 24)
+    loader = DaliLoader(files, 16, 4, seed=2, device=CPU, threads=1, prefetch=3)
+    first = loader.epoch(0)
+    next(first)  # left after one batch, as max_steps or a stop signal leaves it
+    again = [color_ids(b) for b in loader.epoch(0)]
+    then = [color_ids(b) for b in loader.epoch(1)]
+    assert again == epoch_batches(24, 4, 2, 0).tolist()
+    assert then == epoch_batches(24, 4, 2, 1).tolist()
+
+
+def test_a_corrupt_file_never_reaches_dali(tmp_path):
+    files = write_colors(tmp_path, 16)
+    good = files[3].read_bytes()
+    files[3].write_bytes(good[: len(good) // 3])  # truncated JPEG
+    # Given it, a DALI pipeline dies: the point of validating first.
+    source = NameSource(find_images(tmp_path).files)
+    pipe = build_pipeline(source, 32, 16, 1, 1, CPU)
+    source.start(np.arange(16).reshape(1, 16))
+    with pytest.raises(RuntimeError):
+        pipe.run()
+    images = scan(tmp_path)
+    assert [p.name for p, _ in images.skipped] == ["0003.jpg"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # not even the recovery path is needed
+        ids = [i for b in DaliLoader(images.files, 32, 4, 0, CPU, 1).epoch(0) for i in color_ids(b)]
+    assert len(ids) == 12 and 3 not in ids
+
+
+def test_resume_mid_epoch_with_dali_is_bit_identical(celeba, tmp_path, capsys):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(tiny_args(celeba, whole, data__backend="dali", train__max_steps=9)) == 0
+    assert "input: backend dali" in capsys.readouterr().out
+    assert main(tiny_args(celeba, split, data__backend="dali", train__max_steps=5)) == 0
+    assert main(tiny_args(celeba, split, data__backend="dali", train__max_steps=9)) == 0
+    a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_file_broken_after_the_check_does_not_end_the_epoch(tmp_path):
+    files = write_colors(tmp_path, 16)
+    loader = DaliLoader(scan(tmp_path).files, 32, 4, seed=0, device=CPU, threads=1)
+    good = files[5].read_bytes()
+    files[5].write_bytes(good[: len(good) // 3])  # truncated after validation, while "training"
+    with pytest.warns(UserWarning, match="DALI failed"):
+        batches = [color_ids(b) for b in loader.epoch(0)]
+    expected = epoch_batches(16, 4, 0, 0).tolist()
+    assert len(batches) == 4
+    for got, want in zip(batches, expected):  # every batch as planned; file 5 replaced by the next one
+        assert got == [6 if i == 5 else i for i in want]
+    assert [color_ids(b) for b in loader.epoch(1)][0] != [] and len(list(loader.epoch(2))) == 4
