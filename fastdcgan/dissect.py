@@ -15,6 +15,7 @@ every spatial position during generation, by a forward hook, leaving the weights
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
@@ -86,10 +87,33 @@ def dropped_channels(G: nn.Module, layer: int, channels: Sequence[int]) -> Itera
             handle.remove()
 
 
-def channel_means(G: nn.Module, z: torch.Tensor, layer: int) -> torch.Tensor:
-    """Each channel's spatial mean activation per sample, (N, C): the per-sample features we score."""
+def parse_box(text: str) -> tuple[float, float, float, float]:
+    """'x0,y0,x1,y1' as fractions of the image (0,0 top left), e.g. '0.3,0.65,0.7,0.9' for a mouth."""
+    try:
+        x0, y0, x1, y1 = (float(v) for v in text.split(","))
+    except ValueError:
+        raise ValueError(f"bad box {text!r}: expected x0,y0,x1,y1 as fractions of the image, e.g. 0.3,0.65,0.7,0.9") from None
+    if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+        raise ValueError(f"bad box {text!r}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
+    return x0, y0, x1, y1
+
+
+def channel_means(G: nn.Module, z: torch.Tensor, layer: int,
+                  box: tuple[float, float, float, float] | None = None) -> torch.Tensor:
+    """Each channel's mean activation per sample, (N, C), over the whole map or inside `box`.
+
+    The paper scored activations inside the boxes it drew around windows; CelebA faces are aligned,
+    so one box (fractions of the image) finds the same part, e.g. the mouth, in every sample.
+    """
     i = layer_index(G, layer)
-    return activations(G, z, [i])[i].mean(dim=(2, 3))
+    maps = activations(G, z, [i])[i]
+    if box is not None:
+        h, w = maps.shape[2:]
+        x0, y0, x1, y1 = box
+        rows = slice(int(y0 * h), max(int(y0 * h) + 1, math.ceil(y1 * h)))
+        cols = slice(int(x0 * w), max(int(x0 * w) + 1, math.ceil(x1 * w)))
+        maps = maps[:, :, rows, cols]
+    return maps.mean(dim=(2, 3))
 
 
 def score_channels(pos: torch.Tensor, neg: torch.Tensor, method: str = "diff") -> torch.Tensor:

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import shutil
 import sys
+import textwrap
 from pathlib import Path
 
 import torch
@@ -79,8 +80,9 @@ def positive_int(text: str) -> int:
 def new_parser(command: str, summary: str, out: str, sampling: bool = True) -> Parser:
     """A sub-command's parser with the flags every sub-command shares."""
     prog = "python -m fastdcgan.generate" + ("" if command == "grid" else f" {command}")
-    p = Parser(prog=prog, description=summary, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file or generator.pth")
+    description = summary if command == "grid" else textwrap.fill(summary, 100)  # grid's is the laid-out module doc
+    p = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file, generator.pth or exported .pt")
     p.add_argument("--out", default=out, help=f"output path (default {out})")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA generator weights (G_ema)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -216,6 +218,9 @@ def forget_parser() -> Parser:
     p.add_argument("--k", type=positive_int, default=8, help="how many top-scoring channels to drop (default 8)")
     p.add_argument("--score", choices=dissect.SCORES, default="diff",
                    help="diff: standardised mean difference (default); logistic: logistic-regression weights")
+    p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
+                   help="score activations inside this box only (fractions of the image; aligned faces put "
+                        "e.g. the mouth near 0.3,0.65,0.7,0.9); default: the whole map")
     p.add_argument("--drop-channels", type=seeds_arg, default=None, help="drop these channels instead, e.g. 3,17")
     p.add_argument("--seeds", type=seeds_arg, default=None,
                    help="seeds to show (default: the positives, then the negatives or 8 reference seeds)")
@@ -230,7 +235,9 @@ def chosen_channels(G: LoadedGenerator, args: argparse.Namespace) -> list[int]:
     if args.positive is None:
         raise UsageError("forget needs --positive SEEDS (where the feature shows) or --drop-channels")
     negative = args.negative or [s for s in REFERENCE_SEEDS if s not in args.positive]
-    feats = [dissect.channel_means(G.net, seed_noise(s, G.nz, G.device), args.layer) for s in (args.positive, negative)]
+    box = dissect.parse_box(args.box) if args.box else None
+    feats = [dissect.channel_means(G.net, seed_noise(s, G.nz, G.device), args.layer, box)
+             for s in (args.positive, negative)]
     score = dissect.score_channels(*feats, method=args.score)
     channels = dissect.top_channels(score, args.k)
     print("channel  score   (" + args.score + ")")

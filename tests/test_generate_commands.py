@@ -99,6 +99,9 @@ def test_forget_and_features_commands(tiny_run, tmp_path, capsys):
     assert main(["forget", "--checkpoint", str(tiny_run), "--drop-channels", "0,1", "--seeds", "0-3",
                  "--out", str(out)]) == 0
     assert main(["forget", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
+    box = ["forget", "--checkpoint", str(tiny_run), "--positive", "1,5,9", "--negative", "2,3,4", "--out", str(out)]
+    assert main(box + ["--box", "0.3,0.6,0.7,0.9", "--score", "logistic"]) == 0
+    assert main(box + ["--box", "0.7,0.6,0.3,0.9"]) == 2
     feat = tmp_path / "maps.png"
     assert main(["features", "--checkpoint", str(tiny_run), "--seeds", "5", "--layer", "0", "--out", str(feat)]) == 0
     assert "32 maps of layer 0 (4x4)" in capsys.readouterr().out  # ngf 8 * 4 channels at 4x4
