@@ -10,7 +10,8 @@ import matplotlib
 matplotlib.use("Agg")  # no display on training machines
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
-from torchvision.utils import save_image  # noqa: E402
+from PIL import Image, ImageDraw  # noqa: E402
+from torchvision.utils import make_grid, save_image  # noqa: E402
 
 
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
@@ -71,3 +72,84 @@ def _save(fig, out) -> None:
     fig.tight_layout()
     fig.savefig(out, dpi=100)
     plt.close(fig)
+
+
+# Figures for the generator experiments (fastdcgan.generate's sub-commands). Images are NCHW in
+# [-1, 1]; each helper returns or writes 8-bit RGB, converted as save_image does.
+
+PAD = 2
+WHITE = (255, 255, 255)
+
+
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] NCHW floats -> uint8 NHWC, rounded as torchvision's save_image rounds."""
+    x = (images.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    return x.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def grid_image(images: torch.Tensor, nrow: int, pad: int = PAD) -> Image.Image:
+    """A grid like save_grid's (nrow images per row, pad pixels apart) as a PIL image, on white
+    (save_grid's black would show the empty places of a last row that is not full)."""
+    grid = make_grid(images.float().cpu(), nrow=nrow, padding=pad, normalize=True, value_range=(-1, 1),
+                     pad_value=1.0)
+    return Image.fromarray(grid.mul(255).add(0.5).clamp(0, 255).to(torch.uint8).permute(1, 2, 0).numpy())
+
+
+def save_gif(frames: torch.Tensor, path: str | os.PathLike, fps: float = 12) -> None:
+    """An endlessly looping GIF, one frame per image."""
+    pics = [Image.fromarray(f.numpy()) for f in to_uint8(frames)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    pics[0].save(path, save_all=True, append_images=pics[1:], duration=round(1000 / fps), loop=0,
+                 optimize=False, disposal=1)
+
+
+def save_mp4(frames: torch.Tensor, path: str | os.PathLike, fps: float, ffmpeg: str) -> None:
+    """H.264 MP4 by piping raw RGB frames to ffmpeg (yuv420p, so every player shows it)."""
+    import subprocess
+
+    raw = to_uint8(frames)
+    n, h, w, _ = raw.shape
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    cmd = [ffmpeg, "-y", "-loglevel", "error", "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{w}x{h}",
+           "-r", str(fps), "-i", "-", "-vf", "pad=ceil(iw/2)*2:ceil(ih/2)*2", "-c:v", "libx264",
+           "-pix_fmt", "yuv420p", str(path)]
+    done = subprocess.run(cmd, input=raw.numpy().tobytes(), capture_output=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"ffmpeg failed: {done.stderr.decode(errors='replace').strip()}")
+
+
+def labeled_tiles(maps: torch.Tensor, labels: list[str], tile: int, nrow: int) -> Image.Image:
+    """Grayscale maps (N, h, w) in [0, 1] as a grid, each under its label, scaled up by a whole factor
+    (nearest) to about `tile` pixels so every activation stays one crisp square."""
+    n, h, w = maps.shape
+    scale = max(1, round(tile / max(h, w)))
+    tw, th, label_h = w * scale, h * scale, 11
+    rows = (n + nrow - 1) // nrow
+    canvas = Image.new("RGB", (nrow * (tw + PAD) + PAD, rows * (th + label_h + PAD) + PAD), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    for k, (m, label) in enumerate(zip(maps, labels)):
+        pic = Image.fromarray(m.mul(255).round().clamp(0, 255).to(torch.uint8).numpy(), "L")
+        x, y = PAD + (k % nrow) * (tw + PAD), PAD + (k // nrow) * (th + label_h + PAD)
+        draw.text((x, y), label, fill=(0, 0, 0))
+        canvas.paste(pic.resize((tw, th), Image.NEAREST).convert("RGB"), (x, y + label_h))
+    return canvas
+
+
+def compose(parts: list[tuple[str, Image.Image]], gap: int = 24) -> Image.Image:
+    """Pictures side by side, top-aligned, each with a caption above it."""
+    caption = 14
+    width = sum(p.width for _, p in parts) + gap * (len(parts) + 1)
+    height = max(p.height for _, p in parts) + caption + 2 * PAD
+    canvas = Image.new("RGB", (width, height), WHITE)
+    draw = ImageDraw.Draw(canvas)
+    x = gap
+    for text, pic in parts:
+        draw.text((x, 1), text, fill=(0, 0, 0))
+        canvas.paste(pic, (x, caption))
+        x += pic.width + gap
+    return canvas
+
+
+def save_picture(picture: Image.Image, path: str | os.PathLike) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    picture.save(path)

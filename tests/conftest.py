@@ -88,3 +88,15 @@ def run_cli(module: str, *args, timeout=240, **kw) -> subprocess.CompletedProces
 
 def weights(path: Path) -> dict[str, torch.Tensor]:
     return torch.load(path, weights_only=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> Path:
+    """One tiny trained run (32x32, nz 16, ngf 8, 3 steps) shared by the generator-experiment tests."""
+    from fastdcgan.train import main as train
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    with pytest.MonkeyPatch.context() as mp:  # the autouse cache fixture is not set up yet at session scope
+        mp.setenv("FASTDCGAN_CACHE", str(tmp / "cache"))
+        assert train(tiny_args(make_celeba(tmp / "celeba", 16), tmp / "run", train__max_steps=3)) == 0
+    return tmp / "run"

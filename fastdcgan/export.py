@@ -1,0 +1,198 @@
+"""Load a trained generator from anything fastdcgan writes, and export it for use without fastdcgan.
+
+    import fastdcgan
+    G = fastdcgan.load_generator("runs/celeba64")      # or a checkpoint, generator.pth, exported .pt
+    images = G.sample(16, seed=0)                      # (16, 3, 64, 64) in [-1, 1]
+    faces = G.sample_seeds([5, 9])                     # seed 5 and 9, as the CLI sub-commands draw them
+
+An exported TorchScript file (`python -m fastdcgan.generate export --out G.pt`) holds the generator,
+whose forward maps z of shape (N, nz, 1, 1) to images (N, 3, S, S) in [-1, 1], with `nz` and
+`image_size` as module attributes and in the extra file `fastdcgan.json`:
+
+    extra = {"fastdcgan.json": ""}
+    net = torch.jit.load("G.pt", _extra_files=extra)   # json.loads(extra["fastdcgan.json"])
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .latent import seed_noise, truncate
+from .model import Generator, fixed_noise, generator_from_state_dict
+
+META = "fastdcgan.json"
+FORMAT = 1
+
+
+class GeneratorLoadError(Exception):
+    """The path holds no generator we can load; the message says why."""
+
+
+class LoadedGenerator(nn.Module):
+    """A generator in eval mode with its sizes and seeded sampling; `net` is the Generator or TorchScript."""
+
+    def __init__(self, net: nn.Module, nz: int, image_size: int, source: str = ""):
+        super().__init__()
+        self.net, self.nz, self.image_size, self.source = net, nz, image_size, source
+        self.eval()
+
+    @property
+    def eager(self) -> bool:
+        """True for a fastdcgan Generator (hooks work), False for a TorchScript file."""
+        return isinstance(self.net, Generator)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z.reshape(len(z), self.nz, 1, 1))
+
+    @torch.no_grad()
+    def sample(self, n: int = 1, seed: int = 0, truncation: float | None = None) -> torch.Tensor:
+        """n images from the one seed, as `python -m fastdcgan.generate --n N --seed S` draws them."""
+        return self(truncate(fixed_noise(n, self.nz, seed, self.device), truncation))
+
+    @torch.no_grad()
+    def sample_seeds(self, seeds: Sequence[int], truncation: float | None = None) -> torch.Tensor:
+        """One image per seed, by the per-seed convention of fastdcgan.latent (grid --seeds etc.)."""
+        return self(truncate(seed_noise(seeds, self.nz, self.device), truncation))
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """TorchScript archives carry code/; torch.save zips (checkpoints, generator.pth) carry data.pkl only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+@contextmanager
+def _quiet_jit() -> Iterator[None]:
+    # torch marks torch.jit as deprecated; the format still loads in Python and in C++ (libtorch)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        yield
+
+
+def _find_file(path: Path) -> Path:
+    """A run directory's latest checkpoint, else its generator.pth; a file is itself."""
+    if path.is_file():
+        return path
+    try:
+        return checkpoint.resolve(path)
+    except FileNotFoundError:
+        if (path / "generator.pth").is_file():
+            return path / "generator.pth"
+        raise GeneratorLoadError(f"no checkpoint or generator.pth found at {path}") from None
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False) -> LoadedGenerator:
+    """The generator in a run directory, training checkpoint, generator.pth or exported TorchScript file.
+
+    ema=True takes the EMA weights (`G_ema`) of a training checkpoint and raises GeneratorLoadError
+    when there are none. Raises GeneratorLoadError with a readable message for anything unloadable.
+    """
+    file = _find_file(Path(path))
+    if file.suffix == ".onnx":
+        raise GeneratorLoadError(f"{file} is ONNX: load it with onnxruntime, not fastdcgan")
+    if is_torchscript(file):
+        if ema:
+            raise GeneratorLoadError(f"{file} is an exported generator: it has no separate EMA weights "
+                                     "(export with --ema to export them)")
+        return _load_torchscript(file, device)
+    try:
+        state = checkpoint.load(file)
+    except Exception as e:  # a truncated or foreign file: torch raises many kinds
+        raise GeneratorLoadError(f"{file} is not a checkpoint or state_dict torch can load ({e})") from None
+    if not isinstance(state, dict):
+        raise GeneratorLoadError(f"{file} holds a {type(state).__name__}, not a checkpoint or state_dict")
+    if ema:
+        if "G_ema" not in state:
+            raise GeneratorLoadError(f"{file} has no EMA weights (no 'G_ema' key): train with EMA on, or leave out --ema")
+        weights = state["G_ema"]
+    else:
+        weights = state["G"] if "G" in state else state
+    try:
+        G = generator_from_state_dict(weights)
+    except (KeyError, RuntimeError, ValueError, IndexError) as e:
+        raise GeneratorLoadError(f"{file} holds no DCGAN generator weights ({type(e).__name__}: {e})") from None
+    return LoadedGenerator(G.to(device), G.nz, G.image_size, str(file))
+
+
+def _load_torchscript(file: Path, device: str | torch.device) -> LoadedGenerator:
+    extra = {META: ""}
+    with _quiet_jit():
+        net = torch.jit.load(str(file), map_location=device, _extra_files=extra)
+    if not extra[META]:
+        raise GeneratorLoadError(f"{file} is TorchScript but not a fastdcgan export (no {META} inside)")
+    meta = json.loads(extra[META])
+    return LoadedGenerator(net.eval(), int(meta["nz"]), int(meta["image_size"]), str(file))
+
+
+def metadata(G: LoadedGenerator) -> dict:
+    """What an exported file records about the generator and how to feed it."""
+    return {"format": FORMAT, "nz": G.nz, "image_size": G.image_size,
+            "ngf": getattr(G.net, "ngf", None), "input": "z (N, nz, 1, 1), standard normal",
+            "output": "images (N, 3, image_size, image_size) in [-1, 1]",
+            "seed_convention": "z of seed s = torch.randn(nz, generator=torch.Generator().manual_seed(s))",
+            "source": G.source}
+
+
+def export_torchscript(G: LoadedGenerator, out: str | os.PathLike) -> Path:
+    """Script the eager generator (eval mode, on CPU) and save it with its metadata."""
+    if not G.eager:
+        raise GeneratorLoadError(f"{G.source} is already exported; export from a checkpoint or generator.pth")
+    net = _cpu_copy(G.net)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with _quiet_jit():
+        torch.jit.save(torch.jit.script(net), str(out), _extra_files={META: json.dumps(metadata(G))})
+    return out
+
+
+def onnx_available() -> bool:
+    try:
+        import onnx  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def export_onnx(G: LoadedGenerator, out: str | os.PathLike) -> Path:
+    """The generator as ONNX (opset 17, dynamic batch), metadata in the model's metadata_props."""
+    if not onnx_available():
+        raise ModuleNotFoundError("ONNX export needs the onnx package: pip install onnx")
+    import onnx
+
+    if not G.eager:
+        raise GeneratorLoadError(f"{G.source} is already exported; export from a checkpoint or generator.pth")
+    net = _cpu_copy(G.net)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    # the TorchScript-based exporter: the torch.export-based default needs onnxscript as well
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+        torch.onnx.export(net, (torch.zeros(1, G.nz, 1, 1),), str(out), input_names=["z"], output_names=["images"],
+                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, opset_version=17, dynamo=False)
+    model = onnx.load(str(out))
+    for key, value in metadata(G).items():
+        model.metadata_props.add(key=key, value=str(value))
+    onnx.save(model, str(out))
+    return out
+
+
+def _cpu_copy(net: nn.Module) -> nn.Module:
+    copy = Generator(net.nz, net.ngf, net.image_size)
+    copy.load_state_dict({k: v.cpu() for k, v in net.state_dict().items()})
+    return copy.eval()

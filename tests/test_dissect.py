@@ -1,0 +1,70 @@
+"""Feature maps and forgetting (fastdcgan.dissect) on a generator trained for a few steps."""
+import pytest
+import torch
+
+import fastdcgan
+from fastdcgan import dissect
+from fastdcgan.latent import seed_noise
+
+
+@pytest.fixture(scope="module")
+def G(tiny_run):
+    return fastdcgan.load_generator(tiny_run)
+
+
+
+def test_dropping_no_channels_is_plain_generation(G):
+    z = seed_noise(range(6), G.nz)
+    with dissect.dropped_channels(G.net, -1, []):
+        assert torch.equal(G(z), G(z.clone()))
+    with dissect.dropped_channels(G.net, 1, []):
+        dropped = G(z)
+    assert torch.equal(dropped, G(z))
+
+
+def test_dropping_channels_changes_only_that_layer_on(G):
+    z = seed_noise(range(6), G.nz)
+    n_layers = len(dissect.hidden_layers(G.net))
+    assert n_layers == 3  # 32x32: 4x4, 8x8, 16x16
+    plain = dissect.activations(G.net, z)
+    layer, channels = 1, [0, 3]
+    with dissect.dropped_channels(G.net, layer, channels):
+        dropped = dissect.activations(G.net, z)
+        out = G(z)
+    assert torch.equal(dropped[0], plain[0])  # before the layer: identical
+    assert dropped[layer][:, channels].abs().max() == 0
+    kept = [c for c in range(plain[layer].shape[1]) if c not in channels]
+    assert torch.equal(dropped[layer][:, kept], plain[layer][:, kept])
+    assert not torch.allclose(dropped[2], plain[2]) and not torch.allclose(out, G(z))
+    assert torch.equal(G(z), G(z))  # the hook is gone after the block
+
+
+def test_scores_find_the_channel_that_marks_the_positives():
+    g = torch.Generator().manual_seed(0)
+    neg = torch.randn(40, 12, generator=g)
+    pos = torch.randn(5, 12, generator=g)
+    pos[:, 7] += 3.0
+    for method in dissect.SCORES:
+        assert dissect.top_channels(dissect.score_channels(pos, neg, method), 1) == [7]
+
+
+def test_forget_finds_a_generator_channel_from_marked_seeds(G):
+    """Mark the seeds where one feature map is strongest: scoring must point back at that map."""
+    seeds = list(range(200))
+    means = dissect.channel_means(G.net, seed_noise(seeds, G.nz), -1)
+    target = int(means.std(0).argmax())
+    order = torch.argsort(means[:, target], descending=True).tolist()
+    pos, neg = means[order[:8]], means[order[-40:]]
+    for method in dissect.SCORES:
+        assert target in dissect.top_channels(dissect.score_channels(pos, neg, method), 3)
+
+
+def test_box_scores_only_that_part_of_the_map(G):
+    z = seed_noise(range(4), G.nz)
+    maps = dissect.activations(G.net, z, [-1])[2]  # 32x32 images: layer 2 is 16x16
+    assert torch.allclose(dissect.channel_means(G.net, z, -1, (0, 0, 1, 1)), dissect.channel_means(G.net, z, -1))
+    top_left = dissect.channel_means(G.net, z, -1, dissect.parse_box("0,0,0.5,0.25"))
+    assert torch.allclose(top_left, maps[:, :, :4, :8].mean(dim=(2, 3)))
+    for bad in ("0,0,1", "0.5,0,0.2,1", "a,b,c,d", "0,0,1,1.5"):
+        with pytest.raises(ValueError, match="bad box"):
+            dissect.parse_box(bad)

@@ -1,0 +1,71 @@
+"""fastdcgan.load_generator from every source, TorchScript and ONNX export, EMA weights."""
+import json
+
+import pytest
+import torch
+
+import fastdcgan
+from fastdcgan import checkpoint
+from fastdcgan.export import is_torchscript, onnx_available
+from fastdcgan.generate import main
+from fastdcgan.latent import seed_noise
+from fastdcgan.model import fixed_noise
+
+
+
+def test_load_generator_from_every_source(tiny_run):
+    sources = [tiny_run, checkpoint.latest(tiny_run / "checkpoints"), tiny_run / "generator.pth"]
+    gens = [fastdcgan.load_generator(s) for s in sources]
+    assert all(g.nz == 16 and g.image_size == 32 and not g.training for g in gens)
+    ref = gens[0].sample(4, seed=0)
+    assert ref.shape == (4, 3, 32, 32)
+    assert torch.equal(ref, gens[0].net(fixed_noise(4, 16, 0)))  # sample(n, seed) is the plain form's noise
+    assert all(torch.equal(g.sample(4, seed=0), ref) for g in gens[1:])
+    assert torch.equal(gens[0].sample_seeds([5]), gens[0].sample(1, seed=5))
+
+
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")  # reading it as a user without fastdcgan would
+def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
+    out = tmp_path / "g.pt"
+    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 0
+    assert "matches the original" in capsys.readouterr().out and is_torchscript(out)
+    eager, exported = fastdcgan.load_generator(tiny_run), fastdcgan.load_generator(out)
+    assert not exported.eager and exported.nz == 16 and exported.image_size == 32
+    z = seed_noise(range(8), 16)
+    assert torch.allclose(exported(z), eager(z), atol=1e-6)
+    extra = {"fastdcgan.json": ""}
+    net = torch.jit.load(str(out), _extra_files=extra)  # without fastdcgan: the sizes are in the file
+    meta = json.loads(extra["fastdcgan.json"])
+    assert (meta["nz"], meta["image_size"], net.nz, net.image_size) == (16, 32, 16, 32)
+    assert main(["grid", "--checkpoint", str(out), "--seeds", "0-3", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["features", "--checkpoint", str(out), "--out", str(tmp_path / "f.png")]) == 2
+
+
+def test_onnx_export_when_available(tiny_run, tmp_path, capsys):
+    out = tmp_path / "g.onnx"
+    code = main(["export", "--checkpoint", str(tiny_run), "--out", str(out)])
+    if not onnx_available():
+        assert code == 2 and "pip install onnx" in capsys.readouterr().err and not out.exists()
+        return
+    import onnx
+    assert code == 0
+    model = onnx.load(str(out))
+    onnx.checker.check_model(model)
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["nz"] == "16" and meta["image_size"] == "32"
+    from onnx.reference import ReferenceEvaluator  # onnx's own interpreter: no onnxruntime needed
+    z = seed_noise(range(3), 16)  # batch 3: the batch axis is dynamic
+    got = ReferenceEvaluator(model).run(None, {"z": z.numpy()})[0]
+    assert torch.allclose(torch.from_numpy(got), fastdcgan.load_generator(tiny_run).sample_seeds(range(3)), atol=1e-5)
+
+
+def test_ema_weights_when_present_and_a_clear_error_when_not(tiny_run, tmp_path, capsys):
+    assert main(["--checkpoint", str(tiny_run), "--ema", "--out", str(tmp_path / "x.png")]) == 2
+    assert "no EMA weights" in capsys.readouterr().err
+    state = checkpoint.load(checkpoint.latest(tiny_run / "checkpoints"))
+    state["G_ema"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in state["G"].items()}
+    torch.save(state, tmp_path / "ema.pt")
+    plain, ema = fastdcgan.load_generator(tmp_path / "ema.pt"), fastdcgan.load_generator(tmp_path / "ema.pt", ema=True)
+    z = seed_noise([1, 2], 16)
+    assert not torch.allclose(plain(z), ema(z))
+    assert torch.equal(ema.net.main[0].weight, state["G"]["main.0.weight"] * 0.5)
