@@ -1,9 +1,11 @@
 """Shared fixtures: small image folders made on the spot, and a tiny, fast training config."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +86,18 @@ def run_cli(module: str, *args, timeout=240, **kw) -> subprocess.CompletedProces
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env, **kw)
+
+
+def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Until the run's metrics.jsonl has logged `step` (the process must still be alive meanwhile)."""
+    t = time.time()
+    while time.time() - t < timeout:
+        path = run / "metrics.jsonl"
+        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
+            return
+        assert proc.poll() is None, proc.stdout.read()
+        time.sleep(0.05)
+    raise TimeoutError(f"step {step} not logged in {run} within {timeout} s")
 
 
 def weights(path: Path) -> dict[str, torch.Tensor]:

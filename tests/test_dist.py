@@ -4,13 +4,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from pathlib import Path
 
-import pytest
 import torch
 
-from conftest import REPO, tiny_args
+from conftest import REPO, tiny_args, wait_for_step
 from fastdcgan import checkpoint, dist
 from fastdcgan.data.torch import EpochSampler
 from fastdcgan.train import EXIT_STOPPED, main
@@ -21,17 +18,6 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 def torchrun(*args, extra=(), **kw):
     return subprocess.Popen([*TORCHRUN, *extra, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
-
-
-def wait_for_step(run: Path, step: int, proc, timeout=180):
-    t = time.time()
-    while time.time() - t < timeout:
-        path = run / "metrics.jsonl"
-        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.1)
-    raise TimeoutError
 
 
 def workers_of(proc) -> list[int]:

@@ -3,12 +3,11 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
-from conftest import REPO, run_cli, tiny_args, weights
+from conftest import REPO, run_cli, tiny_args, wait_for_step, weights
 from fastdcgan import checkpoint
 from fastdcgan.train import EXIT_NONFINITE, EXIT_STOPPED, EXIT_USAGE, main
 
@@ -71,22 +70,11 @@ def _start(celeba, run, **extra):
                             stderr=subprocess.STDOUT, text=True)
 
 
-def _wait_for_step(run, step, proc, timeout=120):
-    t = time.time()
-    while time.time() - t < timeout:
-        path = run / "metrics.jsonl"
-        if path.exists() and any(json.loads(x)["step"] >= step for x in path.read_text().splitlines()):
-            return
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    raise TimeoutError
-
-
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
 def test_signal_checkpoints_and_exits_resumable(celeba, tmp_path, sig):
     run = tmp_path / "run"
     proc = _start(celeba, run)
-    _wait_for_step(run, 4, proc)
+    wait_for_step(run, 4, proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
     assert proc.returncode == EXIT_STOPPED, out
@@ -99,7 +87,7 @@ def test_signal_checkpoints_and_exits_resumable(celeba, tmp_path, sig):
 def test_sigterm_then_resume_matches_uninterrupted(celeba, tmp_path):
     run, whole = tmp_path / "run", tmp_path / "whole"
     proc = _start(celeba, run)
-    _wait_for_step(run, 4, proc)
+    wait_for_step(run, 4, proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
     assert proc.returncode == EXIT_STOPPED
@@ -115,7 +103,7 @@ def test_sigterm_then_resume_matches_uninterrupted(celeba, tmp_path):
 def test_kill_9_then_restart_resumes_from_latest(celeba, tmp_path):
     run = tmp_path / "run"
     proc = _start(celeba, run, ckpt__every=3)
-    _wait_for_step(run, 8, proc)
+    wait_for_step(run, 8, proc)
     proc.kill()
     proc.communicate()
     saved = checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"]
