@@ -13,8 +13,8 @@ def test_defaults_are_the_papers():
 
 
 def test_overrides_are_typed():
-    c = config.build(None, ["train.epochs=5", "optim.lr_d=1e-3", "channels_last=true", "data.root=/x", "precision=fp32"])
-    assert c.train.epochs == 5 and c.optim.lr_d == 1e-3 and c.channels_last is True
+    c = config.build(None, ["train.epochs=5", "optim.lr_d=1e-3", "channels_last=false", "data.root=/x", "precision=fp32"])
+    assert c.train.epochs == 5 and c.optim.lr_d == 1e-3 and c.channels_last is False
     assert c.data.root == "/x" and c.precision == "fp32"
 
 
