@@ -19,8 +19,17 @@ from .model import Generator, fixed_noise, generator_from_state_dict, sample
 from .plots import save_grid
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Generator:
-    """The generator from a run directory, a training checkpoint or a generator.pth, in eval mode."""
+def generator_from_checkpoint(state: dict, ema: bool = False) -> Generator:
+    """G (or, with ema, the EMA of G) from a loaded training checkpoint or a plain state_dict."""
+    if ema:
+        if "G_ema" not in state:
+            raise KeyError("no EMA generator (G_ema) in this checkpoint: train with model.ema > 0")
+        return generator_from_state_dict(state["G_ema"])
+    return generator_from_state_dict(state["G"] if "G" in state else state)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu", ema: bool = False) -> Generator:
+    """The generator (or its EMA) from a run directory, a training checkpoint or a generator.pth, in eval mode."""
     path = Path(path)
     try:
         file = checkpoint.resolve(path)
@@ -29,8 +38,7 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> Gene
             file = path / "generator.pth"
         else:
             raise
-    state = checkpoint.load(file)
-    G = generator_from_state_dict(state["G"] if "G" in state else state)
+    G = generator_from_checkpoint(checkpoint.load(file), ema)
     return G.to(device).eval()
 
 
@@ -44,11 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--single", action="store_true", help="write one PNG per image into the --out folder")
     p.add_argument("--nrow", type=int, default=0, help="images per grid row (default: square)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    p.add_argument("--ema", action="store_true", help="sample the EMA generator (runs trained with model.ema)")
     args = p.parse_args(argv)
     if args.n < 1:
         p.error("--n must be at least 1")
     try:
-        G = load_generator(args.checkpoint, args.device)
+        G = load_generator(args.checkpoint, args.device, args.ema)
     except (FileNotFoundError, KeyError, RuntimeError) as e:
         print(f"error: cannot load a generator from {args.checkpoint}: {e}", file=sys.stderr)
         return 2
