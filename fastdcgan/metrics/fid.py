@@ -229,6 +229,9 @@ def real_stats(files: list[Path], image_size: int, extractor: Extractor, batch: 
             stats.save(path, meta)
         except OSError:
             pass  # a read-only cache only costs a recomputation next time
+    if world > 1:  # the file is complete before any rank looks for it again
+        import torch.distributed as dist
+        dist.barrier()
     return stats, False
 
 
