@@ -5,7 +5,7 @@
     python -m fastdcgan.fid --checkpoint runs/celeba64/generator.pth --data /data/celeba --n 50000
 
 The FID is the last line of output, a bare number (`fid=$(python -m fastdcgan.fid ... | tail -n 1)`).
-It is also appended to the run directory's fid.jsonl as {"step", "fid", "n", "ema", "checkpoint",
+It is also appended to the run directory's fid.jsonl as {"step", "fid", "n", "ema", "seed", "checkpoint",
 "data", "network", "time"}: a file of its own, because a trainer may be appending to metrics.jsonl
 (and rewriting it on resume) at the same moment. FID during training goes to metrics.jsonl.
 
@@ -89,8 +89,8 @@ def score(args: argparse.Namespace) -> tuple[float, dict, Path]:
     print(f"real statistics {'from the cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'}; "
           f"scoring {args.n} generated images on {device}", flush=True)
     fid = frechet_distance(real, generator_stats(G, args.n, extractor, args.batch, args.seed))
-    record = {"step": state.get("step"), "fid": fid, "n": args.n, "ema": args.ema, "checkpoint": str(file),
-              "data": str(root), "network": extractor.name, "time": time.time()}
+    record = {"step": state.get("step"), "fid": fid, "n": args.n, "ema": args.ema, "seed": args.seed,
+              "checkpoint": str(file), "data": str(root), "network": extractor.name, "time": time.time()}
     return fid, record, run_dir_of(file)
 
 

@@ -117,7 +117,7 @@ def test_fid_cli_scores_a_run_as_training_did_and_records_it(ema_run):
     value = float(r.stdout.strip().splitlines()[-1])
     assert value == pytest.approx(logged["fid"], rel=1e-6)
     record = json.loads((run / "fid.jsonl").read_text().splitlines()[-1])
-    assert record["step"] == 4 and record["ema"] is True and record["n"] == 16
+    assert record["step"] == 4 and record["ema"] is True and record["n"] == 16 and record["seed"] == 0
     assert record["fid"] == pytest.approx(value, abs=1e-4)
     # G itself is another generator than its EMA: another score, appended
     assert fid_main(["--checkpoint", str(run / "checkpoints" / "best_fid"), "--n", "16", "--batch", "8"]) == 0
