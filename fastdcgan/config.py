@@ -46,6 +46,7 @@ class Model:
     ndf: int = opt(64, "discriminator feature maps in the first layer")
     d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)")
     sync_bn: bool = opt(False, "BatchNorm statistics over all processes' batches (several processes)")
+    ema: float = opt(0.0, "decay of an EMA of G's weights used for samples and FID (0 = off; e.g. 0.999)")
 
 
 @dataclass
@@ -89,6 +90,15 @@ class Ckpt:
 
 
 @dataclass
+class Fid:
+    every: int = opt(0, "steps between FID evaluations during training (0 = off)")
+    n: int = opt(5000, "generated images per FID evaluation")
+    weights: str = opt("", "FID network file (TorchScript or pytorch-fid state dict); "
+                           "empty = $FASTDCGAN_FID_WEIGHTS or an installed FID package")
+    batch: int = opt(100, "images per feature-network batch")
+
+
+@dataclass
 class Config:
     precision: str = opt("auto", "auto = bf16 autocast on a bf16 GPU, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
     compile: str = opt("off", "torch.compile the training step", ("off", "default", "max-autotune"))
@@ -102,6 +112,7 @@ class Config:
     log: Log = field(default_factory=Log)
     sample: Sample = field(default_factory=Sample)
     ckpt: Ckpt = field(default_factory=Ckpt)
+    fid: Fid = field(default_factory=Fid)
 
 
 def _sections(cfg: Config) -> dict[str, Any]:
@@ -188,12 +199,12 @@ def validate(cfg: Config) -> None:
             raise UsageError(f"bad value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
     positive = ["data.synthetic_n", "data.prefetch", "model.nz", "model.ngf", "model.ndf", "train.batch_size",
                 "train.epochs", "train.d_steps", "train.g_steps", "log.every", "sample.every", "sample.n",
-                "ckpt.every", "ckpt.keep"]
+                "ckpt.every", "ckpt.keep", "fid.batch"]
     for key in positive:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 1:
             raise UsageError(f"bad value for {key}: must be at least 1")
-    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed"]:
+    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed", "fid.every"]:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 0:
             raise UsageError(f"bad value for {key}: must be at least 0")
@@ -201,10 +212,12 @@ def validate(cfg: Config) -> None:
         obj, f = _lookup(cfg, key)
         if not getattr(obj, f.name) > 0:
             raise UsageError(f"bad value for {key}: must be positive")
-    for key in ["optim.beta1", "optim.beta2", "model.d_dropout"]:
+    for key in ["optim.beta1", "optim.beta2", "model.d_dropout", "model.ema"]:
         obj, f = _lookup(cfg, key)
         if not 0 <= getattr(obj, f.name) < 1:
             raise UsageError(f"bad value for {key}: must be in [0, 1)")
+    if cfg.fid.n < 2:
+        raise UsageError("bad value for fid.n: must be at least 2 (a covariance needs two samples)")
     if not 0 < cfg.train.real_label <= 1:
         raise UsageError("bad value for train.real_label: must be in (0, 1]")
     if cfg.cuda_graphs and cfg.precision == "fp16":

@@ -117,17 +117,22 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
         raise GeneratorLoadError(f"{file} is not a checkpoint or state_dict torch can load ({e})") from None
     if not isinstance(state, dict):
         raise GeneratorLoadError(f"{file} holds a {type(state).__name__}, not a checkpoint or state_dict")
+    G = generator_from_checkpoint(state, ema, str(file))
+    return LoadedGenerator(G.to(device), G.nz, G.image_size, str(file))
+
+
+def generator_from_checkpoint(state: dict, ema: bool = False, name: str = "checkpoint") -> Generator:
+    """G (or its EMA, `G_ema`) from a loaded training checkpoint or plain generator state_dict."""
     if ema:
         if "G_ema" not in state:
-            raise GeneratorLoadError(f"{file} has no EMA weights (no 'G_ema' key): train with EMA on, or leave out --ema")
+            raise GeneratorLoadError(f"{name} has no EMA weights (no 'G_ema' key): train with model.ema > 0, or leave out --ema")
         weights = state["G_ema"]
     else:
         weights = state["G"] if "G" in state else state
     try:
-        G = generator_from_state_dict(weights)
+        return generator_from_state_dict(weights)
     except (KeyError, RuntimeError, ValueError, IndexError) as e:
-        raise GeneratorLoadError(f"{file} holds no DCGAN generator weights ({type(e).__name__}: {e})") from None
-    return LoadedGenerator(G.to(device), G.nz, G.image_size, str(file))
+        raise GeneratorLoadError(f"{name} holds no DCGAN generator weights ({type(e).__name__}: {e})") from None
 
 
 def _load_torchscript(file: Path, device: str | torch.device) -> LoadedGenerator:

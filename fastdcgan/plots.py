@@ -31,7 +31,7 @@ def read_metrics(path: str | os.PathLike) -> list[dict]:
 
 def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
     """G and D losses, and mean D(x) and D(G(z)), against the step."""
-    rows = read_metrics(metrics_path)
+    rows = [r for r in read_metrics(metrics_path) if "loss_d" in r]  # FID rows share the file
     if not rows:
         return
     step = [r["step"] for r in rows]
@@ -47,6 +47,23 @@ def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None
     bottom.set_xlabel("step")
     bottom.set_ylabel("mean D output")
     bottom.legend()
+    _save(fig, out)
+
+
+def plot_fid(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
+    """FID against the step, from the metrics rows that have one; the best point marked."""
+    rows = [r for r in read_metrics(metrics_path) if r.get("fid") is not None]
+    if not rows:
+        return
+    step, fid = [r["step"] for r in rows], [r["fid"] for r in rows]
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.plot(step, fid, marker="o")
+    best = min(range(len(fid)), key=lambda i: fid[i] if fid[i] == fid[i] else float("inf"))
+    ax.annotate(f"best {fid[best]:.1f}", (step[best], fid[best]), textcoords="offset points", xytext=(0, 8), ha="center")
+    ema = " (EMA generator)" if rows[-1].get("fid_ema") else ""
+    ax.set_title(f"FID on {rows[-1].get('fid_n', '?')} samples{ema}, lower is better")
+    ax.set_xlabel("step")
+    ax.set_ylabel("FID")
     _save(fig, out)
 
 

@@ -7,6 +7,7 @@ reads a value back to the host: losses and D outputs are summed on the device an
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 
 import torch
@@ -55,6 +56,11 @@ def make_optimizers(G: nn.Module, D: nn.Module, lr_g: float, lr_d: float, betas:
     return adam(G.parameters(), lr_g), adam(D.parameters(), lr_d)
 
 
+def make_ema(G: nn.Module) -> nn.Module:
+    """A frozen copy of G, in eval mode, for GANStep to keep as an exponential moving average of G."""
+    return copy.deepcopy(G).eval().requires_grad_(False)
+
+
 def set_hyperparameters(opt: torch.optim.Optimizer, lr: float, betas: tuple[float, float]) -> None:
     """Apply lr and betas to every group, keeping the lr's kind (float or tensor) that this optimizer
     was built with: a checkpoint from a compiled run carries tensor lrs that an eager foreach Adam refuses."""
@@ -77,13 +83,20 @@ class GANStep:
     run sees the same z as an eager one.
     cuda_graphs: the whole step (noise, both phases, both optimizer steps, metrics) is captured
     once and replayed; batches are copied into a static input buffer first.
+    ema: a copy of G (make_ema) that, after each step's G updates, moves to
+    ema_decay * ema + (1 - ema_decay) * G, buffers (BatchNorm statistics) copied. In-place foreach
+    ops on the same tensors every step, outside the compiled modules: a CUDA graph captures them.
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
                  *, nz: int, real_label: float = 1.0, d_steps: int = 1, g_steps: int = 1,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False, compile: str = "off",
-                 cuda_graphs: bool = False, distributed: bool = False):
+                 cuda_graphs: bool = False, distributed: bool = False,
+                 ema: nn.Module | None = None, ema_decay: float = 0.999):
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
+        self.ema, self.ema_decay = ema, ema_decay
+        if ema is not None:  # (EMA tensors, G tensors), listed once rather than every step
+            self.ema_pairs = [(list(ema.parameters()), list(G.parameters())), (list(ema.buffers()), list(G.buffers()))]
         self.nz, self.real_label, self.d_steps, self.g_steps = nz, real_label, d_steps, g_steps
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
         device = next(G.parameters()).device
@@ -163,14 +176,25 @@ class GANStep:
                     fake = G(z)
                 loss_g = bce(frozen_D(fake), 1.0)
             self._update(self.opt_g, loss_g)
+        if self.ema is not None:
+            self._update_ema()
         self.D.requires_grad_(True)
         self.scaler.update()
         self._accumulate(loss_d, loss_g, logit_real, logit_fake)
 
+    @torch.no_grad()
+    def _update_ema(self) -> None:
+        (ema_params, g_params), (ema_buffers, g_buffers) = self.ema_pairs
+        # lerp: ema + (1 - decay) * (G - ema) = decay * ema + (1 - decay) * G
+        torch._foreach_lerp_(ema_params, g_params, 1.0 - self.ema_decay)
+        torch._foreach_copy_(ema_buffers, g_buffers)
+
     def _training_state(self) -> list[torch.Tensor]:
-        """Every tensor a step changes: weights, buffers, optimizer state, accumulators."""
+        """Every tensor a step changes: weights, buffers, optimizer state, accumulators, the EMA."""
         tensors = [*self.G.parameters(), *self.D.parameters(), *self.G.buffers(), *self.D.buffers(),
                    self.sums, self.hist]
+        if self.ema is not None:
+            tensors += [*self.ema.parameters(), *self.ema.buffers()]
         for opt in (self.opt_g, self.opt_d):
             for state in opt.state.values():
                 tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]

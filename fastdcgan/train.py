@@ -27,7 +27,7 @@ from . import checkpoint, config, dist, perf, plots
 from .config import Config, UsageError
 from .data import folder
 from .model import build_models, fixed_noise, sample
-from .step import GANStep, make_optimizers, set_hyperparameters
+from .step import GANStep, make_ema, make_optimizers, set_hyperparameters
 
 EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 2, 3, 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -156,6 +156,7 @@ class Run:
         memory_format = torch.channels_last if cfg.channels_last else torch.preserve_format
         self.G.to(self.device, memory_format=memory_format)
         self.D.to(self.device, memory_format=memory_format)
+        self.G_ema = make_ema(self.G) if m.ema else None  # follows G inside the step; samples and FID use it
         o = cfg.optim
         self.cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"  # a preset's graphs mean nothing on CPU
         self.lr_scale = self.env.world if o.scale_lr else 1
@@ -167,10 +168,12 @@ class Run:
         self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
                            d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps,
                            amp_dtype=PRECISIONS[self.precision], channels_last=cfg.channels_last,
-                           compile=cfg.compile, cuda_graphs=self.cuda_graphs, distributed=self.env.world > 1)
+                           compile=cfg.compile, cuda_graphs=self.cuda_graphs, distributed=self.env.world > 1,
+                           ema=self.G_ema, ema_decay=m.ema)
         self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
         self.peak = perf.peak_flops(self.device, self.precision)
         self.loader = self._make_loader()
+        self.fid = self._make_fid()
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, self.device)
         self.step = self.epoch = self.batch_in_epoch = 0
         if self.resume_from:
@@ -231,6 +234,13 @@ class Run:
         say = (lambda line: print(line, flush=True)) if self.main else (lambda line: None)
         return make_loader(self.cfg, self.images, self.device, self.env.rank, self.env.world, say=say)
 
+    def _make_fid(self):
+        """The FID tracker when fid.every is set (on every rank: each evaluates its share)."""
+        if not self.cfg.fid.every:
+            return None
+        from .metrics.tracker import FIDTracker
+        return FIDTracker(self.cfg, self.images.files, self.device, self.ckpt_dir, ema=self.G_ema is not None)
+
     def _report_data(self, display: Display) -> None:
         im = self.images
         display.print(f"data: {len(im.files)} images in {im.root} ({im.layout} layout, split {self.cfg.data.split}), "
@@ -252,7 +262,7 @@ class Run:
             "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
             "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
-        }
+        } | ({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})
 
     def _load(self, path: Path) -> None:
         try:
@@ -261,6 +271,8 @@ class Run:
             self.D.load_state_dict(s["D"])
             self.opt_g.load_state_dict(s["opt_g"])
             self.opt_d.load_state_dict(s["opt_d"])
+            if self.G_ema is not None:  # a checkpoint from a run without EMA: start the average at G
+                self.G_ema.load_state_dict(s.get("G_ema", s["G"]))
         except (RuntimeError, KeyError, OSError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise UsageError(f"cannot resume from {path}: {first}") from None
@@ -296,7 +308,12 @@ class Run:
     # ----- artefacts -----
     def save_samples(self, name: str) -> None:
         if self.main:
-            plots.save_grid(sample(self.G, self.fixed_z), self.dir / "samples" / f"{name}.png")
+            plots.save_grid(sample(self.sampling_G, self.fixed_z), self.dir / "samples" / f"{name}.png")
+
+    @property
+    def sampling_G(self) -> torch.nn.Module:
+        """The generator that samples and FID use: the EMA one when model.ema is on."""
+        return self.G if self.G_ema is None else self.G_ema
 
     def write_plots(self, epoch_label: int) -> None:
         hist = self.gan.take_histograms()  # on every rank: it sums the ranks' histograms
@@ -331,6 +348,8 @@ class Run:
         code = None
         try:
             self._report_data(display)
+            if self.fid:
+                display.print(self.fid.prepare())
             batch = self.cfg.train.batch_size
             graphs = "on" if self.cuda_graphs else "off (needs CUDA)" if cfg.cuda_graphs else "off"
             display.print(f"device {self.device}, precision {self.precision}, channels_last {cfg.channels_last}, "
@@ -395,6 +414,8 @@ class Run:
         if self.main:
             torch.save(self.G.state_dict(), self.dir / "generator.pth")
             torch.save(self.D.state_dict(), self.dir / "discriminator.pth")
+            if self.G_ema is not None:
+                torch.save(self.G_ema.state_dict(), self.dir / "generator_ema.pth")
         display.print(f"done: {self.step} steps; generator.pth, samples and plots in {self.dir}")
         return EXIT_OK
 
@@ -410,6 +431,8 @@ class Run:
                 self._stop()
             if self.step % cfg.ckpt.every == 0:
                 self._checkpoint()
+            if self.fid and self.step % cfg.fid.every == 0:
+                self._fid()
 
     def _end_epoch(self) -> None:
         """A whole epoch done: its samples, plots and checkpoint."""
@@ -420,6 +443,21 @@ class Run:
             self._checkpoint()
             if self._stop_requested(now=True):
                 self._stop()
+
+    def _fid(self) -> None:
+        """Evaluate FID, log it as its own metrics row, plot it, keep checkpoints/best_fid."""
+        row = self.fid.evaluate(self.sampling_G, self.step, self.epoch)  # the same score on every rank
+        if self.fid.is_best(row) and self.last_saved != self.step:
+            self._checkpoint()  # every rank takes part; best_fid then links to this step's file
+        saved = checkpoint.latest(self.ckpt_dir) if self.main else None
+        best = self.fid.keep_if_best(row, saved, self.state, write=self.main)
+        if not self.main:
+            return
+        self.metrics_file.write(json.dumps(row) + "\n")
+        self.metrics_file.flush()
+        plots.plot_fid(self.dir / "metrics.jsonl", self.dir / "plots" / "fid.png")
+        self.display.print(f"step {self.step}  FID {row['fid']:.2f} on {row['fid_n']} samples "
+                           f"({row['fid_s']:.0f} s){'  new best' if best else ''}")
 
     def _checkpoint(self) -> Path:
         path = self.save()

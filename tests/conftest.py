@@ -114,3 +114,32 @@ def tiny_run(tmp_path_factory) -> Path:
         mp.setenv("FASTDCGAN_CACHE", str(tmp / "cache"))
         assert train(tiny_args(make_celeba(tmp / "celeba", 16), tmp / "run", train__max_steps=3)) == 0
     return tmp / "run"
+
+
+class TinyFIDNet(torch.nn.Module):
+    """A stand-in for the TF-Inception FID network, as TorchScript: 3x299x299 in [-1, 1] -> 128-d.
+
+    It refuses any other input shape or range, as a check that the extractor resizes and scales."""
+
+    def __init__(self, seed: int = 0):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 32, 13, stride=13)
+        with torch.no_grad():  # fixed weights, so every test run gets the same features
+            g = torch.Generator().manual_seed(seed)
+            self.conv.weight.copy_(torch.randn(self.conv.weight.shape, generator=g) * 0.05)
+            self.conv.bias.zero_()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        assert x.shape[1] == 3 and x.shape[2] == 299 and x.shape[3] == 299, "needs 3x299x299"
+        assert bool(x.min() >= -1.0) and bool(x.max() <= 1.0), "needs input in [-1, 1]"
+        return torch.nn.functional.adaptive_avg_pool2d(torch.relu(self.conv(x)), 2).flatten(1)
+
+
+def write_tiny_fid_net(path: Path, seed: int = 0) -> Path:
+    torch.jit.script(TinyFIDNet(seed)).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_fid_net(tmp_path_factory) -> Path:
+    return write_tiny_fid_net(tmp_path_factory.mktemp("fidnet") / "tiny_fid.pt")

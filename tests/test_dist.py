@@ -119,3 +119,18 @@ def test_sbatch_script_parses_and_builds_the_torchrun_command():
     for part in ("--nnodes=3", "--nproc_per_node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu10:24242",
                  "--rdzv_id=4242", "fastdcgan.train", "train.run_dir=runs/faces-4242", "data.root=/data/celeba"):
         assert part in cmd, part
+
+
+def test_fid_during_two_process_training(celeba, tmp_path, tiny_fid_net):
+    """Every rank evaluates its share; a new best FID checkpoints on every rank; rank 0 writes."""
+    run = tmp_path / "run"
+    proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__max_steps=8,
+                                                         ckpt__every=100, fid__every=3, fid__n=16, fid__batch=8,
+                                                         fid__weights=tiny_fid_net))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    fids = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "fid" in r]
+    assert [r["step"] for r in fids] == [3, 6]
+    best = json.loads((run / "checkpoints" / "best_fid.json").read_text())
+    assert best["fid"] == min(r["fid"] for r in fids)
+    assert checkpoint.load(run / "checkpoints" / "best_fid")["step"] == best["step"]

