@@ -85,7 +85,7 @@ def _quiet_jit() -> Iterator[None]:
         yield
 
 
-def _find_file(path: Path) -> Path:
+def find_generator_file(path: Path) -> Path:
     """A run directory's latest checkpoint, else its generator.pth; a file is itself."""
     if path.is_file():
         return path
@@ -103,7 +103,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     ema=True takes the EMA weights (`G_ema`) of a training checkpoint and raises GeneratorLoadError
     when there are none. Raises GeneratorLoadError with a readable message for anything unloadable.
     """
-    file = _find_file(Path(path))
+    file = find_generator_file(Path(path))
     if file.suffix == ".onnx":
         raise GeneratorLoadError(f"{file} is ONNX: load it with onnxruntime, not fastdcgan")
     if is_torchscript(file):

@@ -25,19 +25,9 @@ from pathlib import Path
 from . import checkpoint, config
 from .config import UsageError
 from .data import folder
-from .export import GeneratorLoadError, generator_from_checkpoint
+from .export import GeneratorLoadError, find_generator_file, generator_from_checkpoint
 from .metrics import extractors
 from .metrics.fid import frechet_distance, generator_stats, real_stats
-
-
-def find_checkpoint(path: Path) -> Path:
-    """A checkpoint file, a run directory's latest checkpoint, else its generator.pth."""
-    try:
-        return checkpoint.resolve(path)
-    except FileNotFoundError:
-        if (path / "generator.pth").is_file():
-            return path / "generator.pth"
-        raise FileNotFoundError(f"no checkpoint or generator.pth at {path}") from None
 
 
 def run_dir_of(file: Path) -> Path:
@@ -67,7 +57,7 @@ def score(args: argparse.Namespace) -> tuple[float, dict, Path]:
     """The FID, the record for fid.jsonl, and the run directory to append it to."""
     from .train import resolve_device
     device = resolve_device(args.device)
-    file = find_checkpoint(Path(args.checkpoint))
+    file = find_generator_file(Path(args.checkpoint))
     state = checkpoint.load(file)
     G = generator_from_checkpoint(state, args.ema, str(file)).to(device)
     cfg = config.from_dict(state["config"]) if "config" in state else config.Config()
