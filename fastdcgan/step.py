@@ -34,20 +34,34 @@ def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
+def compile_mode(name: str) -> str | None:
+    """torch.compile's mode for our `compile` setting. max-autotune never brings inductor's own CUDA
+    graphs (cudagraph trees): they would capture G and D separately and overwrite outputs that the
+    step still reads (D's logits, read after the optimizer step), and they conflict with our capture
+    of the whole step (cuda_graphs=true), which is where this project's CUDA graphs come from."""
+    return {"default": None, "max-autotune": "max-autotune-no-cudagraphs"}[name]
+
+
 def make_optimizers(G: nn.Module, D: nn.Module, lr_g: float, lr_d: float, betas: tuple[float, float],
-                    compiled: bool, graphs: bool) -> tuple[torch.optim.Adam, torch.optim.Adam]:
+                    compiled: bool, graphs: bool, amp_dtype: torch.dtype | None = None
+                    ) -> tuple[torch.optim.Adam, torch.optim.Adam]:
     """Adam for each network, in the form each step variant needs.
 
-    CUDA eager: the fused kernel (one launch for all parameters). Compiled or graph-captured: the
-    learning rate is a tensor (changing it never recompiles) and on CUDA the state is `capturable`
-    (the step counter stays on the device: no host sync, and a CUDA graph can hold it). On CPU a
-    tensor lr needs the single-tensor form (foreach Adam refuses it).
+    fp16 (amp_dtype float16): the fused kernel on any device. The GradScaler hands it its scale and
+    overflow flag as tensors and it skips an overflowing update on the device; any other Adam makes
+    the scaler read the overflow flag on the host every step. CUDA eager: the fused kernel (one
+    launch for all parameters). Compiled or graph-captured: the learning rate is a tensor (changing
+    it never recompiles) and on CUDA the state is `capturable` (the step counter stays on the device:
+    no host sync, and a CUDA graph can hold it). On CPU a tensor lr needs the single-tensor form
+    (foreach Adam refuses it).
     """
     device = next(G.parameters()).device
 
     def adam(params, lr: float) -> torch.optim.Adam:
         kw: dict = {}
-        if compiled or graphs:
+        if amp_dtype == torch.float16:
+            kw = {"fused": True}
+        elif compiled or graphs:
             lr = torch.tensor(lr, device=device)
             kw = {"capturable": True} if device.type == "cuda" else {"foreach": False}
         elif device.type == "cuda":
@@ -61,6 +75,29 @@ def make_ema(G: nn.Module) -> nn.Module:
     return copy.deepcopy(G).eval().requires_grad_(False)
 
 
+MODE_FLAGS = ("foreach", "fused", "capturable", "differentiable")
+
+
+def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
+    """opt.load_state_dict(state), keeping the form this optimizer was built in.
+
+    load_state_dict replaces each group's flags with the saved run's: a checkpoint from an eager run
+    would make a compiled or graph-captured run's Adam non-capturable (a host sync per step, and a
+    step counter a CUDA graph cannot hold), and the reverse. So the flags are put back, and Adam's
+    step counters moved to where those flags want them: on the parameter's device when capturable
+    or fused, on the host otherwise.
+    """
+    built = [{k: g[k] for k in MODE_FLAGS if k in g} for g in opt.param_groups]
+    opt.load_state_dict(state)
+    for group, flags in zip(opt.param_groups, built):
+        group.update(flags)
+        on_device = bool(group.get("capturable") or group.get("fused"))
+        for p in group["params"]:
+            step = opt.state.get(p, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                opt.state[p]["step"] = step.to(dtype=torch.float32, device=p.device if on_device else "cpu")
+
+
 def set_hyperparameters(opt: torch.optim.Optimizer, lr: float, betas: tuple[float, float]) -> None:
     """Apply lr and betas to every group, keeping the lr's kind (float or tensor) that this optimizer
     was built with: a checkpoint from a compiled run carries tensor lrs that an eager foreach Adam refuses."""
@@ -71,6 +108,14 @@ def set_hyperparameters(opt: torch.optim.Optimizer, lr: float, betas: tuple[floa
         else:
             group["lr"] = float(lr)
         group["betas"] = betas
+
+
+def add_to_histogram(hist: torch.Tensor, p: torch.Tensor) -> None:
+    """hist += torch.histc(p, len(hist), 0, 1) for p in [0, 1], in a form a CUDA graph can capture
+    (fixed-size index_add_, nothing read on the host). The top edge, 1.0, counts in the last bin."""
+    bins = len(hist)
+    idx = (p.detach().flatten().float() * bins).long().clamp_(0, bins - 1)
+    hist.index_add_(0, idx, torch.ones_like(idx, dtype=hist.dtype))
 
 
 class GANStep:
@@ -118,7 +163,7 @@ class GANStep:
             self.run_D = DDP(D, device_ids=ids, **NO_BUFFER_SYNC)
         self.opt_steps = {opt_g: opt_g.step, opt_d: opt_d.step}
         if compile != "off":
-            mode = None if compile == "default" else compile
+            mode = compile_mode(compile)
             self.run_G, self.run_D = torch.compile(self.run_G, mode=mode), torch.compile(self.run_D, mode=mode)
             self.frozen_D = torch.compile(D, mode=mode) if distributed else self.run_D
             if not self.scaler.is_enabled():  # the scaler calls opt.step itself
@@ -138,8 +183,12 @@ class GANStep:
     def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
         if self.scaler.is_enabled():
+            # The scaler allows one step per optimizer between updates, so it updates after each
+            # (d_steps or g_steps > 1 step one optimizer twice). An update is device work only: the
+            # scale halves after an overflowing update and grows after 2000 clean ones.
             self.scaler.scale(loss).backward()
             self.scaler.step(opt)
+            self.scaler.update()
         else:
             loss.backward()
             self.opt_steps[opt]()
@@ -179,7 +228,6 @@ class GANStep:
         if self.ema is not None:
             self._update_ema()
         self.D.requires_grad_(True)
-        self.scaler.update()
         self._accumulate(loss_d, loss_g, logit_real, logit_fake)
 
     @torch.no_grad()
@@ -221,7 +269,9 @@ class GANStep:
                     t.zero_()
         torch.cuda.set_rng_state(rng)
         self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
+        # thread_local: CUDA calls from other threads (the DataLoader's pin-memory thread, DALI's
+        # workers) during the capture are theirs, not an error that invalidates ours.
+        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
             self._step(self.static_batch)
 
     @torch.no_grad()
@@ -229,8 +279,8 @@ class GANStep:
         p_real, p_fake = logit_real.float().sigmoid(), logit_fake.float().sigmoid()
         self.sums += torch.stack([loss_d.float(), loss_g.float(), p_real.mean(), p_fake.mean(),
                                   torch.ones((), device=self.device)])
-        self.hist[0] += torch.histc(p_real, HIST_BINS, 0.0, 1.0)
-        self.hist[1] += torch.histc(p_fake, HIST_BINS, 0.0, 1.0)
+        add_to_histogram(self.hist[0], p_real)
+        add_to_histogram(self.hist[1], p_fake)
 
     def read(self) -> dict[str, float]:
         """Means since the last read (one host sync), then reset. Empty if no step ran."""

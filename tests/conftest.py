@@ -12,8 +12,16 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image, ImageDraw
+from torch.overrides import TorchFunctionMode
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def needs_cuda(test):
+    """A test of a CUDA-only path: skipped without CUDA, and marked `cuda` so that
+    `pytest -m cuda` (bench/gpu_check.py on a GPU machine) runs exactly these."""
+    skip = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+    return pytest.mark.cuda(skip(test))
 
 
 @pytest.fixture(autouse=True)
@@ -143,3 +151,23 @@ def write_tiny_fid_net(path: Path, seed: int = 0) -> Path:
 @pytest.fixture(scope="session")
 def tiny_fid_net(tmp_path_factory) -> Path:
     return write_tiny_fid_net(tmp_path_factory.mktemp("fidnet") / "tiny_fid.pt")
+
+
+class HostReads(TorchFunctionMode):
+    """Records every Python-level read of a tensor's value on the host (item, tolist, bool(), float(),
+    int(), numpy(), cpu()) while active: on a GPU each one waits for the device. On CPU it still sees
+    the read, so a step that would sync on a GPU is caught here without one."""
+
+    NAMES = {"item", "tolist", "__bool__", "__float__", "__int__", "__index__", "numpy", "cpu"}
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        name = getattr(func, "__name__", "")
+        if name in self.NAMES:
+            import traceback
+            caller = traceback.extract_stack(limit=2)[0]
+            self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
+        return func(*args, **(kwargs or {}))

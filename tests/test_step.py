@@ -1,5 +1,6 @@
 import math
 
+import pytest
 import torch
 
 from fastdcgan.model import build_models
@@ -91,3 +92,74 @@ def test_nonfinite_is_detected():
     assert gan.finite()
     gan.sums[0] = float("nan")
     assert not gan.finite()
+
+
+def test_histogram_matches_histc_on_random_inputs():
+    from fastdcgan.step import HIST_BINS, add_to_histogram
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 7, 1000, 100_000):
+        p = torch.rand(n, generator=g)
+        p[: min(n, 2)] = torch.tensor([0.0, 1.0])[: min(n, 2)]  # both edges: 1.0 counts in the last bin
+        hist = torch.zeros(HIST_BINS)
+        add_to_histogram(hist, p)
+        assert torch.equal(hist, torch.histc(p, HIST_BINS, 0.0, 1.0))
+    edges = torch.arange(HIST_BINS + 1) / HIST_BINS  # every bin edge exactly
+    hist = torch.zeros(HIST_BINS)
+    add_to_histogram(hist, edges)
+    assert torch.equal(hist, torch.histc(edges, HIST_BINS, 0.0, 1.0))
+
+
+def test_the_step_keeps_no_histc():
+    """torch.histc cannot be captured in a CUDA graph; the step must not call it."""
+    import inspect
+    from fastdcgan import step
+    assert "histc(" not in inspect.getsource(step.GANStep)
+
+
+def test_max_autotune_never_brings_inductors_cuda_graphs():
+    from fastdcgan.step import compile_mode
+    assert compile_mode("max-autotune") == "max-autotune-no-cudagraphs"
+    assert compile_mode("default") is None
+
+
+def fp16_gan(d_steps=1, g_steps=1):
+    from fastdcgan.step import make_optimizers
+    torch.manual_seed(0)
+    G, D = build_models(nz=16, ngf=8, ndf=8, image_size=32)
+    opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=False, graphs=False,
+                                   amp_dtype=torch.float16)
+    return GANStep(G, D, opt_g, opt_d, nz=16, amp_dtype=torch.float16, d_steps=d_steps, g_steps=g_steps), G, D
+
+
+def test_fp16_with_several_updates_per_step_trains():
+    """One GradScaler for both optimizers, stepped d_steps + g_steps times per training step."""
+    for d_steps, g_steps in ((2, 1), (1, 2), (3, 2)):
+        gan, G, D = fp16_gan(d_steps, g_steps)
+        before = params(G) + params(D)
+        for k in range(6):
+            gan.step(batch(seed=k))
+        m = gan.read()
+        assert all(math.isfinite(v) for v in m.values()), m
+        assert gan.scaler.get_scale() < 2.0 ** 16  # it met overflows and backed off, as fp16 does at first
+        assert not same(before, params(G) + params(D))  # and it trained
+
+
+@pytest.mark.parametrize("mode", ["fp32", "fp16", "fp16 d_steps=2 g_steps=2", "d_steps=2 g_steps=2", "ema"])
+def test_a_step_reads_nothing_on_the_host(mode):
+    """No .item(), bool() or .tolist() of a tensor inside a step: on a GPU each is a sync that stalls
+    the queue (fp16's GradScaler used to read its overflow flag every step)."""
+    from conftest import HostReads
+    from fastdcgan.step import make_ema
+    d, g = (2, 2) if "steps=2" in mode else (1, 1)
+    if mode.startswith("fp16"):
+        gan, G, D = fp16_gan(d, g)
+    else:  # fused Adam, as make_optimizers builds it on CUDA (CPU Adam reads its host-side step counter)
+        torch.manual_seed(0)
+        G, D = build_models(nz=16, ngf=8, ndf=8, image_size=32)
+        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True) for m in (G, D))
+        ema = make_ema(G) if mode == "ema" else None
+        gan = GANStep(G, D, opt_g, opt_d, nz=16, d_steps=d, g_steps=g, ema=ema, ema_decay=0.9)
+    gan.step(batch())  # the first step creates the optimizers' state
+    with HostReads() as spy:
+        gan.step(batch(seed=1))
+    assert spy.reads == []
