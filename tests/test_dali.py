@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from conftest import color_ids, tiny_args, weights, write_colors
-from fastdcgan.data.dali import DaliLoader, NameSource, build_pipeline
+from fastdcgan.data import InputFailure
+from fastdcgan.data.dali import DaliLoader, NameSource, available, build_pipeline, is_file_failure
 from fastdcgan.data.folder import find_images, scan
 from fastdcgan.data.order import epoch_batches
 from fastdcgan.data.synthetic import make_faces
@@ -14,6 +15,7 @@ from fastdcgan.data.torch import ImageFiles
 from fastdcgan.train import main
 
 CPU = torch.device("cpu")
+pytestmark = pytest.mark.skipif(available() is not None, reason=str(available()))
 
 
 @pytest.fixture(scope="module")
@@ -142,3 +144,47 @@ def test_a_file_broken_after_the_check_does_not_end_the_epoch(tmp_path):
     for got, want in zip(batches, expected):  # every batch as planned; file 5 replaced by the next one
         assert got == [6 if i == 5 else i for i in want]
     assert [color_ids(b) for b in loader.epoch(1)][0] != [] and len(list(loader.epoch(2))) == 4
+
+
+def dali_error(path, tmp_path) -> RuntimeError:
+    """The error a real CPU pipeline raises on this file."""
+    source = NameSource([path])
+    pipe = build_pipeline(source, 16, 1, 1, 1, CPU)
+    source.start(np.zeros((1, 1), dtype=np.int64))
+    with pytest.raises(RuntimeError) as e:
+        pipe.run()
+    return e.value
+
+
+def test_a_files_failure_is_told_from_any_other(tmp_path):
+    (tmp_path / "text.jpg").write_text("not a picture")
+    write_colors(tmp_path / "c", 1)
+    whole = (tmp_path / "c" / "0000.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(whole[: len(whole) // 3])
+    for bad in ("text.jpg", "cut.jpg", "gone.jpg"):
+        assert is_file_failure(dali_error(tmp_path / bad, tmp_path)), bad
+    decoder_hit_by_cuda = str(dali_error(tmp_path / "text.jpg", tmp_path)).replace(
+        "nvImageCodec failure: '#4'", "CUDA error: an illegal memory access was encountered")
+    for other in ("CUDA error: an illegal memory access was encountered", decoder_hit_by_cuda,
+                  "CUDA driver error: out of memory", "Critical error in pipeline: Error in CPU operator "
+                  "`nvidia.dali.fn.resize`: something else"):
+        assert not is_file_failure(RuntimeError(other)), other
+
+
+def test_a_failure_that_is_not_a_files_ends_the_epoch_with_input_failure(tmp_path):
+    """A CUDA error inside DALI must not be decoded around with PIL: the run must end (and checkpoint)."""
+    files = write_colors(tmp_path, 8)
+    loader = DaliLoader(files, 16, 4, seed=0, device=CPU, threads=1)
+    batches = loader.epoch(0)
+    next(batches)
+
+    class DeadPipeline:
+        def run(self):
+            raise RuntimeError("Critical error in pipeline:\nError in MIXED operator `nvidia.dali.fn.decoders.image`"
+                               "\nencountered:\nCUDA error: an illegal memory access was encountered")
+
+    loader.pipe = DeadPipeline()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "decoding it with PIL" warning either
+        with pytest.raises(InputFailure, match="DALI pipeline failed: CUDA error: an illegal memory access"):
+            next(batches)

@@ -8,7 +8,9 @@ folder and renames it into place as its last act (index.json is written last ins
 interrupted build never leaves a folder that looks complete; a file lock stops two processes on
 one machine from building the same cache at once.
 
-Decoder: DALI (the same pipeline and geometry as the DALI backend: "mixed" on a GPU, CPU threads
+Decoder: its kind is part of the key (decoder_kind), so a cache one decoder built is never served
+as another's (the GPU decoder, DALI's CPU decoder and PIL differ by a fraction of a grey level).
+DALI (the same pipeline and geometry as the DALI backend: "mixed" on a GPU, CPU threads
 otherwise). Measured single-threaded on the 2-core development machine, on CelebA-size JPEGs to
 64x64: DALI CPU about 4,600 images/s, PIL with JPEG draft mode about 3,200, PIL without it (the
 torch path) about 2,100; so PIL only serves where DALI is missing and for files DALI refuses (a
@@ -38,21 +40,32 @@ import torch
 from PIL import Image
 
 from ..config import UsageError
+from . import InputFailure
 from .folder import ImageList, cache_dir, open_rgb
 from .order import batches_per_epoch, epoch_batches
 
 FORMAT_VERSION = 1
+DECODERS = ("dali-mixed", "dali-cpu", "pil")
 TRANSFORM = "torchvision Resize(S)+CenterCrop(S) region, one antialiased linear resize, RGB uint8 HWC"
 CHUNK = 256  # images per decode batch while building
 
 
-def index_of(images: ImageList, image_size: int) -> dict:
+def decoder_kind(device: torch.device) -> str:
+    """The decoder a cache built now would use: DALI's GPU (mixed) decoder on CUDA, its CPU decoder
+    without a GPU, PIL where DALI does not import."""
+    from .dali import available
+    if available() is not None:
+        return "pil"
+    return "dali-mixed" if device.type == "cuda" else "dali-cpu"
+
+
+def index_of(images: ImageList, image_size: int, decoder: str) -> dict:
     """What a cache is a cache of: the key is a hash of this."""
     files = []
     for p in images.files:
         st = p.stat()
         files.append([str(p.relative_to(images.root)), st.st_size, st.st_mtime_ns])
-    return {"version": FORMAT_VERSION, "transform": TRANSFORM, "image_size": image_size,
+    return {"version": FORMAT_VERSION, "transform": TRANSFORM, "image_size": image_size, "decoder_kind": decoder,
             "root": str(images.root.resolve()), "files": files}
 
 
@@ -131,7 +144,11 @@ def _decode_dali(files: list[Path], image_size: int, device: torch.device, threa
             drain(pipe, source)
         except StopIteration:
             raise RuntimeError("DALI ended before the last chunk") from None
-        except RuntimeError:  # a file DALI cannot decode: the pipeline is dead; PIL does this chunk
+        except RuntimeError as e:  # the pipeline is dead either way
+            from .dali import failure_summary, is_file_failure
+            if not is_file_failure(e):
+                raise InputFailure(f"building the cache: the DALI pipeline failed: {failure_summary(e)}") from e
+            # a file DALI cannot decode: PIL does this chunk
             yield _decode_pil_many([str(files[i]) for i in chunks[done]], image_size)
             done += 1
         del pipe
@@ -162,11 +179,13 @@ def _build(index: dict, images: ImageList, folder: Path, device: torch.device, t
 
     t0, size, n = time.perf_counter(), index["image_size"], len(images.files)
     threads = threads or default_threads()
-    if available() is None:
-        decoder = f"DALI {'mixed (GPU)' if device.type == 'cuda' else 'CPU'}, {threads} threads"
-        chunks = _decode_dali(images.files, size, device, threads)
+    kind = index["decoder_kind"]
+    if kind.startswith("dali"):
+        decoder = f"DALI {'mixed (GPU)' if kind == 'dali-mixed' else 'CPU'}, {threads} threads"
+        chunks = _decode_dali(images.files, size, device if kind == "dali-mixed" else torch.device("cpu"), threads)
     else:
-        decoder = f"PIL, {threads} processes (DALI unavailable: {available()})"
+        why = f" (DALI unavailable: {available()})" if available() else ""
+        decoder = f"PIL, {threads} processes{why}"
         chunks = _decode_pil_pool(images.files, size, threads)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
@@ -230,9 +249,13 @@ def _lock(path: Path):
 
 
 def ensure(images: ImageList, image_size: int, device: torch.device, threads: int = 0,
-           progress: Callable[[int], None] | None = None) -> BuildReport:
-    """The cache for these files at this size: reused when one matches, else built now."""
-    index = index_of(images, image_size)
+           progress: Callable[[int], None] | None = None, decoder: str | None = None) -> BuildReport:
+    """The cache for these files at this size and decoder (default: decoder_kind(device)): reused
+    when one matches, else built now."""
+    decoder = decoder or decoder_kind(device)
+    if decoder not in DECODERS:
+        raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
+    index = index_of(images, image_size, decoder)
     folder = location(index)
     if not is_complete(folder):
         with _lock(folder.parent / f".{folder.name}.lock"):

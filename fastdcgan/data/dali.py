@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..config import UsageError
+from . import InputFailure
 from .order import batches_per_epoch, epoch_batches
 
 # Share of the JPEGs nvJPEG sends to the hardware JPEG decoder (A100, H100) when the pipeline runs
@@ -46,13 +47,40 @@ HW_DECODER_LOAD = 0.75
 SIZE_HINT = (178, 218)
 
 
+INSTALL_HINT = "pip install nvidia-dali-cuda130 (CUDA 13; nvidia-dali-cuda120 for CUDA 12)"
+# DALI operators that fail because of one file (unreadable, not an image, truncated): a batch that
+# fails in one of them is redone with PIL, skipping the file. Anything else is not a file's fault.
+PER_FILE_OPERATORS = ("nvidia.dali.fn.io.file.read`", "nvidia.dali.fn.peek_image_shape`",
+                      "nvidia.dali.fn.decoders.image`")
+DEVICE_ERRORS = ("CUDA error", "cudaError", "CUDA_ERROR", "CUDA driver", "out of memory", "illegal memory access",
+                 "NVML")
+
+
 def available() -> str | None:
-    """None when DALI can be used here, else why not (one line)."""
+    """None when DALI can be used here, else why not (one line, with how to install it)."""
     try:
         import nvidia.dali  # noqa: F401
     except Exception as e:  # ImportError, or a broken install raising anything at import
-        return f"nvidia-dali is not importable ({type(e).__name__}: {e})"
+        why = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        return f"nvidia-dali is not importable ({type(e).__name__}: {why}); {INSTALL_HINT}"
     return None
+
+
+def is_file_failure(error: BaseException) -> bool:
+    """True when DALI failed on a file (skip it and go on), False for anything else (a CUDA error
+    included, even one raised inside the decoder): that must end the run, not be skipped."""
+    text = str(error)
+    return any(op in text for op in PER_FILE_OPERATORS) and not any(d in text for d in DEVICE_ERRORS)
+
+
+def failure_summary(error: BaseException) -> str:
+    """One line out of DALI's many: what it encountered, without the pipeline traceback it quotes."""
+    after = str(error).split("encountered:", 1)[-1]
+    for line in after.splitlines():
+        line = line.strip()
+        if line and not line.startswith(("Critical error", "Current pipeline", "C++ context")):
+            return line.rstrip(",: ")
+    return type(error).__name__
 
 
 def default_threads() -> int:
@@ -119,12 +147,15 @@ def build_pipeline(source: NameSource, image_size: int, batch_size: int, threads
         encoded = fn.io.file.read(names)
         # EXIF orientation is ignored, as PIL's plain decode (the torch path) ignores it.
         start, end = plain_path_roi(fn.peek_image_shape(encoded, adjust_orientation=False), image_size)
+        # jpeg_fancy_upsampling: nvJPEG's chroma upsampling as libjpeg-turbo's (the CPU decoder's and
+        # PIL's); without it the mixed decoder's images differ from the CPU paths'.
+        common = dict(output_type=types.RGB, adjust_orientation=False, jpeg_fancy_upsampling=True)
         if gpu:
-            images = fn.decoders.image(encoded, device="mixed", output_type=types.RGB, adjust_orientation=False,
-                                       hw_decoder_load=HW_DECODER_LOAD, preallocate_width_hint=SIZE_HINT[0],
-                                       preallocate_height_hint=SIZE_HINT[1])
+            images = fn.decoders.image(encoded, device="mixed", hw_decoder_load=HW_DECODER_LOAD,
+                                       preallocate_width_hint=SIZE_HINT[0], preallocate_height_hint=SIZE_HINT[1],
+                                       **common)
         else:
-            images = fn.decoders.image(encoded, device="cpu", output_type=types.RGB, adjust_orientation=False)
+            images = fn.decoders.image(encoded, device="cpu", **common)
         return fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end, antialias=True,
                          interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
 
@@ -183,8 +214,10 @@ class DaliLoader:
         for b in range(len(table)):
             try:
                 (out,) = self.pipe.run()
-            except RuntimeError as e:  # a file changed since it was checked: this pipeline is dead
-                yield self._recover(table.numpy(), b, e)
+            except RuntimeError as e:  # this pipeline is dead either way
+                if not is_file_failure(e):
+                    raise InputFailure(f"the DALI pipeline failed: {failure_summary(e)}") from e
+                yield self._recover(table.numpy(), b, e)  # a file changed since it was checked
                 continue
             yield to_torch(out, self.device)
 
@@ -193,9 +226,8 @@ class DaliLoader:
         a new pipeline carries on from batch b + 1. One bad file must not end an hour-long run."""
         from .cache import decode_pil
 
-        lines = [x.strip() for x in str(error).splitlines()]
-        why = next((x for x in lines if x.startswith(("Error in", "nvImageCodec", "Could not"))), type(error).__name__)
-        warnings.warn(f"DALI failed on a batch ({why.rstrip(',')}); decoding it with PIL and restarting the pipeline")
+        warnings.warn(f"DALI failed on a file in a batch ({failure_summary(error)}); decoding the batch with PIL "
+                      "and restarting the pipeline")
         images = []
         for i in table[b]:
             for j in range(i, i + self.n):
