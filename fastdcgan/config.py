@@ -101,7 +101,9 @@ class Fid:
 @dataclass
 class Config:
     precision: str = opt("auto", "auto = bf16 autocast on a bf16 GPU, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
-    compile: str = opt("off", "torch.compile the training step", ("off", "default", "max-autotune"))
+    compile: str = opt("off", "torch.compile the training step; auto = default on CUDA, off on CPU (where it "
+                       "does not pay); max-autotune never adds inductor's CUDA graphs (see cuda_graphs)",
+                       ("off", "auto", "default", "max-autotune"))
     cuda_graphs: bool = opt(False, "capture the whole step in a CUDA graph (CUDA only; ignored on CPU)")
     channels_last: bool = opt(True, "NHWC memory format for models and inputs (faster on GPUs and on this CPU)")
     device: str = opt("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))

@@ -5,8 +5,9 @@
     python -m fastdcgan.train --config configs/celeba64.toml data.root=/data/celeba
 
 Starting it again on the same train.run_dir resumes from the latest checkpoint.
-Exit codes: 0 finished; 2 bad usage, config or data; 3 non-finite loss (the last good checkpoint
-is kept); 75 stopped by SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: run again to resume.
+Exit codes: 0 finished; 1 the input pipeline failed beyond skipping a file (after a checkpoint);
+2 bad usage, config or data; 3 non-finite loss (the last good checkpoint is kept); 75 stopped by
+SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: run again to resume.
 """
 from __future__ import annotations
 
@@ -25,22 +26,24 @@ import torch
 
 from . import checkpoint, config, dist, perf, plots
 from .config import Config, UsageError
-from .data import folder
+from .data import InputFailure, folder
 from .model import build_models, fixed_noise, sample
-from .step import GANStep, make_ema, make_optimizers, set_hyperparameters
+from .step import GANStep, load_optimizer, make_ema, make_optimizers, set_hyperparameters
 
-EXIT_OK, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 2, 3, 75
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
+STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_FILE = "STOP"       # touch RUN_DIR/STOP to stop a run at the next check (how sbatch relays USR1)
 STOP_CHECK_EVERY = 10    # steps between stop checks when several processes must agree
+WARMUP_MAX_STEPS = 10    # compile/capture warm-up ends at the first step that compiles nothing new, or here
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
     p = argparse.ArgumentParser(
         prog="python -m fastdcgan.train", description="Train a DCGAN (Radford et al. 2015) on a folder of images.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=config.help_text() + "\n\nexit codes: 0 finished, 2 usage/config/data error, 3 non-finite loss, "
-        "75 stopped by a signal after a checkpoint (run again to resume)")
+        epilog=config.help_text() + "\n\nexit codes: 0 finished, 1 input pipeline failure (after a checkpoint), "
+        "2 usage/config/data error, 3 non-finite loss, 75 stopped by a signal after a checkpoint (run again to resume)")
     p.add_argument("--config", help="TOML file of settings (overrides on the command line win)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
@@ -64,6 +67,27 @@ def resolve_precision(name: str, device: torch.device) -> str:
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return name
+
+
+def resolve_compile(name: str, device: torch.device) -> str:
+    """auto: compile on CUDA, where it pays; off on CPU, where it costs ~45 s of compiling and then ran
+    no faster than eager (74.9 vs 77.9 img/s, batch 64, ngf = ndf = 64, 2 cores)."""
+    if name == "auto":
+        return "default" if device.type == "cuda" else "off"
+    return name
+
+
+def configure_backends(device: torch.device) -> None:
+    """cuDNN picks the fastest convolution algorithms for our fixed shapes (benchmark mode). Its choice
+    may differ between runs, so on a GPU runs are close but not bit-identical (README)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has made in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
 
 
 def rng_state() -> dict:
@@ -129,6 +153,7 @@ class Run:
     """One training run in one run directory: set up, resume, loop, write every artefact."""
 
     def __init__(self, cfg: Config):
+        self.t_created = time.perf_counter()
         self.cfg = cfg
         self.dir = Path(cfg.train.run_dir)
         self.ckpt_dir = self.dir / "checkpoints"
@@ -137,11 +162,14 @@ class Run:
         self.device = dist.init(self.env, resolve_device(cfg.device), cfg.train.timeout_s)
         if cfg.cuda_graphs and self.device.type == "cuda" and self.env.world > 1:
             raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
+        configure_backends(self.device)
+        self.compile = resolve_compile(cfg.compile, self.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
         # Rank 0 looks at the run directory and the data; every rank gets its answer (or its error).
         self.resume_from, self.images = self._on_main(lambda: (self._find_resume(), self._scan_data()))
         self.stop_pending = self._on_main(self._stop_file_at_start)
 
-        if cfg.compile != "off":
+        if self.compile != "off":
             # Compiled code is per run. Entries left by earlier runs in this process (a notebook, a
             # sweep) count toward dynamo's recompile limit, past which it silently runs eager.
             torch._dynamo.reset()
@@ -161,14 +189,13 @@ class Run:
         self.cuda_graphs = cfg.cuda_graphs and self.device.type == "cuda"  # a preset's graphs mean nothing on CPU
         self.lr_scale = self.env.world if o.scale_lr else 1
         self.opt_g, self.opt_d = make_optimizers(self.G, self.D, o.lr_g * self.lr_scale, o.lr_d * self.lr_scale,
-                                                 (o.beta1, o.beta2), compiled=cfg.compile != "off",
-                                                 graphs=self.cuda_graphs)
-        self.precision = resolve_precision(cfg.precision, self.device)
+                                                 (o.beta1, o.beta2), compiled=self.compile != "off",
+                                                 graphs=self.cuda_graphs, amp_dtype=PRECISIONS[self.precision])
         # GANStep trains compiled wrappers when asked; self.G and self.D stay the plain modules we save.
         self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
                            d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps,
                            amp_dtype=PRECISIONS[self.precision], channels_last=cfg.channels_last,
-                           compile=cfg.compile, cuda_graphs=self.cuda_graphs, distributed=self.env.world > 1,
+                           compile=self.compile, cuda_graphs=self.cuda_graphs, distributed=self.env.world > 1,
                            ema=self.G_ema, ema_decay=m.ema)
         self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
         self.peak = perf.peak_flops(self.device, self.precision)
@@ -269,8 +296,8 @@ class Run:
             s = checkpoint.load(path)
             self.G.load_state_dict(s["G"])
             self.D.load_state_dict(s["D"])
-            self.opt_g.load_state_dict(s["opt_g"])
-            self.opt_d.load_state_dict(s["opt_d"])
+            load_optimizer(self.opt_g, s["opt_g"])  # keeps the flags this run's mode built
+            load_optimizer(self.opt_d, s["opt_d"])
             if self.G_ema is not None:  # a checkpoint from a run without EMA: start the average at G
                 self.G_ema.load_state_dict(s.get("G_ema", s["G"]))
         except (RuntimeError, KeyError, OSError) as e:
@@ -352,8 +379,9 @@ class Run:
                 display.print(self.fid.prepare())
             batch = self.cfg.train.batch_size
             graphs = "on" if self.cuda_graphs else "off (needs CUDA)" if cfg.cuda_graphs else "off"
+            compiled = f"{self.compile} (auto)" if cfg.compile == "auto" else self.compile
             display.print(f"device {self.device}, precision {self.precision}, channels_last {cfg.channels_last}, "
-                          f"compile {cfg.compile}, cuda_graphs {graphs}")
+                          f"compile {compiled}, cuda_graphs {graphs}")
             world = f", {self.env.world} processes, global batch {batch * self.env.world}" if self.env.world > 1 else ""
             display.print(f"batch {batch} per process{world}, {self.total_steps} steps, {self.flops / 1e9:.2f} GFLOP "
                           f"per image per step, run dir {self.dir}")
@@ -373,20 +401,34 @@ class Run:
             code = self._loop(display)
         except Exit as e:
             code = e.code
+        except InputFailure as e:
+            code = self._input_failed(e)
         finally:
             for s in STOP_SIGNALS:
                 signal.signal(s, signal.SIG_DFL)
             display.close()
             if code is not None:
-                self._write_status({EXIT_OK: "finished", EXIT_STOPPED: "stopped"}.get(code, "nonfinite"))
+                self._write_status(STATUS_WORDS[code])
         return code
+
+    def _input_failed(self, error: InputFailure) -> int:
+        """The input broke in a way skipping a file cannot mend: keep the weights of the steps done."""
+        try:
+            path = self.save() if self.last_saved != self.step else checkpoint.latest(self.ckpt_dir)
+        except Exception as e:  # a CUDA error can leave nothing readable on the device
+            path = f"none written now ({type(e).__name__}); latest {checkpoint.latest(self.ckpt_dir)}"
+        self.display.print(f"error: {error} (at step {self.step}); checkpoint {path}. Fix the cause and run "
+                           "the same command to resume.")
+        return EXIT_FAILED
 
     def _loop(self, display: Display) -> int:
         self.display, self.timer = display, perf.StepTimer(self.device)
-        warmup = self.cfg.compile != "off" or self.cuda_graphs
+        warmup = self.compile != "off" or self.cuda_graphs
+        warmup_steps, graphs_made = 0, compiled_graphs()
         self.last_saved = self.step if self.resume_from else -1
         reals = self.dir / "samples" / "reals.png"
         t_start = time.perf_counter()
+        self.setup_times = {"setup_s": round(t_start - self.t_created, 2)}  # scan, cache build, models
         metrics = open(self.dir / "metrics.jsonl", "a") if self.main else contextlib.nullcontext()
         with metrics as self.metrics_file:
             while self.step < self.total_steps:
@@ -398,10 +440,17 @@ class Run:
                     self.timer.step_done()
                     self.step += 1
                     self.batch_in_epoch += 1
-                    if warmup:  # compile and capture happen in the first step: report them, time the rest
-                        warmup = False
-                        self.timer.restart()
-                        display.print(f"compile/capture warm-up: {time.perf_counter() - t_start:.1f} s (left out of img/s)")
+                    if warmup:  # compile and capture: until a step compiles nothing new; timed apart
+                        warmup_steps += 1
+                        graphs_before, graphs_made = graphs_made, compiled_graphs()
+                        if warmup_steps >= WARMUP_MAX_STEPS or (warmup_steps > 1 and graphs_made == graphs_before):
+                            warmup = False
+                            self.timer.restart()
+                            seconds = time.perf_counter() - t_start
+                            self.setup_times.update(warmup_s=round(seconds, 2), warmup_steps=warmup_steps,
+                                                    warmup_graphs=graphs_made)
+                            display.print(f"compile/capture warm-up: {seconds:.1f} s, {warmup_steps} steps "
+                                          "(left out of img/s)")
                     self._after_step()
                     if self.step >= self.total_steps:
                         break
@@ -420,18 +469,23 @@ class Run:
         return EXIT_OK
 
     def _after_step(self) -> None:
-        cfg = self.cfg
-        self.display.update(self.step, self.epoch)
-        if self.step % cfg.log.every == 0 or self.step == self.total_steps:
+        cfg, step = self.cfg, self.step
+        self.display.update(step, self.epoch)
+        if step % cfg.log.every == 0 or step == self.total_steps:
             self._log()
+        stop = self._stop_requested()
+        sample, ckpt = step % cfg.sample.every == 0, step % cfg.ckpt.every == 0
+        fid = self.fid is not None and step % cfg.fid.every == 0
+        if not (stop or sample or ckpt or fid):
+            return  # most steps: nothing to do, and no wait for the device
         with self.timer.paused():
-            if self.step % cfg.sample.every == 0:
-                self.save_samples(f"step_{self.step:08d}")
-            if self._stop_requested():
+            if sample:
+                self.save_samples(f"step_{step:08d}")
+            if stop:
                 self._stop()
-            if self.step % cfg.ckpt.every == 0:
+            if ckpt:
                 self._checkpoint()
-            if self.fid and self.step % cfg.fid.every == 0:
+            if fid:
                 self._fid()
 
     def _end_epoch(self) -> None:
@@ -473,14 +527,19 @@ class Run:
         batch = self.cfg.train.batch_size * self.env.world  # global: every rank's images count
         row = {"step": self.step, "epoch": self.epoch, "images": self.step * batch, **m,
                **self.timer.read(batch), "time": time.time()}
-        if self.peak:
+        if "warmup_s" in self.setup_times or not (self.compile != "off" or self.cuda_graphs):
+            row.update(self.setup_times)  # the first row after the set-up says what it cost, once
+            self.setup_times = {}
+        if self.peak and "img_per_s" in row:
             row["mfu"] = row["img_per_s"] * self.flops / self.peak
         if self.main:
             self.metrics_file.write(json.dumps(row) + "\n")
             self.metrics_file.flush()
         info = (f"loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}  D(x) {m['d_real']:.3f}  "
-                f"D(G(z)) {m['d_fake']:.3f}  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  "
-                f"compute {row['compute_ms']:.1f} ms" + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
+                f"D(G(z)) {m['d_fake']:.3f}")
+        if "img_per_s" in row:
+            info += (f"  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  compute {row['compute_ms']:.1f} ms"
+                     + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
         self.display.update(self.step, self.epoch, info)
         if self.display.progress is None:
             self.display.print(f"step {self.step}/{self.total_steps}  epoch {self.epoch}  {info}")
@@ -521,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {e}", file=sys.stderr)
         dist.shutdown()
         return EXIT_USAGE
+    except InputFailure as e:  # building the cache: nothing trained yet, nothing to save
+        print(f"error: {e}", file=sys.stderr)
+        dist.shutdown()
+        return EXIT_FAILED
     try:
         return run.fit()
     finally:

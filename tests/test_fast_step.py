@@ -10,14 +10,13 @@ Tolerances, from what the switches change (observed figures measured on this CPU
 import pytest
 import torch
 
-from conftest import tiny_args, weights
+from conftest import needs_cuda, tiny_args, weights
 from fastdcgan import checkpoint
 from fastdcgan.model import build_models
 from fastdcgan.step import GANStep, make_optimizers
 from fastdcgan.train import main
 
 STEPS, LR = 6, 2e-4
-cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 
 @pytest.fixture(autouse=True)
@@ -160,19 +159,69 @@ def test_cuda_graphs_is_ignored_on_cpu_with_a_note(celeba, tmp_path, capsys):
     assert "cuda_graphs off (needs CUDA)" in capsys.readouterr().out
 
 
-@cuda
+@needs_cuda
 def test_cuda_eager_matches_cpu_closely(eager):
     check(train(device="cuda"), eager, loss_tol=1e-4, param_mean=LR / 20)
 
 
-@cuda
+@needs_cuda
 def test_cuda_graphs_match_eager_cuda():
     ref = train(device="cuda")
     check(train(device="cuda", graphs=True), ref, loss_tol=1e-5, param_max=1e-6)
 
 
-@cuda
+@needs_cuda
 def test_cuda_all_switches_track_eager_cuda():
     ref = train(device="cuda")
     check(train(device="cuda", channels_last=True, compile="default", amp=torch.bfloat16, graphs=True), ref,
           loss_tol=1e-2, param_mean=LR / 2)
+
+
+MODES = {"eager": {}, "compile": {"compile": "default"}, "fp16": {"precision": "fp16"},
+         "graphs": {"cuda_graphs": "true", "compile": "default", "precision": "bf16"}}
+
+
+def optimizer_form(run) -> list:
+    """Each optimizer's flags, its lr's kind and where its step counters live."""
+    out = []
+    for opt in (run.opt_g, run.opt_d):
+        g = opt.param_groups[0]
+        steps = {str(s["step"].device) for s in opt.state.values()}
+        out.append(({k: g.get(k) for k in ("foreach", "fused", "capturable")}, type(g["lr"]).__name__, steps))
+    return out
+
+
+def resume_across_modes(tmp_path, saved_mode, resumed_mode, device):
+    """A run in `saved_mode` checkpoints; one in `resumed_mode` resumes it, with the optimizer form that
+    mode builds (load_state_dict would impose the saved run's flags), and trains on."""
+    from fastdcgan import config
+    from fastdcgan.train import Run
+    data = tmp_path / "celeba"
+    from conftest import make_celeba
+    make_celeba(data, 24)
+
+    def args(run_dir, mode, steps):
+        return tiny_args(data, run_dir, device=device, train__max_steps=steps, **MODES[mode])
+
+    assert main(args(tmp_path / "saved", saved_mode, 2)) == 0
+    fresh = Run(config.build(None, args(tmp_path / "fresh", resumed_mode, 3)))
+    fresh.gan.step(next(iter(fresh.loader.epoch(0))))  # its Adam state exists after one step
+    resumed = Run(config.build(None, args(tmp_path / "saved", resumed_mode, 4)))
+    assert resumed.step == 2
+    assert optimizer_form(resumed) == optimizer_form(fresh)
+    assert resumed.fit() == 0 and resumed.step == 4
+
+
+@pytest.mark.parametrize("saved", ["eager", "compile", "fp16"])
+@pytest.mark.parametrize("resumed", ["eager", "compile", "fp16"])
+def test_resume_across_modes_keeps_the_optimizer_form_of_the_new_mode(tmp_path, saved, resumed):
+    if "compile" in (saved, resumed) and saved == resumed:
+        pytest.skip("same mode: test_compiled_resume_is_exact")
+    resume_across_modes(tmp_path, saved, resumed, "cpu")
+
+
+@needs_cuda
+@pytest.mark.parametrize("saved", ["eager", "compile", "graphs"])
+@pytest.mark.parametrize("resumed", ["eager", "compile", "graphs"])
+def test_cuda_resume_across_modes_keeps_the_optimizer_form_of_the_new_mode(tmp_path, saved, resumed):
+    resume_across_modes(tmp_path, saved, resumed, "cuda")

@@ -159,3 +159,71 @@ def test_skipped_files_are_warned_and_listed(celeba, tmp_path, capsys):
     out = capsys.readouterr().out
     assert "skipped 1 files" in out and "000002.jpg" in out
     assert "000002.jpg" in (run / "skipped_files.txt").read_text()
+
+
+def test_the_fast_preset_compiles_only_where_it_pays(celeba, tmp_path, capsys):
+    """compile=auto (the fast preset's): off on CPU, where it cost ~45 s and then ran no faster."""
+    assert main(["--config", str(REPO / "configs/celeba64-fast.toml"),
+                 *tiny_args(celeba, tmp_path / "run", train__max_steps=2)]) == 0
+    out = capsys.readouterr().out
+    assert "compile off (auto)" in out and "warm-up" not in out
+    from fastdcgan.train import resolve_compile
+    assert resolve_compile("auto", torch.device("cuda")) == "default"
+    assert resolve_compile("max-autotune", torch.device("cpu")) == "max-autotune"
+
+
+def test_cudnn_picks_its_algorithms_on_cuda_only(monkeypatch):
+    from fastdcgan.train import configure_backends
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
+    configure_backends(torch.device("cpu"))
+    assert torch.backends.cudnn.benchmark is False
+    configure_backends(torch.device("cuda"))
+    assert torch.backends.cudnn.benchmark is True
+
+
+def test_the_warm_up_lasts_until_nothing_more_compiles(celeba, tmp_path, capsys):
+    """img/s is timed from the end of the warm-up: no graph may be compiled after it (a recompile in
+    the first window would count seconds of compiling as training time)."""
+    from torch._dynamo.utils import counters
+    torch._dynamo.reset()
+    counters.clear()
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, compile="default", train__max_steps=8, log__every=1)) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    warm = [r for r in rows if "warmup_s" in r]
+    assert len(warm) == 1 and warm[0]["step"] == warm[0]["warmup_steps"] >= 2  # logged as it ends
+    assert "img_per_s" not in warm[0] and all("img_per_s" in r for r in rows if r["step"] > warm[0]["step"])
+    assert 0 < warm[0]["warmup_graphs"] == counters["stats"]["unique_graphs"]
+    assert f"{warm[0]['warmup_steps']} steps (left out of img/s)" in capsys.readouterr().out
+
+
+def test_an_input_failure_checkpoints_and_exits_1(celeba, tmp_path, monkeypatch, capsys):
+    """A failure of the input that skipping a file cannot mend (a CUDA error inside DALI) ends the run
+    with a clear error, a checkpoint of the steps done, STATUS failed and exit code 1; it resumes."""
+    from fastdcgan.data import InputFailure, loaders
+
+    real = loaders.make_loader
+
+    class BreaksAfter3:
+        def __init__(self, loader):
+            self.loader, self.name = loader, loader.name
+
+        def __len__(self):
+            return len(self.loader)
+
+        def epoch(self, epoch, start_batch=0):
+            for b, batch in enumerate(self.loader.epoch(epoch, start_batch), start_batch):
+                if b == 3:
+                    raise InputFailure("the DALI pipeline failed: CUDA error: an illegal memory access")
+                yield batch
+
+    monkeypatch.setattr(loaders, "make_loader", lambda *a, **kw: BreaksAfter3(real(*a, **kw)))
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, ckpt__every=100)) == 1
+    out = capsys.readouterr().out
+    assert "error: the DALI pipeline failed: CUDA error: an illegal memory access (at step 3)" in out
+    assert (run / "STATUS").read_text() == "failed 3\n"
+    assert checkpoint.latest(run / "checkpoints").name == "step_00000003.pt"
+    monkeypatch.setattr(loaders, "make_loader", real)
+    assert main(tiny_args(celeba, run, ckpt__every=100)) == 0
+    assert (run / "STATUS").read_text() == "finished 12\n"
