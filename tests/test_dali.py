@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import color_ids, tiny_args, weights, write_colors
+from conftest import color_ids, needs_cuda, tiny_args, weights, write_colors
 from fastdcgan.data import InputFailure
 from fastdcgan.data.dali import DaliLoader, NameSource, available, build_pipeline, is_file_failure
 from fastdcgan.data.folder import find_images, scan
@@ -188,3 +188,16 @@ def test_a_failure_that_is_not_a_files_ends_the_epoch_with_input_failure(tmp_pat
         warnings.simplefilter("error")  # no "decoding it with PIL" warning either
         with pytest.raises(InputFailure, match="DALI pipeline failed: CUDA error: an illegal memory access"):
             next(batches)
+
+
+@needs_cuda
+def test_the_gpu_decoder_matches_the_cpu_decoder(faces):
+    """nvJPEG upsamples chroma as libjpeg-turbo does (jpeg_fancy_upsampling): the mixed decoder's batches
+    are the CPU decoder's to within rounding, so the cache and a resumed run do not depend on it."""
+    cuda = torch.device("cuda")
+    cpu_batches = DaliLoader(faces, 64, 16, seed=0, device=CPU, threads=2).epoch(0)
+    gpu_batches = DaliLoader(faces, 64, 16, seed=0, device=cuda, threads=2).epoch(0)
+    for a, b in zip(cpu_batches, gpu_batches):
+        assert b.device.type == "cuda"
+        mad = (a.float() - b.cpu().float()).abs().mean().item()
+        assert mad <= 0.5, mad

@@ -225,3 +225,28 @@ def test_resume_across_modes_keeps_the_optimizer_form_of_the_new_mode(tmp_path, 
 @pytest.mark.parametrize("resumed", ["eager", "compile", "graphs"])
 def test_cuda_resume_across_modes_keeps_the_optimizer_form_of_the_new_mode(tmp_path, saved, resumed):
     resume_across_modes(tmp_path, saved, resumed, "cuda")
+
+
+@needs_cuda
+def test_cuda_graph_capture_tolerates_another_thread_using_cuda():
+    """The DataLoader's pin-memory thread and DALI's workers make CUDA calls while the step is being
+    captured; with the default (global) capture mode such a call invalidates the capture."""
+    import threading
+    stop = threading.Event()
+
+    def pin_memory_thread():
+        side = torch.cuda.Stream()
+        while not stop.is_set():
+            host = torch.empty(1 << 20, dtype=torch.uint8).pin_memory()
+            with torch.cuda.stream(side):
+                host.to("cuda", non_blocking=True)
+            torch.cuda.Event().query()
+
+    worker = threading.Thread(target=pin_memory_thread, daemon=True)
+    worker.start()
+    try:
+        ref = train(device="cuda")
+        check(train(device="cuda", graphs=True), ref, loss_tol=1e-5, param_max=1e-6)
+    finally:
+        stop.set()
+        worker.join()
