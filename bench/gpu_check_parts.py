@@ -1,0 +1,692 @@
+"""The parts of bench/gpu_check.py, one function each, and what they share.
+
+A part gets a Ctx (where to write, the data, CUDA or not, its deadline) and returns a result:
+ok(figure, **details), failed(why, figure, **details) or skipped(why). It runs in a process of its
+own; the commands it starts run in process groups of their own, killed at their time limits and
+when the part is told to stop (SIGTERM).
+"""
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import platform
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+SELF = Path(__file__).resolve().with_name("gpu_check.py")
+PY = sys.executable
+
+
+# ----- results, commands, processes -----
+
+def ok(figure: str, **details) -> dict:
+    return {"status": "ok", "figure": figure, "details": details}
+
+
+def failed(why: str, figure: str = "", **details) -> dict:
+    return {"status": "failed: " + clip(why, 300), "figure": figure, "details": details}
+
+
+def skipped(why: str) -> dict:
+    return {"status": "skipped: " + why, "figure": "", "details": {}}
+
+
+def clip(text: str, n: int) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= n else text[: n - 3] + "..."
+
+
+def last_meaningful(lines: list[str]) -> str:
+    """The last line that says something (not blank, not a row of ^^^ under a traceback's line)."""
+    for line in reversed(lines):
+        if re.search(r"[A-Za-z0-9]", line) and not line.startswith("[gpu_check:"):
+            return clip(line.strip(), 240)
+    return "no output"
+
+
+def error_line(lines: list[str]) -> str:
+    """A command's own error line (`error: ...`, a pytest FAILED line), else its last meaningful line."""
+    for line in reversed(lines):
+        if line.startswith(("error:", "FAILED ", "ERROR ")) or re.match(r"\w+(Error|Exception): ", line):
+            return clip(line, 240)
+    return last_meaningful(lines)
+
+
+LIVE: set[subprocess.Popen] = set()  # commands running now, killed with their groups on SIGTERM
+
+
+def kill_group(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def on_sigterm(signum, frame) -> None:
+    """A part told to stop (its time is up) takes the commands it started with it."""
+    for proc in list(LIVE):
+        kill_group(proc)
+    os._exit(128 + signum)
+
+
+def raise_keyboard_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def run_cmd(cmd: list, timeout: float, log: Path | None = None, env: dict | None = None,
+            watch=None) -> tuple[int | None, list[str]]:
+    """Run cmd from the repository root in its own process group; its output goes to log (else to this
+    process's output, the part's log) and is returned as lines. rc is None when it ran out of time.
+    watch(proc, lines), if given, is called every 50 ms while it runs (to signal it, say)."""
+    cmd = [str(c) for c in cmd]
+    sink = open(log, "w") if log else sys.stdout
+    sink.write(f"$ {' '.join(cmd)}\n")
+    sink.flush()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
+                            cwd=REPO, env=env, start_new_session=True)
+    LIVE.add(proc)
+    lines: list[str] = []
+
+    def pump():
+        for line in proc.stdout:
+            lines.append(line.rstrip("\n"))
+            sink.write(line)
+            sink.flush()
+    reader = threading.Thread(target=pump, daemon=True)
+    reader.start()
+    end = time.monotonic() + max(timeout, 1)
+    try:
+        while proc.poll() is None and time.monotonic() < end:
+            if watch:
+                watch(proc, lines)
+            time.sleep(0.05)
+        rc = proc.poll()
+        if rc is None:
+            sink.write(f"[gpu_check: killed after {timeout:.0f} s]\n")
+    finally:
+        kill_group(proc)
+        LIVE.discard(proc)
+        reader.join(5)
+        if log:
+            sink.close()
+    return rc, lines
+
+
+def pytest_counts(lines: list[str]) -> dict[str, int]:
+    """From pytest's closing line ('3 passed, 1 skipped, 40 deselected in 12.3s')."""
+    for line in reversed(lines):
+        if re.search(r"\bin [\d.]+s\b", line) and re.search(r"\d+ (passed|failed|skipped|error|deselected)", line):
+            return {k.rstrip("s"): int(n) for n, k in re.findall(r"(\d+) (\w+)", line)}
+    return {}
+
+
+def read_rows(path: Path) -> list[dict]:
+    try:
+        return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+    except (OSError, json.JSONDecodeError):
+        return []
+
+
+@dataclass
+class Ctx:
+    out: Path
+    work: Path
+    data: str             # --data, or "" for the built-in synthetic faces
+    fid_weights: str
+    cuda: bool
+    deadline: float       # time.monotonic() by which the part must have written its result
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def data_root(self) -> str:
+        """--data, else the built-in synthetic faces: made once (a few seconds), cached like the trainer's."""
+        if self.data:
+            return self.data
+        from fastdcgan.data import synthetic
+        return str(synthetic.default_root(n=2048 if self.cuda else 256))
+
+
+# ----- env -----
+
+def env(ctx: Ctx) -> dict:
+    import torch
+    d = {"python": platform.python_version(), "torch": torch.__version__, "cuda_build": torch.version.cuda,
+         "cuda_available": torch.cuda.is_available(),
+         "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()}
+    try:
+        d["cpu"] = next(x.split(":", 1)[1].strip() for x in Path("/proc/cpuinfo").read_text().splitlines()
+                        if x.startswith("model name"))
+    except (OSError, StopIteration):
+        d["cpu"] = platform.processor() or platform.machine()
+    d["cudnn"] = torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None
+    for name, module in (("torchvision", "torchvision"), ("triton", "triton"), ("dali", "nvidia.dali")):
+        try:
+            d[name] = __import__(module, fromlist=["__version__"]).__version__
+        except Exception as e:  # DALI is absent on most machines: that is a fact to report, not a failure
+            d[name] = f"not importable ({type(e).__name__})"
+    try:
+        smi = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version,memory.total,memory.used",
+                              "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        d["nvidia_smi"] = smi.stdout.strip() or smi.stderr.strip()
+        d["driver"] = d["nvidia_smi"].split(",")[1].strip() if smi.returncode == 0 else "unknown"
+    except (OSError, subprocess.SubprocessError, IndexError) as e:
+        d["nvidia_smi"], d["driver"] = f"not available ({type(e).__name__})", "unknown"
+    if d["cuda_available"]:
+        p = torch.cuda.get_device_properties(0)
+        free, total = torch.cuda.mem_get_info(0)
+        d.update(gpu=p.name, capability=f"sm_{p.major}{p.minor}", gpus=torch.cuda.device_count(),
+                 gpu_free_gib=round(free / 2**30, 1), gpu_total_gib=round(total / 2**30, 1),
+                 bf16=torch.cuda.is_bf16_supported())
+    try:
+        d["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
+                                  timeout=10).stdout.strip() or "not a git checkout"
+    except (OSError, subprocess.SubprocessError):
+        d["git"] = "no git"
+    for k, v in d.items():
+        print(f"{k:<14} {v}")
+    if d["cuda_available"]:
+        return ok(f"{d['gpu']}, torch {d['torch']}, CUDA {d['cuda_build']}, cuDNN {d['cudnn']}", **d)
+    return ok(f"no CUDA: torch {d['torch']}, {d['cores']} cores", **d)
+
+
+def env_summary(d: dict) -> list[str]:
+    """The env part's details as the summary's environment lines."""
+    lines = [f"python {d.get('python')}, torch {d.get('torch')}, torchvision {d.get('torchvision')}, "
+             f"CUDA {d.get('cuda_build')}, cuDNN {d.get('cudnn')}, triton {d.get('triton')}, DALI {d.get('dali')}"]
+    if d.get("cuda_available"):
+        lines.append(f"GPU {d.get('gpu')} ({d.get('capability')}, x{d.get('gpus')}), {d.get('gpu_free_gib')} of "
+                     f"{d.get('gpu_total_gib')} GiB free, driver {d.get('driver')}, bf16 {d.get('bf16')}")
+    else:
+        lines.append(f"no CUDA device (nvidia-smi: {clip(d.get('nvidia_smi'), 80)})")
+    lines.append(f"CPU {d.get('cpu')}, {d.get('cores')} cores; checkout {d.get('git')}")
+    return lines
+
+
+# ----- cuda-tests -----
+
+def cuda_tests(ctx: Ctx) -> dict:
+    env = dict(os.environ, TORCH_LOGS="recompiles")
+    timeout = ctx.left() - 2
+    rc, lines = run_cmd([PY, "-m", "pytest", "tests/", "-m", "cuda", "-q", "-x", "-p", "no:cacheprovider"],
+                        timeout, env=env)
+    if rc is None:
+        return failed(f"timeout after {timeout:.0f} s: {last_meaningful(lines)}")
+    if rc == 5:
+        return skipped("no test carries the cuda marker (pytest -m cuda selected nothing)")
+    n = pytest_counts(lines)
+    recompiles = sum("Recompiling function" in line for line in lines)
+    figure = f"{n.get('passed', 0)} passed, {n.get('failed', 0) + n.get('error', 0)} failed; {recompiles} recompiles"
+    details = {"counts": n, "recompile_lines": recompiles,
+               "failures": [clip(x, 300) for x in lines if x.startswith(("FAILED ", "ERROR "))]}
+    return ok(figure, **details) if rc == 0 else failed(error_line(lines), figure, **details)
+
+
+# ----- combos -----
+
+LR, BETAS = 2e-4, (0.5, 0.999)
+EMA_DECAY = 0.5   # not 0.999: after 6 steps a missed EMA update must show beside the tolerance
+STEPS, WARMUP = 6, 3
+NOT_RUN = "not run"  # a combo the part's time did not reach
+SIZES = {True: dict(image_size=64, ngf=32, ndf=32, batch=64, nz=100),   # CUDA
+         False: dict(image_size=32, ngf=8, ndf=8, batch=8, nz=16)}      # CPU: the tests' tiny model
+
+
+@dataclass(frozen=True)
+class Combo:
+    precision: str = "fp32"
+    channels_last: bool = True
+    compile: str = "off"
+    graphs: bool = False
+    d_steps: int = 1
+    g_steps: int = 1
+    ema: bool = False
+
+    @property
+    def name(self) -> str:
+        compiled = {"off": "", "default": "compile", "max-autotune": "max-autotune"}[self.compile]
+        mode = "+".join(filter(None, [compiled, "graphs" if self.graphs else ""])) or "eager"
+        extra = (" d_steps=2" if self.d_steps > 1 else "") + (" g_steps=2" if self.g_steps > 1 else "")
+        return f"{self.precision} {'CL' if self.channels_last else 'NCHW'} {mode}{extra}{' ema' if self.ema else ''}"
+
+    @property
+    def slug(self) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", self.name)
+
+    def reference(self) -> Combo:
+        """Eager fp32 NCHW with the same updates per step and EMA: what this combo must reproduce."""
+        return replace(self, precision="fp32", channels_last=False, compile="off", graphs=False)
+
+
+def combo_list(cuda: bool) -> list[Combo]:
+    """The combinations worth their time, not the full product (3 x 2 x 3 x 2 x extras):
+    - NCHW only in eager fp32 and bf16: the fast paths all run channels_last (the default);
+    - fp16 never with graphs (GANStep refuses it: the scaler's overflow check) nor max-autotune;
+    - max-autotune only in bf16, with and without graphs: it is the GPU preset's precision, and its
+      autotuning costs minutes per combo;
+    - d_steps=2, g_steps=2 and EMA on the whole fast path (bf16, compile, graphs), where extra
+      loops, fresh noise and in-graph foreach updates are likeliest to break.
+    On CPU: fp32 only (no native bf16 there: ~20x slower), compile off/default, no graphs; a handful."""
+    if not cuda:
+        return [Combo(), Combo(compile="default"), Combo(d_steps=2), Combo(g_steps=2),
+                Combo(compile="default", ema=True)]
+    fast = Combo("bf16", True, "default", True)
+    return [Combo(channels_last=False), Combo(), Combo("bf16", channels_last=False), Combo("bf16"), Combo("fp16"),
+            Combo(graphs=True), Combo("bf16", graphs=True),
+            Combo(compile="default"), Combo("bf16", compile="default"), Combo("fp16", compile="default"),
+            Combo(compile="default", graphs=True), fast,
+            Combo("bf16", compile="max-autotune"), Combo("bf16", compile="max-autotune", graphs=True),
+            replace(fast, d_steps=2), replace(fast, g_steps=2), replace(fast, ema=True)]
+
+
+def combos(ctx: Ctx) -> dict:
+    todo = combo_list(ctx.cuda)
+    folder = ctx.work / "combos"
+    folder.mkdir(parents=True, exist_ok=True)
+    # Compiling is CPU work: 4 at once on the 16-core GPU machine, one at a time on 2 cores.
+    parallel, limit = (4, 240) if ctx.cuda else (1, 120)
+    # Several at once: the slowest start first, so they overlap the rest. One at a time: the list's order.
+    cost = {"max-autotune": 3, "default": 2, "off": 1}
+    order = sorted(todo, key=lambda c: cost[c.compile], reverse=True) if parallel > 1 else todo
+
+    def one(c: Combo) -> dict:
+        timeout = min(limit, ctx.left() - 2)
+        if timeout < 10:
+            return {"ok": False, "error": NOT_RUN}
+        result_file = folder / f"{c.slug}.json"
+        result_file.unlink(missing_ok=True)
+        t = time.monotonic()
+        rc, lines = run_cmd([PY, SELF, "--combo", c.slug, "--work", ctx.work], timeout, log=folder / f"{c.slug}.log")
+        if rc is None:
+            r = {"ok": False, "error": f"timeout after {timeout:.0f} s"}
+        elif rc != 0 or not result_file.exists():
+            r = {"ok": False, "error": f"exit {rc}: {error_line(lines)}"}
+        else:
+            r = json.loads(result_file.read_text())
+        r["seconds"] = round(time.monotonic() - t, 1)
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {c.name} ({r['seconds']} s) {r.get('error', '')}", flush=True)
+        if not r["ok"]:
+            r["log_tail"] = lines[-15:]
+            print("".join(f"   | {x}\n" for x in lines[-15:]), flush=True)
+        return r
+
+    with ThreadPoolExecutor(parallel) as pool:
+        results = dict(zip([c.name for c in order], pool.map(one, order)))
+    results = {c.name: results[c.name] for c in todo}
+    for line in combo_table(results):
+        print(line)
+    good = sum(r["ok"] for r in results.values())
+    figure = f"{good}/{len(todo)} combos ok"
+    if good == len(todo):
+        return ok(figure, combos=results)
+    bad = [f"{name}: {clip(r['error'], 90)}" for name, r in results.items() if not r["ok"] and r["error"] != NOT_RUN]
+    not_run = sum(r.get("error") == NOT_RUN for r in results.values())
+    why = (f"{len(bad)} combos failed: " + "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")) if bad else ""
+    return failed("; ".join(filter(None, [why, f"{not_run} not run (the part's time was spent)" if not_run else ""])),
+                  figure, combos=results)
+
+
+def combo_table(results: dict) -> list[str]:
+    def num(r, key, fmt=".1e"):
+        return format(r[key], fmt) if isinstance(r.get(key), (int, float)) else "-"
+    lines = []
+    for name, r in results.items():
+        if "loss_diff" not in r:  # it crashed, timed out or did not run: no numbers
+            lines.append(f"{'--  ' if r.get('error') == NOT_RUN else 'FAIL'} {name:<34} {clip(r.get('error'), 160)}")
+            continue
+        graphs = f"{r['graphs_after_warmup']}/{r['graphs_total']}" if "graphs_total" in r else "-"
+        lines.append(f"{'ok  ' if r['ok'] else 'FAIL'} {name:<34} loss {num(r, 'loss_diff')} "
+                     f"param {num(r, 'param_mean')} "
+                     f"[{num(r, 'param_max')}] graphs {graphs} syncs {len(r.get('syncs', []))} "
+                     f"warm-up {num(r, 'warmup_s', '.1f')} s step {num(r, 'step_ms', '.1f')} ms"
+                     + (f"  {clip(r['error'], 120)}" if r.get("error") else ""))
+    return lines
+
+
+def combo_main(work: Path, slug: str) -> int:
+    """One combination, in its own process: its numbers to WORK/combos/SLUG.json."""
+    import torch
+    cuda = torch.cuda.is_available()
+    combo = {c.slug: c for c in combo_list(cuda)}[slug]
+    try:
+        result = check_combo(combo, cuda)
+    except Exception as e:
+        traceback.print_exc()
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        result = {"ok": False, "error": clip(f"{type(e).__name__}: {first}", 300)}
+    print(json.dumps(result, default=str))
+    (work / "combos" / f"{slug}.json").write_text(json.dumps(result, default=str))
+    return 0
+
+
+def tolerances(c: Combo, cuda: bool, skipped_updates: int) -> tuple[float, str, float]:
+    """(loss, which parameter statistic, its bound) against eager fp32 NCHW; reasons in
+    tests/test_fast_step.py. One Adam step moves a weight by up to lr, so a missed or doubled update
+    shows as ~lr, far past lr / 2 on average."""
+    if c.precision == "fp16":  # each overflowing update the GradScaler skipped leaves weights ~lr away
+        return 0.1, "param_mean", LR * (skipped_updates + 0.5)
+    if c.precision == "bf16":
+        return 5e-2, "param_mean", LR / 2
+    if cuda:  # fp32 convolutions run in TF32 under cuDNN's default: close, not bit-exact
+        return 1e-2, "param_mean", LR / 2
+    return 1e-5, "param_max", 1e-6  # CPU fp32: the reorderings of float sums only
+
+
+def check_combo(c: Combo, cuda: bool) -> dict:
+    import torch
+    ref = train_combo(c.reference(), cuda, watch_syncs=False)
+    got = train_combo(c, cuda, watch_syncs=cuda)
+    bad = [k for k, row in enumerate(got["losses"].tolist()) if not all(map(math.isfinite, row))]
+    skipped_updates = round(math.log2(2.0 ** 16 / got["scale"])) if got["scale"] else 0
+    loss_tol, param_key, param_tol = tolerances(c, cuda, skipped_updates)
+    diff = (got["params"] - ref["params"]).abs()
+    r = {"ok": True, "loss_diff": (got["losses"] - ref["losses"]).abs().max().item(), "loss_tol": loss_tol,
+         "param_mean": diff.mean().item(), "param_max": diff.max().item(), "param_check": param_key,
+         "param_tol": param_tol, "graphs_after_warmup": got["graphs_after_warmup"], "graphs_total": got["graphs_total"],
+         "syncs": got["syncs"], "warmup_s": got["warmup_s"], "step_ms": got["step_ms"],
+         "losses": got["losses"][-1].tolist(), "device": torch.cuda.get_device_name() if cuda else "cpu"}
+    if got["scale"]:
+        r["skipped_updates"] = skipped_updates
+    if got["ema"] is not None:
+        r["ema_mean"] = (got["ema"] - ref["ema"]).abs().mean().item()
+    errors = []
+    if bad:
+        errors.append(f"non-finite loss at step {bad[0]}")
+    if r["loss_diff"] > loss_tol:
+        errors.append(f"loss diff {r['loss_diff']:.2e} > {loss_tol:.0e}")
+    if r[param_key] > param_tol:
+        errors.append(f"{param_key} diff {r[param_key]:.2e} > {param_tol:.1e}")
+    if r.get("ema_mean", 0) > param_tol:
+        errors.append(f"EMA mean diff {r['ema_mean']:.2e} > {param_tol:.1e}")
+    if r["graphs_total"] != r["graphs_after_warmup"]:
+        errors.append(f"recompiled after warm-up: {r['graphs_after_warmup']} -> {r['graphs_total']} graphs")
+    if r["syncs"]:
+        errors.append(f"{len(r['syncs'])} host syncs in a step, first at {r['syncs'][0]}")
+    if errors:
+        r.update(ok=False, error="; ".join(errors))
+    return r
+
+
+def train_combo(c: Combo, cuda: bool, watch_syncs: bool) -> dict:
+    """STEPS steps from seed-0 weights on fixed uint8 NHWC batches, noise seeded 100 + k before step k
+    (as tests/test_fast_step.py), reading the losses after each step. Steps after the warm-up run under
+    CUDA's sync debug mode ("warn": every sync site is recorded, and the step completes, so the parity
+    numbers stay meaningful where "error" would abort the step halfway)."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    from fastdcgan import train
+    from fastdcgan.model import build_models
+    from fastdcgan.step import GANStep, make_ema, make_optimizers
+
+    device = torch.device("cuda" if cuda else "cpu")
+    if hasattr(train, "configure_backends"):
+        train.configure_backends(device)  # as the trainer runs it (cuDNN benchmark mode)
+    s = SIZES[cuda]
+    torch._dynamo.reset()
+    counters.clear()
+    torch.manual_seed(0)
+    G, D = build_models(s["nz"], s["ngf"], s["ndf"], s["image_size"])
+    fmt = torch.channels_last if c.channels_last else torch.preserve_format
+    G.to(device, memory_format=fmt)
+    D.to(device, memory_format=fmt)
+    amp = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[c.precision]
+    extra = {"amp_dtype": amp} if "amp_dtype" in inspect.signature(make_optimizers).parameters else {}
+    opt_g, opt_d = make_optimizers(G, D, LR, LR, BETAS, compiled=c.compile != "off", graphs=c.graphs, **extra)
+    ema = make_ema(G) if c.ema else None
+    gan = GANStep(G, D, opt_g, opt_d, nz=s["nz"], amp_dtype=amp, channels_last=c.channels_last, compile=c.compile,
+                  cuda_graphs=c.graphs, d_steps=c.d_steps, g_steps=c.g_steps, ema=ema, ema_decay=EMA_DECAY)
+    shape = (s["batch"], s["image_size"], s["image_size"], 3)
+    batches = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(k)).to(device)
+               for k in range(STEPS)]
+    losses, syncs = [], []
+    t0 = time.perf_counter()
+    for k, batch in enumerate(batches):
+        if k == WARMUP:
+            graphs_after_warmup, t1 = counters["stats"]["unique_graphs"], time.perf_counter()
+        torch.manual_seed(100 + k)  # seeds the CUDA generators too
+        if watch_syncs and k >= WARMUP:
+            syncs += step_watching_syncs(gan, batch)
+        else:
+            gan.step(batch)
+        m = gan.read()  # one host read per step, outside the watched region
+        if not m:
+            raise RuntimeError(f"gan.read() returned nothing after step {k}")
+        losses.append([m["loss_d"], m["loss_g"]])
+    t2 = time.perf_counter()
+
+    def flat(*modules):
+        return torch.cat([p.detach().float().flatten().cpu() for m in modules for p in m.parameters()])
+    return {"losses": torch.tensor(losses), "params": flat(G, D), "ema": flat(ema) if ema is not None else None,
+            "graphs_after_warmup": graphs_after_warmup, "graphs_total": counters["stats"]["unique_graphs"],
+            "syncs": syncs, "warmup_s": round(t1 - t0, 2), "step_ms": round((t2 - t1) / (STEPS - WARMUP) * 1e3, 2),
+            "scale": gan.scaler.get_scale() if gan.scaler.is_enabled() else None}
+
+
+def step_watching_syncs(gan, batch) -> list[str]:
+    """gan.step(batch) with CUDA's sync debug mode on; where each host sync happened: the op's Python
+    line, and the last fastdcgan line on the stack."""
+    import torch
+    sites = []
+    package = REPO / "fastdcgan"
+
+    def record(message, category, filename, lineno, file=None, line=None):
+        if "synchroniz" not in str(message):
+            return
+        ours = [f for f in traceback.extract_stack()[:-1] if Path(f.filename).resolve().is_relative_to(package)]
+        via = f" via {Path(ours[-1].filename).name}:{ours[-1].lineno} `{clip(ours[-1].line, 80)}`" if ours else ""
+        sites.append(f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}{via}")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = record  # called as each warning is raised, so the stack is still there
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            gan.step(batch)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sites
+
+
+# ----- resume -----
+
+TINY = ["data.image_size=32", "model.nz=16", "model.ngf=8", "model.ndf=8", "train.batch_size=8", "train.epochs=1000"]
+
+
+def resume(ctx: Ctx) -> dict:
+    modes = {"eager": ["compile=off", "cuda_graphs=false"], "compile": ["compile=default", "cuda_graphs=false"]}
+    if ctx.cuda:
+        modes["graphs"] = ["compile=off", "cuda_graphs=true"]
+    pairs = [(a, b) for a in modes for b in modes if a != b]
+    data = ctx.data_root()
+    from fastdcgan.config import UsageError
+    from fastdcgan.data import folder
+    try:
+        folder.scan(data)  # check the files once, so that the runs below read the verdicts rather than race
+    except UsageError as e:
+        return failed(f"data: {e}")
+    base = ctx.work / "resume"
+
+    def one(pair: tuple[str, str]) -> dict:
+        a, b = pair
+        run = base / f"{a}-to-{b}"
+        shutil.rmtree(run, ignore_errors=True)
+        run.mkdir(parents=True)
+        common = [PY, "-m", "fastdcgan.train", f"data.root={data}", "data.backend=torch", "data.workers=0", *TINY,
+                  f"train.run_dir={run}", "log.every=1", "sample.every=1000", "ckpt.every=1000", "sample.n=16"]
+        for mode, steps in ((a, 3), (b, 6)):
+            timeout = ctx.left() - 2
+            rc, lines = run_cmd([*common, *modes[mode], f"train.max_steps={steps}"], timeout,
+                                log=run.parent / f"{a}-to-{b}.{mode}.log")
+            if rc != 0:
+                why = f"timeout after {timeout:.0f} s" if rc is None else f"exit {rc}: {error_line(lines)}"
+                return {"ok": False, "error": f"{mode} run to step {steps}: {why}", "log_tail": lines[-15:]}
+        resumed = any(line.startswith("resumed from") and " at step 3 " in line for line in lines)
+        status = (run / "STATUS").read_text().strip() if (run / "STATUS").exists() else "no STATUS"
+        rows = [r for r in read_rows(run / "metrics.jsonl") if "loss_d" in r]
+        steps = [r["step"] for r in rows]
+        finite = all(math.isfinite(r[k]) for r in rows for k in ("loss_d", "loss_g"))
+        checks = ((f"{b} run did not resume at step 3", not resumed), (f"STATUS {status!r}", status != "finished 6"),
+                  (f"steps logged {steps}", steps[-1:] != [6]), ("non-finite loss", not finite))
+        errors = [e for e, bad in checks if bad]
+        return {"ok": not errors, "error": "; ".join(errors), "status": status, "steps": steps,
+                "losses": [[r["loss_d"], r["loss_g"]] for r in rows]}
+
+    with ThreadPoolExecutor(3 if ctx.cuda else 1) as pool:
+        results = {f"{a} -> {b}": r for (a, b), r in zip(pairs, pool.map(one, pairs))}
+    for name, r in results.items():
+        print(f"{'ok  ' if r['ok'] else 'FAIL'} {name} {r.get('error', '')}")
+        print("".join(f"   | {x}\n" for x in r.get("log_tail", [])), end="")
+    good = sum(r["ok"] for r in results.values())
+    figure = f"{good}/{len(pairs)} resumes ok"
+    if good == len(pairs):
+        return ok(figure, pairs=results)
+    return failed("; ".join(f"{n}: {r['error']}" for n, r in results.items() if not r["ok"]), figure, pairs=results)
+
+
+# ----- trainer -----
+
+def trainer(ctx: Ctx) -> dict:
+    data = ctx.data_root()
+    run = ctx.work / "trainer-run"
+    shutil.rmtree(run, ignore_errors=True)
+    if ctx.cuda:
+        # epochs: the preset's 25 would end a run over a 2,000-image folder (15 steps each) at step 375
+        steps, every, extra = 600, 50, ["train.epochs=1000", "sample.every=200", "ckpt.every=300"]
+    else:  # the tiny model; enough steps after the first log row that the SIGTERM lands mid-run
+        steps, every, extra = 60, 5, [*TINY, "sample.every=30", "ckpt.every=30"]
+    cmd = [PY, "-m", "fastdcgan.train", "--config", "configs/celeba64-fast.toml", f"data.root={data}",
+           f"train.run_dir={run}", f"train.max_steps={steps}", f"log.every={every}", *extra]
+    env = dict(os.environ, TORCH_LOGS="recompiles")
+    sent = []
+
+    def stop_after_first_row(proc, lines):
+        # The first log row comes after the compile/capture warm-up (up to 10 steps; log.every is more)
+        if not sent and read_rows(run / "metrics.jsonl"):
+            proc.send_signal(signal.SIGTERM)
+            sent.append(True)
+            print("[gpu_check: SIGTERM sent]", flush=True)
+
+    timeout = ctx.left() - 2
+    rc, first = run_cmd(cmd, timeout, env=env, watch=stop_after_first_row)
+    status = (run / "STATUS").read_text().strip() if (run / "STATUS").exists() else "no STATUS"
+    if rc is None:
+        return failed(f"first run: timeout after {timeout:.0f} s: {last_meaningful(first)}")
+    if rc == 0:
+        return failed(f"the run finished before the SIGTERM took effect (STATUS {status!r})")
+    if rc != 75:
+        return failed(f"trainer exit {rc}: {error_line(first)}")
+    if not status.startswith("stopped"):
+        return failed(f"exit 75 after SIGTERM, but STATUS {status!r}")
+    timeout = ctx.left() - 2
+    rc, second = run_cmd(cmd, timeout, env=env)
+    status = (run / "STATUS").read_text().strip() if (run / "STATUS").exists() else "no STATUS"
+    samples = sorted(p.name for p in (run / "samples").glob("*.png")) if (run / "samples").is_dir() else []
+    grids = sorted((run / "samples").glob("step_*.png")) if (run / "samples").is_dir() else []
+    if grids:  # the last fixed-noise grid comes back with the summary: do the samples look like faces?
+        shutil.copyfile(grids[-1], ctx.out / "trainer-samples.png")
+    rows = [r for r in read_rows(run / "metrics.jsonl") if "img_per_s" in r]
+    text = "\n".join(first + second)
+    warmups = [float(x) for x in re.findall(r"compile/capture warm-up: ([\d.]+) s", text)]
+    recompiles = sum("Recompiling function" in line for line in first + second)
+    speeds = [r["img_per_s"] for r in rows[1:]]
+    median = statistics.median(speeds) if speeds else float("nan")
+    mfu = [r["mfu"] for r in rows[1:] if "mfu" in r]
+    figure = (f"{median:,.0f} img/s" + (f", MFU {statistics.median(mfu):.1%}" if mfu else "")
+              + (f", warm-up {' / '.join(f'{w:.1f}' for w in warmups)} s" if warmups else ""))
+    details = {"steps": steps, "batch": 128 if ctx.cuda else 8, "warmup_s": warmups, "recompile_lines": recompiles,
+               "status": status, "samples": samples[-5:], "rows": [
+                   {k: r[k] for k in ("step", "img_per_s", "data_ms", "compute_ms", "mfu", "loss_d", "loss_g",
+                                      "setup_s", "warmup_s") if k in r} for r in rows]}
+    setup = ("input: ", "device ", "compile/capture", "note:", "warning:")  # what the resumed run said it did
+    details["setup"] = [x for x in second if x.startswith(setup)]
+    if rc != 0:
+        why = f"timeout after {timeout:.0f} s" if rc is None else f"exit {rc}: {error_line(second)}"
+        return failed(f"resumed run: {why}", figure, **details)
+    errors = [e for e, bad in ((f"STATUS {status!r}, expected 'finished {steps}'", status != f"finished {steps}"),
+                               ("no generator.pth", not (run / "generator.pth").exists()),
+                               ("no samples", not samples), ("no log rows", not rows)) if bad]
+    return failed("; ".join(errors), figure, **details) if errors else ok(figure, **details)
+
+
+# ----- bench, input -----
+
+def bench_rows(path: Path) -> list[dict]:
+    try:
+        return json.loads(path.read_text())["rows"]
+    except (OSError, ValueError, KeyError):
+        return []
+
+
+def run_bench(ctx: Ctx, files: list[str], out: Path) -> tuple[int | None, list[str], list[dict]]:
+    out.unlink(missing_ok=True)
+    rc, lines = run_cmd([PY, "-m", "pytest", *files, "--benchmark-only", "-q", "-p", "no:cacheprovider",
+                         "--bench-size=full", "--bench-data", ctx.data_root(), "--bench-out", out], ctx.left() - 2)
+    return rc, lines, bench_rows(out)
+
+
+def versus_baseline(rows: list[dict], row: dict) -> str:
+    base = next((r for r in rows if r["suite"] == row["suite"] and r["baseline"]), None)
+    return f" = {row['img_per_s'] / base['img_per_s']:.2f}x {base['variant']}" if base and base is not row else ""
+
+
+def bench(ctx: Ctx) -> dict:
+    rc, lines, rows = run_bench(ctx, ["bench/test_step.py", "bench/test_train.py"], ctx.work / "bench.json")
+    fast = next((r for r in rows if r["suite"] == "e2e" and r["variant"] == "fast preset"), None)
+    steps = [r for r in rows if r["suite"] == "step"]
+    best = fast or (max(steps, key=lambda r: r["img_per_s"]) if steps else None)
+    figure = (f"{best['suite']} {best['variant']}: {best['img_per_s']:,.0f} img/s{versus_baseline(rows, best)}"
+              if best else "")
+    if rc != 0:
+        why = f"timeout: {last_meaningful(lines)}" if rc is None else error_line(lines)
+        return failed(why, figure, rows=rows)
+    return ok(figure, rows=rows)
+
+
+def input_backends(ctx: Ctx) -> dict:
+    rc, lines, rows = run_bench(ctx, ["bench/test_input.py"], ctx.work / "input.json")
+    feeds = [r for r in rows if "build" not in r["variant"]]
+    best = max(feeds, key=lambda r: r["img_per_s"]) if feeds else None
+    figure = f"{best['variant']}: {best['img_per_s']:,.0f} img/s{versus_baseline(rows, best)}" if best else ""
+    if rc != 0:
+        why = f"timeout: {last_meaningful(lines)}" if rc is None else error_line(lines)
+        return failed(why, figure, rows=rows)
+    return ok(figure, rows=rows)
+
+
+# ----- fid -----
+
+def fid(ctx: Ctx) -> dict:
+    run = ctx.work / "trainer-run"
+    if not (run / "generator.pth").exists():
+        return skipped("no trained run to score (the trainer part did not finish in this run)")
+    data = ctx.data_root()
+    n = 2000 if ctx.cuda else 32
+    cmd = [PY, "-m", "fastdcgan.fid", "--checkpoint", run, "--n", n, "--weights", ctx.fid_weights, "--data", data]
+    if not ctx.cuda:  # the path, not the number: Inception on 2 cores takes ~0.1 s an image
+        cmd += ["--batch", "32"] + (["--split", "test"] if (Path(data) / "list_eval_partition.txt").exists() else [])
+    rc, lines = run_cmd(cmd, ctx.left() - 2)
+    if rc is None:
+        return failed(f"timeout: {last_meaningful(lines)}")
+    if rc != 0:
+        return failed(f"exit {rc}: {error_line(lines)}")
+    try:
+        value = float(lines[-1])
+    except (IndexError, ValueError):
+        return failed(f"no FID on the last line: {last_meaningful(lines)}")
+    network = next((x.split("network", 1)[1].strip() for x in lines if "; network " in x), "")
+    return ok(f"FID {value:.2f} (n={n})", fid=value, n=n, weights=ctx.fid_weights, network=network)
