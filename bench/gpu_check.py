@@ -58,7 +58,7 @@ PARTS = [
     Part("env", parts.env, 60, False, "GPU, driver, torch, CUDA, cuDNN, DALI, memory, cores"),
     Part("cuda-tests", parts.cuda_tests, 240, True, "pytest tests/ -m cuda, with TORCH_LOGS=recompiles"),
     Part("combos", parts.combos, 300, False, "the step under each precision/layout/compile/graphs mix vs eager fp32"),
-    Part("resume", parts.resume, 180, False, "a checkpoint from one mode (eager, compile, graphs) resumed in another"),
+    Part("resume", parts.resume, 180, False, "a checkpoint of one mode resumed in another, every pair (pytest)"),
     Part("trainer", parts.trainer, 240, False, "celeba64-fast.toml as a user runs it: SIGTERM, exit 75, resume"),
     Part("bench", parts.bench, 300, True, "bench/test_step.py + bench/test_train.py at full size"),
     Part("input", parts.input_backends, 180, True, "bench/test_input.py at full size"),

@@ -222,8 +222,9 @@ def env_summary(d: dict) -> list[str]:
 def cuda_tests(ctx: Ctx) -> dict:
     env = dict(os.environ, TORCH_LOGS="recompiles")
     timeout = ctx.left() - 2
-    rc, lines = run_cmd([PY, "-m", "pytest", "tests/", "-m", "cuda", "-q", "-x", "-p", "no:cacheprovider"],
-                        timeout, env=env)
+    # the resume-across-modes tests are the resume part's (several at once); -x: a failure stops here
+    rc, lines = run_cmd([PY, "-m", "pytest", "tests/", "-m", "cuda", "-k", "not resume_across_modes", "-q", "-x",
+                         "-p", "no:cacheprovider"], timeout, env=env)
     if rc is None:
         return failed(f"timeout after {timeout:.0f} s: {last_meaningful(lines)}")
     if rc == 5:
@@ -508,54 +509,24 @@ TINY = ["data.image_size=32", "model.nz=16", "model.ngf=8", "model.ndf=8", "trai
 
 
 def resume(ctx: Ctx) -> dict:
-    modes = {"eager": ["compile=off", "cuda_graphs=false"], "compile": ["compile=default", "cuda_graphs=false"]}
-    if ctx.cuda:
-        modes["graphs"] = ["compile=off", "cuda_graphs=true"]
-    pairs = [(a, b) for a in modes for b in modes if a != b]
-    data = ctx.data_root()
-    from fastdcgan.config import UsageError
-    from fastdcgan.data import folder
-    try:
-        folder.scan(data)  # check the files once, so that the runs below read the verdicts rather than race
-    except UsageError as e:
-        return failed(f"data: {e}")
-    base = ctx.work / "resume"
-
-    def one(pair: tuple[str, str]) -> dict:
-        a, b = pair
-        run = base / f"{a}-to-{b}"
-        shutil.rmtree(run, ignore_errors=True)
-        run.mkdir(parents=True)
-        common = [PY, "-m", "fastdcgan.train", f"data.root={data}", "data.backend=torch", "data.workers=0", *TINY,
-                  f"train.run_dir={run}", "log.every=1", "sample.every=1000", "ckpt.every=1000", "sample.n=16"]
-        for mode, steps in ((a, 3), (b, 6)):
-            timeout = ctx.left() - 2
-            rc, lines = run_cmd([*common, *modes[mode], f"train.max_steps={steps}"], timeout,
-                                log=run.parent / f"{a}-to-{b}.{mode}.log")
-            if rc != 0:
-                why = f"timeout after {timeout:.0f} s" if rc is None else f"exit {rc}: {error_line(lines)}"
-                return {"ok": False, "error": f"{mode} run to step {steps}: {why}", "log_tail": lines[-15:]}
-        resumed = any(line.startswith("resumed from") and " at step 3 " in line for line in lines)
-        status = (run / "STATUS").read_text().strip() if (run / "STATUS").exists() else "no STATUS"
-        rows = [r for r in read_rows(run / "metrics.jsonl") if "loss_d" in r]
-        steps = [r["step"] for r in rows]
-        finite = all(math.isfinite(r[k]) for r in rows for k in ("loss_d", "loss_g"))
-        checks = ((f"{b} run did not resume at step 3", not resumed), (f"STATUS {status!r}", status != "finished 6"),
-                  (f"steps logged {steps}", steps[-1:] != [6]), ("non-finite loss", not finite))
-        errors = [e for e, bad in checks if bad]
-        return {"ok": not errors, "error": "; ".join(errors), "status": status, "steps": steps,
-                "losses": [[r["loss_d"], r["loss_g"]] for r in rows]}
-
-    with ThreadPoolExecutor(3 if ctx.cuda else 1) as pool:
-        results = {f"{a} -> {b}": r for (a, b), r in zip(pairs, pool.map(one, pairs))}
-    for name, r in results.items():
-        print(f"{'ok  ' if r['ok'] else 'FAIL'} {name} {r.get('error', '')}")
-        print("".join(f"   | {x}\n" for x in r.get("log_tail", [])), end="")
-    good = sum(r["ok"] for r in results.values())
-    figure = f"{good}/{len(pairs)} resumes ok"
-    if good == len(pairs):
-        return ok(figure, pairs=results)
-    return failed("; ".join(f"{n}: {r['error']}" for n, r in results.items() if not r["ok"]), figure, pairs=results)
+    """A checkpoint of one mode resumed in another, for every pair of modes (eager, compile, fp16 on
+    CPU; eager, compile, graphs on CUDA): tests/test_fast_step.py's resume_across_modes tests, which
+    train through the trainer's entry point and check that the resumed run has the optimizer form its
+    own mode builds. Several at once where pytest-xdist is installed (the GPU machine's image has it)."""
+    import importlib.util
+    marker = "cuda" if ctx.cuda else "not cuda"
+    cmd = [PY, "-m", "pytest", "tests/test_fast_step.py", "-k", "resume_across_modes", "-m", marker, "-q",
+           "-p", "no:cacheprovider"]
+    if ctx.cuda and importlib.util.find_spec("xdist"):
+        cmd += ["-n", "3"]
+    timeout = ctx.left() - 2
+    rc, lines = run_cmd(cmd, timeout, env=dict(os.environ, TORCH_LOGS="recompiles"))
+    if rc is None:
+        return failed(f"timeout after {timeout:.0f} s: {last_meaningful(lines)}")
+    n = pytest_counts(lines)
+    figure = f"{n.get('passed', 0)} pairs ok, {n.get('failed', 0) + n.get('error', 0)} failed"
+    details = {"counts": n, "failures": [clip(x, 300) for x in lines if x.startswith(("FAILED ", "ERROR "))]}
+    return ok(figure, **details) if rc == 0 else failed(error_line(lines), figure, **details)
 
 
 # ----- trainer -----
