@@ -53,16 +53,18 @@ class Part:
     what: str
 
 
-# In the order they run. Time limits are sized for the H200 (16 cores) the check is made for.
+# In the order they run. Time limits are sized for the H200 (16 cores) the check is made for, so that
+# a default budget of 420-480 s reaches the trainer; max-autotune (minutes of autotuning) comes last.
 PARTS = [
-    Part("env", parts.env, 60, False, "GPU, driver, torch, CUDA, cuDNN, DALI, memory, cores"),
-    Part("cuda-tests", parts.cuda_tests, 240, True, "pytest tests/ -m cuda, with TORCH_LOGS=recompiles"),
-    Part("combos", parts.combos, 300, False, "the step under each precision/layout/compile/graphs mix vs eager fp32"),
-    Part("resume", parts.resume, 180, False, "a checkpoint of one mode resumed in another, every pair (pytest)"),
+    Part("env", parts.env, 60, False, "GPU, driver, torch, CUDA, cuDNN, DALI, compiler, memory, cores"),
+    Part("cuda-tests", parts.cuda_tests, 150, True, "pytest tests/ -m cuda, with TORCH_LOGS=recompiles"),
+    Part("combos", parts.combos, 180, False, "the step under each precision/layout/compile/graphs mix vs eager fp32"),
+    Part("resume", parts.resume, 120, False, "a checkpoint of one mode resumed in another, every pair (pytest)"),
     Part("trainer", parts.trainer, 240, False, "celeba64-fast.toml as a user runs it: SIGTERM, exit 75, resume"),
     Part("bench", parts.bench, 300, True, "bench/test_step.py + bench/test_train.py at full size"),
     Part("input", parts.input_backends, 180, True, "bench/test_input.py at full size"),
     Part("fid", parts.fid, 240, False, "python -m fastdcgan.fid on the trainer part's run"),
+    Part("autotune", parts.autotune, 300, True, "compile=max-autotune (bf16, with and without graphs) vs eager fp32"),
 ]
 
 
@@ -90,6 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     for key in ("out", "data", "fid_weights", "work"):  # parts run from the repository root
         if getattr(args, key):
             setattr(args, key, str(Path(getattr(args, key)).expanduser().resolve()))
+    if not args.part and not args.combo:  # say it now, not after minutes of parts failing on it
+        if args.data and not Path(args.data).is_dir():
+            p.error(f"--data {args.data} is not a folder (on a lent GPU machine: copy the images into the "
+                    "checkout and name that folder in carry)")
+        if args.fid_weights and not Path(args.fid_weights).is_file():
+            p.error(f"--fid-weights {args.fid_weights} is not a file")
     return args
 
 
@@ -107,8 +115,8 @@ def run_part_here(args: argparse.Namespace) -> int:
     """The body of a part's process: run its function, write NAME.json. A crash writes nothing:
     the runner then reports the log's last line."""
     part = next(p for p in PARTS if p.name == args.part)
-    ctx = parts.Ctx(Path(args.out), Path(args.work), args.data, args.fid_weights, cuda_available(),
-                    time.monotonic() + args.deadline_s - 3)  # 3 s to write the result before the runner's kill
+    deadline = time.monotonic() + args.deadline_s - 3  # 3 s to write the result before the runner's kill
+    ctx = parts.Ctx(Path(args.out), Path(args.work), args.data, args.fid_weights, cuda_available(), deadline)
     signal.signal(signal.SIGTERM, parts.on_sigterm)
     t = time.monotonic()
     result = part.run(ctx)
@@ -131,8 +139,10 @@ def pack_logs(out: Path, work: Path) -> None:
     os.replace(tmp, out / "logs.tar.gz")
 
 
-def part_env() -> dict:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+def part_env(work: Path) -> dict:
+    # the trainer's caches (file verdicts, decoded arrays, synthetic faces) in the scratch folder: the
+    # home folder of a lent machine may not be writable, and nothing should outlive the check
+    env = dict(os.environ, PYTHONUNBUFFERED="1", FASTDCGAN_CACHE=str(work / "cache"))
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
     return env
 
@@ -156,7 +166,7 @@ def run_part(part: Part, timeout: float, args: argparse.Namespace, work: Path, f
            "--deadline-s", f"{timeout:.0f}", "--data", args.data, "--fid-weights", fid_weights]
     t = time.monotonic()
     with open(log, "w") as f:
-        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=part_env(),
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=part_env(work),
                                 start_new_session=True)
         try:
             rc = proc.wait(timeout)

@@ -14,6 +14,7 @@ from conftest import timed_calls
 from fastdcgan import perf
 from fastdcgan.model import build_models
 from fastdcgan.step import GANStep, make_optimizers
+from fastdcgan.train import configure_backends
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")
@@ -44,6 +45,7 @@ def test_step(benchmark, bench_data, bench_record, name):
     why = needs(*VARIANTS[name])
     if why:
         pytest.skip(why)
+    configure_backends(DEVICE)  # as the trainer runs it: cuDNN's benchmark mode on CUDA
     torch.manual_seed(0)
     size, width = bench_data.image_size, bench_data.width
     G, D = build_models(NZ, width, width, size)

@@ -160,7 +160,11 @@ def test_cuda_graphs_is_ignored_on_cpu_with_a_note(celeba, tmp_path, capsys):
 
 
 @needs_cuda
-def test_cuda_eager_matches_cpu_closely(eager):
+def test_cuda_eager_matches_cpu_closely(eager, monkeypatch):
+    """In IEEE fp32: cuDNN's default TF32 convolutions alone would differ from the CPU by ~6e-4 in
+    the loss (emulated on CPU), past this bound."""
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
     check(train(device="cuda"), eager, loss_tol=1e-4, param_mean=LR / 20)
 
 

@@ -114,6 +114,8 @@ def test_list_and_unknown_parts(tmp_path):
                             env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert listed.returncode == 0
     names = [line.split()[0] for line in listed.stdout.splitlines()]
-    assert names == ["env", "cuda-tests", "combos", "resume", "trainer", "bench", "input", "fid"]
+    assert names == ["env", "cuda-tests", "combos", "resume", "trainer", "bench", "input", "fid", "autotune"]
     proc, _, _ = gpu_check(tmp_path, "--only", "nonsense")
     assert proc.returncode == 2 and "unknown part 'nonsense'" in proc.stderr
+    proc, _, _ = gpu_check(tmp_path, "--data", str(tmp_path / "not-copied"))  # forgot to carry the faces
+    assert proc.returncode == 2 and "not-copied is not a folder" in proc.stderr
