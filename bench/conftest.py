@@ -151,6 +151,15 @@ def machine() -> dict:
     return info
 
 
+def check_ran(row: Row, claimed: dict, ran: dict) -> None:
+    """Put the configuration that actually ran in the row's notes, print it, and fail when it is not
+    the one the row's name claims: a row measured on another backend or mode misleads its reader."""
+    row.extra.update(ran)
+    print(f"{row.suite} | {row.variant} | ran: " + ", ".join(f"{k}={v}" for k, v in ran.items()))
+    wrong = {k: f"claimed {v}, ran {ran.get(k)}" for k, v in claimed.items() if ran.get(k) != v}
+    assert not wrong, f"{row.suite} row {row.variant!r} did not run what its name says: {wrong}"
+
+
 @pytest.fixture
 def bench_record_once():
     """record_once(suite, variant, seconds, **extra) -> Row: a one-off cost (a cache build, a compile

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import timed_calls
+from conftest import check_ran, timed_calls
 from fastdcgan import perf
 from fastdcgan.model import build_models
 from fastdcgan.step import GANStep, make_optimizers
@@ -66,7 +66,17 @@ def test_step(benchmark, bench_data, bench_record, name):
                        rounds=bench_data.rounds, iterations=1)
     row = bench_record("step", name, times, bench_data.batch, baseline=name == "eager fp32 NCHW",
                        ngf=width, device=DEVICE.type)
+    check_ran(row, dict(zip(("channels_last", "precision", "compile", "graphs"), VARIANTS[name])), what_ran(gan))
     peak = perf.peak_flops(DEVICE, precision)
     if peak:
         flops = perf.step_flops(G, D, NZ, size)
         row.extra["mfu"] = f"{row.img_per_s * flops / peak:.1%}"
+
+
+def what_ran(gan: GANStep) -> dict:
+    """The step's configuration as its objects show it, not as it was asked for."""
+    convs = [p for m in (gan.G, gan.D) for p in m.parameters() if p.dim() == 4]
+    return {"channels_last": all(p.is_contiguous(memory_format=torch.channels_last) for p in convs),
+            "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[gan.amp_dtype],
+            "compile": "default" if isinstance(gan.run_G, torch._dynamo.eval_frame.OptimizedModule) else "off",
+            "graphs": gan.graph is not None}

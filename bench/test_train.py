@@ -18,12 +18,14 @@ logged them. celeba_epoch is 202,599 images / img/s; first_epoch adds the one-of
 from __future__ import annotations
 
 import json
+import re
+import sys
 
 import pytest
 import torch
 from torch import nn
 
-from conftest import timed_calls
+from conftest import check_ran, timed_calls
 from fastdcgan.model import build_models
 from fastdcgan.train import main
 
@@ -39,9 +41,9 @@ def window(bench_data) -> int:
     return 5 if bench_data.size == "small" else 20
 
 
-def run_trainer(tmp_path, bench_data, extra: list[str]) -> tuple[list[float], dict]:
-    """Seconds per step for each log window after the first, and the one-off costs the trainer
-    logged (setup_s, warmup_s), from a real trainer run with a cache folder of its own."""
+def run_trainer(tmp_path, bench_data, extra: list[str], capsys) -> tuple[list[float], dict, dict]:
+    """Seconds per step for each log window after the first, the one-off costs the trainer
+    logged (setup_s, warmup_s), and what ran, from a real trainer run with a cache folder of its own."""
     steps = window(bench_data)
     run = tmp_path / "run"
     args = [f"data.root={bench_data.root}", f"data.image_size={bench_data.image_size}",
@@ -51,9 +53,24 @@ def run_trainer(tmp_path, bench_data, extra: list[str]) -> tuple[list[float], di
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FASTDCGAN_CACHE", str(tmp_path / "cache"))  # a cache build, if any, is part of the run
         assert main(args) == 0
+    printed = capsys.readouterr().out
+    sys.stdout.write(printed)  # still shown with -s
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     once = {k: v for r in rows for k, v in r.items() if k in ("setup_s", "warmup_s")}
-    return [bench_data.batch / r["img_per_s"] for r in rows[1:] if "img_per_s" in r], once
+    return [bench_data.batch / r["img_per_s"] for r in rows[1:] if "img_per_s" in r], once, what_ran(printed, run)
+
+
+def what_ran(printed: str, run) -> dict:
+    """The configuration the trainer ran, from the lines it prints (backend; device, precision, ...)
+    and the resolved settings it wrote (workers, threads)."""
+    from fastdcgan.config import tomllib  # tomli before Python 3.11
+    backend = re.search(r"^input: backend (\w+)", printed, re.M)
+    mode = re.search(r"^device \S+, precision (\w+), channels_last (\w+), compile (\w+).*, cuda_graphs (\w+)",
+                     printed, re.M)
+    assert backend and mode, f"the trainer no longer prints its input backend or step mode:\n{printed}"
+    data = tomllib.loads((run / "config.toml").read_text())["data"]
+    return {"backend": backend[1], "precision": mode[1], "channels_last": mode[2] == "True", "compile": mode[3],
+            "graphs": mode[4] == "on", "workers": data["workers"], "threads": data["dali_threads"]}
 
 
 def record(bench_record, name, seconds, bench_data, baseline=False, once: dict | None = None):
@@ -65,24 +82,39 @@ def record(bench_record, name, seconds, bench_data, baseline=False, once: dict |
     return row
 
 
-def test_plain_trainer(benchmark, bench_data, bench_record, tmp_path):
+def test_plain_trainer(benchmark, bench_data, bench_record, tmp_path, capsys):
     plain = ["data.backend=torch", "data.workers=2", "precision=fp32", "compile=off", "channels_last=false",
              "cuda_graphs=false"]
     out: list = []
-    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, plain)), rounds=1, iterations=1)
-    record(bench_record, "plain trainer (baseline)", out[0], bench_data, baseline=True)
+    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, plain, capsys)), rounds=1, iterations=1)
+    row = record(bench_record, "plain trainer (baseline)", out[0], bench_data, baseline=True)
+    check_ran(row, dict(backend="torch", workers=2, precision="fp32", compile="off", channels_last=False,
+                        graphs=False), out[2])
 
 
-def test_fast_trainer(benchmark, bench_data, bench_record, bench_record_once, tmp_path):
+def fast_preset_claims(bench_data) -> dict:
+    """What "fast preset" means on this machine: the cache when the decoded images fit its memory
+    budget (README), every switch on a GPU; on CPU fp32 with compile and graphs off (configs/)."""
+    from fastdcgan.data import cache, dali
+    from fastdcgan.data.loaders import memory_budget
+    fits = cache.nbytes(len(bench_data.files), bench_data.image_size) <= memory_budget(DEVICE)[0]
+    backend = "cache" if fits else "dali" if dali.available() is None else "torch"
+    bf16 = CUDA and torch.cuda.is_bf16_supported()
+    return dict(backend=backend, precision="bf16" if bf16 else "fp32", compile="default" if CUDA else "off",
+                channels_last=True, graphs=CUDA)
+
+
+def test_fast_trainer(benchmark, bench_data, bench_record, bench_record_once, tmp_path, capsys):
     fast = ["--config", "configs/celeba64-fast.toml", "data.backend=auto"]
     out: list = []
-    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, fast)), rounds=1, iterations=1)
-    seconds, once = out
+    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, fast, capsys)), rounds=1, iterations=1)
+    seconds, once, ran = out
     bench_record_once("e2e", "fast preset: set-up (scan, cache)", once.get("setup_s", 0.0),
                       images=len(bench_data.files))
     if "warmup_s" in once:
         bench_record_once("e2e", "fast preset: compile/capture", once["warmup_s"])
-    record(bench_record, "fast preset", seconds, bench_data, once=once)
+    row = record(bench_record, "fast preset", seconds, bench_data, once=once)
+    check_ran(row, fast_preset_claims(bench_data), ran)
 
 
 def test_reference_loop(benchmark, bench_data, bench_record):

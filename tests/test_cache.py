@@ -52,7 +52,7 @@ def test_contents_match_the_dali_backend_and_the_plain_path(faces):
     assert np.array_equal(batch.numpy(), arr[order[0].numpy()])  # the same pipeline made both
     plain = ImageFiles(images.files, 64)
     ref = np.stack([plain[i].numpy() for i in range(24)]).astype(float)
-    assert np.abs(arr - ref).mean() <= 2.0
+    assert np.abs(arr - ref).mean() < 0.3  # measured 0.12; a nearest or non-antialiased DALI resize 2.1-2.9
 
 
 @needs_dali
@@ -63,7 +63,9 @@ def test_without_dali_pil_builds_the_same_images(faces, monkeypatch, tmp_path):
     report = ensure(scan(faces), 32, CPU, threads=1)
     assert report.built and report.decoder.startswith("PIL")
     with_pil = np.load(report.folder / "images.npy").astype(float)
-    assert np.abs(with_pil - with_dali).mean() <= 2.0
+    # measured 0.29: PIL decodes in JPEG draft mode (DCT scaling to 2x the size; decode_pil), DALI at
+    # full size. A nearest-neighbour PIL resize measured 4.5, bicubic 1.3, a nearest DALI resize 5.0.
+    assert np.abs(with_pil - with_dali).mean() < 0.6
 
 
 @pytest.mark.parametrize("size", [(178, 218), (218, 178), (44, 52), (100, 100)])

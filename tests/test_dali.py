@@ -42,7 +42,9 @@ def test_geometry_matches_the_plain_path(faces, size):
     for b, batch in enumerate(loader.epoch(0)):
         ref = torch.stack([plain[i] for i in epoch_batches(len(faces), 16, 3, 0)[b].tolist()])
         mad = (batch.float() - ref.float()).abs().mean().item()
-        assert mad <= 2.0, mad  # about 0.8 measured on real CelebA files
+        # measured 0.08 (32) and 0.12 (64): JPEG decoders and rounding. A nearest-neighbour or
+        # non-antialiased resize measured 2.0-4.9 here, so 0.3 tells a wrong filter apart.
+        assert mad < 0.3, mad
 
 
 def test_wide_and_tall_images_keep_their_centre_square(tmp_path):

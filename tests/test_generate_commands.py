@@ -3,11 +3,13 @@ import shutil
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import fastdcgan
 from fastdcgan import dissect
 from fastdcgan.generate import main
+from fastdcgan.latent import seed_noise
 
 TILE = 32 + 2  # a 32px image and its 2px padding in a grid
 
@@ -106,3 +108,90 @@ def test_forget_and_features_commands(tiny_run, tmp_path, capsys):
     assert main(["features", "--checkpoint", str(tiny_run), "--seeds", "5", "--layer", "0", "--out", str(feat)]) == 0
     assert "32 maps of layer 0 (4x4)" in capsys.readouterr().out  # ngf 8 * 4 channels at 4x4
     assert Image.open(feat).size[0] > 6 * 44  # a 6x6 grid of tiles next to the face
+
+
+# ---- the options take effect: each output is compared with G on the z the option must give -----
+
+def vivid_generator(run, out):
+    """The run's generator.pth with its last layer scaled so that images span the grey levels.
+
+    After 3 steps the tiny generator draws the same flat grey (127/128) from every z; a test that
+    tells z apart by pixels needs images that depend on z by more than a rounding step."""
+    state = torch.load(run / "generator.pth", weights_only=True)
+    body = torch.nn.Sequential(*list(fastdcgan.load_generator(run).net.main)[:-1])  # all but the Tanh
+    last = [k for k in state if k.endswith(".weight")][-1]
+    with torch.no_grad():
+        state[last] = state[last] / body(seed_noise(range(8), 16)).std()  # pre-Tanh spread about 1
+    torch.save(state, out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def vivid(tiny_run, tmp_path_factory):
+    return vivid_generator(tiny_run, tmp_path_factory.mktemp("vivid") / "generator.pth")
+
+
+def rendered(G, z):
+    """G(z) as the tiles of a PNG show it: uint8 HWC, as every writer converts."""
+    from fastdcgan.plots import to_uint8
+    with torch.no_grad():
+        return to_uint8(G(z)).numpy().astype(int)
+
+
+def close(a, b):
+    return np.abs(a - b).max() <= 1  # one rounding step at most (other batch sizes)
+
+
+def test_truncation_clips_each_z_to_its_norm(vivid, tmp_path):
+    G = fastdcgan.load_generator(vivid)
+    z = seed_noise([0, 1, 2, 3], 16)
+    limit = 0.5 * 16 ** 0.5  # T * sqrt(nz); a standard normal z of 16 is about 4 long, so every z is clipped
+    clipped = z * (limit / z.flatten(1).norm(dim=1)).clamp(max=1).view(-1, 1, 1, 1)
+    for name, extra in (("plain", []), ("trunc", ["--truncation", "0.5"])):
+        assert main(["grid", "--checkpoint", str(vivid), "--seeds", "0-3", "--nrow", "4",
+                     "--out", str(tmp_path / f"{name}.png"), *extra]) == 0
+    plain, trunc = pixels(tmp_path / "plain.png"), pixels(tmp_path / "trunc.png")
+    want_plain, want_trunc = rendered(G, z), rendered(G, clipped)
+    assert not close(want_plain[0], want_trunc[0])  # the clipping shows in the images
+    for i in range(4):
+        assert close(tile(plain, 0, i), want_plain[i]) and close(tile(trunc, 0, i), want_trunc[i])
+
+
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_interpolate_method_sets_the_path(vivid, tmp_path, method):
+    """With --frames 2 the middle frame is t = 1/2: (z0 + z1) / 2 for linear, and on the great
+    circle (z0 + z1) / (2 cos(omega / 2)) for slerp; the two differ by a third in length."""
+    G = fastdcgan.load_generator(vivid)
+    z0, z1 = seed_noise([1, 2], 16)
+    omega = torch.arccos(torch.dot(z0.flatten(), z1.flatten()) / (z0.norm() * z1.norm()))
+    middle = {"linear": (z0 + z1) / 2, "slerp": (z0 + z1) / (2 * torch.cos(omega / 2))}
+    out = tmp_path / "walk.png"
+    assert main(["interpolate", "--checkpoint", str(vivid), "--seeds", "1,2", "--frames", "2",
+                 "--method", method, "--out", str(out)]) == 0
+    got = tile(pixels(out), 0, 1)
+    other = "linear" if method == "slerp" else "slerp"
+    assert close(got, rendered(G, middle[method][None])[0])
+    assert not close(got, rendered(G, middle[other][None])[0])
+
+
+def contains(picture, face):
+    """Whether the picture holds this 32x32 face (within one rounding step) anywhere."""
+    h, w = face.shape[:2]
+    for y in range(picture.shape[0] - h + 1):
+        rows = picture[y: y + h]
+        for x in range(picture.shape[1] - w + 1):
+            if np.abs(rows[:, x: x + w] - face).max() <= 1:
+                return True
+    return False
+
+
+def test_arithmetic_result_is_mean_a_minus_mean_b_plus_mean_c(vivid, tmp_path):
+    G = fastdcgan.load_generator(vivid)
+    a, b, c = (seed_noise(s, 16).mean(0, keepdim=True) for s in ([1, 2], [3, 4], [5, 6]))
+    out = tmp_path / "sum.png"
+    assert main(["arithmetic", "--checkpoint", str(vivid), "--a", "1,2", "--b", "3,4", "--c", "5,6",
+                 "--n", "1", "--out", str(out)]) == 0  # n 1: the exact result, no noisy neighbours
+    picture = pixels(out)
+    assert contains(picture, rendered(G, a - b + c)[0])
+    for swapped in (b - a + c, a + b - c):  # the minus on another term
+        assert not contains(picture, rendered(G, swapped)[0])
