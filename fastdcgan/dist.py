@@ -90,13 +90,14 @@ def barrier() -> None:
         dist.barrier()
 
 
-def any_rank(flag: bool) -> bool:
-    """True on every rank if it is True on any rank: one small CPU collective, no GPU sync."""
+def agree(flag: bool, value: int) -> tuple[bool, int]:
+    """(flag OR-ed over all ranks, rank 0's value) on every rank: one small CPU collective, no GPU sync.
+    value must be >= 0 (the other ranks' values are ignored)."""
     if not dist.is_initialized():
-        return flag
-    t = torch.tensor([int(flag)])
+        return flag, value
+    t = torch.tensor([int(flag), value if dist.get_rank() == 0 else 0], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group)
-    return bool(t.item())
+    return bool(t[0]), int(t[1])
 
 
 def all_gather(obj):

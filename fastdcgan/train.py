@@ -34,7 +34,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
 STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_FILE = "STOP"       # touch RUN_DIR/STOP to stop a run at the next check (how sbatch relays USR1)
-STOP_CHECK_EVERY = 10    # steps between stop checks when several processes must agree
+STOP_CHECK_S = 1.0       # seconds between stop checks when several processes must agree (rank 0's clock)
 WARMUP_MAX_STEPS = 10    # compile/capture warm-up ends at the first step that compiles nothing new, or here
 
 
@@ -209,6 +209,8 @@ class Run:
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
         self.stop_signal: int | None = None
+        self.next_stop_check = self.step + 1  # every rank checks at this step (rank 0 sets it at each check)
+        self.stop_checked = (self.step, time.perf_counter())  # rank 0: step and time of the last check
 
     # ----- setup -----
     def _on_main(self, fn):
@@ -552,13 +554,29 @@ class Run:
 
     def _stop_requested(self, now: bool = False) -> bool:
         """A stop signal on any rank, or RUN_DIR/STOP: every rank gets the same answer at the same step.
-        With several processes that takes a collective, so it is asked every STOP_CHECK_EVERY steps."""
+
+        One process reads its signal flag every step. Several must agree in a collective, held only at
+        steps rank 0 spaces about STOP_CHECK_S apart by its clock and sends along with each answer:
+        fast steps never wait on it, and slow ones are checked every step, so a stop takes effect
+        within about a second or one step, well inside a launcher's grace period (torchrun: 30 s).
+        """
         if self.env.world == 1 and self.stop_signal is not None:
             return True
-        if not now and self.step % STOP_CHECK_EVERY:
+        if not now and self.step < self.next_stop_check:
             return False
         local = self.stop_signal is not None or (self.main and (self.dir / STOP_FILE).exists())
-        return dist.any_rank(local)
+        following = self.next_stop_check if now else self._paced_stop_check()
+        stop, self.next_stop_check = dist.agree(local, following)
+        return stop
+
+    def _paced_stop_check(self) -> int:
+        """The step about STOP_CHECK_S from now at the pace since the last check (only rank 0's counts).
+        Pauses (samples, checkpoints, FID) count as slow steps: they bring the next check nearer."""
+        last_step, last_t = self.stop_checked
+        t = time.perf_counter()
+        self.stop_checked = (self.step, t)
+        seconds_per_step = (t - last_t) / max(self.step - last_step, 1)
+        return self.step + max(1, min(int(STOP_CHECK_S / max(seconds_per_step, 1e-6)), 10_000))
 
     def _stop(self) -> None:
         name = signal.Signals(self.stop_signal).name if self.stop_signal else f"{STOP_FILE} file"

@@ -79,18 +79,61 @@ while True:
 """
 
 
+def _saved_step(d) -> int:
+    try:
+        return int(checkpoint.NAME.search((d / "latest").read_text()).group(1))
+    except (OSError, AttributeError):  # no pointer yet, or caught between its truncation and write
+        return 0
+
+
+def _poll(condition, proc, timeout=120):
+    t = time.time()
+    while not condition():
+        assert proc.poll() is None and time.time() - t < timeout, "the writer died or stalled"
+        time.sleep(0.001)
+
+
+def _partial(d) -> bool:
+    """A checkpoint temp file with some bytes in it."""
+    for p in d.glob("step_*.tmp"):
+        try:
+            if p.stat().st_size:
+                return True
+        except FileNotFoundError:  # renamed between the listing and the look
+            pass
+    return False
+
+
+def _assert_complete(d):
+    """latest and every step_*.pt load and hold what their step says."""
+    assert checkpoint.latest(d) is not None
+    for path in [checkpoint.latest(d), *checkpoint.list_checkpoints(d)]:
+        s = checkpoint.load(path)
+        assert torch.equal(s["G"]["w"], torch.full((200_000,), float(s["step"]))), path
+
+
 def test_kill_9_at_any_moment_leaves_a_loadable_latest(tmp_path):
-    checked = 0
-    for attempt in range(6):
+    for attempt in range(4):
         d = tmp_path / str(attempt)
         proc = subprocess.Popen([sys.executable, "-c", WRITER, str(d)])
-        time.sleep(2.0 + 0.13 * attempt)  # import time, then a few saves of 800 kB each
+        _poll(lambda: _saved_step(d) >= 1 + 2 * attempt, proc)  # a few saves done, whatever import took
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-        latest = checkpoint.latest(d)
-        if latest is None:  # killed before the first save finished: nothing to lose
-            continue
-        s = checkpoint.load(latest)
-        assert torch.equal(s["G"]["w"], torch.full((200_000,), float(s["step"])))
-        checked += 1
-    assert checked >= 3  # the kills landed after saves had started, so something was at stake
+        _assert_complete(d)
+
+
+def test_kill_9_mid_write_falls_back_to_the_newest_complete_checkpoint(tmp_path):
+    """Killed while a checkpoint is half written: the partial file is a temp file, never taken for a
+    checkpoint (a save that wrote step_N.pt in place would leave a partial step_N.pt here)."""
+    for attempt in range(10):  # until the kill lands mid-write (almost always the first time)
+        d = tmp_path / str(attempt)
+        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(d)])
+        _poll(lambda: _saved_step(d) >= 2 and _partial(d), proc, timeout=60)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if list(d.glob("step_*.tmp")):
+            break
+    else:
+        raise AssertionError("never killed mid-write")
+    _assert_complete(d)
+    assert checkpoint.latest(d).name == (d / "latest").read_text().strip()

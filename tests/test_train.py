@@ -9,7 +9,7 @@ import torch
 
 from conftest import REPO, run_cli, tiny_args, wait_for_step, weights
 from fastdcgan import checkpoint
-from fastdcgan.train import EXIT_NONFINITE, EXIT_STOPPED, EXIT_USAGE, main
+from fastdcgan.train import main
 
 # 48 images, batch 8: 6 steps per epoch, 12 steps in 2 epochs.
 
@@ -77,7 +77,7 @@ def test_signal_checkpoints_and_exits_resumable(celeba, tmp_path, sig):
     wait_for_step(run, 4, proc)
     proc.send_signal(sig)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_STOPPED, out
+    assert proc.returncode == 75, out
     assert f"stopped by {signal.Signals(sig).name}" in out
     s = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     assert s["step"] >= 4
@@ -90,7 +90,7 @@ def test_sigterm_then_resume_matches_uninterrupted(celeba, tmp_path):
     wait_for_step(run, 4, proc)
     proc.send_signal(signal.SIGTERM)
     proc.communicate(timeout=60)
-    assert proc.returncode == EXIT_STOPPED
+    assert proc.returncode == 75
     stopped_at = checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"]
     target = stopped_at + 5
     extra = dict(train__epochs=1000, ckpt__every=100000, sample__every=100000, train__max_steps=target)
@@ -120,7 +120,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(celeba, tmp_path, c
     # an absurd learning rate blows the weights up within a few steps
     code = main(tiny_args(celeba, run, train__max_steps=40, optim__lr_d="1e30", optim__lr_g="1e30", ckpt__every=1,
                           log__every=1))
-    assert code == EXIT_NONFINITE
+    assert code == 3
     assert "non-finite loss" in capsys.readouterr().out
     latest = checkpoint.latest(run / "checkpoints")
     s = checkpoint.load(latest)
@@ -131,7 +131,7 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(celeba, tmp_path, c
 def test_resume_never_refuses_a_used_run_dir(celeba, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
-    assert main(tiny_args(celeba, run, train__resume="never")) == EXIT_USAGE
+    assert main(tiny_args(celeba, run, train__resume="never")) == 2
     assert "train.resume=never" in capsys.readouterr().err
 
 
@@ -142,12 +142,12 @@ def test_resume_from_explicit_path_and_mismatched_model(celeba, tmp_path, capsys
     other = tmp_path / "other"
     assert main(tiny_args(celeba, other, train__max_steps=3, train__resume=ckpt)) == 0
     assert checkpoint.load(checkpoint.latest(other / "checkpoints"))["step"] == 3
-    assert main(tiny_args(celeba, tmp_path / "x", model__ngf=16, train__resume=ckpt)) == EXIT_USAGE
+    assert main(tiny_args(celeba, tmp_path / "x", model__ngf=16, train__resume=ckpt)) == 2
     assert "cannot resume" in capsys.readouterr().err
 
 
 def test_bad_data_root_is_a_usage_error(tmp_path, capsys):
-    assert main(tiny_args(tmp_path / "missing", tmp_path / "run")) == EXIT_USAGE
+    assert main(tiny_args(tmp_path / "missing", tmp_path / "run")) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing" in err
 
@@ -227,3 +227,40 @@ def test_an_input_failure_checkpoints_and_exits_1(celeba, tmp_path, monkeypatch,
     monkeypatch.setattr(loaders, "make_loader", real)
     assert main(tiny_args(celeba, run, ckpt__every=100)) == 0
     assert (run / "STATUS").read_text() == "finished 12\n"
+
+
+def test_fp16_scaler_state_survives_a_resume(celeba, tmp_path):
+    """fp16 on CPU: the loss scale backs off from 65536 within the first steps; a resume that lost the
+    scaler would start again at 65536, skip steps on overflow and end with other weights."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(tiny_args(celeba, whole, precision="fp16", train__max_steps=9)) == 0
+    assert main(tiny_args(celeba, split, precision="fp16", train__max_steps=3)) == 0
+    at_split = checkpoint.load(checkpoint.latest(split / "checkpoints"))["gan"]["scaler"]
+    assert at_split["scale"] < 65536.0  # the state the resume must keep
+    assert main(tiny_args(celeba, split, precision="fp16", train__max_steps=9)) == 0
+    sa = checkpoint.load(checkpoint.latest(whole / "checkpoints"))
+    sb = checkpoint.load(checkpoint.latest(split / "checkpoints"))
+    assert sa["gan"]["scaler"] == sb["gan"]["scaler"]
+    for net in ("G", "D"):
+        assert all(torch.equal(sa[net][k], sb[net][k]) for k in sa[net]), net
+
+
+def test_metrics_after_a_resume_hold_no_rows_past_its_checkpoint(celeba, tmp_path):
+    """Killed -9 after logging steps past its last checkpoint, the run redoes those steps on resume:
+    their old rows go, so every step is logged once, in order."""
+    for attempt in range(5):  # until the kill lands between a checkpoint and the next (4 times in 5)
+        run = tmp_path / str(attempt)
+        proc = _start(celeba, run, ckpt__every=5, log__every=1)
+        wait_for_step(run, 7, proc)
+        proc.kill()
+        proc.communicate()
+        saved = checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"]
+        logged = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+        if logged[-1] > saved:
+            break
+    else:
+        raise AssertionError("every kill landed on a checkpoint step")
+    end = logged[-1] + 3
+    assert main(tiny_args(celeba, run, train__epochs=1000, ckpt__every=5, log__every=1, train__max_steps=end)) == 0
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, end + 1))

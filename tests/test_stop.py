@@ -1,0 +1,109 @@
+"""Every way a run is stopped: the STOP file, a second signal, and torchrun's SIGTERM with slow steps.
+
+Real processes, real signals; the tests poll for what they wait on (log rows, files, the signal
+disposition in /proc) and never sleep a fixed time for correctness.
+"""
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from conftest import REPO, make_celeba, tiny_args, wait_for_step
+from fastdcgan import checkpoint
+from test_dist import torchrun
+
+# A step of ngf=ndf=64 at 64x64, batch 8, takes about 0.8 s of one core here: slow enough that a stop
+# checked every 10 steps (the old design) would come 10+ s late, and torchrun kills 30 s after SIGTERM.
+SLOW = dict(data__image_size=64, model__nz=100, model__ngf=64, model__ndf=64, log__every=1)
+NEVER = dict(train__epochs=1000, ckpt__every=100000, sample__every=100000)
+
+
+def start(root: Path, run: Path, **extra) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "fastdcgan.train", *tiny_args(root, run, **{**NEVER, **extra})],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def logged_steps(run: Path) -> list[int]:
+    return [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def poll(condition, timeout: float, what: str) -> None:
+    t = time.time()
+    while not condition():
+        if time.time() - t > timeout:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(0.005)
+
+
+def catches(pid: int, sig: int) -> bool:
+    """Whether the process has a handler installed for sig (SigCgt in /proc/PID/status)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (sig - 1) & 1)
+    raise AssertionError("no SigCgt line")
+
+
+def test_touching_stop_stops_a_single_process_run(celeba, tmp_path):
+    run = tmp_path / "run"
+    proc = start(celeba, run)
+    wait_for_step(run, 4, proc)
+    (run / "STOP").touch()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out
+    state, step = (run / "STATUS").read_text().split()
+    assert state == "stopped" and int(step) >= 4
+    assert f"stopped by STOP file at step {step};" in out
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == int(step)
+
+
+def _second_signal(celeba, tmp_path, sig, while_checkpointing: bool):
+    run = tmp_path / "run"
+    proc = start(celeba, run, **SLOW)
+    wait_for_step(run, 1, proc)
+    proc.send_signal(sig)
+    # The first signal is handled (its handler gives the signal back to the default action) ...
+    poll(lambda: not catches(proc.pid, sig) or proc.poll() is not None, 30, "first signal handled")
+    if while_checkpointing:  # ... and the stop's checkpoint is being written
+        poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60, "checkpoint started")
+    t = time.time()
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == -sig, out  # killed by the signal itself: no checkpoint, no exit 75
+    assert time.time() - t < 5  # at once, not after the step or the checkpoint
+    assert (run / "STATUS").read_text().split()[0] == "running"
+    return run
+
+
+def test_a_second_signal_kills_at_once_in_a_slow_step(celeba, tmp_path):
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        run = _second_signal(celeba, tmp_path / sig.name, sig, while_checkpointing=False)
+        assert checkpoint.latest(run / "checkpoints") is None
+
+
+def test_a_second_signal_kills_at_once_while_checkpointing(celeba, tmp_path):
+    run = _second_signal(celeba, tmp_path, signal.SIGTERM, while_checkpointing=True)
+    assert list((run / "checkpoints").glob("*.tmp"))  # killed mid-write: a partial temp file ...
+    assert checkpoint.latest(run / "checkpoints") is None  # ... that is never taken for a checkpoint
+
+
+def test_sigterm_to_torchrun_stops_slow_steps_in_time(tmp_path):
+    """torchrun relays SIGTERM to its workers and kills them 30 s later: with slow steps every rank
+    must still agree within a step or two, checkpoint at the same step and exit 75 well before that."""
+    root, run = make_celeba(tmp_path / "celeba", 400), tmp_path / "run"  # 25 steps per epoch at 2 x 8
+    proc = torchrun("-m", "fastdcgan.train", *tiny_args(root, run, **NEVER, **SLOW))
+    wait_for_step(run, 2, proc)
+    at_signal = logged_steps(run)[-1]
+    t = time.time()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    seconds = time.time() - t
+    state, step = (run / "STATUS").read_text().split()
+    assert state == "stopped", out
+    assert at_signal < int(step) <= at_signal + 3, out  # within a step or two of the signal
+    saved = checkpoint.list_checkpoints(run / "checkpoints")
+    assert [checkpoint.load(p)["step"] for p in saved] == [int(step)]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    step_s = (rows[-1]["time"] - rows[0]["time"]) / max(len(rows) - 1, 1)
+    assert seconds < 20, f"{seconds:.1f} s to stop at {step_s:.1f} s per step\n{out}"
