@@ -414,9 +414,12 @@ class Run:
         return code
 
     def _input_failed(self, error: InputFailure) -> int:
-        """The input broke in a way skipping a file cannot mend: keep the weights of the steps done."""
+        """The input broke in a way skipping a file cannot mend: keep the weights of the steps done.
+        One process only: with several, a save is a collective the other ranks are not in (they are
+        inside a step); the run then ends at train.timeout_s, and resumes from the latest checkpoint."""
         try:
-            path = self.save() if self.last_saved != self.step else checkpoint.latest(self.ckpt_dir)
+            saving = self.env.world == 1 and self.last_saved != self.step
+            path = self.save() if saving else checkpoint.latest(self.ckpt_dir)
         except Exception as e:  # a CUDA error can leave nothing readable on the device
             path = f"none written now ({type(e).__name__}); latest {checkpoint.latest(self.ckpt_dir)}"
         self.display.print(f"error: {error} (at step {self.step}); checkpoint {path}. Fix the cause and run "
