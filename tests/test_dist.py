@@ -176,3 +176,35 @@ def test_each_rank_draws_its_own_noise(celeba, tmp_path):
     rank0, rank1 = torch.load(tmp_path / "noise.pt")
     assert len(rank0) == len(rank1) >= 1  # the G phase reuses the D phase's fakes: one G call per step
     assert all(not torch.equal(a, b) for a, b in zip(rank0, rank1))
+
+
+SYNC_BN_WORKER = """
+import sys, torch, torch.distributed as dist
+from fastdcgan.train import Run, parse_args
+run = Run(parse_args(sys.argv[2:])[0])
+batch = next(iter(run.loader.epoch(0)))
+run.gan.step(batch)
+stats = [b.detach().clone() for m in (run.G, run.D) for name, b in m.named_buffers() if "running_mean" in name]
+every = [None] * dist.get_world_size()
+dist.all_gather_object(every, {"stats": stats, "batch": batch.float().mean().item(),
+                               "kinds": sorted({type(m).__name__ for m in run.D.modules() if "Norm" in type(m).__name__})})
+if run.main:
+    torch.save(every, sys.argv[1])
+dist.destroy_process_group()
+"""
+
+
+def test_sync_bn_reaches_the_trainers_models(celeba, tmp_path):
+    """model.sync_bn=true: BatchNorm statistics over both ranks' batches, so after a step the running
+    statistics agree on both ranks although each rank saw other images (and G other noise)."""
+    worker = tmp_path / "sync_bn_worker.py"
+    worker.write_text(SYNC_BN_WORKER)
+    proc = torchrun(worker, tmp_path / "stats.pt", *tiny_args(celeba, tmp_path / "run", train__batch_size=4,
+                                                                 model__sync_bn="true"))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    rank0, rank1 = torch.load(tmp_path / "stats.pt")
+    assert rank0["batch"] != rank1["batch"]  # each rank trained on its own images
+    assert "BatchNorm2d" not in rank0["kinds"]  # every BatchNorm of D was converted
+    assert len(rank0["stats"]) >= 4
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rank0["stats"], rank1["stats"]))
