@@ -15,6 +15,7 @@ import time
 import pytest
 import torch
 
+from conftest import check_ran
 from fastdcgan.data import dali
 from fastdcgan.data.cache import CacheLoader, ensure
 from fastdcgan.data.torch import TorchLoader
@@ -29,9 +30,12 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
 
 
 def measure(benchmark, loader, data, device: torch.device) -> list[float]:
-    """Per-batch seconds over data.rounds timed epochs, after one untimed epoch."""
-    for _ in loader.epoch(0):
+    """Per-batch seconds over data.rounds timed epochs, after one untimed epoch (whose batches'
+    device and layout are kept in `measure.delivered` for the row's check)."""
+    for batch in loader.epoch(0):
         pass
+    measure.delivered = {"device": batch.device.type, "dtype": str(batch.dtype).removeprefix("torch."),
+                         "nhwc": tuple(batch.shape[1:]) == (data.image_size, data.image_size, 3)}
     times: list[float] = []
     epochs = iter(range(1, 10**6))
     arrived = torch.cuda.Event() if device.type == "cuda" else None
@@ -55,8 +59,10 @@ def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
     device = torch.device("cuda" if CUDA else "cpu")
     loader = TorchLoader(bench_data.files, bench_data.image_size, bench_data.batch, workers, 0, device)
     times = measure(benchmark, loader, bench_data, device)
-    bench_record("input", f"torch {workers} workers", times, bench_data.batch, baseline=workers == BASELINE_WORKERS,
-                 device=device.type, workers=workers)
+    row = bench_record("input", f"torch {workers} workers", times, bench_data.batch,
+                       baseline=workers == BASELINE_WORKERS)
+    check_ran(row, {"device": device.type, "dtype": "uint8", "nhwc": True, "workers": workers},
+              {**measure.delivered, "workers": loader.loader.num_workers})
 
 
 @needs_dali
@@ -64,7 +70,10 @@ def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
 def test_dali_cpu(benchmark, bench_data, bench_record, threads):
     loader = dali.DaliLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, CPU, threads=threads)
     times = measure(benchmark, loader, bench_data, CPU)
-    bench_record("input", f"dali cpu {threads} threads", times, bench_data.batch, device="cpu", threads=threads)
+    row = bench_record("input", f"dali cpu {threads} threads", times, bench_data.batch)
+    check_ran(row, {"device": "cpu", "dtype": "uint8", "nhwc": True, "threads": threads, "decoder": "cpu"},
+              {**measure.delivered, "threads": loader.pipe.num_threads,
+               "decoder": "cpu" if loader.pipe.device_id is None else "mixed"})
 
 
 @needs_dali
@@ -74,8 +83,11 @@ def test_dali_gpu(benchmark, bench_data, bench_record):
     loader = dali.DaliLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, device,
                              threads=BASELINE_WORKERS)
     times = measure(benchmark, loader, bench_data, device)
-    bench_record("input", f"dali mixed {loader.threads} threads", times, bench_data.batch,
-                 device=torch.cuda.get_device_name(), threads=loader.threads, hw_decoder_load=dali.HW_DECODER_LOAD)
+    row = bench_record("input", f"dali mixed {loader.threads} threads", times, bench_data.batch,
+                       gpu=torch.cuda.get_device_name(), hw_decoder_load=dali.HW_DECODER_LOAD)
+    check_ran(row, {"device": "cuda", "dtype": "uint8", "nhwc": True, "threads": loader.threads, "decoder": "mixed"},
+              {**measure.delivered, "threads": loader.pipe.num_threads,
+               "decoder": "cpu" if loader.pipe.device_id is None else "mixed"})
 
 
 @pytest.fixture(scope="module")
@@ -109,4 +121,7 @@ def test_cache(benchmark, bench_data, bench_record, built_cache, device):
     device = torch.device(device)
     loader = CacheLoader(built_cache[0].folder, bench_data.batch, 0, device)
     times = measure(benchmark, loader, bench_data, device)
-    bench_record("input", f"cache {device.type}", times, bench_data.batch, device=device.type)
+    row = bench_record("input", f"cache {device.type}", times, bench_data.batch)
+    held = "gpu" if loader.gpu_data is not None else "pinned host" if device.type == "cuda" else "host"
+    check_ran(row, {"device": device.type, "dtype": "uint8", "nhwc": True, "held": "host" if device.type == "cpu"
+                    else "gpu"}, {**measure.delivered, "held": held})
