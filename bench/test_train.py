@@ -18,7 +18,6 @@ logged them. celeba_epoch is 202,599 images / img/s; first_epoch adds the one-of
 from __future__ import annotations
 
 import json
-import re
 import sys
 
 import pytest
@@ -61,16 +60,15 @@ def run_trainer(tmp_path, bench_data, extra: list[str], capsys) -> tuple[list[fl
 
 
 def what_ran(printed: str, run) -> dict:
-    """The configuration the trainer ran, from the lines it prints (backend; device, precision, ...)
-    and the resolved settings it wrote (workers, threads)."""
+    """The configuration the trainer ran, as it built it (RUN_DIR/plan.json), and the worker and
+    thread counts it was given (config.toml)."""
     from fastdcgan.config import tomllib  # tomli before Python 3.11
-    backend = re.search(r"^input: backend (\w+)", printed, re.M)
-    mode = re.search(r"^device \S+, precision (\w+), channels_last (\w+), compile (\w+).*, cuda_graphs (\w+)",
-                     printed, re.M)
-    assert backend and mode, f"the trainer no longer prints its input backend or step mode:\n{printed}"
+    assert (run / "plan.json").exists(), f"the trainer wrote no plan.json:\n{printed}"
+    plan = json.loads((run / "plan.json").read_text())
     data = tomllib.loads((run / "config.toml").read_text())["data"]
-    return {"backend": backend[1], "precision": mode[1], "channels_last": mode[2] == "True", "compile": mode[3],
-            "graphs": mode[4] == "on", "workers": data["workers"], "threads": data["dali_threads"]}
+    return {"backend": plan["backend"], "precision": plan["precision"], "compile": plan["compile"],
+            "channels_last": plan["memory_format"] == "channels_last", "graphs": plan["cuda_graphs"],
+            "workers": data["workers"], "threads": data["dali_threads"]}
 
 
 def record(bench_record, name, seconds, bench_data, baseline=False, once: dict | None = None):

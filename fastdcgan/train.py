@@ -284,6 +284,25 @@ class Run:
             display.print(f"warning: skipped {len(im.skipped)} files that do not decode ({first}{more}); "
                           f"full list in {listing}")
 
+    def plan(self) -> dict:
+        """What this launch runs, as built rather than as asked (RUN_DIR/plan.json): the backend auto
+        chose, the resolved precision and compile mode, the models' memory format, each optimizer's
+        kind, form and rate, the updates per step, the labels, BatchNorm's kind."""
+        def optimizer(opt: torch.optim.Optimizer) -> dict:
+            g = opt.param_groups[0]
+            return {"kind": type(opt).__name__, "lr": float(g["lr"]), "betas": [float(b) for b in g["betas"]],
+                    **{k: g.get(k) for k in ("foreach", "fused", "capturable")}}
+        weight = next(p for p in self.G.parameters() if p.dim() == 4)
+        norms = sorted({type(m).__name__ for m in [*self.G.modules(), *self.D.modules()] if "Norm" in type(m).__name__})
+        return {"device": str(self.device), "world": self.env.world, "backend": self.loader.name,
+                "precision": self.precision, "compile": self.compile, "cuda_graphs": self.cuda_graphs,
+                "memory_format": "channels_last" if weight.is_contiguous(memory_format=torch.channels_last)
+                and not weight.is_contiguous() else "contiguous",
+                "batch_per_process": self.cfg.train.batch_size, "global_batch": self.cfg.train.batch_size * self.env.world,
+                "d_steps": self.gan.d_steps, "g_steps": self.gan.g_steps, "real_label": self.gan.real_label,
+                "norms": norms, "ema": self.G_ema is not None,
+                "optimizers": {"G": optimizer(self.opt_g), "D": optimizer(self.opt_d)}}
+
     # ----- checkpoints -----
     def state(self) -> dict:
         return {
@@ -394,6 +413,8 @@ class Run:
                 changed = config.diff(self.resumed_config, config.to_dict(cfg))
                 if changed:
                     display.print(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")
+            if self.main:  # after a resume: the optimizers are as this launch runs them
+                checkpoint.atomic_write(self.dir / "plan.json", lambda f: f.write(json.dumps(self.plan(), indent=1).encode()))
             for s in STOP_SIGNALS:
                 signal.signal(s, self._on_signal)
             if self.stop_pending:

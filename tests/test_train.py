@@ -264,3 +264,21 @@ def test_metrics_after_a_resume_hold_no_rows_past_its_checkpoint(celeba, tmp_pat
     assert main(tiny_args(celeba, run, train__epochs=1000, ckpt__every=5, log__every=1, train__max_steps=end)) == 0
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, end + 1))
+
+
+def test_plan_json_says_what_the_launch_runs(celeba, tmp_path):
+    """RUN_DIR/plan.json: the settings' effect as built, rewritten by each launch (a resume with a new
+    rate and another mode shows them)."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=2, optim__lr_g="1e-4", optim__lr_d="3e-4",
+                          channels_last="false", train__d_steps=2, train__real_label=0.9)) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["backend"] == "torch" and plan["device"] == "cpu" and plan["precision"] == "fp32"
+    assert plan["compile"] == "off" and plan["cuda_graphs"] is False and plan["memory_format"] == "contiguous"
+    assert (plan["d_steps"], plan["g_steps"], plan["real_label"]) == (2, 1, 0.9)
+    assert plan["optimizers"]["G"]["lr"] == 1e-4 and plan["optimizers"]["D"]["lr"] == 3e-4
+    assert plan["norms"] == ["BatchNorm2d"] and plan["global_batch"] == 8
+    assert main(tiny_args(celeba, run, train__max_steps=4, optim__lr_d="5e-5", precision="fp16")) == 0
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["optimizers"]["D"]["lr"] == 5e-5 and plan["memory_format"] == "channels_last"
+    assert plan["precision"] == "fp16" and plan["optimizers"]["D"]["fused"] is True
