@@ -19,6 +19,16 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+if dist.is_available():
+    # Imported here, before any process group exists. Both modules take `group.WORLD` as a default
+    # argument when first imported (torchvision pulls them in too); imported after the group is made
+    # they keep it alive past destroy_process_group, and its gloo threads (ProcessGroupGloo::runLoop)
+    # then free a finished work's Python-made tensors (c10::TensorImpl::decref_pyobject, which takes
+    # the GIL) during interpreter exit: pthread_exit through a noexcept destructor, "terminate called
+    # without an active exception", SIGABRT after all the work was done.
+    import torch.distributed.nn.functional as dist_functional
+    import torch.distributed.optim  # noqa: F401
+
 
 @dataclass
 class Env:
@@ -129,7 +139,7 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        all_reduce = dist_functional.all_reduce
         count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
         stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
         c = x.shape[1]

@@ -97,7 +97,7 @@ def test_sums_give_numpys_mean_and_covariance_and_shards_add_up():
 
 def gloo_worker(root: str, net: str, out: str) -> None:
     """One rank's part, run under torchrun (python tests/test_fid.py ROOT NET OUT)."""
-    from fastdcgan import dist
+    from fastdcgan import dist  # first: it imports what must exist before the group (see there)
     env = dist.from_environment()
     dist.init(env, torch.device("cpu"), timeout_s=60)
     rank, out = env.rank, Path(out)
@@ -282,6 +282,3 @@ def test_real_network_tells_pictures_from_noise(tmp_path):
 
 if __name__ == "__main__":
     gloo_worker(*sys.argv[1:4])
-    # Skip interpreter teardown: with gloo, scipy and TorchScript loaded it aborted now and then in C++
-    # ("terminate called without an active exception") after all the work was done and saved.
-    os._exit(0)
