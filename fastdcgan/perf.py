@@ -142,3 +142,43 @@ class StepTimer:
                "data_ms": 1000 * self.data / self.steps, "compute_ms": 1000 * self.compute / self.steps}
         self._reset(now)
         return out
+
+
+def compiled_graphs() -> int:
+    """How many graphs torch.compile has made in this process (dynamo's own counter)."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
+
+
+class Warmup:
+    """The compile/capture warm-up, and what the set-up cost: the first log row after it says so once.
+
+    With compile or CUDA graphs the warm-up lasts until a step compiles no new graph (at least two
+    steps, at most max_steps), so no recompile lands in a timed window. `costs` is what that first row
+    gets: setup_s (scan, cache build, models) and, after a warm-up, warmup_s, warmup_steps, warmup_graphs.
+    """
+
+    def __init__(self, needed: bool, setup_s: float, max_steps: int = 10):
+        self.pending, self.max_steps = needed, max_steps
+        self.start, self.steps, self.graphs = time.perf_counter(), 0, compiled_graphs()
+        self.costs = {"setup_s": round(setup_s, 2)}
+
+    def step_done(self) -> bool:
+        """Count a step; True when this step ended the warm-up."""
+        if not self.pending:
+            return False
+        self.steps += 1
+        before, self.graphs = self.graphs, compiled_graphs()
+        if self.steps < self.max_steps and (self.steps == 1 or self.graphs != before):
+            return False
+        self.pending = False
+        self.costs.update(warmup_s=round(time.perf_counter() - self.start, 2), warmup_steps=self.steps,
+                          warmup_graphs=self.graphs)
+        return True
+
+    def take_costs(self) -> dict:
+        """The costs, once the warm-up is over, for one log row; then nothing."""
+        if self.pending:
+            return {}
+        costs, self.costs = self.costs, {}
+        return costs

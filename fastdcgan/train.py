@@ -35,7 +35,6 @@ STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "non
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 STOP_FILE = "STOP"       # touch RUN_DIR/STOP to stop a run at the next check (how sbatch relays USR1)
 STOP_CHECK_S = 1.0       # seconds between stop checks when several processes must agree (rank 0's clock)
-WARMUP_MAX_STEPS = 10    # compile/capture warm-up ends at the first step that compiles nothing new, or here
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
@@ -82,12 +81,6 @@ def configure_backends(device: torch.device) -> None:
     may differ between runs, so on a GPU runs are close but not bit-identical (README)."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-
-
-def compiled_graphs() -> int:
-    """How many graphs torch.compile has made in this process (dynamo's own counter)."""
-    from torch._dynamo.utils import counters
-    return counters["stats"]["unique_graphs"]
 
 
 def rng_state() -> dict:
@@ -449,12 +442,9 @@ class Run:
 
     def _loop(self, display: Display) -> int:
         self.display, self.timer = display, perf.StepTimer(self.device)
-        warmup = self.compile != "off" or self.cuda_graphs
-        warmup_steps, graphs_made = 0, compiled_graphs()
         self.last_saved = self.step if self.resume_from else -1
         reals = self.dir / "samples" / "reals.png"
-        t_start = time.perf_counter()
-        self.setup_times = {"setup_s": round(t_start - self.t_created, 2)}  # scan, cache build, models
+        self.warmup = perf.Warmup(self.compile != "off" or self.cuda_graphs, time.perf_counter() - self.t_created)
         metrics = open(self.dir / "metrics.jsonl", "a") if self.main else contextlib.nullcontext()
         with metrics as self.metrics_file:
             while self.step < self.total_steps:
@@ -466,17 +456,11 @@ class Run:
                     self.timer.step_done()
                     self.step += 1
                     self.batch_in_epoch += 1
-                    if warmup:  # compile and capture: until a step compiles nothing new; timed apart
-                        warmup_steps += 1
-                        graphs_before, graphs_made = graphs_made, compiled_graphs()
-                        if warmup_steps >= WARMUP_MAX_STEPS or (warmup_steps > 1 and graphs_made == graphs_before):
-                            warmup = False
-                            self.timer.restart()
-                            seconds = time.perf_counter() - t_start
-                            self.setup_times.update(warmup_s=round(seconds, 2), warmup_steps=warmup_steps,
-                                                    warmup_graphs=graphs_made)
-                            display.print(f"compile/capture warm-up: {seconds:.1f} s, {warmup_steps} steps "
-                                          "(left out of img/s)")
+                    if self.warmup.step_done():  # compile and capture are timed apart from img/s
+                        self.timer.restart()
+                        w = self.warmup.costs
+                        display.print(f"compile/capture warm-up: {w['warmup_s']:.1f} s, {w['warmup_steps']} steps "
+                                      "(left out of img/s)")
                     self._after_step()
                     if self.step >= self.total_steps:
                         break
@@ -553,9 +537,7 @@ class Run:
         batch = self.cfg.train.batch_size * self.env.world  # global: every rank's images count
         row = {"step": self.step, "epoch": self.epoch, "images": self.step * batch, **m,
                **self.timer.read(batch), "time": time.time()}
-        if "warmup_s" in self.setup_times or not (self.compile != "off" or self.cuda_graphs):
-            row.update(self.setup_times)  # the first row after the set-up says what it cost, once
-            self.setup_times = {}
+        row.update(self.warmup.take_costs())  # the first row after the set-up says what it cost, once
         if self.peak and "img_per_s" in row:
             row["mfu"] = row["img_per_s"] * self.flops / self.peak
         if self.main:
