@@ -26,7 +26,7 @@ if dist.is_available():
     # then free a finished work's Python-made tensors (c10::TensorImpl::decref_pyobject, which takes
     # the GIL) during interpreter exit: pthread_exit through a noexcept destructor, "terminate called
     # without an active exception", SIGABRT after all the work was done.
-    import torch.distributed.nn.functional as dist_functional
+    import torch.distributed.nn.functional  # noqa: F401
     import torch.distributed.optim  # noqa: F401
 
 
@@ -128,6 +128,24 @@ def broadcast(obj):
     return box[0]
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """All-reduce (sum) over the default group, with the sum of the gradients as its backward.
+
+    torch.distributed.nn.functional.all_reduce does the same but keeps the group in the autograd
+    graph, so a graph that outlives the run keeps the process group (and its threads) alive too.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone(memory_format=torch.contiguous_format)
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        return _SumOverRanks.apply(grad)
+
+
 class SyncBatchNorm2d(nn.BatchNorm2d):
     """BatchNorm whose batch statistics span all processes, on any device.
 
@@ -139,9 +157,8 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
             return super().forward(x)
-        all_reduce = dist_functional.all_reduce
         count = torch.full((1,), x.numel() / x.shape[1], dtype=x.dtype, device=x.device)
-        stats = all_reduce(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
+        stats = _SumOverRanks.apply(torch.cat([x.sum((0, 2, 3)), (x * x).sum((0, 2, 3)), count]))
         c = x.shape[1]
         n = stats[-1]
         mean = stats[:c] / n

@@ -162,6 +162,9 @@ every = [None] * dist.get_world_size()
 dist.all_gather_object(every, noise)
 if run.main:
     torch.save(every, sys.argv[1])
+# The Run's DDP wrappers hold the process group: free them before the group goes, so that gloo's
+# threads are joined here and not during interpreter exit (where one may abort the process).
+del run
 dist.destroy_process_group()
 """
 
@@ -190,6 +193,9 @@ dist.all_gather_object(every, {"stats": stats, "batch": batch.float().mean().ite
                                "kinds": sorted({type(m).__name__ for m in run.D.modules() if "Norm" in type(m).__name__})})
 if run.main:
     torch.save(every, sys.argv[1])
+# The Run's DDP wrappers hold the process group: free them before the group goes, so that gloo's
+# threads are joined here and not during interpreter exit (where one may abort the process).
+del run
 dist.destroy_process_group()
 """
 
