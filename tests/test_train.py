@@ -282,3 +282,22 @@ def test_plan_json_says_what_the_launch_runs(celeba, tmp_path):
     plan = json.loads((run / "plan.json").read_text())
     assert plan["optimizers"]["D"]["lr"] == 5e-5 and plan["memory_format"] == "channels_last"
     assert plan["precision"] == "fp16" and plan["optimizers"]["D"]["fused"] is True
+
+
+def test_run_directory_and_console_are_as_documented(celeba, tmp_path, capsys):
+    """The whole run directory and the console's lines, as a user sees them: pinned so that moving the
+    loop's parts around changes neither."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run)) == 0
+    files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
+    assert files == ["STATUS", "checkpoints/latest", "checkpoints/step_00000006.pt", "checkpoints/step_00000008.pt",
+                     "checkpoints/step_00000012.pt", "config.toml", "discriminator.pth", "generator.pth",
+                     "metrics.jsonl", "plan.json", "plots/d_outputs_epoch_001.png", "plots/d_outputs_epoch_002.png",
+                     "plots/loss.png", "samples/epoch_001.png", "samples/epoch_002.png", "samples/reals.png",
+                     "samples/step_00000004.png", "samples/step_00000008.png", "samples/step_00000012.png"]
+    assert (run / "STATUS").read_text() == "finished 12\n"
+    lines = capsys.readouterr().out.splitlines()
+    kinds = [line.split()[0] for line in lines]
+    assert kinds == ["input:", "data:", "device", "batch", *["step"] * 6, "done:"], lines
+    assert [line.split()[1] for line in lines if line.startswith("step ")] == ["2/12", "4/12", "6/12", "8/12",
+                                                                               "10/12", "12/12"]
