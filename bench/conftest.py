@@ -30,6 +30,13 @@ SIZES = {"small": dict(images=1024, batch=64, image_size=64, rounds=3, width=32,
          "full": dict(images=8192, batch=128, image_size=64, rounds=3, width=64, steps=50)}
 
 
+def pytest_configure(config):
+    # pytest-benchmark's own table times what each bench hands its fixture (a whole epoch, or nothing
+    # for a one-off cost such as the cache build), not the rows of ours: one table, ours, is printed.
+    # --benchmark-verbose still shows it.
+    config.option.benchmark_quiet = True
+
+
 def pytest_addoption(parser):
     g = parser.getgroup("fastdcgan benchmarks")
     g.addoption("--bench-size", choices=sorted(SIZES), default="small",

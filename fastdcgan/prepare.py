@@ -52,7 +52,9 @@ def _summary(images: folder.ImageList, report: cache.BuildReport, image_size: in
                                                  if report.built else "")]
     skipped = [(str(p.relative_to(images.root)), why) for p, why in images.skipped] + list(report.skipped)
     if images.missing_rows:
-        lines.append(f"  note        {images.missing_rows} rows of list_eval_partition.txt name files not on disk")
+        lines.append(f"  note        {images.missing_rows} rows of {images.partition_file.name} name files not on disk")
+    if images.small:
+        lines.append(f"  note        {images.small} images smaller than {image_size}x{image_size}, upscaled")
     lines.append(f"  skipped     {len(skipped)} files that do not decode" + (":" if skipped else ""))
     lines += [f"    {name}: {why}" for name, why in skipped[:20]]
     if len(skipped) > 20:
@@ -74,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise UsageError("--device cuda but no CUDA device is available")
         device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
         with console.status("checking files", spinner="dots"):
-            images = folder.scan(args.root, args.split, workers=args.threads)
+            images = folder.scan(args.root, args.split, workers=args.threads, min_size=args.image_size)
         with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),
                       console=console, disable=not console.is_terminal) as bar:
             task = bar.add_task("decode", total=len(images.files))

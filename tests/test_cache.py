@@ -169,9 +169,11 @@ def test_auto_through_the_trainer_says_what_it_picked(celeba, tmp_path, capsys):
 
 def test_prepare_builds_reuses_and_reports(faces):
     (faces / "img_align_celeba" / "000003.jpg").write_bytes(b"")
+    write_colors(faces / "tiny", 1, size=(16, 16))[0].rename(faces / "img_align_celeba" / "000005.jpg")
     r = run_cli("fastdcgan.prepare", faces, "--image-size", "32")
     assert r.returncode == 0, r.stderr
     assert "cache built" in r.stdout and "images      23 at 32x32" in r.stdout
+    assert "1 images smaller than 32x32, upscaled" in r.stdout
     assert "skipped     1 files" in r.stdout and "000003.jpg" in r.stdout
     r = run_cli("fastdcgan.prepare", faces, "--image-size", "32")
     assert r.returncode == 0 and "cache reused" in r.stdout

@@ -24,6 +24,36 @@ def test_partition_rows_without_files_are_counted(celeba):
     assert len(found.files) == 46 and found.missing_rows == 2
 
 
+def as_kaggle_csv(root):
+    """Swap list_eval_partition.txt for the Kaggle copy's list_eval_partition.csv (header, commas)."""
+    rows = [line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines()]
+    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{n},{p}\n" for n, p in rows))
+    (root / "list_eval_partition.txt").unlink()
+
+
+def test_kaggle_csv_partition_file(celeba):
+    as_kaggle_csv(celeba)
+    (celeba / "img_align_celeba" / "000003.jpg").unlink()  # a train row
+    (celeba / "img_align_celeba" / "000048.jpg").unlink()  # a test row
+    train, valid, test = (find_images(celeba, s) for s in ("train", "valid", "test"))
+    assert (len(train.files), len(valid.files), len(test.files)) == (37, 5, 4)
+    assert (train.missing_rows, valid.missing_rows, test.missing_rows) == (1, 0, 1)
+    assert "000003.jpg" not in {f.name for f in train.files} and train.layout == "celeba"
+    assert train.partition_file == celeba / "list_eval_partition.csv"
+    assert len(find_images(celeba).files) == 46 and find_images(celeba).missing_rows == 2
+
+
+def test_the_txt_is_preferred_and_a_bad_csv_row_is_named(celeba):
+    assert find_images(celeba).partition_file == celeba / "list_eval_partition.txt"
+    (celeba / "list_eval_partition.csv").write_text("image_id,partition\n000001.jpg,2\n")
+    assert len(find_images(celeba, "test").files) == 5  # from the .txt
+    (celeba / "list_eval_partition.txt").unlink()
+    assert [f.name for f in find_images(celeba, "test").files] == ["000001.jpg"]
+    (celeba / "list_eval_partition.csv").write_text("image_id,partition\n000001.jpg 2\n")
+    with pytest.raises(UsageError, match=r"list_eval_partition.csv:2: expected 'NAME,PARTITION'"):
+        find_images(celeba)
+
+
 def test_kaggle_nested_layout(tmp_path):
     root = tmp_path / "kaggle"
     make_celeba(root, 5)
@@ -43,8 +73,9 @@ def test_any_folder_tree(tmp_path):
     found = find_images(tmp_path)
     assert [str(p.relative_to(tmp_path)) for p in found.files] == ["a/deep/y.png", "b/x.JPG", "w.bmp", "z.webp"]
     assert found.layout == "folder"
-    with pytest.raises(UsageError, match="data.split=train"):
+    with pytest.raises(UsageError, match="data.split=train") as e:
         find_images(tmp_path, "train")
+    assert "list_eval_partition.txt or list_eval_partition.csv" in str(e.value)
 
 
 def test_missing_empty_and_useless_roots(tmp_path):
@@ -110,3 +141,14 @@ def test_validate_keeps_order_and_parallel_agrees(tmp_path):
     (tmp_path / "0100.png").write_bytes(b"junk")
     a = validate(find_images(tmp_path), workers=2)
     assert len(a.files) == 599 and a.files == sorted(a.files) and a.skipped[0][0].name == "0100.png"
+
+
+def test_images_smaller_than_the_training_size_are_counted(tmp_path):
+    for i in range(3):
+        write_image(tmp_path / f"big{i}.jpg", i, size=(44, 52))
+    Image.new("RGB", (4, 4), (200, 30, 30)).save(tmp_path / "tiny.png")
+    write_image(tmp_path / "thin.jpg", 4, size=(60, 20))  # the shorter side decides
+    assert scan(tmp_path, min_size=32).small == 2
+    assert scan(tmp_path, min_size=32).small == 2  # again from the cached verdicts
+    assert scan(tmp_path, min_size=44).small == 2 and scan(tmp_path, min_size=45).small == 5
+    assert scan(tmp_path).small == 0

@@ -131,6 +131,14 @@ def test_default_root_builds_once_and_reuses(tmp_path, monkeypatch):
     assert default_root(n=12, seed=0).name == f"synthetic-faces-v{VERSION}-n12-s0"
 
 
+def test_default_root_says_when_it_makes_the_faces_and_only_then(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path))
+    root = default_root(n=8, seed=0)
+    assert capsys.readouterr().out == f"making 8 synthetic faces in {root} (once, ~1 s)\n"
+    default_root(n=8, seed=0)
+    assert capsys.readouterr().out == ""
+
+
 def test_default_root_removes_old_stale_temp_and_handles_lost_race(tmp_path, monkeypatch):
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path))
     name = f"synthetic-faces-v{VERSION}-n10-s2"

@@ -1,9 +1,10 @@
 """Find the images under data.root and check that each one decodes, before any training starts.
 
-Two layouts: a CelebA download (`img_align_celeba/` beside `list_eval_partition.txt`, also the
-Kaggle zip's doubled `img_align_celeba/img_align_celeba/`) with train/valid/test partitions, or
-any folder tree of images. Files that do not decode are skipped and reported, never fatal; the
-verdicts are cached by (path, size, mtime) so a second run over 200k files decodes none of them.
+Two layouts: a CelebA download (`img_align_celeba/` beside `list_eval_partition.txt`, or the
+Kaggle copy's `list_eval_partition.csv` and doubled `img_align_celeba/img_align_celeba/`) with
+train/valid/test partitions, or any folder tree of images. Files that do not decode are skipped and
+reported, never fatal; the verdicts are cached by (path, size, mtime) so a second run over 200k
+files decodes none of them.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import hashlib
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from PIL import Image
@@ -20,7 +21,8 @@ from ..config import UsageError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
 SPLITS = {"train": "0", "valid": "1", "test": "2"}
-CACHE_VERSION = 1
+PARTITION_FILES = ("list_eval_partition.txt", "list_eval_partition.csv")  # official CelebA, Kaggle's copy
+CACHE_VERSION = 2  # 2: each verdict also keeps the image's shorter side
 
 
 def cache_dir() -> Path:
@@ -38,15 +40,32 @@ class ImageList:
     layout: str                                   # "celeba" or "folder"
     skipped: list[tuple[Path, str]] = field(default_factory=list)  # (file, why it does not decode)
     missing_rows: int = 0                         # partition rows naming files not on disk
+    partition_file: Path | None = None            # the list_eval_partition file read (celeba layout)
+    small: int = 0                                # files whose shorter side is under validate's min_size
+
+
+def _partition_file(root: Path) -> Path | None:
+    return next((root / name for name in PARTITION_FILES if (root / name).is_file()), None)
 
 
 def _celeba_image_dir(root: Path) -> Path | None:
-    if not (root / "list_eval_partition.txt").is_file():
-        return None
     for d in (root / "img_align_celeba" / "img_align_celeba", root / "img_align_celeba"):
         if d.is_dir():
             return d
     return None
+
+
+def _partition_rows(path: Path):
+    """(name, partition) of each row: 'NAME PART' lines in the .txt; 'NAME,PART' under an
+    'image_id,partition' header in Kaggle's .csv."""
+    csv = path.suffix == ".csv"
+    for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1):
+        parts = [f.strip() for f in line.split(",")] if csv else line.split()
+        if not line.strip() or (csv and n == 1 and not parts[-1].isdigit()):
+            continue
+        if len(parts) != 2:
+            raise UsageError(f"{path}:{n}: expected 'NAME{',' if csv else ' '}PARTITION', got {line!r}")
+        yield parts
 
 
 def find_images(root: str | os.PathLike, split: str = "all") -> ImageList:
@@ -56,26 +75,22 @@ def find_images(root: str | os.PathLike, split: str = "all") -> ImageList:
         raise UsageError(f"data.root not found: {root}")
     if not root.is_dir():
         raise UsageError(f"data.root is not a folder: {root}")
-    img_dir = _celeba_image_dir(root)
+    partitions = _partition_file(root)
+    img_dir = _celeba_image_dir(root) if partitions else None
     if img_dir is not None:
         on_disk = {p.name for p in img_dir.iterdir()}
         files, missing = [], 0
-        for n, line in enumerate((root / "list_eval_partition.txt").read_text().splitlines(), 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise UsageError(f"{root / 'list_eval_partition.txt'}:{n}: expected 'NAME PARTITION', got {line!r}")
-            name, part = parts
+        for name, part in _partition_rows(partitions):
             if split != "all" and part != SPLITS[split]:
                 continue
             if name in on_disk:
                 files.append(img_dir / name)
             else:
                 missing += 1
-        return ImageList(root, sorted(files), "celeba", missing_rows=missing)
+        return ImageList(root, sorted(files), "celeba", missing_rows=missing, partition_file=partitions)
     if split != "all":
-        raise UsageError(f"data.split={split} needs a CelebA layout (list_eval_partition.txt) in {root}")
+        raise UsageError(f"data.split={split} needs a CelebA layout (img_align_celeba/ beside "
+                         f"list_eval_partition.txt or list_eval_partition.csv) in {root}")
     files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()]
     return ImageList(root, sorted(files), "folder")
 
@@ -87,33 +102,38 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
     is still entropy-decoded, so a truncated file still fails.
     """
     with Image.open(path) as im:
-        if draft_size:
-            im.draft("RGB", (draft_size, draft_size))
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-            # Flatten alpha onto white rather than letting convert() drop it onto black.
-            im = im.convert("RGBA")
-            bg = Image.new("RGB", im.size, (255, 255, 255))
-            bg.paste(im, mask=im.getchannel("A"))
-            return bg
-        return im.convert("RGB")
+        return _to_rgb(im, draft_size)
 
 
-def check_image(path: str) -> str | None:
-    """None if the file decodes to an RGB image, else the reason it does not."""
+def _to_rgb(im: Image.Image, draft_size: int | None) -> Image.Image:
+    if draft_size:
+        im.draft("RGB", (draft_size, draft_size))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        # Flatten alpha onto white rather than letting convert() drop it onto black.
+        im = im.convert("RGBA")
+        bg = Image.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    return im.convert("RGB")
+
+
+def check_image(path: str) -> tuple[str | None, int]:
+    """(None, its shorter side) if the file decodes to an RGB image, else (the reason it does not, 0)."""
     try:
-        im = open_rgb(path, draft_size=64)
-        if min(im.size) < 1:
-            return "empty image"
+        with Image.open(path) as im:
+            side = min(im.size)  # the header's size: draft mode decodes smaller
+            if min(_to_rgb(im, 64).size) < 1:
+                return "empty image", 0
     except Exception as e:  # PIL raises many kinds; any of them means this file is unusable
-        return f"{type(e).__name__}: {e}".strip()
-    return None
+        return f"{type(e).__name__}: {e}".strip(), 0
+    return None, side
 
 
-def _check_many(paths: list[str]) -> list[str | None]:
+def _check_many(paths: list[str]) -> list[tuple[str | None, int]]:
     return [check_image(p) for p in paths]
 
 
-def _check_all(paths: list[str], workers: int) -> list[str | None]:
+def _check_all(paths: list[str], workers: int) -> list[tuple[str | None, int]]:
     if workers <= 1 or len(paths) < 512:
         return _check_many(paths)
     chunks = [paths[i:i + 256] for i in range(0, len(paths), 256)]
@@ -144,8 +164,9 @@ def _save_verdicts(path: Path, verdicts: dict) -> None:
         pass  # a read-only cache only costs a re-check next time
 
 
-def validate(images: ImageList, workers: int = 0) -> ImageList:
-    """Drop files that do not decode (recorded in images.skipped); raise if nothing usable is left."""
+def validate(images: ImageList, workers: int = 0, min_size: int = 0) -> ImageList:
+    """Drop files that do not decode (recorded in images.skipped); raise if nothing usable is left.
+    The result's `small` counts the files that training at min_size x min_size would upscale."""
     cache = _verdict_cache(images.root)
     old = _load_verdicts(cache)
     verdicts, todo = {}, []
@@ -156,23 +177,27 @@ def validate(images: ImageList, workers: int = 0) -> ImageList:
         if hit and hit[0] == st.st_size and hit[1] == st.st_mtime_ns:
             verdicts[rel] = hit
         else:
-            verdicts[rel] = [st.st_size, st.st_mtime_ns, None]
+            verdicts[rel] = [st.st_size, st.st_mtime_ns, None, 0]
             todo.append(rel)
     if todo:
         results = _check_all([str(images.root / r) for r in todo], workers or os.cpu_count() or 1)
-        for rel, why in zip(todo, results):
-            verdicts[rel][2] = why
+        for rel, result in zip(todo, results):
+            verdicts[rel][2:] = result
         _save_verdicts(cache, {**old, **verdicts})  # keep other splits' verdicts
-    good, skipped = [], []
+    good, skipped, small = [], [], 0
     for p in images.files:
-        why = verdicts[str(p.relative_to(images.root))][2]
-        (skipped.append((p, why)) if why else good.append(p))
+        _, _, why, side = verdicts[str(p.relative_to(images.root))]
+        if why:
+            skipped.append((p, why))
+        else:
+            good.append(p)
+            small += side < min_size
     if not good:
         what = f"no decodable images ({len(skipped)} files failed)" if skipped else "no images (jpg, jpeg, png, bmp, webp)"
         raise UsageError(f"data.root {images.root}: {what}")
-    return ImageList(images.root, good, images.layout, skipped, images.missing_rows)
+    return replace(images, files=good, skipped=skipped, small=small)
 
 
-def scan(root: str | os.PathLike, split: str = "all", workers: int = 0) -> ImageList:
+def scan(root: str | os.PathLike, split: str = "all", workers: int = 0, min_size: int = 0) -> ImageList:
     """find_images + validate: the files a run trains on."""
-    return validate(find_images(root, split), workers)
+    return validate(find_images(root, split), workers, min_size)
