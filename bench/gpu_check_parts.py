@@ -454,13 +454,12 @@ def train_combo(c: Combo, cuda: bool, watch_syncs: bool) -> dict:
     import torch
     from torch._dynamo.utils import counters
 
-    from fastdcgan import train
     from fastdcgan.model import build_models
+    from fastdcgan.state import configure_backends
     from fastdcgan.step import GANStep, make_ema, make_optimizers
 
     device = torch.device("cuda" if cuda else "cpu")
-    if hasattr(train, "configure_backends"):
-        train.configure_backends(device)  # as the trainer runs it (cuDNN benchmark mode)
+    configure_backends(device)  # as the trainer runs it (cuDNN benchmark mode)
     s = SIZES[cuda]
     torch._dynamo.reset()
     counters.clear()
@@ -689,7 +688,8 @@ def fid(ctx: Ctx) -> dict:
     n = 2000 if ctx.cuda else 32
     cmd = [PY, "-m", "fastdcgan.fid", "--checkpoint", run, "--n", n, "--weights", ctx.fid_weights, "--data", data]
     if not ctx.cuda:  # the path, not the number: Inception on 2 cores takes ~0.1 s an image
-        cmd += ["--batch", "32"] + (["--split", "test"] if (Path(data) / "list_eval_partition.txt").exists() else [])
+        from fastdcgan.data import folder
+        cmd += ["--batch", "32"] + (["--split", "test"] if folder.find_images(data).layout == "celeba" else [])
     rc, lines = run_cmd(cmd, ctx.left() - 2)
     if rc is None:
         return failed(f"timeout: {last_meaningful(lines)}")

@@ -14,7 +14,7 @@ from conftest import check_ran, timed_calls
 from fastdcgan import perf
 from fastdcgan.model import build_models
 from fastdcgan.step import GANStep, make_optimizers
-from fastdcgan.train import configure_backends
+from fastdcgan.state import configure_backends
 
 CUDA = torch.cuda.is_available()
 DEVICE = torch.device("cuda" if CUDA else "cpu")

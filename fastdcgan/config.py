@@ -75,6 +75,8 @@ class Optim:
 @dataclass
 class Log:
     every: int = opt(50, "steps between log lines and metrics.jsonl records")
+    tensorboard: bool = opt(False, "also write scalars, sample grids and D-output histograms to RUN_DIR/tb/ "
+                                   "(pip install -e '.[tb]')")
 
 
 @dataclass

@@ -55,7 +55,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def score(args: argparse.Namespace) -> tuple[float, dict, Path]:
     """The FID, the record for fid.jsonl, and the run directory to append it to."""
-    from .train import resolve_device
+    from .state import resolve_device
     device = resolve_device(args.device)
     file = find_generator_file(Path(args.checkpoint))
     state = checkpoint.load(file)

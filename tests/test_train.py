@@ -167,13 +167,13 @@ def test_the_fast_preset_compiles_only_where_it_pays(celeba, tmp_path, capsys):
                  *tiny_args(celeba, tmp_path / "run", train__max_steps=2)]) == 0
     out = capsys.readouterr().out
     assert "compile off (auto)" in out and "warm-up" not in out
-    from fastdcgan.train import resolve_compile
+    from fastdcgan.state import resolve_compile
     assert resolve_compile("auto", torch.device("cuda")) == "default"
     assert resolve_compile("max-autotune", torch.device("cpu")) == "max-autotune"
 
 
 def test_cudnn_picks_its_algorithms_on_cuda_only(monkeypatch):
-    from fastdcgan.train import configure_backends
+    from fastdcgan.state import configure_backends
     monkeypatch.setattr(torch.backends.cudnn, "benchmark", False)
     configure_backends(torch.device("cpu"))
     assert torch.backends.cudnn.benchmark is False
@@ -301,3 +301,51 @@ def test_run_directory_and_console_are_as_documented(celeba, tmp_path, capsys):
     assert kinds == ["input:", "data:", "device", "batch", *["step"] * 6, "done:"], lines
     assert [line.split()[1] for line in lines if line.startswith("step ")] == ["2/12", "4/12", "6/12", "8/12",
                                                                                "10/12", "12/12"]
+
+
+def test_tensorboard_gets_the_records_grids_and_histograms(celeba, tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, log__tensorboard="true")) == 0
+    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "histograms": 0}).Reload()
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    for tag, key in (("loss/loss_d", "loss_d"), ("loss/loss_g", "loss_g"), ("D/d_real", "d_real"),
+                     ("speed/img_per_s", "img_per_s")):
+        want = [r for r in rows if key in r]
+        got = events.Scalars(tag)
+        assert [e.step for e in got] == [r["step"] for r in want], tag
+        assert [e.value for e in got] == pytest.approx([r[key] for r in want], rel=1e-6), tag  # float32 in the file
+    # the grids written as PNGs (steps 4, 8, 12 and the ends of epochs 1 and 2), at the same size
+    grids = events.Images("samples")
+    assert [e.step for e in grids] == [4, 6, 8, 12, 12]
+    png = (run / "samples" / "step_00000004.png").read_bytes()
+    assert grids[0].encoded_image_string[:8] == png[:8] and (grids[0].width, grids[0].height) == (138, 138)
+    for tag in ("D/real", "D/fake"):  # one histogram per epoch, every D output of the epoch counted
+        hists = events.Histograms(tag)
+        assert [h.step for h in hists] == [6, 12]
+        assert [h.histogram_value.num for h in hists] == [6 * 8, 6 * 8]
+
+
+def test_tensorboard_asked_for_without_the_package_is_a_usage_error(celeba, tmp_path):
+    code = ("import sys; sys.modules['tensorboard'] = None\n"  # as if not installed: its import fails
+            "from fastdcgan.train import main\n"
+            f"sys.exit(main({tiny_args(celeba, tmp_path / 'run', log__tensorboard='true')!r}))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 2, out.stderr
+    assert out.stderr.strip().splitlines()[-1] == ("error: log.tensorboard=true needs the tensorboard package: "
+                                                   "pip install -e '.[tb]' (or pip install tensorboard)")
+    assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
+
+
+def test_the_data_line_names_kaggles_partition_file_and_small_images_are_counted(tmp_path, capsys):
+    from conftest import make_celeba
+    root = make_celeba(tmp_path / "kaggle", 48, size=(20, 24))  # smaller than the 32x32 trained at
+    rows = (root / "list_eval_partition.txt").read_text().split()
+    (root / "list_eval_partition.txt").unlink()
+    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(
+        f"{name},{part}\n" for name, part in zip(rows[::2], rows[1::2])))
+    assert main(tiny_args(root, tmp_path / "run", data__split="train", train__max_steps=1)) == 0
+    out = capsys.readouterr().out
+    assert "38 images in" in out and "(celeba layout, split train from list_eval_partition.csv)" in out
+    assert "warning: 38 images are smaller than 32x32; they are upscaled" in out

@@ -1,0 +1,188 @@
+"""The loop's side jobs: what it does beside training, each a small part with one interface.
+
+The loop calls `at_step(run)` on the steps a job's `due(step)` names, `at_epoch_end(run)` after each
+whole epoch and `at_end(run)` once after the last step. Jobs that `pause` run with the step timer
+stopped (they wait for the device); every rank calls every job at the same step, since some are
+collectives (checkpoints gather every rank's RNG, FID splits its samples, a stop is agreed on).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint, dist, plots
+from .model import sample
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
+STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
+
+
+class Exit(Exception):
+    """Leave the loop with this exit code (non-finite loss, or a stop after its checkpoint)."""
+
+    def __init__(self, code: int):
+        self.code = code
+
+
+class SideJob:
+    every = 0       # steps between runs; 0: none between epoch ends
+    pauses = True   # waits for the device: the step timer stops meanwhile
+
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def at_step(self, run) -> None:
+        pass
+
+    def at_epoch_end(self, run) -> None:
+        pass
+
+    def at_end(self, run) -> None:
+        pass
+
+
+class Log(SideJob):
+    """Moves the progress bar every step; every `every` steps (and at the last) reads the step's
+    running means, checks them, and hands the record to the report."""
+    pauses = False
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def due(self, step: int) -> bool:
+        return True
+
+    def at_step(self, run) -> None:
+        s, display = run.state, run.report.display
+        display.update(s.step, s.epoch)
+        if s.step % self.every and s.step != run.total_steps:
+            return
+        m = s.gan.read()
+        if not all(np.isfinite(v) for v in m.values()):
+            run.checkpoints.nonfinite(run)
+        batch = run.cfg.train.batch_size * run.env.world  # global: every rank's images count
+        row = {"step": s.step, "epoch": s.epoch, "images": s.step * batch, **m, **run.timer.read(batch),
+               "time": time.time()}
+        row.update(run.warmup.take_costs())  # the first row after the set-up says what it cost, once
+        if s.peak and "img_per_s" in row:
+            row["mfu"] = row["img_per_s"] * s.flops / s.peak
+        run.report.record(row)
+        info = (f"loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}  D(x) {m['d_real']:.3f}  "
+                f"D(G(z)) {m['d_fake']:.3f}")
+        if "img_per_s" in row:
+            info += (f"  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  compute {row['compute_ms']:.1f} ms"
+                     + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
+        display.update(s.step, s.epoch, info)
+        if display.progress is None:
+            display.print(f"step {s.step}/{run.total_steps}  epoch {s.epoch}  {info}")
+
+
+class Samples(SideJob):
+    """The fixed noise through the sampling generator: samples/step_N.png, samples/epoch_N.png."""
+
+    def __init__(self, every: int):
+        self.every = every
+
+    def at_step(self, run) -> None:
+        self.save(run, f"step_{run.state.step:08d}")
+
+    def at_epoch_end(self, run) -> None:
+        self.save(run, f"epoch_{run.state.epoch:03d}")
+
+    def save(self, run, name: str) -> None:
+        if run.main:
+            s = run.state
+            images = sample(s.sampling_G, s.fixed_z)
+            plots.save_grid(images, run.dir / "samples" / f"{name}.png")
+            run.report.image("samples", images, s.step)
+
+
+class Plots(SideJob):
+    """Each epoch's plots: the losses so far (plots/loss.png) and its D outputs' histograms."""
+
+    def at_epoch_end(self, run) -> None:
+        self.draw(run, run.state.epoch)
+
+    def at_end(self, run) -> None:
+        if run.state.batch_in_epoch:  # stopped by max_steps mid-epoch: plot what there is
+            self.draw(run, run.state.epoch + 1)
+
+    def draw(self, run, label: int) -> None:
+        hist = run.state.gan.take_histograms()  # on every rank: it sums the ranks' histograms
+        if run.main:
+            plots.plot_losses(run.dir / "metrics.jsonl", run.dir / "plots" / "loss.png")
+            plots.plot_d_outputs(hist, label, run.dir / "plots" / f"d_outputs_epoch_{label:03d}.png")
+            run.report.histogram("D/real", hist[0], run.state.step)
+            run.report.histogram("D/fake", hist[1], run.state.step)
+
+
+class Checkpoints(SideJob):
+    """checkpoints/step_N.pt every `every` steps, at each epoch's end and at the end, where the last
+    `keep` stay; at the end also the weights users load (generator.pth, discriminator.pth)."""
+
+    def __init__(self, every: int, directory: Path, keep: int, last_saved: int):
+        self.every, self.dir, self.keep = every, directory, keep
+        self.last_saved = last_saved  # the step of the latest checkpoint this launch has (-1: none)
+
+    def at_step(self, run) -> None:
+        self.save(run)
+
+    def at_epoch_end(self, run) -> None:
+        self.save(run)
+
+    def at_end(self, run) -> None:
+        if self.last_saved != run.state.step:
+            self.save(run)
+        if run.main:
+            s = run.state
+            torch.save(s.G.state_dict(), run.dir / "generator.pth")
+            torch.save(s.D.state_dict(), run.dir / "discriminator.pth")
+            if s.G_ema is not None:
+                torch.save(s.G_ema.state_dict(), run.dir / "generator_ema.pth")
+
+    def save(self, run) -> Path:
+        """Checkpoint now, unless the weights may be non-finite on any rank (then stop, exit 3).
+
+        Every rank calls it at the same step; rank 0 writes; the barrier after keeps other ranks from
+        exiting, and a launcher from killing rank 0, mid-write.
+        """
+        if not run.state.gan.finite():
+            self.nonfinite(run)
+        state = run.state.state_dict()
+        path = checkpoint.save(state, self.dir, self.keep) if run.main else self.dir / "latest"
+        dist.barrier()
+        self.last_saved = run.state.step
+        return path
+
+    def saved_now(self, run) -> bool:
+        return self.last_saved == run.state.step
+
+    def nonfinite(self, run) -> None:
+        good = checkpoint.latest(self.dir)
+        run.report.print(f"error: non-finite loss by step {run.state.step}; stopping. Last good checkpoint: "
+                         f"{good or 'none'}. Lower the learning rates or try precision=fp32.")
+        raise Exit(EXIT_NONFINITE)
+
+
+class FID(SideJob):
+    """FID every `every` steps: a metrics row, plots/fid.png, checkpoints/best_fid for the best."""
+
+    def __init__(self, every: int, tracker):
+        self.every, self.tracker = every, tracker
+
+    def at_step(self, run) -> None:
+        s, ckpts = run.state, run.checkpoints
+        row = self.tracker.evaluate(s.sampling_G, s.step, s.epoch)  # the same score on every rank
+        if self.tracker.is_best(row) and not ckpts.saved_now(run):
+            ckpts.save(run)  # every rank takes part; best_fid then links to this step's file
+        saved = checkpoint.latest(ckpts.dir) if run.main else None
+        best = self.tracker.keep_if_best(row, saved, s.state_dict, write=run.main)
+        if not run.main:
+            return
+        run.report.record(row)
+        plots.plot_fid(run.dir / "metrics.jsonl", run.dir / "plots" / "fid.png")
+        run.report.print(f"step {s.step}  FID {row['fid']:.2f} on {row['fid_n']} samples "
+                         f"({row['fid_s']:.0f} s){'  new best' if best else ''}")

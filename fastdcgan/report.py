@@ -1,0 +1,159 @@
+"""Where the loop's records go: the console (a progress bar on a terminal, plain lines otherwise),
+metrics.jsonl, TensorBoard when asked, and RUN_DIR/STATUS. Rank 0 alone prints and writes."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from . import checkpoint, plots
+from .config import UsageError
+
+TB_INSTALL = "pip install -e '.[tb]' (or pip install tensorboard)"
+# TensorBoard groups its charts by the tag's first part; a metrics key not named here goes under "train".
+TB_GROUPS = {"loss_d": "loss", "loss_g": "loss", "d_real": "D", "d_fake": "D", "img_per_s": "speed",
+             "data_ms": "speed", "compute_ms": "speed", "mfu": "speed", "fid": "fid", "fid_s": "fid"}
+NOT_SCALARS = ("step", "epoch", "images", "time", "fid_n", "fid_model")
+
+
+class Display:
+    """A rich progress bar on a terminal; plain log lines in batch jobs and pipes."""
+
+    def __init__(self, total: int, start: int, enabled: bool = True):
+        from rich.console import Console
+        self.console = Console()
+        self.progress = None
+        self.enabled = enabled  # only rank 0 shows anything
+        if enabled and self.console.is_terminal:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
+                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
+            self.task = self.progress.add_task("train", total=total, completed=start, epoch=0, info="")
+            self.progress.start()
+
+    def update(self, step: int, epoch: int, info: str | None = None) -> None:
+        if self.progress:
+            fields = {"epoch": epoch} if info is None else {"epoch": epoch, "info": info}
+            self.progress.update(self.task, completed=step, **fields)
+
+    def print(self, line: str) -> None:
+        if not self.enabled:
+            return
+        if self.progress:
+            self.console.print(line, highlight=False)
+        else:
+            print(line, flush=True)
+
+    def close(self) -> None:
+        if self.progress:
+            self.progress.stop()
+
+
+class MetricsFile:
+    """RUN_DIR/metrics.jsonl: one JSON object per log point or FID evaluation, appended as they come."""
+
+    def __init__(self, path: Path, resumed_at: int | None):
+        if resumed_at is not None:  # forget rows from steps the checkpoint does not contain: they are redone
+            rows = [r for r in plots.read_metrics(path) if r["step"] <= resumed_at]
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        self.path = path
+        self.file = open(path, "a")
+
+    def record(self, row: dict) -> None:
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+
+    def image(self, tag: str, images: torch.Tensor, step: int) -> None:
+        pass  # the PNG files are the samples job's own
+
+    def histogram(self, tag: str, counts: torch.Tensor, step: int) -> None:
+        pass
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class TensorBoard:
+    """RUN_DIR/tb/: the same records as scalars, the fixed-noise grids, the D-output histograms."""
+
+    def __init__(self, log_dir: Path):
+        from torch.utils.tensorboard import SummaryWriter  # check_tensorboard has seen the package
+        self.writer = SummaryWriter(str(log_dir))
+
+    def record(self, row: dict) -> None:
+        for key, value in row.items():
+            if key not in NOT_SCALARS and isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(f"{TB_GROUPS.get(key, 'train')}/{key}", value, row["step"])
+        self.writer.flush()
+
+    def image(self, tag: str, images: torch.Tensor, step: int) -> None:
+        from torchvision.utils import make_grid
+        nrow = max(1, int(len(images) ** 0.5 + 0.5))  # as the PNG grids
+        grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+        self.writer.add_image(tag, grid, step)
+        self.writer.flush()
+
+    def histogram(self, tag: str, counts: torch.Tensor, step: int) -> None:
+        """counts: one row of equal bins over [0, 1] (the D outputs' histogram the step keeps)."""
+        counts = counts.double()
+        edges = torch.linspace(0, 1, len(counts) + 1, dtype=torch.float64)
+        centers = (edges[1:] + edges[:-1]) / 2
+        n = counts.sum().item()
+        if n == 0:
+            return
+        self.writer.add_histogram_raw(tag, min=0.0, max=1.0, num=int(n), sum=(centers * counts).sum().item(),
+                                      sum_squares=(centers * centers * counts).sum().item(),
+                                      bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step)
+        self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class Report:
+    """The console, and the record sinks (metrics.jsonl, TensorBoard) on rank 0."""
+
+    def __init__(self, run_dir: Path, main: bool, total: int, start: int, resumed: bool, tensorboard: bool):
+        self.dir, self.main = run_dir, main
+        self.display = Display(total, start, enabled=main)
+        self.sinks = []
+        if main:
+            self.sinks.append(MetricsFile(run_dir / "metrics.jsonl", start if resumed else None))
+            if tensorboard:
+                self.sinks.append(TensorBoard(run_dir / "tb"))
+
+    def print(self, line: str) -> None:
+        self.display.print(line)
+
+    def record(self, row: dict) -> None:
+        for sink in self.sinks:
+            sink.record(row)
+
+    def image(self, tag: str, images: torch.Tensor, step: int) -> None:
+        for sink in self.sinks:
+            sink.image(tag, images, step)
+
+    def histogram(self, tag: str, counts: torch.Tensor, step: int) -> None:
+        for sink in self.sinks:
+            sink.histogram(tag, counts, step)
+
+    def status(self, word: str, step: int) -> None:
+        """RUN_DIR/STATUS: running, finished, stopped (resumable), failed or nonfinite, and the step.
+        Batch scripts read it: torchrun reports any non-zero worker exit as its own exit code 1."""
+        if self.main:
+            checkpoint.atomic_write(self.dir / "STATUS", lambda f: f.write(f"{word} {step}\n".encode()))
+
+    def close(self) -> None:
+        self.display.close()
+        for sink in self.sinks:
+            sink.close()
+
+
+def check_tensorboard(asked: bool) -> None:
+    """log.tensorboard=true without the package: say so before anything is built or trained."""
+    if asked:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            raise UsageError(f"log.tensorboard=true needs the tensorboard package: {TB_INSTALL}") from None
