@@ -25,9 +25,9 @@ from pathlib import Path
 from . import checkpoint, config
 from .config import UsageError
 from .data import folder
-from .export import GeneratorLoadError, find_generator_file, generator_from_checkpoint
+from .generate.export import GeneratorLoadError, find_generator_file, generator_from_checkpoint
 from .metrics import extractors
-from .metrics.fid import frechet_distance, generator_stats, real_stats
+from .metrics.frechet import frechet_distance, generator_stats, real_stats
 
 
 def run_dir_of(file: Path) -> Path:

@@ -1,10 +1,10 @@
-"""Feature maps and forgetting (fastdcgan.dissect) on a generator trained for a few steps."""
+"""Feature maps and forgetting (fastdcgan.generate.dissect) on a generator trained for a few steps."""
 import pytest
 import torch
 
 import fastdcgan
-from fastdcgan import dissect
-from fastdcgan.latent import seed_noise
+from fastdcgan.generate import dissect
+from fastdcgan.generate.latent import seed_noise
 
 
 @pytest.fixture(scope="module")

@@ -6,9 +6,9 @@ import torch
 
 import fastdcgan
 from fastdcgan import checkpoint
-from fastdcgan.export import is_torchscript
-from fastdcgan.generate import main
-from fastdcgan.latent import seed_noise
+from fastdcgan.generate.cli import main
+from fastdcgan.generate.export import is_torchscript
+from fastdcgan.generate.latent import seed_noise
 from fastdcgan.model import fixed_noise
 from test_generate_commands import vivid_generator
 
@@ -43,7 +43,7 @@ def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
 
 
 def test_onnx_export_refused_without_onnx(tiny_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("fastdcgan.generate.onnx_available", lambda: False)  # as on a machine without it
+    monkeypatch.setattr("fastdcgan.generate.export.onnx_available", lambda: False)  # as on a machine without it
     out = tmp_path / "g.onnx"
     assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
     assert "pip install onnx" in capsys.readouterr().err and not out.exists()

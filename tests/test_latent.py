@@ -1,11 +1,11 @@
-"""Seeds, truncation, slerp and the paper's z arithmetic (fastdcgan.latent)."""
+"""Seeds, truncation, slerp and the paper's z arithmetic (fastdcgan.generate.latent)."""
 import math
 
 import pytest
 import torch
 
-from fastdcgan.latent import (arithmetic, interpolation_path, lerp, parse_seeds, seed_noise, slerp, truncate,
-                              typical_length)
+from fastdcgan.generate.latent import (arithmetic, interpolation_path, lerp, parse_seeds, seed_noise, slerp,
+                                       truncate, typical_length)
 from fastdcgan.model import fixed_noise
 
 

@@ -1,2 +1,2 @@
-"""Quality metrics: FID (fid.py: statistics, cache, distance), the feature networks it runs on
+"""Quality metrics: FID (frechet.py: statistics, cache, distance), the feature networks it runs on
 (extractors.py) and FID during training (tracker.py)."""

@@ -21,7 +21,7 @@ from torch import nn
 from .. import checkpoint
 from ..config import Config
 from . import extractors
-from .fid import Gaussian, frechet_distance, generator_stats, real_stats
+from .frechet import Gaussian, frechet_distance, generator_stats, real_stats
 
 BEST, BEST_JSON = "best_fid", "best_fid.json"
 
