@@ -57,14 +57,15 @@ class Log(SideJob):
 
     def at_step(self, run) -> None:
         s, display = run.state, run.report.display
-        display.update(s.step, s.epoch)
+        epoch = s.epoch + 1  # the epoch being trained, counted from 1 as in epoch_NNN.png (its end)
+        display.update(s.step, epoch)
         if s.step % self.every and s.step != run.total_steps:
             return
         m = s.gan.read()
         if not all(np.isfinite(v) for v in m.values()):
             run.checkpoints.nonfinite(run)
         batch = run.cfg.train.batch_size * run.env.world  # global: every rank's images count
-        row = {"step": s.step, "epoch": s.epoch, "images": s.step * batch, **m, **run.timer.read(batch),
+        row = {"step": s.step, "epoch": s.epoch + 1, "images": s.step * batch, **m, **run.timer.read(batch),
                "time": time.time()}
         row.update(run.warmup.take_costs())  # the first row after the set-up says what it cost, once
         if s.peak and "img_per_s" in row:
@@ -75,9 +76,9 @@ class Log(SideJob):
         if "img_per_s" in row:
             info += (f"  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  compute {row['compute_ms']:.1f} ms"
                      + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
-        display.update(s.step, s.epoch, info)
+        display.update(s.step, epoch, info)
         if display.progress is None:
-            display.print(f"step {s.step}/{run.total_steps}  epoch {s.epoch}  {info}")
+            display.print(f"step {s.step}/{run.total_steps}  epoch {epoch}  {info}")
 
 
 class Samples(SideJob):
@@ -85,6 +86,7 @@ class Samples(SideJob):
 
     def __init__(self, every: int):
         self.every = every
+        self.last = -1  # the step of the latest grid
 
     def at_step(self, run) -> None:
         self.save(run, f"step_{run.state.step:08d}")
@@ -92,9 +94,14 @@ class Samples(SideJob):
     def at_epoch_end(self, run) -> None:
         self.save(run, f"epoch_{run.state.epoch:03d}")
 
+    def at_end(self, run) -> None:
+        if self.last != run.state.step:  # stopped mid-epoch (train.max_steps): every run ends with a grid
+            self.save(run, f"step_{run.state.step:08d}")
+
     def save(self, run, name: str) -> None:
+        s = run.state
+        self.last = s.step
         if run.main:
-            s = run.state
             images = sample(s.sampling_G, s.fixed_z)
             plots.save_grid(images, run.dir / "samples" / f"{name}.png")
             run.report.image("samples", images, s.step)
@@ -163,7 +170,7 @@ class Checkpoints(SideJob):
     def nonfinite(self, run) -> None:
         good = checkpoint.latest(self.dir)
         run.report.print(f"error: non-finite loss by step {run.state.step}; stopping. Last good checkpoint: "
-                         f"{good or 'none'}. Lower the learning rates or try precision=fp32.")
+                         f"{good or 'none'}. Lower the learning rates or try precision=fp32.", last=True)
         raise Exit(EXIT_NONFINITE)
 
 
@@ -175,7 +182,7 @@ class FID(SideJob):
 
     def at_step(self, run) -> None:
         s, ckpts = run.state, run.checkpoints
-        row = self.tracker.evaluate(s.sampling_G, s.step, s.epoch)  # the same score on every rank
+        row = self.tracker.evaluate(s.sampling_G, s.step, s.epoch + 1)  # the same score on every rank
         if self.tracker.is_best(row) and not ckpts.saved_now(run):
             ckpts.save(run)  # every rank takes part; best_fid then links to this step's file
         saved = checkpoint.latest(ckpts.dir) if run.main else None

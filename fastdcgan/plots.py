@@ -35,14 +35,15 @@ def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None
     if not rows:
         return
     step = [r["step"] for r in rows]
+    marker = "o" if len(rows) < 20 else None  # a line through one point draws nothing
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(9, 7), sharex=True)
-    top.plot(step, [r["loss_d"] for r in rows], label="D")
-    top.plot(step, [r["loss_g"] for r in rows], label="G")
+    top.plot(step, [r["loss_d"] for r in rows], label="D", marker=marker)
+    top.plot(step, [r["loss_g"] for r in rows], label="G", marker=marker)
     top.set_ylabel("loss")
     top.set_title("Generator and discriminator loss during training")
     top.legend()
-    bottom.plot(step, [r["d_real"] for r in rows], label="D(x)")
-    bottom.plot(step, [r["d_fake"] for r in rows], label="D(G(z))")
+    bottom.plot(step, [r["d_real"] for r in rows], label="D(x)", marker=marker)
+    bottom.plot(step, [r["d_fake"] for r in rows], label="D(G(z))", marker=marker)
     bottom.set_ylim(0, 1)
     bottom.set_xlabel("step")
     bottom.set_ylabel("mean D output")

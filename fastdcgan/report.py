@@ -20,9 +20,9 @@ NOT_SCALARS = ("step", "epoch", "images", "time", "fid_n", "fid_model")
 class Display:
     """A rich progress bar on a terminal; plain log lines in batch jobs and pipes."""
 
-    def __init__(self, total: int, start: int, enabled: bool = True):
+    def __init__(self, total: int, start: int, enabled: bool = True, console=None):
         from rich.console import Console
-        self.console = Console()
+        self.console = console or Console()
         self.progress = None
         self.enabled = enabled  # only rank 0 shows anything
         if enabled and self.console.is_terminal:
@@ -31,16 +31,21 @@ class Display:
                                      TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
             self.task = self.progress.add_task("train", total=total, completed=start, epoch=0, info="")
             self.progress.start()
+        self.terminal = self.progress is not None
 
     def update(self, step: int, epoch: int, info: str | None = None) -> None:
         if self.progress:
             fields = {"epoch": epoch} if info is None else {"epoch": epoch, "info": info}
             self.progress.update(self.task, completed=step, **fields)
 
-    def print(self, line: str) -> None:
+    def print(self, line: str, last: bool = False) -> None:
+        """One line above the bar; the run's last line (done, stopped, an error) takes the bar away
+        first, so that the bar is not drawn again below it."""
         if not self.enabled:
             return
-        if self.progress:
+        if last:
+            self.close()
+        if self.terminal:
             self.console.print(line, highlight=False)
         else:
             print(line, flush=True)
@@ -48,6 +53,8 @@ class Display:
     def close(self) -> None:
         if self.progress:
             self.progress.stop()
+            self.progress = None
+            self.console.print()  # the bar's line stays as it was last drawn; what follows starts below
 
 
 class MetricsFile:
@@ -123,8 +130,8 @@ class Report:
             if tensorboard:
                 self.sinks.append(TensorBoard(run_dir / "tb"))
 
-    def print(self, line: str) -> None:
-        self.display.print(line)
+    def print(self, line: str, last: bool = False) -> None:
+        self.display.print(line, last)
 
     def record(self, row: dict) -> None:
         for sink in self.sinks:

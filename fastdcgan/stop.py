@@ -86,5 +86,6 @@ class Stop(SideJob):
         path = run.checkpoints.save(run)
         if run.main:
             self.file.write_text(f"stopped by {name} at step {step}\n")
-        run.report.print(f"stopped by {name} at step {step}; checkpoint {path}. Run the same command to resume.")
+        run.report.print(f"stopped by {name} at step {step}; checkpoint {path}. Run the same command to resume.",
+                         last=True)
         raise Exit(EXIT_STOPPED)

@@ -153,7 +153,7 @@ class Run:
         say(f"batch {batch} per process{world}, {self.total_steps} steps, {s.flops / 1e9:.2f} GFLOP "
             f"per image per step, run dir {self.dir}")
         if self.resume_from:
-            say(f"resumed from {self.resume_from} at step {s.step} (epoch {s.epoch}, batch {s.batch_in_epoch})")
+            say(f"resumed from {self.resume_from} at step {s.step} (epoch {s.epoch + 1}, after batch {s.batch_in_epoch})")
             changed = config.diff(s.resumed_config, config.to_dict(cfg))
             if changed:
                 say(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")
@@ -172,7 +172,8 @@ class Run:
                 checkpoint.atomic_write(self.dir / "plan.json", lambda f: f.write(plan))
             self.stop.install()
             if self.stop_pending:
-                self.report.print(f"{self.dir / STOP_FILE} is there: this launch was asked to stop; not training")
+                self.report.print(f"{self.dir / STOP_FILE} is there: this launch was asked to stop; not training",
+                                  last=True)
                 raise Exit(EXIT_STOPPED)
             self.report.status("running", self.state.step)
             code = self._loop()
@@ -212,7 +213,7 @@ class Run:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
                 self._side_jobs("at_epoch_end")
         self._side_jobs("at_end")
-        self.report.print(f"done: {s.step} steps; generator.pth, samples and plots in {self.dir}")
+        self.report.print(f"done: {s.step} steps; generator.pth, samples and plots in {self.dir}", last=True)
         return EXIT_OK
 
     def _side_jobs(self, hook: str) -> None:
@@ -238,7 +239,7 @@ class Run:
         except Exception as e:  # a CUDA error can leave nothing readable on the device
             path = f"none written now ({type(e).__name__}); latest {checkpoint.latest(ckpts.dir)}"
         self.report.print(f"error: {error} (at step {self.state.step}); checkpoint {path}. Fix the cause and run "
-                          "the same command to resume.")
+                          "the same command to resume.", last=True)
         return EXIT_FAILED
 
 

@@ -299,8 +299,12 @@ def test_run_directory_and_console_are_as_documented(celeba, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     kinds = [line.split()[0] for line in lines]
     assert kinds == ["input:", "data:", "device", "batch", *["step"] * 6, "done:"], lines
-    assert [line.split()[1] for line in lines if line.startswith("step ")] == ["2/12", "4/12", "6/12", "8/12",
-                                                                               "10/12", "12/12"]
+    steps = [line.split()[1:4] for line in lines if line.startswith("step ")]
+    # epochs counted from 1, as in epoch_001.png: steps 1-6 are epoch 1
+    assert steps == [["2/12", "epoch", "1"], ["4/12", "epoch", "1"], ["6/12", "epoch", "1"], ["8/12", "epoch", "2"],
+                     ["10/12", "epoch", "2"], ["12/12", "epoch", "2"]]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 1, 1, 2, 2, 2]
 
 
 def test_tensorboard_gets_the_records_grids_and_histograms(celeba, tmp_path):
@@ -349,3 +353,40 @@ def test_the_data_line_names_kaggles_partition_file_and_small_images_are_counted
     out = capsys.readouterr().out
     assert "38 images in" in out and "(celeba layout, split train from list_eval_partition.csv)" in out
     assert "warning: 38 images are smaller than 32x32; they are upscaled" in out
+
+
+def test_a_run_that_ends_mid_epoch_ends_with_a_grid_and_plots(celeba, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=3, log__every=5)) == 0  # one log point: the last step
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["reals.png", "step_00000003.png"]
+    assert sorted(p.name for p in (run / "plots").iterdir()) == ["d_outputs_epoch_001.png", "loss.png"]
+
+
+def test_the_loss_plot_draws_a_single_log_point(tmp_path):
+    """A line through one point draws nothing: a run with one log point got empty axes."""
+    import numpy as np
+    from PIL import Image
+    from fastdcgan import plots
+
+    def blue_pixels(loss: float) -> int:
+        (tmp_path / "m.jsonl").write_text(json.dumps({"step": 3, "loss_d": loss, "loss_g": 1.0, "d_real": 0.6,
+                                                      "d_fake": 0.4}) + "\n")
+        plots.plot_losses(tmp_path / "m.jsonl", tmp_path / "loss.png")
+        rgb = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB")).astype(int)
+        return int((np.abs(rgb - [31, 119, 180]).sum(axis=2) < 40).sum())  # matplotlib's first colour
+    assert blue_pixels(1.3) > blue_pixels(float("nan")) + 20  # more than the legend's own sample
+
+
+def test_the_last_line_is_not_followed_by_the_progress_bar():
+    import io
+    import re
+    from rich.console import Console
+    from fastdcgan.report import Display
+    out = io.StringIO()
+    display = Display(10, 0, console=Console(file=out, force_terminal=True, width=100))
+    display.update(3, 1, "loss_d 1.0")
+    display.print("stopped by SIGINT at step 3", last=True)
+    display.close()
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
+    assert "epoch 1" in text  # the bar was drawn
+    assert text.rstrip().splitlines()[-1] == "stopped by SIGINT at step 3"
