@@ -57,6 +57,8 @@ class Train:
     seed: int = opt(0, "seed for weights, noise, shuffling and the fixed sample noise")
     run_dir: str = opt("runs/dcgan", "where config, metrics, samples, plots and checkpoints go")
     resume: str = opt("auto", "auto = resume from run_dir's latest checkpoint; never; or a file path")
+    init: str = opt("", "start a new run from another's weights (fresh optimizers, step 0): a run directory, "
+                        "a checkpoint, or a generator.pth (netG_*.pth) with its discriminator beside it")
     real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)")
     d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)")
     g_steps: int = opt(1, "generator updates per step")

@@ -65,6 +65,29 @@ def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
 
 
+def read_weights(where: str) -> tuple[dict, dict, str]:
+    """G's and D's weights from a run directory (its latest checkpoint, else its generator.pth and
+    discriminator.pth), a checkpoint file, or a generator file with its discriminator beside it
+    (generator.pth and discriminator.pth, or pytorch/examples' netG_epoch_N.pth and netD_epoch_N.pth)."""
+    path = Path(where).expanduser()
+    if path.is_dir():
+        path = checkpoint.latest(path / "checkpoints") or path / "generator.pth"
+    if not path.is_file():
+        raise UsageError(f"train.init: no run directory, checkpoint or generator file at {where}")
+    try:
+        s = checkpoint.load(path)
+        if "G" in s and "D" in s:
+            return s["G"], s["D"], f"checkpoint {path}"
+        d_path = path.with_name(path.name.replace("generator", "discriminator").replace("netG", "netD"))
+        if d_path == path or not d_path.is_file():
+            raise UsageError(f"train.init: {path} holds a generator only; its discriminator "
+                             f"({d_path.name if d_path != path else 'discriminator.pth'}) is not beside it")
+        return s, checkpoint.load(d_path), f"{path} and {d_path.name}"
+    except (RuntimeError, OSError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"train.init: cannot read {path}: {first}") from None
+
+
 class TrainState:
     """Models, optimizers and the GAN step built as the config asks, and the run's place in its data."""
 
@@ -148,6 +171,22 @@ class TrainState:
             self.batch_in_epoch = self.batch_in_epoch * saved_world // world
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + self.step)
         self.resumed_config = s["config"]
+
+    def init_from(self, where: str) -> str:
+        """Fine-tuning: G's and D's weights from another run (train.init), with this run's fresh
+        optimizers, step 0 and data. Returns what was read, for the log."""
+        g, d, what = read_weights(where)
+        for net, weights, name in ((self.G, g, "G"), (self.D, d, "D")):
+            try:
+                net.load_state_dict(weights)
+            except RuntimeError as e:
+                first = str(e).strip().splitlines()
+                detail = next((line.strip() for line in first[1:] if line.strip()), first[0])
+                raise UsageError(f"train.init: {what}: {name}'s weights do not fit this model ({detail}); "
+                                 "model.nz, ngf, ndf and data.image_size must be those it was trained with") from None
+        if self.G_ema is not None:  # the average starts at the weights fine-tuning starts from
+            self.G_ema.load_state_dict(self.G.state_dict())
+        return what
 
     def plan(self, backend: str) -> dict:
         """What this launch runs, as built rather than as asked (RUN_DIR/plan.json): the backend auto

@@ -91,8 +91,11 @@ class Run:
             from .metrics.tracker import FIDTracker
             self.tracker = FIDTracker(cfg, self.images.files, device, self.dir / "checkpoints",
                                       ema=self.state.G_ema is not None)
+        self.init_from = None
         if self.resume_from:
             self.state.load(self.resume_from)
+        elif cfg.train.init:  # a fresh run only: relaunched, a fine-tuning run resumes its own checkpoints
+            self.init_from = self.state.init_from(cfg.train.init)
         self.total_steps = cfg.train.epochs * len(self.loader)
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
@@ -152,6 +155,8 @@ class Run:
         world = f", {self.env.world} processes, global batch {batch * self.env.world}" if self.env.world > 1 else ""
         say(f"batch {batch} per process{world}, {self.total_steps} steps, {s.flops / 1e9:.2f} GFLOP "
             f"per image per step, run dir {self.dir}")
+        if self.init_from:
+            say(f"weights from {self.init_from} (train.init); fresh optimizers, from step 0")
         if self.resume_from:
             say(f"resumed from {self.resume_from} at step {s.step} (epoch {s.epoch + 1}, after batch {s.batch_in_epoch})")
             changed = config.diff(s.resumed_config, config.to_dict(cfg))

@@ -390,3 +390,35 @@ def test_the_last_line_is_not_followed_by_the_progress_bar():
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.getvalue())
     assert "epoch 1" in text  # the bar was drawn
     assert text.rstrip().splitlines()[-1] == "stopped by SIGINT at step 3"
+
+
+def test_train_init_starts_a_new_run_from_another_runs_weights(celeba, tmp_path, capsys):
+    from fastdcgan import config
+    from fastdcgan.train import Run
+    first = tmp_path / "first"
+    assert main(tiny_args(celeba, first, train__max_steps=4)) == 0
+    G, D = weights(first / "generator.pth"), weights(first / "discriminator.pth")
+    examples = tmp_path / "examples"  # pytorch/examples' names for the same two files
+    examples.mkdir()
+    torch.save(G, examples / "netG_epoch_3.pth")
+    torch.save(D, examples / "netD_epoch_3.pth")
+    for where in (first, first / "checkpoints" / "step_00000004.pt", examples / "netG_epoch_3.pth"):
+        run = Run(config.build(None, tiny_args(celeba, tmp_path / f"new{len(str(where))}", train__init=where)))
+        assert run.step == 0 and not run.opt_g.state and not run.opt_d.state  # fresh optimizers, step 0
+        assert all(torch.equal(v, G[k]) for k, v in run.G.state_dict().items()), where
+        assert all(torch.equal(v, D[k]) for k, v in run.D.state_dict().items()), where
+    assert run.fit() == 0 and run.step == 12
+    assert (f"weights from {examples / 'netG_epoch_3.pth'} and netD_epoch_3.pth (train.init); fresh optimizers, "
+            "from step 0") in capsys.readouterr().out
+
+
+def test_train_init_refuses_weights_that_do_not_fit_and_a_lone_generator(celeba, tmp_path, capsys):
+    first = tmp_path / "first"
+    assert main(tiny_args(celeba, first, train__max_steps=2)) == 0
+    assert main(tiny_args(celeba, tmp_path / "wider", train__init=first, model__ngf=16)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: train.init: checkpoint {first / 'checkpoints'}") and "do not fit this model" in err
+    assert "size mismatch" in err and len(err.strip().splitlines()) == 1
+    (first / "discriminator.pth").unlink()
+    assert main(tiny_args(celeba, tmp_path / "lone", train__init=first / "generator.pth")) == 2
+    assert "holds a generator only; its discriminator (discriminator.pth) is not beside it" in capsys.readouterr().err
