@@ -100,6 +100,7 @@ class Fid:
     weights: str = opt("", "FID network file (TorchScript or pytorch-fid state dict); "
                            "empty = $FASTDCGAN_FID_WEIGHTS or an installed FID package")
     batch: int = opt(100, "images per feature-network batch")
+    target: float = opt(0.0, "stop (exit 0, checkpoint written) at the first FID at or below this (0 = off)")
 
 
 @dataclass
@@ -210,7 +211,7 @@ def validate(cfg: Config) -> None:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 1:
             raise UsageError(f"bad value for {key}: must be at least 1")
-    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed", "fid.every"]:
+    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed", "fid.every", "fid.target"]:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 0:
             raise UsageError(f"bad value for {key}: must be at least 0")

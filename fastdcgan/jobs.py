@@ -7,6 +7,7 @@ collectives (checkpoints gather every rank's RNG, FID splits its samples, a stop
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -175,21 +176,49 @@ class Checkpoints(SideJob):
 
 
 class FID(SideJob):
-    """FID every `every` steps: a metrics row, plots/fid.png, checkpoints/best_fid for the best."""
+    """FID every `every` steps: a metrics row (with the images seen and the run's wall-clock seconds),
+    plots/fid.png, checkpoints/best_fid for the best, and the time to each FID threshold
+    (time_to_fid.json). At or below `target` (fid.target) the run ends there, as if finished."""
+    THRESHOLDS = (200.0, 100.0, 50.0, 30.0, 20.0, 10.0)
 
-    def __init__(self, every: int, tracker):
-        self.every, self.tracker = every, tracker
+    def __init__(self, every: int, tracker, target: float, run_dir: Path):
+        self.every, self.tracker, self.target = every, tracker, target
+        self.file = run_dir / "time_to_fid.json"
+        self.thresholds = sorted({*self.THRESHOLDS, *([target] if target else [])}, reverse=True)
+        try:  # a resumed run keeps the times its earlier launches reached
+            self.reached = {float(k): v for k, v in json.loads(self.file.read_text())["reached"].items()}
+        except (OSError, ValueError, KeyError):
+            self.reached = {}
 
     def at_step(self, run) -> None:
         s, ckpts = run.state, run.checkpoints
         row = self.tracker.evaluate(s.sampling_G, s.step, s.epoch + 1)  # the same score on every rank
+        row |= {"images": s.step * run.cfg.train.batch_size * run.env.world, "wall_s": round(s.wall_s(), 2)}
         if self.tracker.is_best(row) and not ckpts.saved_now(run):
             ckpts.save(run)  # every rank takes part; best_fid then links to this step's file
         saved = checkpoint.latest(ckpts.dir) if run.main else None
         best = self.tracker.keep_if_best(row, saved, s.state_dict, write=run.main)
+        new = [t for t in self.thresholds if row["fid"] <= t and t not in self.reached]
+        for t in new:
+            self.reached[t] = {k: row[k] for k in ("step", "images", "wall_s", "fid")}
+        if self.target and row["fid"] <= self.target:
+            run.total_steps = s.step  # the loop ends after this step; the end's checkpoint and files follow
         if not run.main:
             return
+        if new:
+            reached = {f"{t:g}": v for t, v in sorted(self.reached.items(), reverse=True)}
+            data = json.dumps({"target": self.target or None, "reached": reached}, indent=1).encode()
+            checkpoint.atomic_write(self.file, lambda f: f.write(data))
         run.report.record(row)
         plots.plot_fid(run.dir / "metrics.jsonl", run.dir / "plots" / "fid.png")
         run.report.print(f"step {s.step}  FID {row['fid']:.2f} on {row['fid_n']} samples "
                          f"({row['fid_s']:.0f} s){'  new best' if best else ''}")
+        if self.target and row["fid"] <= self.target:
+            run.report.print(f"fid.target {self.target:g} reached at step {s.step}, {row['wall_s']:.0f} s into the run")
+
+    def summary(self) -> str:
+        """'time to FID <=100: 35 s (step 400), <=50: ...' for the thresholds reached, or ''."""
+        if not self.reached:
+            return ""
+        return "time to FID " + ", ".join(f"<={t:g}: {v['wall_s']:.0f} s (step {v['step']})"
+                                          for t, v in sorted(self.reached.items(), reverse=True))

@@ -145,11 +145,13 @@ class Report:
         for sink in self.sinks:
             sink.histogram(tag, counts, step)
 
-    def status(self, word: str, step: int) -> None:
-        """RUN_DIR/STATUS: running, finished, stopped (resumable), failed or nonfinite, and the step.
-        Batch scripts read it: torchrun reports any non-zero worker exit as its own exit code 1."""
+    def status(self, word: str, step: int, more: str = "") -> None:
+        """RUN_DIR/STATUS, one line: running, finished, stopped (resumable), failed or nonfinite, the
+        step, then anything more (time to FID). Batch scripts read its first word: torchrun reports
+        any non-zero worker exit as its own exit code 1."""
+        line = f"{word} {step}" + (f"; {more}" if more else "")
         if self.main:
-            checkpoint.atomic_write(self.dir / "STATUS", lambda f: f.write(f"{word} {step}\n".encode()))
+            checkpoint.atomic_write(self.dir / "STATUS", lambda f: f.write(f"{line}\n".encode()))
 
     def close(self) -> None:
         self.display.close()

