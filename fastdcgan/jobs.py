@@ -102,8 +102,9 @@ class Samples(SideJob):
     def save(self, run, name: str) -> None:
         s = run.state
         self.last = s.step
+        G = s.sampling_generator()  # on every rank (a collective under sync_bn)
         if run.main:
-            images = sample(s.sampling_G, s.fixed_z)
+            images = sample(G, s.fixed_z)
             plots.save_grid(images, run.dir / "samples" / f"{name}.png")
             run.report.image("samples", images, s.step)
 
@@ -144,12 +145,13 @@ class Checkpoints(SideJob):
     def at_end(self, run) -> None:
         if self.last_saved != run.state.step:
             self.save(run)
+        s = run.state
+        sampling = s.sampling_generator()  # on every rank; already recalibrated by the save at this step
         if run.main:
-            s = run.state
             torch.save(s.G.state_dict(), run.dir / "generator.pth")
             torch.save(s.D.state_dict(), run.dir / "discriminator.pth")
             if s.G_ema is not None:
-                torch.save(s.G_ema.state_dict(), run.dir / "generator_ema.pth")
+                torch.save(sampling.state_dict(), run.dir / "generator_ema.pth")
 
     def save(self, run) -> Path:
         """Checkpoint now, unless the weights may be non-finite on any rank (then stop, exit 3).
@@ -192,7 +194,7 @@ class FID(SideJob):
 
     def at_step(self, run) -> None:
         s, ckpts = run.state, run.checkpoints
-        row = self.tracker.evaluate(s.sampling_G, s.step, s.epoch + 1)  # the same score on every rank
+        row = self.tracker.evaluate(s.sampling_generator(), s.step, s.epoch + 1)  # the same score on every rank
         row |= {"images": s.step * run.cfg.train.batch_size * run.env.world, "wall_s": round(s.wall_s(), 2)}
         if self.tracker.is_best(row) and not ckpts.saved_now(run):
             ckpts.save(run)  # every rank takes part; best_fid then links to this step's file

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from . import checkpoint, config, dist, perf
 from .config import Config, UsageError
@@ -64,6 +65,34 @@ def set_rng_state(state: dict) -> None:
     kind, keys, *rest = state["numpy"]
     np.random.set_state((kind, np.array(keys, dtype=np.uint32), *rest))
     random.setstate(state["python"])
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(G: nn.Module, nz: int, device: torch.device, batches: int = 4, batch: int = 128) -> None:
+    """BatchNorm running statistics that belong to G's own weights.
+
+    The EMA generator averages G's weights but can only copy G's running statistics, which belong to
+    G's weights, not to the average: its eval-mode samples are then normalised with the wrong means
+    and variances. Reset them and take the exact average over a few batches of fixed noise in training
+    mode (momentum None), touching no global RNG. The training step copies G's statistics over them
+    again at its next EMA update, so training, and an exact resume, never see these.
+    """
+    norms = [m for m in G.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    momenta, was_training = [m.momentum for m in norms], G.training
+    noise = torch.Generator().manual_seed(0x5EED)
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    G.train()
+    try:
+        for _ in range(batches):
+            G(torch.randn(batch, nz, 1, 1, generator=noise).to(device))
+    finally:
+        for m, momentum in zip(norms, momenta):
+            m.momentum = momentum
+        G.train(was_training)
 
 
 def read_weights(where: str) -> tuple[dict, dict, str]:
@@ -130,6 +159,7 @@ class TrainState:
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, device)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.resumed_config: dict | None = None  # the settings of the checkpoint resumed, if any
+        self.calibrated_at = -1  # the step G_ema's BatchNorm statistics were last recalibrated at
         self.started = time.perf_counter()  # when this launch began (the trainer sets its own start)
         self.wall_before = 0.0              # seconds of the launches before it (from the checkpoint)
 
@@ -138,13 +168,20 @@ class TrainState:
         capture and pauses included (what a user waits, the time-to-FID clock)."""
         return self.wall_before + time.perf_counter() - self.started
 
-    @property
-    def sampling_G(self) -> torch.nn.Module:
-        """The generator that samples and FID use: the EMA one when model.ema is on."""
-        return self.G if self.G_ema is None else self.G_ema
+    def sampling_generator(self) -> torch.nn.Module:
+        """The generator that samples, FID and the saved files use: the EMA one when model.ema is on,
+        its BatchNorm statistics recalibrated for its own weights (once per step). A collective under
+        sync_bn: every rank calls it."""
+        if self.G_ema is None:
+            return self.G
+        if self.calibrated_at != self.step:
+            recalibrate_batchnorm(self.G_ema, self.cfg.model.nz, self.device)
+            self.calibrated_at = self.step
+        return self.G_ema
 
     def state_dict(self) -> dict:
         """A checkpoint's contents. A collective: every rank calls it (it gathers every rank's RNG)."""
+        self.sampling_generator()  # G_ema is saved with the statistics its samples use
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),

@@ -179,3 +179,27 @@ def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):
     # the second launch's clock starts where the checkpoint's stopped: its FID at step 8 is later than
     # the whole second launch took (a clock restarted at the launch would read less)
     assert rows[1]["wall_s"] > second and first > 1
+
+
+def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
+    """The EMA generator copies G's BatchNorm statistics, which belong to G's weights. Recalibrated,
+    its eval-mode samples match what its own weights give with true batch statistics (the reference:
+    train mode on a large batch); with the copied ones they are further off."""
+    import copy
+    from fastdcgan.state import recalibrate_batchnorm
+    torch.manual_seed(0)
+    G, D = build_models(16, 8, 8, 32)
+    opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=False, graphs=False)
+    ema = make_ema(G)
+    gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=0.95)
+    for _ in range(30):
+        gan.step(torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8))
+    z = torch.randn(512, 16, 1, 1, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        reference = copy.deepcopy(ema).train()(z)  # the statistics of these weights on this noise
+    stale = sample(ema, z)
+    recalibrate_batchnorm(ema, 16, torch.device("cpu"))
+    fresh = sample(ema, z)
+    assert not ema.training
+    error_stale, error_fresh = (stale - reference).abs().mean().item(), (fresh - reference).abs().mean().item()
+    assert error_fresh < 0.5 * error_stale and error_fresh < 0.02, (error_fresh, error_stale)
