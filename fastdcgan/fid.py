@@ -27,7 +27,7 @@ from .config import UsageError
 from .data import folder
 from .generate.export import GeneratorLoadError, find_generator_file, generator_from_checkpoint
 from .metrics import extractors
-from .metrics.frechet import frechet_distance, generator_stats, real_stats
+from .metrics.frechet import describe, frechet_distance, generator_stats, protocol, real_stats
 
 
 def run_dir_of(file: Path) -> Path:
@@ -78,9 +78,12 @@ def score(args: argparse.Namespace) -> tuple[float, dict, Path]:
     real, cached = real_stats(images.files, G.image_size, extractor, args.batch, cfg.data.workers)
     print(f"real statistics {'from the cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'}; "
           f"scoring {args.n} generated images on {device}", flush=True)
+    pinned = protocol(extractor.name, args.n, images.files, G.image_size, args.split or cfg.data.split)
+    print(describe(pinned), flush=True)
     fid = frechet_distance(real, generator_stats(G, args.n, extractor, args.batch, args.seed))
     record = {"step": state.get("step"), "fid": fid, "n": args.n, "ema": args.ema, "seed": args.seed,
-              "checkpoint": str(file), "data": str(root), "network": extractor.name, "time": time.time()}
+              "checkpoint": str(file), "data": str(root), "network": extractor.name, "stats": pinned["stats"],
+              "time": time.time()}
     return fid, record, run_dir_of(file)
 
 

@@ -32,6 +32,10 @@ def test_fid_during_training_logs_plots_and_keeps_the_best(celeba, tiny_fid_net,
     fids = [r for r in rows if "fid" in r]
     assert [r["step"] for r in fids] == [2, 4, 6]
     assert all(r["fid"] > 0 and r["fid_n"] == 16 and r["fid_ema"] is False for r in fids)
+    from fastdcgan.metrics.frechet import stats_key
+    from fastdcgan.data import folder
+    key = stats_key(folder.scan(celeba).files, 32, fids[0]["fid_network"])
+    assert {r["fid_stats"] for r in fids} == {key} and fids[0]["fid_network"].startswith("torchscript:")
     assert [r["step"] for r in rows if "loss_d" in r] == [2, 4, 6]  # the log rows are unchanged
     assert (run / "plots" / "fid.png").is_file() and (run / "plots" / "loss.png").is_file()
     best = min(fids, key=lambda r: r["fid"])
@@ -121,6 +125,10 @@ def test_fid_cli_scores_a_run_as_training_did_and_records_it(ema_run):
     record = json.loads((run / "fid.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 4 and record["ema"] is True and record["n"] == 16 and record["seed"] == 0
     assert record["fid"] == pytest.approx(value, abs=1e-4)
+    # the same protocol as training's score, printed with it: the same network, real statistics and n
+    assert (record["network"], record["stats"]) == (logged["fid_network"], logged["fid_stats"])
+    assert (f"FID protocol: network {logged['fid_network']}; 16 generated images against 48 real (split all, "
+            "decoded and cropped as in training at 32x32); bilinear to 299x299") in r.stdout
     # G itself is another generator than its EMA: another score, appended
     assert fid_main(["--checkpoint", str(run / "checkpoints" / "best_fid"), "--n", "16", "--batch", "8"]) == 0
     records = (run / "fid.jsonl").read_text().splitlines()

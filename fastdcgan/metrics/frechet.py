@@ -201,6 +201,21 @@ def stats_key(files: list[Path], image_size: int, extractor_name: str) -> str:
     return h.hexdigest()[:24]
 
 
+def protocol(extractor_name: str, n: int, real: list[Path], image_size: int, split: str) -> dict:
+    """What a score was measured with, pinned beside it: FIDs are comparable only where all of these
+    agree (n above all: fewer samples score higher)."""
+    return {"network": extractor_name, "generated": n, "real": len(real), "split": split,
+            "image_size": image_size, "resize": "bilinear to 299x299, align_corners=False, no antialiasing "
+            "(as pytorch-fid), generated images rounded to 8 bits first",
+            "stats": stats_key(real, image_size, extractor_name)}
+
+
+def describe(p: dict) -> str:
+    return (f"FID protocol: network {p['network']}; {p['generated']} generated images against {p['real']} real "
+            f"(split {p['split']}, decoded and cropped as in training at {p['image_size']}x{p['image_size']}); "
+            f"{p['resize']}; real statistics {p['stats']}")
+
+
 def real_stats(files: list[Path], image_size: int, extractor: Extractor, batch: int = 100, workers: int = 0,
                shard: bool | None = None) -> tuple[Gaussian, bool]:
     """Statistics of the real images, from the cache when it has them; (stats, came from the cache)."""

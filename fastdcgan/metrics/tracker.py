@@ -21,7 +21,7 @@ from torch import nn
 from .. import checkpoint
 from ..config import Config
 from . import extractors
-from .frechet import Gaussian, frechet_distance, generator_stats, real_stats
+from .frechet import Gaussian, describe, frechet_distance, generator_stats, protocol, real_stats
 
 BEST, BEST_JSON = "best_fid", "best_fid.json"
 
@@ -43,8 +43,9 @@ class FIDTracker:
         self.real, cached = real_stats(self.files, self.cfg.data.image_size, self.extractor, f.batch,
                                        self.cfg.data.workers)
         how = "from the cache" if cached else f"computed in {time.perf_counter() - t:.0f} s and cached"
+        self.protocol = protocol(self.extractor.name, f.n, self.files, self.cfg.data.image_size, self.cfg.data.split)
         return (f"FID every {f.every} steps on {f.n} samples{' of the EMA generator' if self.ema else ''}; "
-                f"real statistics of {self.real.n} images {how}; network {self.extractor.name}")
+                f"real statistics of {self.real.n} images {how}\n{describe(self.protocol)}")
 
     def evaluate(self, G: nn.Module, step: int, epoch: int) -> dict:
         """FID of G now (the same noise every time), as a metrics.jsonl row."""
@@ -55,7 +56,8 @@ class FIDTracker:
         fake = generator_stats(G, f.n, self.extractor, f.batch, seed=0)
         score = frechet_distance(self.real, fake)
         return {"step": step, "epoch": epoch, "fid": score, "fid_n": f.n, "fid_ema": self.ema,
-                "fid_s": round(time.perf_counter() - t, 2), "time": time.time()}
+                "fid_s": round(time.perf_counter() - t, 2), "fid_network": self.extractor.name,
+                "fid_stats": self.protocol["stats"], "time": time.time()}
 
     def is_best(self, row: dict) -> bool:
         return row["fid"] < self.best  # NaN never wins
