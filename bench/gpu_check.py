@@ -35,8 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # gpu_check_parts, however this file is run
-import gpu_check_parts as parts  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the gpu_check_* modules, however this file is run
+import gpu_check_common as common  # noqa: E402
+import gpu_check_runs as runs  # noqa: E402
+import gpu_check_steps as steps  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MIN_PART_S = 20      # a part is not started with less budget than this left
@@ -47,7 +49,7 @@ NOT_RUN = "not run (budget)"  # and "not finished (budget): ..." for a part the 
 @dataclass(frozen=True)
 class Part:
     name: str
-    run: Callable[[parts.Ctx], dict]
+    run: Callable[[common.Ctx], dict]
     timeout_s: int       # on a GPU; the budget left caps it
     needs_cuda: bool
     what: str
@@ -56,15 +58,15 @@ class Part:
 # In the order they run. Time limits are sized for the H200 (16 cores) the check is made for, so that
 # a default budget of 420-480 s reaches the trainer; max-autotune (minutes of autotuning) comes last.
 PARTS = [
-    Part("env", parts.env, 60, False, "GPU, driver, torch, CUDA, cuDNN, DALI, compiler, memory, cores"),
-    Part("cuda-tests", parts.cuda_tests, 150, True, "pytest tests/ -m cuda, with TORCH_LOGS=recompiles"),
-    Part("combos", parts.combos, 180, False, "the step under each precision/layout/compile/graphs mix vs eager fp32"),
-    Part("resume", parts.resume, 120, False, "a checkpoint of one mode resumed in another, every pair (pytest)"),
-    Part("trainer", parts.trainer, 240, False, "celeba64-fast.toml as a user runs it: SIGTERM, exit 75, resume"),
-    Part("bench", parts.bench, 300, True, "bench/test_step.py + bench/test_train.py at full size"),
-    Part("input", parts.input_backends, 180, True, "bench/test_input.py at full size"),
-    Part("fid", parts.fid, 240, False, "python -m fastdcgan.fid on the trainer part's run"),
-    Part("autotune", parts.autotune, 300, True, "compile=max-autotune (bf16, with and without graphs) vs eager fp32"),
+    Part("env", runs.env, 60, False, "GPU, driver, torch, CUDA, cuDNN, DALI, compiler, memory, cores"),
+    Part("cuda-tests", steps.cuda_tests, 150, True, "pytest tests/ -m cuda, with TORCH_LOGS=recompiles"),
+    Part("combos", steps.combos, 180, False, "the step under each precision/layout/compile/graphs mix vs eager fp32"),
+    Part("resume", steps.resume, 120, False, "a checkpoint of one mode resumed in another, every pair (pytest)"),
+    Part("trainer", runs.trainer, 240, False, "celeba64-fast.toml as a user runs it: SIGTERM, exit 75, resume"),
+    Part("bench", runs.bench, 300, True, "bench/test_step.py + bench/test_train.py at full size"),
+    Part("input", runs.input_backends, 180, True, "bench/test_input.py at full size"),
+    Part("fid", runs.fid, 240, False, "python -m fastdcgan.fid on the trainer part's run"),
+    Part("autotune", steps.autotune, 300, True, "compile=max-autotune (bf16, with and without graphs) vs eager fp32"),
 ]
 
 
@@ -116,8 +118,8 @@ def run_part_here(args: argparse.Namespace) -> int:
     the runner then reports the log's last line."""
     part = next(p for p in PARTS if p.name == args.part)
     deadline = time.monotonic() + args.deadline_s - 3  # 3 s to write the result before the runner's kill
-    ctx = parts.Ctx(Path(args.out), Path(args.work), args.data, args.fid_weights, cuda_available(), deadline)
-    signal.signal(signal.SIGTERM, parts.on_sigterm)
+    ctx = common.Ctx(Path(args.out), Path(args.work), args.data, args.fid_weights, cuda_available(), deadline)
+    signal.signal(signal.SIGTERM, common.on_sigterm)
     t = time.monotonic()
     result = part.run(ctx)
     result["seconds"] = round(time.monotonic() - t, 1)
@@ -150,11 +152,11 @@ def part_env(work: Path) -> dict:
 def stop_part(proc: subprocess.Popen, grace: float) -> None:
     """SIGTERM to the part's group (the part then kills the commands it started, each in a group of
     its own), SIGKILL after grace seconds."""
-    parts.kill_group(proc, signal.SIGTERM)
+    common.kill_group(proc, signal.SIGTERM)
     try:
         proc.wait(grace)
     except subprocess.TimeoutExpired:
-        parts.kill_group(proc)
+        common.kill_group(proc)
 
 
 def run_part(part: Part, timeout: float, args: argparse.Namespace, work: Path, fid_weights: str) -> dict:
@@ -177,14 +179,14 @@ def run_part(part: Part, timeout: float, args: argparse.Namespace, work: Path, f
             stop_part(proc, 2)
             raise
         finally:
-            parts.kill_group(proc)  # whatever the part left behind in its group
+            common.kill_group(proc)  # whatever the part left behind in its group
     seconds = round(time.monotonic() - t, 1)
     lines = log.read_text(errors="replace").splitlines()
     if rc is None:
         record = {"status": f"failed: timeout after {timeout:.0f} s", "figure": "", "details": {}}
     elif rc != 0 or not result_file.exists():
         why = f"exit {rc}: " if rc else "wrote no result: "
-        record = {"status": "failed: " + why + parts.last_meaningful(lines), "figure": "", "details": {}}
+        record = {"status": "failed: " + why + common.last_meaningful(lines), "figure": "", "details": {}}
     else:
         record = json.loads(result_file.read_text())
     record.update(name=part.name, seconds=seconds, log=log.name)
@@ -213,7 +215,7 @@ def skip_reason(part: Part, cuda: bool, fid_weights: str) -> str | None:
 def environment_lines(records: list[dict], cuda: bool) -> list[str]:
     env = next((r["details"] for r in records if r["name"] == "env" and r.get("details")), None)
     if env:
-        return parts.env_summary(env)
+        return runs.env_summary(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return [f"python {platform.python_version()}, CUDA {'available' if cuda else 'not available'}, {cores} cores "
             "(run the env part for more)"]
@@ -226,7 +228,7 @@ def summary(records: list[dict], env_lines: list[str], footer: str) -> str:
     lines = ["# fastdcgan GPU check", "", "| check | status | figure | seconds |", "| --- | --- | --- | --- |"]
     for r in records:
         seconds = f"{r['seconds']:.1f}" if r.get("seconds") is not None else ""
-        status, figure = cell(parts.clip(r["status"], 160)), cell(r.get("figure", ""))
+        status, figure = cell(common.clip(r["status"], 160)), cell(r.get("figure", ""))
         lines.append(f"| {r['name']} | {status} | {figure} | {seconds} |")
     return "\n".join(lines + [""] + [f"- {line}" for line in env_lines] + [f"- {footer}", ""])
 
@@ -248,12 +250,12 @@ def print_details(records: list[dict]) -> None:
     for r in records:
         if r["name"] == "combos" and r.get("details", {}).get("combos"):
             print("\ncombos (loss: max |loss - eager fp32 NCHW|; param: mean |w - eager|, max in brackets):")
-            for line in parts.combo_table(r["details"]["combos"]):
+            for line in steps.combo_table(r["details"]["combos"]):
                 print("  " + line)
         if r["status"].startswith(("failed", "not finished")):
             print(f"\n{r['name']} {r['status']}\n  last lines of {r.get('log', 'its log')}:")
             for line in r.get("log_tail", [])[-8:]:
-                print("  | " + parts.clip(line, 200))
+                print("  | " + common.clip(line, 200))
     print(flush=True)
 
 
@@ -271,7 +273,7 @@ def run_all(args: argparse.Namespace) -> int:
     info = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "budget_s": args.budget_s, "cuda": cuda, "out": str(out), "work": str(work), "elapsed_s": 0.0}
     records: list[dict] = []
-    signal.signal(signal.SIGTERM, parts.raise_keyboard_interrupt)  # a killed run still writes its summary
+    signal.signal(signal.SIGTERM, common.raise_keyboard_interrupt)  # a killed run still writes its summary
     t0 = time.monotonic()  # the budget counts from the first part: set-up above is not the parts' time
     try:
         for part in selected:
@@ -289,7 +291,7 @@ def run_all(args: argparse.Namespace) -> int:
             records.append(record)
             figure = f" | {record['figure']}" if record.get("figure") else ""
             took = f" ({record['seconds']:.1f} s)" if record.get("seconds") is not None else ""
-            print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: {parts.clip(record['status'], 200)}{figure}{took}",
+            print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: {common.clip(record['status'], 200)}{figure}{took}",
                   flush=True)
             info["elapsed_s"] = round(time.monotonic() - t0, 1)
             write_results(out, records, info, cuda)
@@ -317,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{p.name:<11} {p.timeout_s:>4} s  {'CUDA only' if p.needs_cuda else 'CUDA or CPU':<11}  {p.what}")
         return 0
     if args.combo:
-        return parts.combo_main(Path(args.work), args.combo)
+        return steps.combo_main(Path(args.work), args.combo)
     if args.part:
         return run_part_here(args)
     return run_all(args)
