@@ -21,6 +21,9 @@ class UsageError(Exception):
     """A bad command line, config key, value or dataset: the trainer exits with code 2."""
 
 
+AUGMENTATIONS = ("color", "translation", "cutout")  # data.augment's names, in the order they are applied
+
+
 def opt(default: Any, help: str, choices: tuple = ()) -> Any:
     return field(default=default, metadata={"help": help, "choices": choices})
 
@@ -36,6 +39,8 @@ class Data:
     dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); 0 = usable cores / ranks per node")
     prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)")
     hflip: bool = opt(False, "mirror a seeded half of each batch on the device (off in the paper)")
+    augment: str = opt("", "DiffAugment of every image D sees, real and fake: a comma list of "
+                       f"{', '.join(AUGMENTATIONS)} (empty = off)")
     synthetic_n: int = opt(4000, "number of built-in synthetic faces when root is empty")
 
 
@@ -47,6 +52,7 @@ class Model:
     d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)")
     sync_bn: bool = opt(False, "BatchNorm statistics over all processes' batches (several processes)")
     ema: float = opt(0.0, "decay of an EMA of G's weights used for samples and FID (0 = off; e.g. 0.999)")
+    spectral_norm: bool = opt(False, "spectral normalisation of D's convolutions")
 
 
 @dataclass
@@ -62,6 +68,11 @@ class Train:
     real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)")
     d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)")
     g_steps: int = opt(1, "generator updates per step")
+    loss: str = opt("bce", "GAN loss: bce = the paper's non-saturating loss; wgan-gp also builds D without BatchNorm",
+                    ("bce", "lsgan", "hinge", "wgan-gp"))
+    gp_lambda: float = opt(10.0, "weight of WGAN-GP's gradient penalty (train.loss=wgan-gp)")
+    r1_gamma: float = opt(0.0, "R1 penalty gamma/2 * E|grad D(x)|^2 on real images (0 = off)")
+    r1_every: int = opt(16, "apply R1 every this many steps, scaled by it (lazy regularisation)")
     timeout_s: float = opt(600.0, "seconds a collective waits for a lost process before the run fails")
 
 
@@ -205,17 +216,18 @@ def validate(cfg: Config) -> None:
         if choices and value not in choices:
             raise UsageError(f"bad value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
     positive = ["data.synthetic_n", "data.prefetch", "model.nz", "model.ngf", "model.ndf", "train.batch_size",
-                "train.epochs", "train.d_steps", "train.g_steps", "log.every", "sample.every", "sample.n",
-                "ckpt.every", "ckpt.keep", "fid.batch"]
+                "train.epochs", "train.d_steps", "train.g_steps", "train.r1_every", "log.every", "sample.every",
+                "sample.n", "ckpt.every", "ckpt.keep", "fid.batch"]
     for key in positive:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 1:
             raise UsageError(f"bad value for {key}: must be at least 1")
-    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed", "fid.every", "fid.target"]:
+    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed", "train.r1_gamma", "fid.every",
+                "fid.target"]:
         obj, f = _lookup(cfg, key)
         if getattr(obj, f.name) < 0:
             raise UsageError(f"bad value for {key}: must be at least 0")
-    for key in ["optim.lr_g", "optim.lr_d", "train.timeout_s"]:
+    for key in ["optim.lr_g", "optim.lr_d", "train.timeout_s", "train.gp_lambda"]:
         obj, f = _lookup(cfg, key)
         if not getattr(obj, f.name) > 0:
             raise UsageError(f"bad value for {key}: must be positive")
@@ -227,9 +239,26 @@ def validate(cfg: Config) -> None:
         raise UsageError("bad value for fid.n: must be at least 2 (a covariance needs two samples)")
     if not 0 < cfg.train.real_label <= 1:
         raise UsageError("bad value for train.real_label: must be in (0, 1]")
+    _validate_losses(cfg)
     if cfg.cuda_graphs and cfg.precision == "fp16":
         raise UsageError("cuda_graphs=true does not work with precision=fp16: its GradScaler checks for overflow "
                          "on the host every step; use precision=bf16")
+
+
+def _validate_losses(cfg: Config) -> None:
+    names = {p.strip() for p in cfg.data.augment.split(",") if p.strip()}
+    if names - set(AUGMENTATIONS):
+        raise UsageError(f"bad value for data.augment: {cfg.data.augment!r} (a comma list of "
+                         f"{', '.join(AUGMENTATIONS)}, or empty)")
+    t = cfg.train
+    if t.loss in ("hinge", "wgan-gp") and t.real_label != 1.0:
+        raise UsageError(f"train.real_label applies to train.loss=bce|lsgan only, not train.loss={t.loss}")
+    if t.loss == "wgan-gp" and cfg.model.sync_bn:
+        raise UsageError("model.sync_bn=true does not go with train.loss=wgan-gp: its critic has no BatchNorm "
+                         "(layer norm per image)")
+    if t.r1_gamma > 0 and cfg.model.sync_bn:
+        raise UsageError("train.r1_gamma > 0 does not work with model.sync_bn=true: R1 differentiates D's input "
+                         "gradient, and torch's SyncBatchNorm has no second derivative")
 
 
 def build(config_file: str | None = None, overrides: list[str] = ()) -> Config:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import checkpoint, dist, plots
+from . import checkpoint, dist, losses, plots
 from .model import sample
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
@@ -123,7 +123,8 @@ class Plots(SideJob):
         hist = run.state.gan.take_histograms()  # on every rank: it sums the ranks' histograms
         if run.main:
             plots.plot_losses(run.dir / "metrics.jsonl", run.dir / "plots" / "loss.png")
-            plots.plot_d_outputs(hist, label, run.dir / "plots" / f"d_outputs_epoch_{label:03d}.png")
+            plots.plot_d_outputs(hist, label, run.dir / "plots" / f"d_outputs_epoch_{label:03d}.png",
+                                 losses.HISTOGRAM_AXIS[run.cfg.train.loss])
             run.report.histogram("D/real", hist[0], run.state.step)
             run.report.histogram("D/fake", hist[1], run.state.step)
 

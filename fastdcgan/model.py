@@ -11,11 +11,17 @@ Generator, image_size=64:             Discriminator, image_size=64:
   ConvT -> (ngf*2) x 16 x 16            Conv -> (ndf*4) x 8 x 8
   ConvT -> ngf x 32 x 32                Conv -> (ndf*8) x 4 x 4
   ConvT -> 3 x 64 x 64, Tanh            Conv -> 1 x 1 x 1, a logit  (no Sigmoid: BCE-with-logits)
+
+D's BatchNorm becomes a layer norm (GroupNorm with one group: per image, over channels and positions)
+for WGAN-GP, whose gradient penalty is per image: BatchNorm would make each image's critic value
+depend on the rest of the batch. The WGAN-GP paper recommends layer norm as the replacement; it
+keeps the network's shape and its normalised blocks, where dropping the norm altogether would not.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm as add_spectral_norm
 
 SIZES = (32, 64, 128)
 
@@ -55,10 +61,15 @@ class Generator(nn.Module):
 
 
 class Discriminator(nn.Module):
-    def __init__(self, ndf: int = 64, image_size: int = 64, dropout: float = 0.0):
+    def __init__(self, ndf: int = 64, image_size: int = 64, dropout: float = 0.0, norm: str = "batch"):
         super().__init__()
         self.ndf, self.image_size = ndf, image_size
         top = _width(image_size)
+        if norm not in ("batch", "layer"):
+            raise ValueError(f"norm must be batch or layer, got {norm!r}")
+
+        def normalise(channels: int) -> nn.Module:
+            return nn.BatchNorm2d(channels) if norm == "batch" else nn.GroupNorm(1, channels)
 
         def drop() -> list[nn.Module]:
             return [nn.Dropout(dropout)] if dropout > 0 else []
@@ -71,7 +82,7 @@ class Discriminator(nn.Module):
         while mult < top:
             layers += [
                 nn.Conv2d(ndf * mult, ndf * mult * 2, 4, 2, 1, bias=False),
-                nn.BatchNorm2d(ndf * mult * 2),
+                normalise(ndf * mult * 2),
                 nn.LeakyReLU(0.2, inplace=True),
             ]
             layers += drop()
@@ -94,11 +105,24 @@ def init_weights(m: nn.Module) -> None:
         nn.init.zeros_(m.bias)
 
 
-def build_models(nz: int, ngf: int, ndf: int, image_size: int, d_dropout: float = 0.0) -> tuple[Generator, Discriminator]:
+def d_norm_for(loss: str) -> str:
+    """D's normalisation for a train.loss: layer norm for wgan-gp (see the module's docstring)."""
+    return "layer" if loss == "wgan-gp" else "batch"
+
+
+def build_models(nz: int, ngf: int, ndf: int, image_size: int, d_dropout: float = 0.0, d_norm: str = "batch",
+                 spectral_norm: bool = False) -> tuple[Generator, Discriminator]:
+    """G and D with the paper's init. spectral_norm: each of D's convolutions divided by the largest
+    singular value of its weight (as an out x in*k*k matrix), estimated by one power iteration per
+    forward in training mode (Miyato et al. 2018); D's state_dict then holds each weight as
+    `main.N.parametrizations.weight.original` and the iteration's vectors `..._u`, `..._v`."""
     G = Generator(nz, ngf, image_size)
-    D = Discriminator(ndf, image_size, d_dropout)
+    D = Discriminator(ndf, image_size, d_dropout, d_norm)
     G.apply(init_weights)
     D.apply(init_weights)
+    if spectral_norm:  # after the init: the parametrized weight is computed, so it cannot be written to
+        for conv in [m for m in D.modules() if isinstance(m, nn.Conv2d)]:
+            add_spectral_norm(conv)
     return G, D
 
 

@@ -68,7 +68,8 @@ def plot_fid(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
     _save(fig, out)
 
 
-def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike) -> None:
+def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike,
+                   axis: str = "discriminator output (probability of real)") -> None:
     """The epoch's distribution of D(x) on real images and D(G(z)) on fakes (hist: 2 x bins)."""
     bins = hist.shape[1]
     edges = torch.linspace(0, 1, bins + 1)
@@ -78,7 +79,7 @@ def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike) -> No
         total = float(row.sum()) or 1.0
         ax.bar(centers, (row / total).numpy(), width=width, alpha=0.6, label=label)
     ax.set_xlim(0, 1)
-    ax.set_xlabel("discriminator output (probability of real)")
+    ax.set_xlabel(axis)
     ax.set_ylabel("fraction of images")
     ax.set_title(f"Discriminator outputs, epoch {epoch}")
     ax.legend()

@@ -12,7 +12,7 @@ from torch import nn
 
 from . import checkpoint, config, dist, perf
 from .config import Config, UsageError
-from .model import build_models, fixed_noise
+from .model import build_models, d_norm_for, fixed_noise
 from .step import GANStep, load_optimizer, make_ema, make_optimizers, set_hyperparameters
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
@@ -133,7 +133,8 @@ class TrainState:
             torch._dynamo.reset()
         torch.manual_seed(cfg.train.seed)
         m = cfg.model
-        self.G, self.D = build_models(m.nz, m.ngf, m.ndf, cfg.data.image_size, m.d_dropout)
+        self.G, self.D = build_models(m.nz, m.ngf, m.ndf, cfg.data.image_size, m.d_dropout,
+                                      d_norm=d_norm_for(cfg.train.loss), spectral_norm=m.spectral_norm)
         if env.rank:  # same initial weights everywhere, different noise per rank
             torch.manual_seed(cfg.train.seed + 1_000_003 * env.rank)
         if m.sync_bn and env.world > 1:
@@ -153,7 +154,9 @@ class TrainState:
         self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
                            d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps, amp_dtype=amp_dtype,
                            channels_last=cfg.channels_last, compile=self.compile, cuda_graphs=self.cuda_graphs,
-                           distributed=env.world > 1, ema=self.G_ema, ema_decay=m.ema)
+                           distributed=env.world > 1, ema=self.G_ema, ema_decay=m.ema, loss=cfg.train.loss,
+                           gp_lambda=cfg.train.gp_lambda, r1_gamma=cfg.train.r1_gamma, r1_every=cfg.train.r1_every,
+                           augment=cfg.data.augment)
         self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
         self.peak = perf.peak_flops(device, self.precision)
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, device)
@@ -251,5 +254,7 @@ class TrainState:
                 and not weight.is_contiguous() else "contiguous",
                 "batch_per_process": batch, "global_batch": batch * self.env.world,
                 "d_steps": self.gan.d_steps, "g_steps": self.gan.g_steps, "real_label": self.gan.real_label,
-                "norms": norms, "ema": self.G_ema is not None,
+                "norms": norms, "ema": self.G_ema is not None, "loss": self.gan.loss,
+                "r1": {"gamma": self.gan.r1_gamma, "every": self.gan.r1_every} if self.gan.r1_gamma else None,
+                "augment": list(self.gan.policy), "spectral_norm": self.cfg.model.spectral_norm,
                 "optimizers": {"G": optimizer(self.opt_g), "D": optimizer(self.opt_d)}}

@@ -1,7 +1,8 @@
 """One DCGAN training step: D on a real and a fake batch, then G, as pytorch/examples does it.
 
-The paper's non-saturating loss written with BCE-with-logits (safe under autocast). Nothing here
-reads a value back to the host: losses and D outputs are summed on the device and read by
+By default the paper's non-saturating loss written with BCE-with-logits (safe under autocast); the
+other losses, WGAN-GP's gradient penalty and R1 are in losses.py, DiffAugment in augment.py. Nothing
+here reads a value back to the host: losses and D outputs are summed on the device and read by
 `GANStep.read()` every log.every steps, and D-output histograms are collected for the epoch plots.
 """
 from __future__ import annotations
@@ -12,9 +13,11 @@ import inspect
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
+
+from . import losses
+from .augment import augment, parse
 
 HIST_BINS = 50
 # No buffer broadcast at each forward; newer torch names the switch forward_sync_buffers.
@@ -27,11 +30,6 @@ def to_model_input(batch_u8: torch.Tensor, channels_last: bool) -> torch.Tensor:
     """uint8 NHWC -> float NCHW in [-1, 1]. The permuted NHWC tensor already has channels_last strides."""
     x = batch_u8.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
     return x if channels_last else x.contiguous()
-
-
-def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
-    logits = logits.float()
-    return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, target))
 
 
 def compile_mode(name: str) -> str | None:
@@ -127,7 +125,15 @@ class GANStep:
     node the D phase's backward already freed. Noise is drawn outside compiled code, so a compiled
     run sees the same z as an eager one.
     cuda_graphs: the whole step (noise, both phases, both optimizer steps, metrics) is captured
-    once and replayed; batches are copied into a static input buffer first.
+    once and replayed; batches are copied into a static input buffer first. With lazy R1 two kinds
+    of step alternate, with the penalty and without: each is captured once, when first due.
+    loss: train.loss (losses.py). Penalties (WGAN-GP's every D update, R1's every r1_every-th step,
+    r1_every times as strong, as StyleGAN2's lazy regularisation) are part of the D loss that is
+    reported and minimised. They differentiate D's input gradient, so they run D eagerly (AOTAutograd,
+    under torch.compile, has no double backward), unwrapped (DDP does not support autograd.grad; it
+    still averages their gradient, which reaches D's parameters in the one backward of the D loss) and
+    in fp32 (the squared input gradient would overflow in fp16, the GradScaler scales only the loss).
+    augment: a data.augment policy, applied to every image D sees (augment.py), eagerly.
     ema: a copy of G (make_ema) that, after each step's G updates, moves to
     ema_decay * ema + (1 - ema_decay) * G, buffers (BatchNorm statistics) copied. In-place foreach
     ops on the same tensors every step, outside the compiled modules: a CUDA graph captures them.
@@ -137,13 +143,17 @@ class GANStep:
                  *, nz: int, real_label: float = 1.0, d_steps: int = 1, g_steps: int = 1,
                  amp_dtype: torch.dtype | None = None, channels_last: bool = False, compile: str = "off",
                  cuda_graphs: bool = False, distributed: bool = False,
-                 ema: nn.Module | None = None, ema_decay: float = 0.999):
+                 ema: nn.Module | None = None, ema_decay: float = 0.999, loss: str = "bce",
+                 gp_lambda: float = 10.0, r1_gamma: float = 0.0, r1_every: int = 16, augment: str = ""):
         self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
         self.ema, self.ema_decay = ema, ema_decay
         if ema is not None:  # (EMA tensors, G tensors), listed once rather than every step
             self.ema_pairs = [(list(ema.parameters()), list(G.parameters())), (list(ema.buffers()), list(G.buffers()))]
         self.nz, self.real_label, self.d_steps, self.g_steps = nz, real_label, d_steps, g_steps
         self.amp_dtype, self.channels_last = amp_dtype, channels_last
+        self.loss, self.gp_lambda, self.r1_gamma, self.r1_every = loss, gp_lambda, r1_gamma, r1_every
+        self.policy = parse(augment)
+        self.steps = 0  # steps taken (checkpointed): which ones R1 falls on
         device = next(G.parameters()).device
         self.device = device
         # fp16 needs loss scaling; one scaler serves both optimizers (one update per step).
@@ -169,8 +179,13 @@ class GANStep:
             if not self.scaler.is_enabled():  # the scaler calls opt.step itself
                 self.opt_steps = {opt: torch.compile(opt.step, mode=mode) for opt in (opt_g, opt_d)}
         self.cuda_graphs = cuda_graphs
-        self.graph: torch.cuda.CUDAGraph | None = None
+        self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # by whether the step applies R1
         self.static_batch: torch.Tensor | None = None
+
+    @property
+    def graph(self) -> torch.cuda.CUDAGraph | None:
+        """A captured step, if any."""
+        return next(iter(self.graphs.values()), None)
 
     def _autocast(self):
         if self.amp_dtype is None:
@@ -193,16 +208,25 @@ class GANStep:
             loss.backward()
             self.opt_steps[opt]()
 
+    def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        return augment(x, self.policy) if self.policy else x
+
+    def _penalty_D(self, x: torch.Tensor) -> torch.Tensor:
+        """D as the penalties call it: plain, eager, fp32 (see the class docstring), on augmented images."""
+        return self.D(self._augment(x))
+
     def step(self, batch_u8: torch.Tensor) -> None:
         """Train on one uint8 NHWC batch."""
+        r1 = self.r1_gamma > 0 and self.steps % self.r1_every == 0
+        self.steps += 1
         if not self.cuda_graphs:
-            return self._step(batch_u8)
-        if self.graph is None:
-            self._capture(batch_u8)
+            return self._step(batch_u8, r1)
+        if r1 not in self.graphs:
+            self.graphs[r1] = self._capture(batch_u8, r1)
         self.static_batch.copy_(batch_u8, non_blocking=True)
-        self.graph.replay()
+        self.graphs[r1].replay()
 
-    def _step(self, batch_u8: torch.Tensor) -> None:
+    def _step(self, batch_u8: torch.Tensor, r1: bool = False) -> None:
         real = to_model_input(batch_u8, self.channels_last)
         n = real.shape[0]
         G, D, frozen_D = self.run_G, self.run_D, self.frozen_D
@@ -211,9 +235,13 @@ class GANStep:
             z = self._noise(n)
             with self._autocast():
                 fake = G(z)
-                logit_real = D(real)
-                logit_fake = D(fake.detach())
-            loss_d = bce(logit_real, self.real_label) + bce(logit_fake, 0.0)
+                logit_real = D(self._augment(real))
+                logit_fake = D(self._augment(fake.detach()))
+            loss_d = losses.d_loss(self.loss, logit_real, logit_fake, self.real_label)
+            if self.loss == "wgan-gp":
+                loss_d = loss_d + self.gp_lambda * losses.gradient_penalty(self._penalty_D, real, fake)
+            if r1:
+                loss_d = loss_d + self.r1_gamma / 2 * self.r1_every * losses.r1_penalty(self._penalty_D, real)
             self._update(self.opt_d, loss_d)
         # D's weights get no gradient in the G phase: less work, same result.
         self.D.requires_grad_(False)
@@ -223,7 +251,7 @@ class GANStep:
             with self._autocast():
                 if i > 0:
                     fake = G(z)
-                loss_g = bce(frozen_D(fake), 1.0)
+                loss_g = losses.g_loss(self.loss, frozen_D(self._augment(fake)))
             self._update(self.opt_g, loss_g)
         if self.ema is not None:
             self._update_ema()
@@ -248,10 +276,11 @@ class GANStep:
                 tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return tensors
 
-    def _capture(self, batch_u8: torch.Tensor) -> None:
+    def _capture(self, batch_u8: torch.Tensor, r1: bool) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream (compiles, allocates grads and optimizer state), undo the warm-up's
-        effect on every tensor and the RNG, then capture one step into a CUDA graph."""
-        self.static_batch = torch.empty_like(batch_u8)
+        effect on every tensor and the RNG, then capture one step (with R1 or without) into a CUDA graph."""
+        if self.static_batch is None:
+            self.static_batch = torch.empty_like(batch_u8)
         self.static_batch.copy_(batch_u8)
         before = {id(t): (t, t.clone()) for t in self._training_state()}  # t kept so its id stays unique
         rng = torch.cuda.get_rng_state()
@@ -259,7 +288,7 @@ class GANStep:
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):
-                self._step(self.static_batch)
+                self._step(self.static_batch, r1)
         torch.cuda.current_stream().wait_stream(side)
         with torch.no_grad():
             for t in self._training_state():
@@ -268,19 +297,21 @@ class GANStep:
                 else:  # state the warm-up created (Adam's moments) starts at zero, as a fresh optimizer's
                     t.zero_()
         torch.cuda.set_rng_state(rng)
-        self.graph = torch.cuda.CUDAGraph()
+        graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls from other threads (the DataLoader's pin-memory thread, DALI's
         # workers) during the capture are theirs, not an error that invalidates ours.
-        with torch.cuda.graph(self.graph, capture_error_mode="thread_local"):
-            self._step(self.static_batch)
+        with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+            self._step(self.static_batch, r1)
+        return graph
 
     @torch.no_grad()
     def _accumulate(self, loss_d, loss_g, logit_real, logit_fake) -> None:
-        p_real, p_fake = logit_real.float().sigmoid(), logit_fake.float().sigmoid()
-        self.sums += torch.stack([loss_d.float(), loss_g.float(), p_real.mean(), p_fake.mean(),
-                                  torch.ones((), device=self.device)])
-        add_to_histogram(self.hist[0], p_real)
-        add_to_histogram(self.hist[1], p_fake)
+        """d_real, d_fake and the histogram as losses.py's table says for this loss."""
+        kind = self.loss
+        self.sums += torch.stack([loss_d.float(), loss_g.float(), losses.reported(kind, logit_real).mean(),
+                                  losses.reported(kind, logit_fake).mean(), torch.ones((), device=self.device)])
+        add_to_histogram(self.hist[0], losses.for_histogram(kind, logit_real))
+        add_to_histogram(self.hist[1], losses.for_histogram(kind, logit_fake))
 
     def read(self) -> dict[str, float]:
         """Means since the last read (one host sync), then reset. Empty if no step ran."""
@@ -311,9 +342,11 @@ class GANStep:
         return h
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu().clone(), "hist": self.hist.cpu().clone(), "scaler": self.scaler.state_dict()}
+        return {"sums": self.sums.cpu().clone(), "hist": self.hist.cpu().clone(), "scaler": self.scaler.state_dict(),
+                "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
+        self.steps = state.get("steps", 0)  # older checkpoints: from runs without R1
         self.sums.copy_(state["sums"])
         self.hist.copy_(state["hist"])
         if state.get("scaler"):
