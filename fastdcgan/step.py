@@ -116,6 +116,53 @@ def add_to_histogram(hist: torch.Tensor, p: torch.Tensor) -> None:
     hist.index_add_(0, idx, torch.ones_like(idx, dtype=hist.dtype))
 
 
+class StepMetrics:
+    """Losses, mean D outputs and D-output histograms summed on the device, step after step, and read
+    (one host sync) only when asked: what GANStep reports without ever waiting for the device."""
+
+    def __init__(self, loss: str, device: torch.device):
+        self.loss, self.device = loss, device
+        self.sums = torch.zeros(len(METRICS) + 1, device=device)  # last slot counts steps
+        self.hist = torch.zeros(2, HIST_BINS, device=device)      # D(x), D(G(z)) for the epoch
+
+    @torch.no_grad()
+    def add(self, loss_d, loss_g, logit_real, logit_fake) -> None:
+        """d_real, d_fake and the histogram as losses.py's table says for this loss."""
+        kind = self.loss
+        self.sums += torch.stack([loss_d.float(), loss_g.float(), losses.reported(kind, logit_real).mean(),
+                                  losses.reported(kind, logit_fake).mean(), torch.ones((), device=self.device)])
+        add_to_histogram(self.hist[0], losses.for_histogram(kind, logit_real))
+        add_to_histogram(self.hist[1], losses.for_histogram(kind, logit_fake))
+
+    def read(self) -> dict[str, float]:
+        """Means since the last read (one host sync), then reset. Empty if no step ran."""
+        sums = self.sums.clone()
+        if dist.is_initialized():  # every rank logs and checks the same, global means
+            dist.all_reduce(sums)
+        sums = sums.tolist()
+        self.sums.zero_()
+        count = sums[-1]
+        if count == 0:
+            return {}
+        return {k: v / count for k, v in zip(METRICS, sums)}
+
+    def finite(self) -> bool:
+        """False if any loss since the last read was NaN or infinite, on this or any rank."""
+        ok = torch.isfinite(self.sums).all().to(torch.int32)
+        if dist.is_initialized():
+            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
+        return bool(ok)
+
+    def take_histograms(self) -> torch.Tensor:
+        """The epoch's D(x) and D(G(z)) histograms (2 x HIST_BINS, on the host), then reset."""
+        h = self.hist.clone()
+        if dist.is_initialized():
+            dist.all_reduce(h)
+        self.hist.zero_()
+        h = h.cpu()
+        return h
+
+
 class GANStep:
     """Holds the models, optimizers and on-device accumulators; `step(batch)` trains on one batch.
 
@@ -161,8 +208,7 @@ class GANStep:
         if cuda_graphs and (device.type != "cuda" or self.scaler.is_enabled() or distributed):
             raise ValueError("cuda_graphs needs one process on a CUDA device and precision other than fp16 "
                              "(the GradScaler reads its overflow check on the host)")
-        self.sums = torch.zeros(len(METRICS) + 1, device=device)  # last slot counts steps
-        self.hist = torch.zeros(2, HIST_BINS, device=device)      # D(x), D(G(z)) for the epoch
+        self.metrics = StepMetrics(loss, device)
         # Under DDP, G and D are each wrapped without buffer broadcasts, because D runs twice before
         # one backward and a buffer broadcast between would overwrite BatchNorm stats autograd saved.
         # The G phase runs the plain D, frozen: no gradient all-reduce for D there (as StyleGAN2-ADA).
@@ -256,7 +302,7 @@ class GANStep:
         if self.ema is not None:
             self._update_ema()
         self.D.requires_grad_(True)
-        self._accumulate(loss_d, loss_g, logit_real, logit_fake)
+        self.metrics.add(loss_d, loss_g, logit_real, logit_fake)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
@@ -268,7 +314,7 @@ class GANStep:
     def _training_state(self) -> list[torch.Tensor]:
         """Every tensor a step changes: weights, buffers, optimizer state, accumulators, the EMA."""
         tensors = [*self.G.parameters(), *self.D.parameters(), *self.G.buffers(), *self.D.buffers(),
-                   self.sums, self.hist]
+                   self.metrics.sums, self.metrics.hist]
         if self.ema is not None:
             tensors += [*self.ema.parameters(), *self.ema.buffers()]
         for opt in (self.opt_g, self.opt_d):
@@ -304,50 +350,24 @@ class GANStep:
             self._step(self.static_batch, r1)
         return graph
 
-    @torch.no_grad()
-    def _accumulate(self, loss_d, loss_g, logit_real, logit_fake) -> None:
-        """d_real, d_fake and the histogram as losses.py's table says for this loss."""
-        kind = self.loss
-        self.sums += torch.stack([loss_d.float(), loss_g.float(), losses.reported(kind, logit_real).mean(),
-                                  losses.reported(kind, logit_fake).mean(), torch.ones((), device=self.device)])
-        add_to_histogram(self.hist[0], losses.for_histogram(kind, logit_real))
-        add_to_histogram(self.hist[1], losses.for_histogram(kind, logit_fake))
-
+    # The step's numbers, read where the trainer reads them.
     def read(self) -> dict[str, float]:
-        """Means since the last read (one host sync), then reset. Empty if no step ran."""
-        sums = self.sums.clone()
-        if dist.is_initialized():  # every rank logs and checks the same, global means
-            dist.all_reduce(sums)
-        sums = sums.tolist()
-        self.sums.zero_()
-        count = sums[-1]
-        if count == 0:
-            return {}
-        return {k: v / count for k, v in zip(METRICS, sums)}
+        return self.metrics.read()
 
     def finite(self) -> bool:
-        """False if any loss since the last read was NaN or infinite, on this or any rank."""
-        ok = torch.isfinite(self.sums).all().to(torch.int32)
-        if dist.is_initialized():
-            dist.all_reduce(ok, op=dist.ReduceOp.MIN)
-        return bool(ok)
+        return self.metrics.finite()
 
     def take_histograms(self) -> torch.Tensor:
-        """The epoch's D(x) and D(G(z)) histograms (2 x HIST_BINS, on the host), then reset."""
-        h = self.hist.clone()
-        if dist.is_initialized():
-            dist.all_reduce(h)
-        self.hist.zero_()
-        h = h.cpu()
-        return h
+        return self.metrics.take_histograms()
 
     def state_dict(self) -> dict:
-        return {"sums": self.sums.cpu().clone(), "hist": self.hist.cpu().clone(), "scaler": self.scaler.state_dict(),
+        m = self.metrics
+        return {"sums": m.sums.cpu().clone(), "hist": m.hist.cpu().clone(), "scaler": self.scaler.state_dict(),
                 "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state.get("steps", 0)  # older checkpoints: from runs without R1
-        self.sums.copy_(state["sums"])
-        self.hist.copy_(state["hist"])
+        self.metrics.sums.copy_(state["sums"])
+        self.metrics.hist.copy_(state["hist"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

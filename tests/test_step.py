@@ -90,7 +90,7 @@ def test_nonfinite_is_detected():
     gan, _, _ = make()
     gan.step(batch())
     assert gan.finite()
-    gan.sums[0] = float("nan")
+    gan.metrics.sums[0] = float("nan")
     assert not gan.finite()
 
 
