@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from fastdcgan import config
@@ -83,3 +85,11 @@ def test_diff_names_changed_keys():
     a = config.to_dict(config.build())
     b = config.to_dict(config.build(None, ["train.epochs=3"]))
     assert config.diff(a, b) == ["train.epochs: 25 -> 3"]
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*.toml")))
+def test_every_shipped_config_builds(name):
+    """A config in configs/ with a key the code no longer has would fail its first user."""
+    from fastdcgan import config as settings
+    cfg = settings.build(str(Path(__file__).parent.parent / "configs" / name), [])
+    assert cfg.train.run_dir.startswith("runs/")
