@@ -66,7 +66,7 @@ class Log(SideJob):
         if not all(np.isfinite(v) for v in m.values()):
             run.checkpoints.nonfinite(run)
         batch = run.cfg.train.batch_size * run.env.world  # global: every rank's images count
-        row = {"step": s.step, "epoch": s.epoch + 1, "images": s.step * batch, **m, **run.timer.read(batch),
+        row = {"step": s.step, "epoch": epoch, "images": s.step * batch, **m, **run.timer.read(batch),
                "time": time.time()}
         row.update(run.warmup.take_costs())  # the first row after the set-up says what it cost, once
         if s.peak and "img_per_s" in row:
