@@ -1,8 +1,9 @@
 """Input backends: images/s into the training device, each over the same JPEG folder.
 
 The plain DataLoader with 1 and N workers (baseline: N = min(8, cores), the workers a user would
-give it), DALI on CPU threads (1 and the same N), DALI with GPU decode (CUDA only, N threads), and
-the decode-once cache (its one-off build too). A round is one epoch of whole batches; epoch 0 is
+give it), DALI on CPU threads (1 and the same N), DALI with GPU decode (CUDA only, N threads),
+torchvision's GPU decode without DALI (nvjpeg, CUDA only), and the decode-once cache (its one-off
+build with each decoder this machine has, the one the cache picks first). A round is one epoch of whole batches; epoch 0 is
 the untimed warm-up (worker start, pipeline build, first fill). On a GPU each batch is waited for
 with an event on the consumer's stream (the one the training step would use) before its time is
 taken: the latency is the batch's, not a queue's, and DALI's own streams are not stalled.
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from conftest import check_ran
-from fastdcgan.data import dali
+from fastdcgan.data import cache, dali, nvjpeg
 from fastdcgan.data.cache import CacheLoader, ensure
 from fastdcgan.data.torch import TorchLoader
 
@@ -73,7 +74,7 @@ def test_dali_cpu(benchmark, bench_data, bench_record, threads):
     row = bench_record("input", f"dali cpu {threads} threads", times, bench_data.batch)
     check_ran(row, {"device": "cpu", "dtype": "uint8", "nhwc": True, "threads": threads, "decoder": "cpu"},
               {**measure.delivered, "threads": loader.pipe.num_threads,
-               "decoder": "cpu" if loader.pipe.device_id is None else "mixed"})
+               "decoder": "cpu" if loader.pipe.device_id is None else "mixed", "pipelines": loader.builds})
 
 
 @needs_dali
@@ -90,18 +91,30 @@ def test_dali_gpu(benchmark, bench_data, bench_record):
                "decoder": "cpu" if loader.pipe.device_id is None else "mixed"})
 
 
-@pytest.fixture(scope="module")
-def built_cache(bench_data, tmp_path_factory):
-    """The cache, built once into a fresh folder; the build is timed as a row of its own."""
-    from fastdcgan.data.folder import ImageList
-    images = ImageList(bench_data.root, bench_data.files, "folder")
+@needs_cuda
+def test_nvjpeg_gpu(benchmark, bench_data, bench_record):
+    device = torch.device("cuda")
+    loader = nvjpeg.NvjpegLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, device,
+                                 threads=BASELINE_WORKERS)
+    times = measure(benchmark, loader, bench_data, device)
+    row = bench_record("input", f"nvjpeg (torchvision) {BASELINE_WORKERS} read threads", times, bench_data.batch,
+                       gpu=torch.cuda.get_device_name())
+    check_ran(row, {"device": "cuda", "dtype": "uint8", "nhwc": True}, {**measure.delivered,
+                                                                       "cpu_fallbacks": loader.decoder.fallbacks})
+
+
+def build(bench_data, tmp_path_factory, decoder: str | None = None):
+    """A cache built from scratch into a fresh folder (never a reused one): (report, seconds)."""
+    from fastdcgan.data.folder import scan
+    images = scan(bench_data.root)  # the files' verdicts and sizes, as the trainer has them (cached: no decode)
+    assert images.files == bench_data.files
     device = torch.device("cuda" if CUDA else "cpu")
     old = os.environ.get("FASTDCGAN_CACHE")
-    os.environ["FASTDCGAN_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))  # never reuse a cache here
+    os.environ["FASTDCGAN_CACHE"] = str(tmp_path_factory.mktemp("bench-cache"))
     try:
         t = time.perf_counter()
-        report = ensure(images, bench_data.image_size, device)
-        yield report, time.perf_counter() - t
+        report = ensure(images, bench_data.image_size, device, decoder=decoder)
+        return report, time.perf_counter() - t
     finally:
         if old is None:
             del os.environ["FASTDCGAN_CACHE"]
@@ -109,11 +122,33 @@ def built_cache(bench_data, tmp_path_factory):
             os.environ["FASTDCGAN_CACHE"] = old
 
 
+@pytest.fixture(scope="module")
+def built_cache(bench_data, tmp_path_factory):
+    """The cache as the trainer builds it (the fastest decoder here); timed as a row of its own."""
+    return build(bench_data, tmp_path_factory)
+
+
 def test_cache_build(benchmark, bench_data, bench_record, built_cache):
     report, seconds = built_cache
     benchmark.pedantic(lambda: None, rounds=1)  # the build ran once, in the fixture; --benchmark-only keeps this
     bench_record("input", "cache build (once)", [seconds], report.images, decoder=report.decoder,
+                 kind=cache.decoder_kind(torch.device("cuda" if CUDA else "cpu")),
                  note="one pass; p50=p95=whole build")
+
+
+def _decoders_here() -> list[str]:
+    device = torch.device("cuda" if CUDA else "cpu")
+    have = {"dali-mixed": CUDA and dali.available() is None, "torchvision-cuda": nvjpeg.available(device) is None,
+            "torchvision-cpu": nvjpeg.importable() is None, "dali-cpu": dali.available() is None, "pil": True}
+    return [d for d in cache.DECODERS if have[d]]
+
+
+@pytest.mark.parametrize("decoder", _decoders_here())
+def test_cache_build_by_decoder(benchmark, bench_data, bench_record, tmp_path_factory, decoder):
+    """Each decoder the cache could use here, so that its choice (cache.decoder_kind) stays the fastest."""
+    report, seconds = build(bench_data, tmp_path_factory, decoder)
+    benchmark.pedantic(lambda: None, rounds=1)
+    bench_record("input", f"cache build by {decoder}", [seconds], report.images, decoder=report.decoder)
 
 
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])

@@ -34,7 +34,7 @@ class Data:
     split: str = opt("all", "CelebA partition to train on", ("train", "valid", "test", "all"))
     image_size: int = opt(64, "training resolution in pixels (square)", (32, 64, 128))
     backend: str = opt("auto", "input pipeline; auto = cache if the decoded dataset fits the memory budget, "
-                       "else dali, else torch", ("auto", "cache", "dali", "torch"))
+                       "else dali, else nvjpeg on CUDA, else torch", ("auto", "cache", "dali", "nvjpeg", "torch"))
     workers: int = opt(2, "DataLoader worker processes (torch backend)")
     dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); 0 = usable cores / ranks per node")
     prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)")

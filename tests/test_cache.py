@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from conftest import REPO, color_ids, run_cli, tiny_args, weights, write_colors
-from fastdcgan.data import cache, dali, loaders
-from fastdcgan.data.cache import CacheLoader, ensure, plain_path_box
+from fastdcgan.data import cache, dali, loaders, nvjpeg
+from fastdcgan.data.cache import CacheLoader, ensure
+from fastdcgan.data.decode import plain_path_box
 from fastdcgan.data.dali import DaliLoader
 from fastdcgan.data.folder import scan
 from fastdcgan.data.order import HFlip, epoch_batches
@@ -31,7 +32,7 @@ def test_build_then_reuse(faces):
     images = scan(faces)
     first = ensure(images, 32, CPU)
     assert first.built and first.images == 24
-    assert first.decoder.startswith("DALI CPU" if dali.available() is None else "PIL")
+    assert first.decoder.startswith("torchvision CPU")  # the fastest decoder here (cache.decoder_kind)
     arr = np.load(first.folder / "images.npy", mmap_mode="r")
     assert arr.shape == (24, 32, 32, 3) and arr.dtype == np.uint8
     index = json.loads((first.folder / "index.json").read_text())
@@ -46,20 +47,23 @@ def test_build_then_reuse(faces):
 @needs_dali
 def test_contents_match_the_dali_backend_and_the_plain_path(faces):
     images = scan(faces)
-    arr = np.load(ensure(images, 64, CPU).folder / "images.npy")
+    arr = np.load(ensure(images, 64, CPU, decoder="dali-cpu").folder / "images.npy")
     order = epoch_batches(24, 8, 0, 0)
     batch = next(iter(DaliLoader(images.files, 64, 8, 0, CPU, threads=1).epoch(0)))
     assert np.array_equal(batch.numpy(), arr[order[0].numpy()])  # the same pipeline made both
     plain = ImageFiles(images.files, 64)
     ref = np.stack([plain[i].numpy() for i in range(24)]).astype(float)
     assert np.abs(arr - ref).mean() < 0.3  # measured 0.12; a nearest or non-antialiased DALI resize 2.1-2.9
+    default = np.load(ensure(images, 64, CPU).folder / "images.npy").astype(float)  # torchvision's
+    assert np.abs(default - ref).mean() < 0.05  # measured 0.002: libjpeg-turbo and torchvision's resize both
 
 
 @needs_dali
 def test_without_dali_pil_builds_the_same_images(faces, monkeypatch, tmp_path):
-    with_dali = np.load(ensure(scan(faces), 32, CPU).folder / "images.npy").astype(float)
+    with_dali = np.load(ensure(scan(faces), 32, CPU, decoder="dali-cpu").folder / "images.npy").astype(float)
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "other-cache"))
     monkeypatch.setattr(dali, "available", lambda: "nvidia-dali is not importable (test)")
+    monkeypatch.setattr(nvjpeg, "importable", lambda: "torchvision.io.decode_jpeg is not importable (test)")
     report = ensure(scan(faces), 32, CPU, threads=1)
     assert report.built and report.decoder.startswith("PIL")
     with_pil = np.load(report.folder / "images.npy").astype(float)
@@ -191,12 +195,15 @@ def test_the_decoder_is_part_of_the_key(faces):
     assert by_dali.built and by_pil.built and by_dali.folder != by_pil.folder
     assert by_dali.decoder.startswith("DALI CPU") and by_pil.decoder.startswith("PIL")
     assert not ensure(images, 32, CPU, decoder="pil").built  # each reused as itself
-    assert ensure(images, 32, CPU).folder == by_dali.folder  # the default here: DALI's CPU decoder
+    assert cache.decoder_kind(CPU) == "torchvision-cpu"  # the default here
     assert cache.decoder_kind(torch.device("cuda")) == "dali-mixed"
 
 
-def test_without_dali_the_pil_decoder_builds(faces, monkeypatch):
+def test_without_dali_or_torchvisions_decoder_pil_builds(faces, monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)  # import nvidia.dali now raises ImportError
+    assert cache.decoder_kind(CPU) == "torchvision-cpu"
+    assert cache.decoder_kind(torch.device("cuda")) == "torchvision-cuda"  # GPU decode without DALI, not PIL
+    monkeypatch.setitem(sys.modules, "torchvision.io", None)  # a torchvision without its decoders
     assert cache.decoder_kind(CPU) == "pil" and cache.decoder_kind(torch.device("cuda")) == "pil"
     report = ensure(scan(faces), 32, CPU, threads=1)
     assert report.built and report.decoder.startswith("PIL") and "DALI unavailable" in report.decoder

@@ -1,4 +1,5 @@
-"""The DALI input backend on CPU: output format, geometry against the plain path, order, sharding."""
+"""The DALI input backend on CPU: output format, geometry against the plain path, order, sharding,
+the reader's file lists (one pipeline across epochs, a new one exactly where a resume starts)."""
 import warnings
 
 import numpy as np
@@ -7,7 +8,8 @@ import torch
 
 from conftest import color_ids, needs_cuda, tiny_args, weights, write_colors
 from fastdcgan.data import InputFailure
-from fastdcgan.data.dali import DaliLoader, NameSource, available, build_pipeline, is_file_failure
+from fastdcgan.data import dali
+from fastdcgan.data.dali import DaliLoader, available, build_pipeline, is_file_failure, regions_of
 from fastdcgan.data.folder import find_images, scan
 from fastdcgan.data.order import epoch_batches
 from fastdcgan.data.synthetic import make_faces
@@ -45,6 +47,46 @@ def test_geometry_matches_the_plain_path(faces, size):
         # measured 0.08 (32) and 0.12 (64): JPEG decoders and rounding. A nearest-neighbour or
         # non-antialiased resize measured 2.0-4.9 here, so 0.3 tells a wrong filter apart.
         assert mad < 0.3, mad
+
+
+def test_decoding_only_the_kept_rows_changes_nothing(faces):
+    """The CPU decoder decodes just the rectangle the resize reads (decode.decode_region); against
+    decoding every row, at most 1 grey level on a few pixels (float rounding of the shifted region)."""
+    files = [str(f) for f in faces]
+    for size in (32, 64):
+        out = []
+        for whole in (True, False):
+            pipe = build_pipeline(files, list(range(32)), regions_of([(178, 218)] * 32, size, whole), size, 32, 2, 1,
+                                  CPU)
+            out.append(pipe.run()[0].as_tensor())
+        a, b = (torch.from_numpy(np.array(x)).float() for x in out)
+        assert (a - b).abs().max() <= 1 and (a - b).abs().mean() < 0.01
+        lo, hi = regions_of([(178, 218)], size, whole=False)[0, :4].reshape(2, 2)
+        assert hi[0] - lo[0] < 218  # fewer rows than the image has: the point of it
+
+
+def test_images_of_several_sizes_in_one_batch(tmp_path, faces):
+    """Sizes that differ reach DALI per sample (an external_source of regions beside the reader), in
+    step with the reader's files: each image still matches the plain path."""
+    from PIL import Image
+    files = []
+    for i, (w, h) in enumerate([(178, 218), (100, 130), (218, 178), (64, 64), (150, 90), (178, 218)] * 2):
+        files.append(tmp_path / f"{i:02d}.jpg")
+        Image.open(faces[i]).resize((w, h)).save(files[-1], quality=92)
+    loader = DaliLoader(files, 32, 4, seed=0, device=CPU, threads=2)
+    plain = ImageFiles(files, 32)
+    for b, batch in enumerate(loader.epoch(0)):
+        ref = torch.stack([plain[i] for i in epoch_batches(12, 4, 0, 0)[b].tolist()])
+        assert (batch.float() - ref.float()).abs().mean() < 0.3
+
+
+def test_sizes_from_the_scan_are_the_headers(tmp_path):
+    write_colors(tmp_path / "a", 3)
+    write_colors(tmp_path / "b", 2, size=(60, 30))
+    images = scan(tmp_path)
+    assert images.sizes == [(40, 48)] * 3 + [(60, 30)] * 2
+    assert np.array_equal(DaliLoader(images.files, 16, 1, 0, CPU, 1, sizes=images.sizes).regions,
+                          DaliLoader(images.files, 16, 1, 0, CPU, 1).regions)  # the same as reading headers
 
 
 def test_wide_and_tall_images_keep_their_centre_square(tmp_path):
@@ -106,14 +148,37 @@ def test_one_loader_runs_epochs_after_an_abandoned_one(tmp_path):
     assert then == epoch_batches(24, 4, 2, 1).tolist()
 
 
+def test_one_pipeline_serves_epoch_after_epoch_and_a_resume_builds_one_exactly_there(tmp_path, monkeypatch):
+    files = write_colors(tmp_path, 24)
+    monkeypatch.setattr(dali, "LIST_SAMPLES", 60)  # a list: 3 epochs of 24 images
+    loader = DaliLoader(files, 16, 4, seed=4, device=CPU, threads=1)
+    for e in range(7):  # lists run out after epochs 2 and 5: a new pipeline carries on
+        assert [color_ids(b) for b in loader.epoch(e)] == epoch_batches(24, 4, 4, e).tolist()
+    assert loader.builds == 3
+    batches = loader.epoch(7)
+    next(batches)  # left after one batch
+    assert [color_ids(b) for b in loader.epoch(7, start_batch=1)] == epoch_batches(24, 4, 4, 7).tolist()[1:]
+    assert loader.builds == 3  # it went on where the last batch ended: no new pipeline
+    assert [color_ids(b) for b in loader.epoch(9, start_batch=4)] == epoch_batches(24, 4, 4, 9).tolist()[4:]
+    assert loader.builds == 4  # elsewhere: a new one, whose first batch is the one asked for
+
+
+def test_a_batch_that_is_not_the_planned_one_ends_the_run(tmp_path):
+    files = write_colors(tmp_path, 16)
+    loader = DaliLoader(files, 16, 4, seed=0, device=CPU, threads=1)
+    list(loader.epoch(0))
+    loader.seed = 1  # the pipeline's list was made for seed 0: its next batch is not seed 1's
+    with pytest.raises(InputFailure, match="out of step"):
+        list(loader.epoch(1))
+
+
 def test_a_corrupt_file_never_reaches_dali(tmp_path):
     files = write_colors(tmp_path, 16)
     good = files[3].read_bytes()
     files[3].write_bytes(good[: len(good) // 3])  # truncated JPEG
     # Given it, a DALI pipeline dies: the point of validating first.
-    source = NameSource(find_images(tmp_path).files)
-    pipe = build_pipeline(source, 32, 16, 1, 1, CPU)
-    source.start(np.arange(16).reshape(1, 16))
+    pipe = build_pipeline([str(f) for f in find_images(tmp_path).files], list(range(16)),
+                          regions_of([(40, 48)] * 16, 32, whole=False), 32, 16, 1, 1, CPU)
     with pytest.raises(RuntimeError):
         pipe.run()
     images = scan(tmp_path)
@@ -150,9 +215,7 @@ def test_a_file_broken_after_the_check_does_not_end_the_epoch(tmp_path):
 
 def dali_error(path, tmp_path) -> RuntimeError:
     """The error a real CPU pipeline raises on this file."""
-    source = NameSource([path])
-    pipe = build_pipeline(source, 16, 1, 1, 1, CPU)
-    source.start(np.zeros((1, 1), dtype=np.int64))
+    pipe = build_pipeline([str(path)], [0], regions_of([(40, 48)], 16, whole=False), 16, 1, 1, 1, CPU)
     with pytest.raises(RuntimeError) as e:
         pipe.run()
     return e.value

@@ -8,13 +8,16 @@ folder and renames it into place as its last act (index.json is written last ins
 interrupted build never leaves a folder that looks complete; a file lock stops two processes on
 one machine from building the same cache at once.
 
-Decoder: its kind is part of the key (decoder_kind), so a cache one decoder built is never served
-as another's (the GPU decoder, DALI's CPU decoder and PIL differ by a fraction of a grey level).
-DALI (the same pipeline and geometry as the DALI backend: "mixed" on a GPU, CPU threads
-otherwise). Measured single-threaded on the 2-core development machine, on CelebA-size JPEGs to
-64x64: DALI CPU about 4,600 images/s, PIL with JPEG draft mode about 3,200, PIL without it (the
-torch path) about 2,100; so PIL only serves where DALI is missing and for files DALI refuses (a
-failed DALI batch is redone file by file with PIL).
+Decoder: the fastest the machine has (decoder_kind), and its kind is part of the key, so a cache
+one decoder built is never served as another's (they differ by a fraction of a grey level). On a
+GPU: DALI's mixed decoder (nvJPEG, with the hardware decoder where there is one), else, without
+DALI, torchvision's nvJPEG binding (nvjpeg.py). On CPU: torchvision's decoder and tensor resize on
+threads (nvjpeg.py with device="cpu"), else DALI's CPU pipeline, else PIL in processes. Measured on
+the 2-core development machine in the trainer's own process (BENCHMARKS.md, cache build rows):
+torchvision 1.4x DALI's CPU pipeline and 1.6x PIL on 2,000 CelebA-size files (DALI pays its import
+and pipeline start; at full speed the two are within 10%), and its images are the plain path's to
+0.002 grey levels. A chunk DALI refuses is redone file by file with PIL; a file nvJPEG refuses is
+decoded by PIL. The build reports its rate (images/s).
 
 Training (CacheLoader): the array goes to GPU memory (or, when told to use the cache although it
 does not fit there, pinned host memory); on CPU it is an array in RAM. A batch is a gather by the
@@ -37,26 +40,31 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..config import UsageError
-from . import InputFailure
-from .folder import ImageList, cache_dir, open_rgb
+from . import dali, nvjpeg
+from .decode import TRANSFORM, decode_pil, decode_pil_many, plain_path_box  # noqa: F401 (decode_pil, plain_path_box: re-exported)
+from .folder import ImageList, cache_dir
 from .order import batches_per_epoch, epoch_batches
 
 FORMAT_VERSION = 1
-DECODERS = ("dali-mixed", "dali-cpu", "pil")
-TRANSFORM = "torchvision Resize(S)+CenterCrop(S) region, one antialiased linear resize, RGB uint8 HWC"
+# Fastest first on each device, each where it is present (decoder_kind); measured on CPU (BENCHMARKS.md).
+DECODERS = ("dali-mixed", "torchvision-cuda", "torchvision-cpu", "dali-cpu", "pil")
 CHUNK = 256  # images per decode batch while building
 
 
 def decoder_kind(device: torch.device) -> str:
-    """The decoder a cache built now would use: DALI's GPU (mixed) decoder on CUDA, its CPU decoder
-    without a GPU, PIL where DALI does not import."""
-    from .dali import available
-    if available() is not None:
-        return "pil"
-    return "dali-mixed" if device.type == "cuda" else "dali-cpu"
+    """The fastest decoder this machine has for a cache built on `device`: on CUDA, DALI's mixed
+    decoder, else torchvision's nvJPEG binding; on CPU, torchvision's decoder on threads, else
+    DALI's CPU pipeline, else PIL in processes."""
+    if device.type == "cuda":
+        if dali.available() is None:
+            return "dali-mixed"
+        if nvjpeg.available(device) is None:
+            return "torchvision-cuda"
+    if nvjpeg.importable() is None:
+        return "torchvision-cpu"
+    return "dali-cpu" if dali.available() is None else "pil"
 
 
 def index_of(images: ImageList, image_size: int, decoder: str) -> dict:
@@ -79,88 +87,17 @@ def is_complete(folder: Path) -> bool:
     return (folder / "index.json").is_file() and (folder / "images.npy").is_file()
 
 
-def plain_path_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
-    """(left, top, right, bottom): the source region torchvision's Resize(size) + CenterCrop(size) keeps.
-
-    The Python twin of dali.plain_path_roi (see there for the arithmetic).
-    """
-    short, box = min(width, height), []
-    for n in (width, height):
-        r = n * size // short
-        off = round((r - size) / 2)
-        box.append((off * n / r, (off + size) * n / r))
-    (left, right), (top, bottom) = box
-    return left, top, right, bottom
-
-
-def decode_pil(path: str, image_size: int) -> np.ndarray:
-    """One image the way the DALI pipeline makes it, with PIL.
-
-    JPEG draft mode lets libjpeg downscale in the DCT domain, but only to twice the target size:
-    drafting right down to it (a 1/4 scale for 178x218 -> 32) costs 2.4 grey levels of detail.
-    """
-    with Image.open(path) as im:
-        width, height = im.size  # before draft mode shrinks it
-    im = open_rgb(path, draft_size=2 * image_size)
-    kx, ky = im.size[0] / width, im.size[1] / height
-    left, top, right, bottom = plain_path_box(width, height, image_size)
-    box = (left * kx, top * ky, right * kx, bottom * ky)
-    im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
-    return np.asarray(im, dtype=np.uint8)
-
-
-def _decode_pil_many(paths: list[str], image_size: int) -> list[np.ndarray | str]:
-    """Each image, or the reason it does not decode."""
-    out = []
-    for p in paths:
-        try:
-            out.append(decode_pil(p, image_size))
-        except Exception as e:  # PIL raises many kinds; any means this file is unusable
-            out.append(f"{type(e).__name__}: {e}".strip())
-    return out
-
-
 def _chunks(n: int) -> list[np.ndarray]:
     return [np.arange(i, min(i + CHUNK, n)) for i in range(0, n, CHUNK)]
-
-
-def _decode_dali(files: list[Path], image_size: int, device: torch.device, threads: int
-                 ) -> Iterator[list[np.ndarray | str]]:
-    """Chunks of decoded images, in file order. A chunk DALI fails on is redone with PIL."""
-    from .dali import NameSource, build_pipeline, drain
-
-    source, chunks = NameSource(files), _chunks(len(files))
-    done = 0
-    while done < len(chunks):
-        pipe = build_pipeline(source, image_size, CHUNK, threads, 2, device)
-        source.start(chunks[done:])
-        try:
-            while done < len(chunks):
-                (out,) = pipe.run()
-                if device.type == "cuda":
-                    out = out.as_cpu()
-                yield list(np.array(out.as_tensor()))
-                done += 1
-            drain(pipe, source)
-        except StopIteration:
-            raise RuntimeError("DALI ended before the last chunk") from None
-        except RuntimeError as e:  # the pipeline is dead either way
-            from .dali import failure_summary, is_file_failure
-            if not is_file_failure(e):
-                raise InputFailure(f"building the cache: the DALI pipeline failed: {failure_summary(e)}") from e
-            # a file DALI cannot decode: PIL does this chunk
-            yield _decode_pil_many([str(files[i]) for i in chunks[done]], image_size)
-            done += 1
-        del pipe
 
 
 def _decode_pil_pool(files: list[Path], image_size: int, workers: int) -> Iterator[list[np.ndarray | str]]:
     paths = [[str(files[i]) for i in c] for c in _chunks(len(files))]
     if workers <= 1:
-        yield from (_decode_pil_many(p, image_size) for p in paths)
+        yield from (decode_pil_many(p, image_size) for p in paths)
         return
     with ProcessPoolExecutor(workers) as pool:
-        yield from pool.map(_decode_pil_many, paths, [image_size] * len(paths))
+        yield from pool.map(decode_pil_many, paths, [image_size] * len(paths))
 
 
 @dataclass
@@ -172,21 +109,35 @@ class BuildReport:
     decoder: str = ""
     built: bool = True  # False: an existing cache was reused
 
+    @property
+    def rate(self) -> float:
+        """Images decoded per second by the build (that of the build that made a reused cache)."""
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def _decoder(kind: str, images: ImageList, size: int, device: torch.device, threads: int, stats: dict):
+    """(what the build line calls it, its chunks of images or reasons, in file order)."""
+    files = images.files
+    if kind.startswith("dali"):
+        on = device if kind == "dali-mixed" else torch.device("cpu")
+        return (f"DALI {'mixed (GPU)' if kind == 'dali-mixed' else 'CPU'}, {threads} threads",
+                dali.decode_chunks(files, size, on, threads, CHUNK, stats, images.sizes))
+    if kind == "torchvision-cuda":
+        return (f"torchvision nvJPEG (GPU), {threads} read threads",
+                nvjpeg.decode_chunks(files, size, device, threads, CHUNK, stats))
+    if kind == "torchvision-cpu":
+        return (f"torchvision CPU, {threads} threads",
+                nvjpeg.decode_chunks(files, size, torch.device("cpu"), threads, CHUNK, stats))
+    why = f" (DALI unavailable: {dali.available()})" if dali.available() else ""
+    return f"PIL, {threads} processes{why}", _decode_pil_pool(files, size, threads)
+
 
 def _build(index: dict, images: ImageList, folder: Path, device: torch.device, threads: int,
            progress: Callable[[int], None] | None) -> BuildReport:
-    from .dali import available, default_threads
-
     t0, size, n = time.perf_counter(), index["image_size"], len(images.files)
-    threads = threads or default_threads()
-    kind = index["decoder_kind"]
-    if kind.startswith("dali"):
-        decoder = f"DALI {'mixed (GPU)' if kind == 'dali-mixed' else 'CPU'}, {threads} threads"
-        chunks = _decode_dali(images.files, size, device if kind == "dali-mixed" else torch.device("cpu"), threads)
-    else:
-        why = f" (DALI unavailable: {available()})" if available() else ""
-        decoder = f"PIL, {threads} processes{why}"
-        chunks = _decode_pil_pool(images.files, size, threads)
+    threads = threads or dali.default_threads()
+    stats: dict = {}
+    decoder, chunks = _decoder(index["decoder_kind"], images, size, device, threads, stats)
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
@@ -216,6 +167,10 @@ def _build(index: dict, images: ImageList, folder: Path, device: torch.device, t
             arr.flush()
         del arr
         seconds = time.perf_counter() - t0
+        if stats.get("cpu_fallbacks"):
+            decoder += f"; {stats['cpu_fallbacks']} files the GPU decoder refused decoded on the CPU"
+        if stats.get("pil_chunks"):
+            decoder += f"; {stats['pil_chunks']} chunks DALI refused decoded with PIL"
         meta = {**index, "files": kept, "skipped": skipped, "shape": [rows, size, size, 3],
                 "decoder": decoder, "build_seconds": round(seconds, 2), "built_at": time.time()}
         (tmp / "index.json").write_text(json.dumps(meta))  # last file written: the build is whole

@@ -1,22 +1,32 @@
 """The DALI input path: JPEG decode and resize on the GPU (nvJPEG), or on CPU threads without one.
 
-Pipeline, per sample: file name -> fn.io.file.read -> fn.decoders.image ("mixed" on a GPU, "cpu"
-otherwise) -> one antialiased linear fn.resize of exactly the source region that the plain path's
-Resize(S) + CenterCrop(S) keeps (torchvision's rounding included: plain_path_roi) to S x S -> uint8
-HWC. Same geometry, same filter: the two paths differ by about 0.1 grey levels on average (tested;
-a plain centred square would be off by half a pixel, 0.8 grey levels at 64px and 7 at 32px), and
-resizing only that region is 11-17% faster on CPU than resizing the whole image and then cropping.
+Pipeline, per sample: fn.readers.file (the epoch's files, in our order) -> fn.decoders.image
+("mixed" on a GPU) or fn.decoders.image_slice (CPU) -> one antialiased linear fn.resize of exactly
+the source region that the plain path's Resize(S) + CenterCrop(S) keeps (torchvision's rounding
+included: decode.plain_path_box) to S x S -> uint8 HWC. Same geometry, same filter: the two paths
+differ by about 0.1 grey levels on average (tested; a plain centred square would be off by half a
+pixel, 0.8 grey levels at 64px and 7 at 32px). On CPU the decoder decodes only the rectangle that
+region needs, widened for the resize filter (decode.decode_region): libjpeg-turbo skips the rest,
+and the output is that of decoding everything to within 1 grey level on a few pixels.
 
-Order and sharding. DALI's own readers cannot do what exact resume needs: `fn.readers.file` fixes
-its file list when the pipeline is built, its `random_shuffle` is a buffer shuffle with no way to
-start at batch k of epoch e but to decode the k batches before it, and `shard_id`/`num_shards` cut
-one fixed list into contiguous blocks. So the order is ours: each epoch's batches come from
-order.epoch_batches (a seeded permutation, the rank's slice of it, cut to whole batches, from
-start_batch on) -- the same table the torch and cache backends use -- and an external_source hands
-DALI the file *names* of one batch at a time. The reading (fn.io.file.read) and the decoding happen
-on DALI's threads, the pipeline is built once, and an epoch or a resume is just a new table: no
-rebuild, no skipped decodes. Every name comes from the validated list (folder.scan): DALI cannot
-skip a corrupt file, and one would leave the pipeline dead.
+The region is worked out in Python, once per image size (regions_of), from the (width, height)
+that folder.scan records for every file (or the files' headers): a dataset of one size (CelebA)
+gives the pipeline constants; one of several sizes gets each batch's regions from a small
+external_source beside the reader. Not inside DALI: a graph of ~30 scalar operators per batch did
+that before, and it alone held DALI's executor thread 39 us an image, enough to lose to the
+DataLoader on 2 cores (BENCHMARKS.md, "Where the DALI CPU time goes").
+
+Order and sharding. The order is ours, not DALI's: each epoch's batches come from
+order.epoch_batches (a seeded permutation, the rank's slice of it, cut to whole batches) -- the
+same table the torch and cache backends use. A pipeline is built with those files, in that order,
+as fn.readers.file's `files` list (no shuffling, no sharding of its own): from the batch asked for
+to the end of that epoch, then whole following epochs until the list holds LIST_SAMPLES samples.
+The reader reads the files on its own thread, nothing runs in Python per batch, and the pipeline
+decodes on across an epoch's end. An epoch that continues where the last one stopped uses the same
+pipeline; a resume at batch k of epoch e, or an epoch left early (max_steps, a stop), builds a new
+one whose list starts exactly there -- no decode of batches before it. The reader's labels are the
+files' indices, and each batch's are checked against the table, so a batch that is not the planned
+one can never pass silently. Every name comes from the validated list (folder.scan).
 
 Hand-off to torch: the batch is copied, on the device and on torch's current stream, into a tensor
 torch allocated (feed_ndarray): no host round trip, and the tensor stays valid when DALI reuses its
@@ -34,6 +44,8 @@ import torch
 
 from ..config import UsageError
 from . import InputFailure
+from .decode import DEVICE_ERRORS, decode_pil, decode_pil_many, decode_region, plain_path_box
+from .folder import header_sizes
 from .order import batches_per_epoch, epoch_batches
 
 # Share of the JPEGs nvJPEG sends to the hardware JPEG decoder (A100, H100) when the pipeline runs
@@ -45,15 +57,16 @@ HW_DECODER_LOAD = 0.75
 # CelebA's aligned crops are 178x218; nvJPEG's hardware decoder preallocates for this size, so the
 # first batches do not stall on allocation. Larger images still decode (buffers grow once).
 SIZE_HINT = (178, 218)
-
+# A pipeline's file list: the rest of the epoch asked for, then whole epochs up to this many samples,
+# so that a small dataset does not build a pipeline per epoch (CelebA's 162,770 training images are
+# more than one list: one pipeline per epoch, ~0.1 s against an epoch of minutes).
+LIST_SAMPLES = 1 << 16
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130 (CUDA 13; nvidia-dali-cuda120 for CUDA 12)"
 # DALI operators that fail because of one file (unreadable, not an image, truncated): a batch that
 # fails in one of them is redone with PIL, skipping the file. Anything else is not a file's fault.
-PER_FILE_OPERATORS = ("nvidia.dali.fn.io.file.read`", "nvidia.dali.fn.peek_image_shape`",
-                      "nvidia.dali.fn.decoders.image`")
-DEVICE_ERRORS = ("CUDA error", "cudaError", "CUDA_ERROR", "CUDA driver", "out of memory", "illegal memory access",
-                 "NVML")
+PER_FILE_OPERATORS = ("nvidia.dali.fn.readers.file`", "nvidia.dali.fn.decoders.image`",
+                      "nvidia.dali.fn.decoders.image_slice`")
 
 
 def available() -> str | None:
@@ -89,64 +102,60 @@ def default_threads() -> int:
     return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
 
-class NameSource:
-    """external_source callback: the encoded file names of one batch per call, from a batch table."""
-
-    def __init__(self, files: list[Path]):
-        self.names = [np.frombuffer(str(f).encode(), dtype=np.uint8) for f in files]
-        self.table = np.zeros((0, 0), dtype=np.int64)
-        self.pos = 0
-
-    def start(self, table: np.ndarray) -> None:
-        self.table, self.pos = table, 0
-
-    def stop(self) -> None:
-        self.pos = len(self.table)
-
-    def __call__(self) -> list[np.ndarray]:
-        if self.pos >= len(self.table):
-            raise StopIteration  # DALI's end-of-data signal; the pipeline needs reset() after it
-        row = self.table[self.pos]
-        self.pos += 1
-        return [self.names[i] for i in row]
+def regions_of(sizes, image_size: int, whole: bool) -> np.ndarray:
+    """(n, 8) per file, in (y, x) pairs: lo, hi -- the integer rectangle [lo, hi) the decoder decodes --
+    and start, end -- the region inside it that the resize keeps (decode.decode_region: the plain
+    path's region). whole (the GPU decoder): lo = 0, hi = the image's size, start/end = plain_path_box.
+    `sizes`: (width, height) per file. Computed once per distinct size, so CelebA costs one."""
+    sizes = np.asarray(sizes, dtype=np.int64).reshape(-1, 2)
+    distinct, which = np.unique(sizes, axis=0, return_inverse=True)
+    table = np.zeros((len(distinct), 8))
+    for k, (w, h) in enumerate(distinct.tolist()):
+        if whole:
+            x0, y0, x1, y1 = 0, 0, w, h
+            left, top, right, bottom = plain_path_box(w, h, image_size)
+        else:
+            (x0, y0, x1, y1), (left, top, right, bottom) = decode_region(w, h, image_size)
+        table[k] = (y0, x0, y1, x1, top, left, bottom, right)
+    return table[which.reshape(-1)]
 
 
-def plain_path_roi(shape, size: int):
-    """(start, end) in (y, x) source pixels of the region Resize(size) + CenterCrop(size) keeps.
+class RegionSource:
+    """external_source callback where the list's images differ in size: the regions of batch i of the
+    list (the reader wraps round at the list's end, so this does too)."""
 
-    `shape` is a DALI int64 (H, W, C) node. Per axis of length n: torchvision resizes it to
-    r = int(size * n / short) and crops round((r - size) / 2) from its start (Python's round: halves
-    to even), so the kept region is [off, off + size) * n / r. cache.plain_path_box is the same in Python.
-    """
-    from nvidia.dali import fn, types
-    from nvidia.dali import math as dmath
+    def __init__(self, regions: np.ndarray, batch_size: int):
+        self.lo, self.hi = regions[:, 0:2].astype(np.int32), regions[:, 2:4].astype(np.int32)
+        self.start, self.end = regions[:, 4:6].astype(np.float32), regions[:, 6:8].astype(np.float32)
+        self.batch_size, self.rows = batch_size, len(regions) // batch_size
 
-    short = dmath.min(shape[0], shape[1])
-    starts, ends = [], []
-    for n in (shape[0], shape[1]):
-        r = n * size // short
-        half = (r - size) // 2
-        off = half + ((r - size) % 2) * (half % 2)  # round half to even
-        scale = fn.cast(n, dtype=types.FLOAT) / fn.cast(r, dtype=types.FLOAT)
-        starts.append(fn.cast(off, dtype=types.FLOAT) * scale)
-        ends.append(fn.cast(off + size, dtype=types.FLOAT) * scale)
-    return fn.stack(*starts), fn.stack(*ends)
+    def __call__(self, i: int) -> tuple[np.ndarray, ...]:
+        at = slice((i % self.rows) * self.batch_size, (i % self.rows + 1) * self.batch_size)
+        return self.lo[at], self.hi[at], self.start[at], self.end[at]
 
 
-def build_pipeline(source: NameSource, image_size: int, batch_size: int, threads: int, prefetch: int,
-                   device: torch.device):
-    """A built DALI pipeline: names from `source` -> uint8 (image_size, image_size, 3) HWC images."""
+def build_pipeline(files: list[str], labels: list[int], regions: np.ndarray, image_size: int, batch_size: int,
+                   threads: int, prefetch: int, device: torch.device):
+    """A built DALI pipeline: `files` in this order, over and over -> (uint8 (S, S, 3) HWC images, labels).
+    `regions`: regions_of(the files' sizes, image_size, whole=device is CUDA). len(files) must be a
+    multiple of batch_size."""
     from nvidia.dali import fn, pipeline_def, types
 
     gpu = device.type == "cuda"
     device_id = (torch.cuda.current_device() if device.index is None else device.index) if gpu else None
+    uniform = bool((regions == regions[0]).all())
 
     @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=prefetch, device_id=device_id)
     def pipe():
-        names = fn.external_source(source=source, batch=True, dtype=types.UINT8)
-        encoded = fn.io.file.read(names)
+        encoded, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, name="files")
+        if uniform:  # one image size (CelebA): constants, no per-sample work
+            r = regions[0]
+            lo, hi, start, end = [int(v) for v in r[0:2]], [int(v) for v in r[2:4]], r[4:6].tolist(), r[6:8].tolist()
+        else:
+            lo, hi, start, end = fn.external_source(source=RegionSource(regions, batch_size), num_outputs=4,
+                                                    batch=True, dtype=[types.INT32, types.INT32, types.FLOAT,
+                                                                       types.FLOAT])
         # EXIF orientation is ignored, as PIL's plain decode (the torch path) ignores it.
-        start, end = plain_path_roi(fn.peek_image_shape(encoded, adjust_orientation=False), image_size)
         # jpeg_fancy_upsampling: nvJPEG's chroma upsampling as libjpeg-turbo's (the CPU decoder's and
         # PIL's); without it the mixed decoder's images differ from the CPU paths'.
         common = dict(output_type=types.RGB, adjust_orientation=False, jpeg_fancy_upsampling=True)
@@ -154,10 +163,11 @@ def build_pipeline(source: NameSource, image_size: int, batch_size: int, threads
             images = fn.decoders.image(encoded, device="mixed", hw_decoder_load=HW_DECODER_LOAD,
                                        preallocate_width_hint=SIZE_HINT[0], preallocate_height_hint=SIZE_HINT[1],
                                        **common)
-        else:
-            images = fn.decoders.image(encoded, device="cpu", **common)
-        return fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end, antialias=True,
-                         interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
+        else:  # only the rows and columns the resize reads
+            images = fn.decoders.image_slice(encoded, start=lo, end=hi, axis_names="HW", **common)
+        images = fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end, antialias=True,
+                           interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
+        return images, label
 
     p = pipe()
     p.build()
@@ -174,69 +184,119 @@ def to_torch(out, device: torch.device) -> torch.Tensor:
     return t
 
 
-def drain(pipe, source: NameSource) -> None:
-    """End whatever the pipeline has queued (a finished or abandoned epoch) and make it ready to start."""
-    source.stop()
-    try:
-        while True:  # at most `prefetch` batches that were decoded ahead
-            pipe.run()
-    except StopIteration:
-        pass
-    pipe.reset()
-
-
 class DaliLoader:
     """Batches of uint8 NHWC images on the device from a DALI pipeline over the validated files."""
 
     name = "dali"
 
     def __init__(self, files: list[Path], image_size: int, batch_size: int, seed: int, device: torch.device,
-                 threads: int = 0, prefetch: int = 2, rank: int = 0, world: int = 1):
+                 threads: int = 0, prefetch: int = 2, rank: int = 0, world: int = 1,
+                 sizes: list[tuple[int, int]] | None = None):
         if len(files) < batch_size * world:
             raise UsageError(f"{len(files)} usable images are fewer than one batch "
                              f"(train.batch_size={batch_size} x {world} processes)")
         self.n, self.batch_size, self.seed, self.rank, self.world = len(files), batch_size, seed, rank, world
-        self.files, self.image_size, self.prefetch, self.device = files, image_size, prefetch, device
+        self.files, self.image_size, self.prefetch, self.device = [str(f) for f in files], image_size, prefetch, device
+        sizes = sizes if sizes is not None else header_sizes(files)  # (width, height): folder.scan's
+        self.regions = regions_of(sizes, image_size, whole=device.type == "cuda")
         self.threads = threads or default_threads()
-        self.source = NameSource(files)
-        self.pipe = build_pipeline(self.source, image_size, batch_size, self.threads, prefetch, device)
-        self.started = False
+        self.pipe = None
+        self.plan: list[tuple[int, int]] = []  # (epoch, batch) of each batch in the pipeline's list
+        self.done = 0                          # batches of the list run so far
+        self.builds = 0                        # pipelines built (tests and the bench read it)
 
     def __len__(self) -> int:
         return batches_per_epoch(self.n, self.batch_size, self.world)
 
+    def _table(self, epoch: int) -> np.ndarray:
+        return epoch_batches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world).numpy()
+
+    def _build(self, epoch: int, start_batch: int) -> None:
+        """A new pipeline whose list starts at (epoch, start_batch)."""
+        rows, plan = [self._table(epoch)[start_batch:]], [(epoch, b) for b in range(start_batch, len(self))]
+        e = epoch + 1
+        while len(plan) * self.batch_size < LIST_SAMPLES:
+            rows.append(self._table(e))
+            plan += [(e, b) for b in range(len(self))]
+            e += 1
+        order = np.concatenate(rows).reshape(-1)
+        self.pipe = None  # the old pipeline's threads end before the new one's start
+        self.pipe = build_pipeline([self.files[i] for i in order], order.tolist(), self.regions[order], self.image_size,
+                                   self.batch_size, self.threads, self.prefetch, self.device)
+        self.plan, self.done = plan, 0
+        self.builds += 1
+
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
-        if self.started:  # the last epoch was left early (max_steps, a stop) or ran to its end
-            drain(self.pipe, self.source)
-        table = epoch_batches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world)[start_batch:]
-        self.source.start(table.numpy())
-        self.started = True
-        for b in range(len(table)):
+        if start_batch >= len(self):  # resumed at an epoch's very end: nothing left of it
+            return
+        if self.pipe is None or self.done >= len(self.plan) or self.plan[self.done] != (epoch, start_batch):
+            self._build(epoch, start_batch)
+        table = None
+        for b in range(start_batch, len(self)):
             try:
-                (out,) = self.pipe.run()
+                images, labels = self.pipe.run()
             except RuntimeError as e:  # this pipeline is dead either way
                 if not is_file_failure(e):
                     raise InputFailure(f"the DALI pipeline failed: {failure_summary(e)}") from e
-                yield self._recover(table.numpy(), b, e)  # a file changed since it was checked
+                table = self._table(epoch) if table is None else table
+                yield self._recover(table[b], e)  # a file changed since it was checked
+                if b + 1 < len(self):
+                    self._build(epoch, b + 1)
+                else:
+                    self.pipe = None
                 continue
-            yield to_torch(out, self.device)
+            self.done += 1
+            got = np.asarray(labels.as_tensor()).reshape(-1)  # the reader's labels stay on the CPU
+            table = self._table(epoch) if table is None else table
+            if not np.array_equal(got, table[b]):
+                raise InputFailure(f"the DALI reader is out of step: epoch {epoch} batch {b} is not the planned one")
+            yield to_torch(images, self.device)
 
-    def _recover(self, table: np.ndarray, b: int, error: Exception) -> torch.Tensor:
-        """Batch b decoded with PIL (a file that fails is replaced by the next one, as the torch path does);
-        a new pipeline carries on from batch b + 1. One bad file must not end an hour-long run."""
-        from .cache import decode_pil
-
+    def _recover(self, row: np.ndarray, error: Exception) -> torch.Tensor:
+        """This batch decoded with PIL (a file that fails is replaced by the next one, as the torch path
+        does); a new pipeline carries on from the next batch. One bad file must not end an hour-long run."""
         warnings.warn(f"DALI failed on a file in a batch ({failure_summary(error)}); decoding the batch with PIL "
                       "and restarting the pipeline")
+        self.pipe = None
         images = []
-        for i in table[b]:
+        for i in row:
             for j in range(i, i + self.n):
                 try:
-                    images.append(decode_pil(str(self.files[j % self.n]), self.image_size))
+                    images.append(decode_pil(self.files[j % self.n], self.image_size))
                     break
                 except Exception as e:  # PIL raises many kinds; any of them means this file is unusable
                     warnings.warn(f"skipping {self.files[j % self.n]}: {type(e).__name__}: {e}; using the next image")
-        self.pipe = build_pipeline(self.source, self.image_size, self.batch_size, self.threads, self.prefetch,
-                                   self.device)
-        self.source.start(table[b + 1:])
         return torch.from_numpy(np.stack(images)).to(self.device)
+
+
+def decode_chunks(files: list[Path], image_size: int, device: torch.device, threads: int, chunk: int,
+                  stats: dict | None = None, sizes: list[tuple[int, int]] | None = None
+                  ) -> Iterator[list[np.ndarray | str]]:
+    """For the cache build: chunks of decoded images (or why a file does not decode), in file order.
+    A chunk DALI fails on is redone with PIL; stats["pil_chunks"] counts them."""
+    paths, n = [str(f) for f in files], len(files)
+    regions = regions_of(sizes if sizes is not None else header_sizes(files), image_size, device.type == "cuda")
+    done, pil_chunks = 0, 0
+    while done < n:
+        whole = (n - done + chunk - 1) // chunk * chunk  # a whole number of chunks: wrap round to fill the last
+        order = [done + i % (n - done) for i in range(whole)]
+        pipe = build_pipeline([paths[i] for i in order], order, regions[order], image_size, chunk, threads, 2, device)
+        try:
+            while done < n:
+                images, _ = pipe.run()
+                if device.type == "cuda":
+                    images = images.as_cpu()
+                k = min(chunk, n - done)  # the last batch is filled up from the list's start: not ours
+                yield list(np.array(images.as_tensor())[:k])
+                done += k
+        except RuntimeError as e:  # the pipeline is dead either way
+            if not is_file_failure(e):
+                raise InputFailure(f"building the cache: the DALI pipeline failed: {failure_summary(e)}") from e
+            k = min(chunk, n - done)  # a file DALI cannot decode: PIL does this chunk
+            yield decode_pil_many(paths[done:done + k], image_size)
+            done += k
+            pil_chunks += 1
+        finally:
+            del pipe
+        if stats is not None:
+            stats["pil_chunks"] = pil_chunks

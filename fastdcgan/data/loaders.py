@@ -1,7 +1,7 @@
-"""Pick and build the input backend: data.backend = auto | cache | dali | torch.
+"""Pick and build the input backend: data.backend = auto | cache | dali | nvjpeg | torch.
 
 auto: `cache` when the decoded dataset (N x S x S x 3 bytes) fits the memory budget, else `dali`
-when DALI imports, else `torch`. The budget is where the cache would live:
+when DALI imports, else `nvjpeg` (torchvision's GPU decode) on CUDA, else `torch`. The budget is where the cache would live:
   - CUDA: half of the GPU memory free at start (torch.cuda.mem_get_info). The DCGAN's own needs are
     small (weights, Adam state and activations of a batch-128 64x64 step are well under 1 GB), and
     the other half leaves room for torch.compile, CUDA graphs and a larger model.
@@ -49,12 +49,15 @@ def memory_budget(device: torch.device) -> tuple[int, str]:
 
 
 def choose(backend: str, n_images: int, image_size: int, device: torch.device) -> tuple[str, str]:
-    """(backend, why). An explicit backend is taken as given (DALI must import)."""
+    """(backend, why). An explicit backend is taken as given (DALI must import; nvjpeg needs CUDA)."""
+    from . import nvjpeg
     from .dali import available
 
     need = cache.nbytes(n_images, image_size)
     if backend == "dali" and available():
         raise UsageError(f"data.backend=dali: {available()}")
+    if backend == "nvjpeg" and nvjpeg.available(device):
+        raise UsageError(f"data.backend=nvjpeg: {nvjpeg.available(device)}")
     if backend != "auto":
         return backend, "data.backend=" + backend
     budget, what = memory_budget(device)
@@ -63,6 +66,8 @@ def choose(backend: str, n_images: int, image_size: int, device: torch.device) -
         return "cache", f"auto: {size} fits the budget ({what})"
     if available() is None:
         return "dali", f"auto: {size} exceeds the cache budget ({what})"
+    if nvjpeg.available(device) is None:
+        return "nvjpeg", f"auto: {size} exceeds the cache budget ({what}) and {available()}; GPU decode by torchvision"
     return "torch", f"auto: {size} exceeds the cache budget ({what}) and {available()}"
 
 
@@ -81,7 +86,11 @@ def make_loader(cfg: Config, images: ImageList, device: torch.device, rank: int 
     elif name == "dali":
         from .dali import DaliLoader
         loader = DaliLoader(images.files, d.image_size, t.batch_size, t.seed, device, d.dali_threads, d.prefetch,
-                            rank, world)
+                            rank, world, sizes=images.sizes)
+    elif name == "nvjpeg":
+        from .nvjpeg import NvjpegLoader
+        loader = NvjpegLoader(images.files, d.image_size, t.batch_size, t.seed, device, d.dali_threads, d.prefetch,
+                              rank, world)
     else:
         from .torch import TorchLoader
         loader = TorchLoader(images.files, d.image_size, t.batch_size, d.workers, t.seed, device, rank, world)
@@ -107,7 +116,7 @@ def build_cache(images: ImageList, image_size: int, device: torch.device, thread
     size = cache.nbytes(report.images, image_size) / 2**20
     if report.built:
         say(f"input: cache built: {report.images} images, {size:.1f} MiB in {report.seconds:.1f} s "
-            f"({report.decoder}) at {report.folder}")
+            f"({report.rate:,.0f} img/s, {report.decoder}) at {report.folder}")
     else:
         say(f"input: cache reused: {report.images} images, {size:.1f} MiB at {report.folder}")
     if report.skipped:

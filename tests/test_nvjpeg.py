@@ -1,0 +1,223 @@
+"""GPU decode without DALI (torchvision.io.decode_jpeg): everything but the device is checked on CPU
+(decode_jpeg(device="cpu") is the same call), the device itself where CUDA is."""
+import io
+import sys
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import color_ids, needs_cuda, tiny_args, weights, write_colors
+from fastdcgan.data import InputFailure, cache, dali, loaders, nvjpeg
+from fastdcgan.data.cache import ensure
+from fastdcgan.data.decode import resize_crop_many
+from fastdcgan.data.folder import scan
+from fastdcgan.data.nvjpeg import BatchDecoder, NvjpegLoader
+from fastdcgan.data.order import epoch_batches
+from fastdcgan.data.synthetic import make_faces
+from fastdcgan.data.torch import ImageFiles
+
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def faces(tmp_path_factory):
+    """Real 178x218 CelebA-layout JPEGs (quality 90)."""
+    root = make_faces(tmp_path_factory.mktemp("faces"), n=24, workers=1)
+    return sorted((root / "img_align_celeba").glob("*.jpg"))
+
+
+def plain(files, size):
+    ref = ImageFiles(files, size)
+    return torch.stack([ref[i] for i in range(len(files))]).float()
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_batches_keep_the_plain_paths_geometry(faces, size):
+    batch, failed = BatchDecoder(size, CPU)([f.read_bytes() for f in faces])
+    assert not failed and batch.shape == (24, size, size, 3) and batch.dtype == torch.uint8
+    mad = (batch.float() - plain(faces, size)).abs().mean().item()
+    # torchvision's own Resize + CenterCrop on tensors: only the decoder and the rounding differ.
+    assert mad < 0.3, mad
+
+
+def test_mixed_sizes_and_formats_in_one_batch_keep_their_order(tmp_path):
+    """A PNG and a BMP (decode_jpeg refuses them: PIL decodes them) and sizes that differ, in one batch."""
+    files = write_colors(tmp_path / "a", 3) + write_colors(tmp_path / "b", 2, size=(60, 30))
+    png = tmp_path / "c.png"
+    Image.open(files[1]).save(png)
+    bmp = tmp_path / "d.bmp"
+    Image.open(files[3]).save(bmp)
+    order = [files[0], png, files[2], bmp, files[4], files[1]]
+    decoder = BatchDecoder(16, CPU)
+    batch, failed = decoder([f.read_bytes() for f in order])
+    assert not failed and decoder.fallbacks == 2
+    assert color_ids(batch) == [0, 1, 2, 0, 1, 1]  # write_colors' ids: each folder counts from 0
+    assert (batch.float() - plain(order, 16)).abs().mean() < 0.5
+
+
+def test_a_file_the_device_decoder_refuses_is_decoded_on_the_cpu(faces, monkeypatch):
+    """nvJPEG refuses some JPEGs that libjpeg reads: the batch call fails, file by file finds which,
+    and PIL decodes that one, with the same geometry."""
+    from torchvision import io as tvio
+    real = tvio.decode_jpeg
+    refused = faces[5].read_bytes()
+
+    def picky(data, **kw):
+        many = data if isinstance(data, list) else [data]
+        if any(bytes(d.numpy()) == refused for d in many):
+            raise RuntimeError("nvjpegDecode failed: NVJPEG_STATUS_JPEG_NOT_SUPPORTED")
+        return real(data, **kw)
+
+    monkeypatch.setattr(tvio, "decode_jpeg", picky)
+    decoder = BatchDecoder(32, CPU)
+    batch, failed = decoder([f.read_bytes() for f in faces[:8]])
+    assert not failed and decoder.fallbacks == 1 and batch.shape[0] == 8
+    assert (batch.float() - plain(faces[:8], 32)).abs().mean() < 0.3
+
+
+def test_a_device_error_ends_the_run(faces, monkeypatch):
+    from torchvision import io as tvio
+
+    def broken(data, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(tvio, "decode_jpeg", broken)
+    with pytest.raises(InputFailure, match="illegal memory access"):
+        BatchDecoder(32, CPU)([f.read_bytes() for f in faces[:4]])
+
+
+def test_files_that_do_not_decode_are_named(tmp_path):
+    files = write_colors(tmp_path, 4)
+    whole = files[2].read_bytes()
+    batch, failed = BatchDecoder(16, CPU)([files[0].read_bytes(), b"not an image", whole[: len(whole) // 3],
+                                          "FileNotFoundError: gone", files[3].read_bytes()])
+    assert color_ids(batch) == [0, 3] and sorted(failed) == [1, 2, 3]
+    assert "FileNotFoundError" in failed[3]
+
+
+def test_loader_order_shards_resume_and_dropped_partial_batch(tmp_path):
+    files = write_colors(tmp_path, 43)
+    seen = []
+    for rank in range(2):
+        loader = NvjpegLoader(files, 16, 4, seed=3, device=CPU, threads=2, rank=rank, world=2)
+        assert len(loader) == 5
+        batches = [color_ids(b) for b in loader.epoch(1)]
+        assert batches == epoch_batches(43, 4, 3, 1, rank, 2).tolist()  # the order every backend shares
+        assert [color_ids(b) for b in loader.epoch(1, start_batch=3)] == batches[3:]
+        assert batches != [color_ids(b) for b in loader.epoch(2)]
+        seen += [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 40
+
+
+def test_an_abandoned_epoch_leaves_the_next_one_whole(tmp_path):
+    files = write_colors(tmp_path, 24)
+    loader = NvjpegLoader(files, 16, 4, seed=2, device=CPU, threads=2, prefetch=3)
+    first = loader.epoch(0)
+    next(first)
+    first.close()  # as max_steps or a stop signal leaves it
+    assert [color_ids(b) for b in loader.epoch(1)] == epoch_batches(24, 4, 2, 1).tolist()
+
+
+def test_a_file_broken_or_removed_after_the_check_is_replaced_by_the_next(tmp_path):
+    files = write_colors(tmp_path, 16)
+    loader = NvjpegLoader(scan(tmp_path).files, 16, 4, seed=0, device=CPU, threads=1)
+    good = files[5].read_bytes()
+    files[5].write_bytes(good[: len(good) // 3])  # truncated while "training"
+    files[9].unlink()
+    with pytest.warns(UserWarning, match="skipping"):
+        batches = [color_ids(b) for b in loader.epoch(0)]
+    for got, want in zip(batches, epoch_batches(16, 4, 0, 0).tolist(), strict=True):
+        assert got == [i + 1 if i in (5, 9) else i for i in want]
+
+
+def test_the_cache_built_by_it_matches_the_plain_path_in_file_order(faces, monkeypatch):
+    images = scan(faces[0].parent.parent)
+    monkeypatch.setattr(cache, "CHUNK", 5)  # 5 chunks decoded on 2 threads at once: their order must hold
+    report = ensure(images, 32, CPU, threads=2)  # torchvision's decoder on threads: the fastest here
+    assert report.built and report.decoder.startswith("torchvision CPU, 2 threads") and report.rate > 0
+    arr = np.load(report.folder / "images.npy").astype(float)
+    assert arr.shape == (24, 32, 32, 3)
+    per_image = np.abs(arr - plain(images.files, 32).numpy()).mean(axis=(1, 2, 3))
+    assert per_image.max() < 0.05  # each image is its own (measured 0.002); a neighbour would be tens
+    assert ensure(images, 32, CPU, decoder="dali-cpu" if dali.available() is None else "pil").folder != report.folder
+
+
+def test_auto_picks_it_on_cuda_without_dali(monkeypatch):
+    cuda = torch.device("cuda")
+    monkeypatch.setitem(sys.modules, "nvidia.dali", None)
+    monkeypatch.setattr(loaders, "memory_budget", lambda device: (1, "a tiny budget"))
+    monkeypatch.setattr(nvjpeg, "available", lambda device: None if device.type == "cuda" else "no CUDA")
+    name, why = loaders.choose("auto", 1000, 64, cuda)
+    assert name == "nvjpeg" and "GPU decode by torchvision" in why and "nvidia-dali is not importable" in why
+    assert loaders.choose("auto", 1000, 64, CPU)[0] == "torch"
+    assert cache.decoder_kind(cuda) == "torchvision-cuda"
+    monkeypatch.setattr(dali, "available", lambda: None)  # with DALI, DALI
+    assert loaders.choose("auto", 1000, 64, cuda)[0] == "dali" and cache.decoder_kind(cuda) == "dali-mixed"
+
+
+def test_backend_nvjpeg_without_cuda_says_why(celeba, tmp_path, capsys):
+    from fastdcgan.train import main
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present")
+    assert main(tiny_args(celeba, tmp_path / "run", data__backend="nvjpeg")) == 2
+    err = capsys.readouterr().err
+    assert "data.backend=nvjpeg" in err and "CUDA" in err
+
+
+def test_resize_crop_many_groups_sizes_and_keeps_order():
+    rng = torch.Generator().manual_seed(0)
+    ims = [torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=rng) for h, w in
+           [(50, 40), (40, 50), (50, 40), (33, 33)]]
+    together = resize_crop_many(ims, 16)
+    alone = torch.cat([resize_crop_many([im], 16) for im in ims])
+    assert torch.equal(together, alone)
+
+
+@needs_cuda
+def test_the_gpu_decoder_matches_the_cpu_decoder(faces):
+    cuda = torch.device("cuda")
+    datas = [f.read_bytes() for f in faces]
+    on_gpu, failed = BatchDecoder(64, cuda)(datas)
+    assert not failed and on_gpu.device.type == "cuda"
+    on_cpu, _ = BatchDecoder(64, CPU)(datas)
+    mad = (on_gpu.cpu().float() - on_cpu.float()).abs().mean().item()
+    assert mad < 0.5, mad  # nvJPEG against libjpeg-turbo, float against uint8 resize rounding
+    assert (on_gpu.cpu().float() - plain(faces, 64)).abs().mean() < 0.5
+
+
+@needs_cuda
+def test_the_loader_delivers_on_the_gpu_in_order(tmp_path):
+    files = write_colors(tmp_path, 16)
+    loader = NvjpegLoader(files, 16, 4, seed=1, device=torch.device("cuda"), threads=2)
+    batches = list(loader.epoch(0))
+    assert all(b.device.type == "cuda" and b.dtype == torch.uint8 for b in batches)
+    assert [color_ids(b.cpu()) for b in batches] == epoch_batches(16, 4, 1, 0).tolist()
+
+
+@needs_cuda
+def test_resume_mid_epoch_with_nvjpeg_is_bit_identical(celeba, tmp_path):
+    from fastdcgan.train import main
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    extra = dict(data__backend="nvjpeg", device="cuda")
+    assert main(tiny_args(celeba, whole, train__max_steps=9, **extra)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=5, **extra)) == 0
+    assert main(tiny_args(celeba, split, train__max_steps=9, **extra)) == 0
+    a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pil_fallback_reads_any_mode(tmp_path):
+    """Grayscale, palette and alpha images reach the batch as RGB (as folder.open_rgb makes them)."""
+    rgb = Image.new("RGB", (20, 24), (200, 30, 30))
+    datas = []
+    for mode in ("L", "P", "RGBA"):
+        buf = io.BytesIO()
+        rgb.convert(mode).save(buf, "PNG")
+        datas.append(buf.getvalue())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch, failed = BatchDecoder(8, CPU)(datas)
+    assert not failed and batch.shape == (3, 8, 8, 3)
