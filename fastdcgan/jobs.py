@@ -104,9 +104,9 @@ class Samples(SideJob):
         self.last = s.step
         G = s.sampling_generator()  # on every rank (a collective under sync_bn)
         if run.main:
-            images = sample(G, s.fixed_z)
-            plots.save_grid(images, run.dir / "samples" / f"{name}.png")
-            run.report.image("samples", images, s.step)
+            grid = plots.sample_grid(sample(G, s.fixed_z))
+            plots.write_grid(grid, run.dir / "samples" / f"{name}.png")
+            run.report.image("samples", grid, s.step)
 
 
 class Plots(SideJob):

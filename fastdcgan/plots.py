@@ -14,11 +14,21 @@ from PIL import Image, ImageDraw  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
 
+def sample_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
+    """Images in [-1, 1], NCHW, as one CHW grid in [0, 1] (square-ish unless nrow is given)."""
+    nrow = nrow or max(1, int(len(images) ** 0.5 + 0.5))
+    return make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+
+
+def write_grid(grid: torch.Tensor, path: str | os.PathLike) -> None:
+    """A sample_grid as a PNG."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    save_image(grid, path)
+
+
 def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = None) -> None:
     """Images in [-1, 1], NCHW, as one PNG grid (square-ish unless nrow is given)."""
-    nrow = nrow or max(1, int(len(images) ** 0.5 + 0.5))
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    save_image(images.float().cpu(), path, nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    write_grid(sample_grid(images, nrow), path)
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:

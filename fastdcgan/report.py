@@ -71,7 +71,7 @@ class MetricsFile:
         self.file.write(json.dumps(row) + "\n")
         self.file.flush()
 
-    def image(self, tag: str, images: torch.Tensor, step: int) -> None:
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
         pass  # the PNG files are the samples job's own
 
     def histogram(self, tag: str, counts: torch.Tensor, step: int) -> None:
@@ -94,10 +94,7 @@ class TensorBoard:
                 self.writer.add_scalar(f"{TB_GROUPS.get(key, 'train')}/{key}", value, row["step"])
         self.writer.flush()
 
-    def image(self, tag: str, images: torch.Tensor, step: int) -> None:
-        from torchvision.utils import make_grid
-        nrow = max(1, int(len(images) ** 0.5 + 0.5))  # as the PNG grids
-        grid = make_grid(images.float().cpu(), nrow=nrow, padding=2, normalize=True, value_range=(-1, 1))
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
         self.writer.add_image(tag, grid, step)
         self.writer.flush()
 
@@ -137,9 +134,10 @@ class Report:
         for sink in self.sinks:
             sink.record(row)
 
-    def image(self, tag: str, images: torch.Tensor, step: int) -> None:
+    def image(self, tag: str, grid: torch.Tensor, step: int) -> None:
+        """A CHW grid in [0, 1] (plots.sample_grid)."""
         for sink in self.sinks:
-            sink.image(tag, images, step)
+            sink.image(tag, grid, step)
 
     def histogram(self, tag: str, counts: torch.Tensor, step: int) -> None:
         for sink in self.sinks:

@@ -105,8 +105,9 @@ class Run:
                                        last_saved=step if self.resume_from else -1)
         self.stop = Stop(self.dir, self.env, step)
         # In this order at a step and at an epoch's end: a stop comes before the checkpoint it writes anyway.
+        self.fid = FID(cfg.fid.every, self.tracker, cfg.fid.target, self.dir) if self.tracker else None
         self.jobs = [Log(cfg.log.every), Samples(cfg.sample.every), Plots(), self.stop, self.checkpoints,
-                     *([FID(cfg.fid.every, self.tracker, cfg.fid.target, self.dir)] if self.tracker else [])]
+                     *([self.fid] if self.fid else [])]
 
     # What tests and tools reach for on a Run.
     G = property(lambda self: self.state.G)
@@ -190,8 +191,7 @@ class Run:
         finally:
             self.stop.uninstall()
             if code is not None:
-                fid = next((j for j in self.jobs if isinstance(j, FID)), None)
-                self.report.status(STATUS_WORDS[code], self.state.step, fid.summary() if fid else "")
+                self.report.status(STATUS_WORDS[code], self.state.step, self.fid.summary() if self.fid else "")
             self.report.close()
         return code
 
@@ -220,8 +220,7 @@ class Run:
                 s.epoch, s.batch_in_epoch = s.epoch + 1, 0
                 self._side_jobs("at_epoch_end")
         self._side_jobs("at_end")
-        fid = next((j for j in self.jobs if isinstance(j, FID)), None)
-        reached = f"; {fid.summary()}" if fid and fid.reached else ""
+        reached = f"; {self.fid.summary()}" if self.fid and self.fid.reached else ""
         self.report.print(f"done: {s.step} steps{reached}; generator.pth, samples and plots in {self.dir}", last=True)
         return EXIT_OK
 

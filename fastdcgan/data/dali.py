@@ -231,14 +231,13 @@ class DaliLoader:
             return
         if self.pipe is None or self.done >= len(self.plan) or self.plan[self.done] != (epoch, start_batch):
             self._build(epoch, start_batch)
-        table = None
+        table = self._table(epoch)  # the planned file indices of each batch
         for b in range(start_batch, len(self)):
             try:
                 images, labels = self.pipe.run()
             except RuntimeError as e:  # this pipeline is dead either way
                 if not is_file_failure(e):
                     raise InputFailure(f"the DALI pipeline failed: {failure_summary(e)}") from e
-                table = self._table(epoch) if table is None else table
                 yield self._recover(table[b], e)  # a file changed since it was checked
                 if b + 1 < len(self):
                     self._build(epoch, b + 1)
@@ -247,7 +246,6 @@ class DaliLoader:
                 continue
             self.done += 1
             got = np.asarray(labels.as_tensor()).reshape(-1)  # the reader's labels stay on the CPU
-            table = self._table(epoch) if table is None else table
             if not np.array_equal(got, table[b]):
                 raise InputFailure(f"the DALI reader is out of step: epoch {epoch} batch {b} is not the planned one")
             yield to_torch(images, self.device)
