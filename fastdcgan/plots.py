@@ -79,8 +79,9 @@ def plot_fid(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
 
 
 def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike,
-                   axis: str = "discriminator output (probability of real)") -> None:
-    """The epoch's distribution of D(x) on real images and D(G(z)) on fakes (hist: 2 x bins)."""
+                   axis: str = "discriminator output (probability of real)", first: int = 0) -> None:
+    """The distribution of D(x) on real images and D(G(z)) on fakes (hist: 2 x bins) over epochs
+    first..epoch (first = 0 or epoch: that epoch alone)."""
     bins = hist.shape[1]
     edges = torch.linspace(0, 1, bins + 1)
     centers, width = ((edges[1:] + edges[:-1]) / 2).numpy(), 1.0 / bins
@@ -91,7 +92,8 @@ def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike,
     ax.set_xlim(0, 1)
     ax.set_xlabel(axis)
     ax.set_ylabel("fraction of images")
-    ax.set_title(f"Discriminator outputs, epoch {epoch}")
+    ax.set_title(f"Discriminator outputs, epochs {first}-{epoch}" if 0 < first < epoch
+                 else f"Discriminator outputs, epoch {epoch}")
     ax.legend()
     _save(fig, out)
 

@@ -106,8 +106,8 @@ class Run:
         self.stop = Stop(self.dir, self.env, step)
         # In this order at a step and at an epoch's end: a stop comes before the checkpoint it writes anyway.
         self.fid = FID(cfg.fid.every, self.tracker, cfg.fid.target, self.dir) if self.tracker else None
-        self.jobs = [Log(cfg.log.every), Samples(cfg.sample.every), Plots(), self.stop, self.checkpoints,
-                     *([self.fid] if self.fid else [])]
+        self.jobs = [Log(cfg.log.every), Samples(cfg.sample.every), Plots(cfg.log.every, step, self.state.epoch),
+                     self.stop, self.checkpoints, *([self.fid] if self.fid else [])]
 
     # What tests and tools reach for on a Run.
     G = property(lambda self: self.state.G)
