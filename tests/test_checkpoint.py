@@ -1,3 +1,4 @@
+import contextlib
 import signal
 import subprocess
 import sys
@@ -93,6 +94,18 @@ def _poll(condition, proc, timeout=120):
         time.sleep(0.001)
 
 
+@contextlib.contextmanager
+def _writer(d):
+    """WRITER in a subprocess, killed on the way out: a failed assertion must not leave it saving
+    on one core for good (a planted bug's failure did, for 10 minutes)."""
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(d)])
+    try:
+        yield proc
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def _partial(d) -> bool:
     """A checkpoint temp file with some bytes in it."""
     for p in d.glob("step_*.tmp"):
@@ -115,10 +128,10 @@ def _assert_complete(d):
 def test_kill_9_at_any_moment_leaves_a_loadable_latest(tmp_path):
     for attempt in range(4):
         d = tmp_path / str(attempt)
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(d)])
-        _poll(lambda: _saved_step(d) >= 1 + 2 * attempt, proc)  # a few saves done, whatever import took
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        with _writer(d) as proc:
+            _poll(lambda: _saved_step(d) >= 1 + 2 * attempt, proc)  # a few saves done, whatever import took
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         _assert_complete(d)
 
 
@@ -127,10 +140,10 @@ def test_kill_9_mid_write_falls_back_to_the_newest_complete_checkpoint(tmp_path)
     checkpoint (a save that wrote step_N.pt in place would leave a partial step_N.pt here)."""
     for attempt in range(10):  # until the kill lands mid-write (almost always the first time)
         d = tmp_path / str(attempt)
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(d)])
-        _poll(lambda: _saved_step(d) >= 2 and _partial(d), proc, timeout=60)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+        with _writer(d) as proc:
+            _poll(lambda: _saved_step(d) >= 2 and _partial(d), proc, timeout=60)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
         if list(d.glob("step_*.tmp")):
             break
     else:
