@@ -14,6 +14,7 @@ or in a later session. A threshold's time is the first checkpoint at or below it
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import statistics
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # fastdcgan from this checkout, installed or not
 # recipe -> (config file, extra settings, seeds). Same model size (32x32, ngf = ndf = 32) for all.
 PAPER = "configs/celeba64.toml"  # the paper's loss, rates and batch 128, shrunk to the CPU model
 SPEED = "configs/speedrun-cpu.toml"
@@ -65,9 +67,10 @@ def train(args) -> None:
                 f.unlink()
 
 
+@functools.cache  # score and report ask for each checkpoint more than once; each read is megabytes
 def checkpoint_meta(path: Path) -> dict:
-    import torch
-    s = torch.load(path, map_location="cpu", weights_only=False)
+    from fastdcgan import checkpoint
+    s = checkpoint.load(path)
     c = s["config"]
     return {"step": s["step"], "wall_s": s["wall_s"], "ema": c["model"]["ema"] > 0,
             "images": s["step"] * c["train"]["batch_size"] * s.get("world", 1)}
