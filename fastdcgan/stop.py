@@ -15,6 +15,15 @@ STOP_FILE = "STOP"       # touch RUN_DIR/STOP to stop a run at the next check (h
 STOP_CHECK_S = 1.0       # seconds between stop checks when several processes must agree (rank 0's clock)
 
 
+def leave_stop_signals_to_the_trainer(_worker_id: int = 0) -> None:
+    """worker_init_fn for input worker processes. A cluster stops a job by signalling every process in
+    it (slurmstepd signals the whole step, Ctrl-C the foreground group): a worker killed by that would
+    crash the trainer mid-step, without a checkpoint. The trainer stops at a step boundary and shuts its
+    workers down itself."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+
+
 def stop_file_at_start(run_dir: Path) -> bool:
     """A stop leaves RUN_DIR/STOP. A fresh launch clears it; workers that torchrun restarts in the
     same launch find it and stop at once, rather than train on in an allocation being taken away."""
@@ -51,8 +60,12 @@ class Stop(SideJob):
             signal.signal(s, signal.SIG_DFL)
 
     def _on_signal(self, signum, frame) -> None:
-        self.signal = signum
-        signal.signal(signum, signal.SIG_DFL)  # a second signal of the same kind ends the process at once
+        self.signal = self.signal or signum
+        # A second Ctrl-C is a person who wants it to end now. A second SIGTERM or SIGUSR1 is the same
+        # request again: slurmstepd signals every process of a job step and torchrun relays its own copy
+        # to each worker, and both follow with SIGKILL when their grace period is over.
+        if signum == signal.SIGINT:
+            signal.signal(signum, signal.SIG_DFL)
 
     def due(self, step: int, now: bool = False) -> bool:
         if self.env.world == 1 and self.signal is not None:

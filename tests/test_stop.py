@@ -1,9 +1,12 @@
-"""Every way a run is stopped: the STOP file, a second signal, and torchrun's SIGTERM with slow steps.
+"""Every way a run is stopped: the STOP file, a second Ctrl-C, a cluster's SIGTERM to every process
+of the run, and torchrun's SIGTERM with slow steps.
 
 Real processes, real signals; the tests poll for what they wait on (log rows, files, the signal
 disposition in /proc) and never sleep a fixed time for correctness.
 """
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -58,34 +61,68 @@ def test_touching_stop_stops_a_single_process_run(celeba, tmp_path):
     assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == int(step)
 
 
-def _second_signal(celeba, tmp_path, sig, while_checkpointing: bool):
+def _second_ctrl_c(celeba, tmp_path, while_checkpointing: bool):
     run = tmp_path / "run"
     proc = start(celeba, run, **SLOW)
     wait_for_step(run, 1, proc)
-    proc.send_signal(sig)
-    # The first signal is handled (its handler gives the signal back to the default action) ...
-    poll(lambda: not catches(proc.pid, sig) or proc.poll() is not None, 30, "first signal handled")
+    proc.send_signal(signal.SIGINT)
+    # The first Ctrl-C is handled (its handler gives SIGINT back to the default action) ...
+    poll(lambda: not catches(proc.pid, signal.SIGINT) or proc.poll() is not None, 30, "first signal handled")
     if while_checkpointing:  # ... and the stop's checkpoint is being written
         poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60, "checkpoint started")
     t = time.time()
-    proc.send_signal(sig)
+    proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
-    assert proc.returncode == -sig, out  # killed by the signal itself: no checkpoint, no exit 75
+    assert proc.returncode == -signal.SIGINT, out  # killed by the signal itself: no checkpoint, no exit 75
     assert time.time() - t < 5  # at once, not after the step or the checkpoint
     assert (run / "STATUS").read_text().split()[0] == "running"
     return run
 
 
-def test_a_second_signal_kills_at_once_in_a_slow_step(celeba, tmp_path):
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        run = _second_signal(celeba, tmp_path / sig.name, sig, while_checkpointing=False)
-        assert checkpoint.latest(run / "checkpoints") is None
+def test_a_second_ctrl_c_kills_at_once_in_a_slow_step(celeba, tmp_path):
+    run = _second_ctrl_c(celeba, tmp_path, while_checkpointing=False)
+    assert checkpoint.latest(run / "checkpoints") is None
 
 
-def test_a_second_signal_kills_at_once_while_checkpointing(celeba, tmp_path):
-    run = _second_signal(celeba, tmp_path, signal.SIGTERM, while_checkpointing=True)
+def test_a_second_ctrl_c_kills_at_once_while_checkpointing(celeba, tmp_path):
+    run = _second_ctrl_c(celeba, tmp_path, while_checkpointing=True)
     assert list((run / "checkpoints").glob("*.tmp"))  # killed mid-write: a partial temp file ...
     assert checkpoint.latest(run / "checkpoints") is None  # ... that is never taken for a checkpoint
+
+
+def process_tree(pid: int) -> list[int]:
+    kids = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
+    return [pid, *(p for k in kids for p in process_tree(int(k)))]
+
+
+def test_sigterm_to_every_process_of_the_run_twice_still_checkpoints(celeba, tmp_path):
+    """How a cluster ends a job: slurmstepd sends SIGTERM to every process of the step, the input
+    workers included, and torchrun relays another copy to its workers. Neither a worker's death nor
+    the repeated signal may cost the stop's checkpoint (both did: a RuntimeError from the DataLoader,
+    then the default action of the second SIGTERM)."""
+    run = tmp_path / "run"
+    proc = start(celeba, run, **SLOW, data__workers=2)
+    wait_for_step(run, 1, proc)
+    tree = process_tree(proc.pid)
+    assert len(tree) == 3, tree  # the trainer and its 2 DataLoader workers
+
+    def signal_all():
+        for pid in tree:
+            with contextlib.suppress(ProcessLookupError):  # gone already: nothing of it to test
+                os.kill(pid, signal.SIGTERM)
+
+    signal_all()
+    poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60, "checkpoint started")
+    assert proc.poll() is None, proc.stdout.read()  # the second copy arrives while the checkpoint is written
+    signal_all()
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 75, out
+    state, step = (run / "STATUS").read_text().split()
+    assert state == "stopped" and int(step) >= 1
+    assert f"stopped by SIGTERM at step {step};" in out
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == int(step)
+    assert not [p for p in tree if Path(f"/proc/{p}").exists() and "zombie" not in
+                Path(f"/proc/{p}/status").read_text()]  # the workers are gone with it
 
 
 def test_sigterm_to_torchrun_stops_slow_steps_in_time(tmp_path):

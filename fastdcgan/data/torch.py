@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
 from ..config import UsageError
+from ..stop import leave_stop_signals_to_the_trainer
 from .folder import open_rgb
 from .order import batches_per_epoch, epoch_batches
 
@@ -81,7 +82,7 @@ class TorchLoader:
             pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None,
             # its own generator: worker seeding must not draw from the global RNG that makes the noise
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(seed), worker_init_fn=leave_stop_signals_to_the_trainer,
         )
 
     def __len__(self) -> int:

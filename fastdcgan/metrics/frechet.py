@@ -155,9 +155,10 @@ def real_batches(files: list[Path], image_size: int, batch: int, workers: int = 
     from torch.utils.data import DataLoader
 
     from ..data.torch import ImageFiles
+    from ..stop import leave_stop_signals_to_the_trainer
     # Its own generator: the loader's seed draw must not move the global RNG (exact resume).
     loader = DataLoader(ImageFiles(files, image_size), batch_size=batch, num_workers=workers,
-                        generator=torch.Generator())
+                        generator=torch.Generator(), worker_init_fn=leave_stop_signals_to_the_trainer)
     for b in loader:
         yield b.permute(0, 3, 1, 2)
 
