@@ -52,6 +52,8 @@ class Model:
     d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)")
     sync_bn: bool = opt(False, "BatchNorm statistics over all processes' batches (several processes)")
     ema: float = opt(0.0, "decay of an EMA of G's weights used for samples and FID (0 = off; e.g. 0.999)")
+    ema_warmup: bool = opt(True, "the EMA's decay ramps up as min(ema, (1 + t) / (10 + t)) at update t, so "
+                                 "early samples are not mostly the initial weights")
     spectral_norm: bool = opt(False, "spectral normalisation of D's convolutions")
 
 

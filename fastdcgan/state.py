@@ -154,7 +154,8 @@ class TrainState:
         self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
                            d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps, amp_dtype=amp_dtype,
                            channels_last=cfg.channels_last, compile=self.compile, cuda_graphs=self.cuda_graphs,
-                           distributed=env.world > 1, ema=self.G_ema, ema_decay=m.ema, loss=cfg.train.loss,
+                           distributed=env.world > 1, ema=self.G_ema, ema_decay=m.ema, ema_warmup=m.ema_warmup,
+                           loss=cfg.train.loss,
                            gp_lambda=cfg.train.gp_lambda, r1_gamma=cfg.train.r1_gamma, r1_every=cfg.train.r1_every,
                            augment=cfg.data.augment)
         self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)

@@ -69,14 +69,18 @@ def test_bad_fid_and_ema_settings_name_the_key(override, words):
         config.build(None, [override])
 
 
-def test_ema_update_is_decay_times_ema_plus_rest_times_g():
+@pytest.mark.parametrize("warmup, decays", [
+    (False, [0.2, 0.2, 0.2]),
+    (True, [1 / 10, 2 / 11, 0.2]),  # min(0.2, (1 + t) / (10 + t)) for t = 0, 1, 2: the ramp, then the cap
+])
+def test_ema_update_is_decay_times_ema_plus_rest_times_g(warmup, decays):
     torch.manual_seed(0)
     G, D = build_models(16, 8, 8, 32)
     opt_g, opt_d = make_optimizers(G, D, 2e-3, 2e-3, (0.5, 0.999), compiled=False, graphs=False)
-    ema, decay = make_ema(G), 0.9
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=decay)
+    ema = make_ema(G)
+    gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=0.2, ema_warmup=warmup)
     expected = [p.detach().double().clone() for p in G.parameters()]
-    for k in range(3):
+    for k, decay in enumerate(decays):
         gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k)))
         expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, G.parameters())]
         for e, q in zip(expected, ema.parameters()):
