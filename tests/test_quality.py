@@ -90,6 +90,25 @@ def test_ema_update_is_decay_times_ema_plus_rest_times_g(warmup, decays):
     assert lag > 1e-4 and not ema.training and not any(p.requires_grad for p in ema.parameters())
 
 
+def test_ema_warmup_reads_nothing_on_the_host():
+    """A CUDA graph replays the warm-up's decay only if it stays on the device: no op of the update may
+    read a tensor into a host scalar (a 0-dim weight passed as lerp's Scalar would: _local_scalar_dense)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Ops(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    G, D = build_models(16, 8, 8, 32)
+    opt_g, opt_d = make_optimizers(G, D, 2e-3, 2e-3, (0.5, 0.999), compiled=False, graphs=False)
+    gan, seen = GANStep(G, D, opt_g, opt_d, nz=16, ema=make_ema(G), ema_decay=0.999), []
+    with Ops():
+        gan._update_ema()
+    assert any("lerp" in op for op in seen) and not [op for op in seen if "local_scalar" in op], seen
+    assert gan.ema_updates.item() == 1
+
+
 def test_ema_is_checkpointed_sampled_and_resumes_bit_identically(celeba, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(tiny_args(celeba, whole, train__max_steps=9, model__ema=0.99)) == 0
