@@ -139,8 +139,10 @@ def spread(values: list[float]) -> str:
 
 def report(args) -> None:
     found = curves(args.out, args.n)
-    print("| recipe | seeds | " + " | ".join(f"FID <= {t:g}" for t in THRESHOLDS) + " | last FID |")
-    print("| --- | --- | " + " | ".join("---" for _ in THRESHOLDS) + " | --- |")
+    raw = {name: seeds for name, seeds in found.items() if "," in name}  # the G without EMA lines
+    found = {name: seeds for name, seeds in found.items() if name not in raw}
+    print("| recipe | seeds | steps scored | " + " | ".join(f"FID <= {t:g}" for t in THRESHOLDS) + " | last FID |")
+    print("| --- | --- | --- | " + " | ".join("---" for _ in THRESHOLDS) + " | --- |")
     for name, seeds in found.items():
         cells = []
         for t in THRESHOLDS:
@@ -152,7 +154,15 @@ def report(args) -> None:
                 cell += f", {len(got)} of {len(hits)} seeds"
             cells.append(cell)
         last = spread([rows[-1]["fid"] for rows in seeds.values()])
-        print(f"| {name} | {len(seeds)} | " + " | ".join(cells) + f" | {last} |")
+        steps = sorted({r["step"] for rows in seeds.values() for r in rows})
+        print(f"| {name} | {len(seeds)} | {', '.join(map(str, steps))} | " + " | ".join(cells) + f" | {last} |")
+    print("\n| recipe | seed | step | FID of the EMA generator | of G without EMA |\n| --- | --- | --- | --- | --- |")
+    for name, seeds in raw.items():
+        recipe = name.split(",")[0]
+        for seed, rows in seeds.items():
+            ema = {r["step"]: r["fid"] for r in found[recipe][seed]}
+            for r in rows:
+                print(f"| {recipe} | {seed} | {r['step']} | {ema.get(r['step'], float('nan')):.1f} | {r['fid']:.1f} |")
     plot(found, args.plots)
 
 
@@ -166,8 +176,7 @@ def plot(found: dict, prefix: Path) -> None:
         for name, seeds in found.items():
             for i, rows in enumerate(seeds.values()):
                 ax.plot([r[x] for r in rows], [r["fid"] for r in rows], marker="o", ms=3, alpha=0.8,
-                        color=colours[name.split(",")[0]], linestyle="--" if "," in name else "-",
-                        label=name if i == 0 else None)
+                        color=colours[name], label=name if i == 0 else None)
         ax.set_xlabel(label)
         ax.set_ylabel("FID (1,000 samples, 32x32)")
         ax.grid(alpha=0.3)
