@@ -13,7 +13,7 @@ import torch
 from conftest import needs_cuda, tiny_args, weights
 from fastdcgan import checkpoint
 from fastdcgan.model import build_models
-from fastdcgan.step import GANStep, make_optimizers
+from fastdcgan.step import GANStep, make_ema, make_optimizers
 from fastdcgan.train import main
 
 STEPS, LR = 6, 2e-4
@@ -172,6 +172,27 @@ def test_cuda_eager_matches_cpu_closely(eager, monkeypatch):
 def test_cuda_graphs_match_eager_cuda():
     ref = train(device="cuda")
     check(train(device="cuda", graphs=True), ref, loss_tol=1e-5, param_max=1e-6)
+
+
+@needs_cuda
+def test_cuda_graphs_replay_the_ema_and_its_warmup():
+    """The EMA update and its warm-up counter run inside the captured graph: after the same steps the
+    average is eager's, and the counter counted every replay (the capture's own warm-up steps undone)."""
+    def ema_after(graphs: bool):
+        torch.manual_seed(0)
+        G, D = (m.cuda() for m in build_models(16, 8, 8, 32))
+        opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=False, graphs=graphs)
+        ema = make_ema(G)
+        gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=0.999, cuda_graphs=graphs)
+        for k in range(STEPS):
+            batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+            torch.manual_seed(100 + k)
+            gan.step(batch.cuda())
+        return torch.cat([p.detach().flatten() for p in ema.parameters()]).cpu(), gan.ema_updates.item()
+
+    (eager_ema, eager_n), (graph_ema, graph_n) = ema_after(False), ema_after(True)
+    assert eager_n == graph_n == STEPS
+    torch.testing.assert_close(graph_ema, eager_ema, rtol=0, atol=1e-6)
 
 
 @needs_cuda
