@@ -110,18 +110,18 @@ def score(args) -> None:
             print(f"{run.name} step {step}: FID {float(out.stdout.split()[-1]):.1f}", flush=True)
 
 
-def curves(out: Path, n: int) -> dict[str, dict[int, list[dict]]]:
-    """recipe -> seed -> rows (step, images, wall_s, fid) in step order, for the scored checkpoints."""
+def curves(out: Path, n: int, ema: bool | None = None) -> dict[str, dict[int, list[dict]]]:
+    """recipe -> seed -> rows (step, images, wall_s, fid) in step order, for the scored checkpoints: of
+    the generator each run samples with, or with ema=False of G itself (only runs that have an EMA)."""
     found: dict[str, dict[int, list[dict]]] = {}
     for name, seed, run in runs(out, []):
-        for label, ema in ((name, None), (f"{name}, G without EMA", False)):
-            rows = []
-            for step, r in sorted(scored(run, n, ema).items()):
-                ck = run / "checkpoints" / f"step_{step:08d}.pt"
-                if ck.exists():
-                    rows.append(checkpoint_meta(ck) | {"fid": r["fid"]})
-            if rows and (ema is None or rows[0]["ema"]):  # a run without EMA has no second line
-                found.setdefault(label, {})[seed] = rows
+        rows = []
+        for step, r in sorted(scored(run, n, ema).items()):
+            ck = run / "checkpoints" / f"step_{step:08d}.pt"
+            if ck.exists():
+                rows.append(checkpoint_meta(ck) | {"fid": r["fid"]})
+        if rows and (ema is None or rows[0]["ema"]):
+            found.setdefault(name, {})[seed] = rows
     return found
 
 
@@ -138,9 +138,7 @@ def spread(values: list[float]) -> str:
 
 
 def report(args) -> None:
-    found = curves(args.out, args.n)
-    raw = {name: seeds for name, seeds in found.items() if "," in name}  # the G without EMA lines
-    found = {name: seeds for name, seeds in found.items() if name not in raw}
+    found, raw = curves(args.out, args.n), curves(args.out, args.n, ema=False)
     print("| recipe | seeds | steps scored | " + " | ".join(f"FID <= {t:g}" for t in THRESHOLDS) + " | last FID |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in THRESHOLDS) + " | --- |")
     for name, seeds in found.items():
@@ -157,8 +155,7 @@ def report(args) -> None:
         steps = sorted({r["step"] for rows in seeds.values() for r in rows})
         print(f"| {name} | {len(seeds)} | {', '.join(map(str, steps))} | " + " | ".join(cells) + f" | {last} |")
     print("\n| recipe | seed | step | FID of the EMA generator | of G without EMA |\n| --- | --- | --- | --- | --- |")
-    for name, seeds in raw.items():
-        recipe = name.split(",")[0]
+    for recipe, seeds in raw.items():
         for seed, rows in seeds.items():
             ema = {r["step"]: r["fid"] for r in found[recipe][seed]}
             for r in rows:
