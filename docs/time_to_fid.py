@@ -171,7 +171,7 @@ def plot(found: dict, prefix: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colours = dict(zip(RECIPES, ("tab:grey", "tab:brown", "tab:blue", "tab:purple", "tab:orange", "tab:green", "tab:red")))
+    colours = dict(zip(RECIPES, plt.get_cmap("tab10").colors))  # one per recipe, in RECIPES order
     for x, label in (("wall_s", "wall-clock seconds on 2 CPU cores (training only)"), ("images", "images seen")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, seeds in found.items():
