@@ -15,8 +15,9 @@ Writes into --out, after every part, few files (a GPU lease returns at most 8): 
 last), results.json (every number, and the last log lines of failed parts), logs.tar.gz (each
 part's NAME.log and NAME.json) and, once the trainer part has run, trainer-samples.png (its last
 fixed-noise grid). Scratch (the run directories, per-part and per-combo logs, benchmark rows) goes to
---work: by default a temporary folder, removed at the end. Exit code 1 when a part failed; skips and
-the budget fail nothing.
+--work: by default a temporary folder, removed at the end. Exit code 1 when a part failed; 3 when none
+failed but the check is incomplete: a part the budget (or an interrupt) left not run or not finished, or
+no part that checked anything (all skipped): a check that checked nothing never reads as a pass.
 """
 from __future__ import annotations
 
@@ -44,6 +45,7 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_PART_S = 20      # a part is not started with less budget than this left
 KILL_GRACE_S = 5     # after SIGTERM at a part's time limit, SIGKILL this much later
 NOT_RUN = "not run (budget)"  # and "not finished (budget): ..." for a part the budget's end stopped
+EXIT_FAILED, EXIT_INCOMPLETE = 1, 3
 
 
 @dataclass(frozen=True)
@@ -233,14 +235,29 @@ def summary(records: list[dict], env_lines: list[str], footer: str) -> str:
     return "\n".join(lines + [""] + [f"- {line}" for line in env_lines] + [f"- {footer}", ""])
 
 
-def write_results(out: Path, records: list[dict], info: dict, cuda: bool) -> str:
+def verdict(records: list[dict]) -> tuple[int, str]:
+    """The exit code and the words for it: failed parts first; then a check that is incomplete (parts
+    not run or not finished) or checked nothing (every part skipped); else every part checked passed."""
     failed = sum(r["status"].startswith("failed") for r in records)
-    footer = (f"{info['elapsed_s']:.0f} s of a {info['budget_s']:.0f} s budget; {failed} failed; "
+    unfinished = sum(r["status"].startswith(("not run", "not finished")) for r in records)
+    passed = sum(r["status"] == "ok" for r in records)
+    counts = f"{passed} ok, {failed} failed, {unfinished} not run or not finished"
+    if failed:
+        return EXIT_FAILED, f"FAILED: {counts}"
+    if unfinished or not passed:
+        why = "nothing was checked" if not passed else "the budget ran out"
+        return EXIT_INCOMPLETE, f"INCOMPLETE ({why}): {counts}"
+    return 0, f"passed: {counts}"
+
+
+def write_results(out: Path, records: list[dict], info: dict, cuda: bool) -> str:
+    code, words = verdict(records)
+    footer = (f"{words}; {info['elapsed_s']:.0f} s of a {info['budget_s']:.0f} s budget; "
               f"every number in {out / 'results.json'}")
     env_lines = environment_lines(records, cuda)
     text = summary(records, env_lines, footer)
     (out / "summary.md").write_text(text)
-    results = {**info, "environment": env_lines, "failed": failed, "parts": records}
+    results = {**info, "environment": env_lines, "exit_code": code, "verdict": words, "parts": records}
     (out / "results.json").write_text(json.dumps(results, indent=1, default=str))
     return text
 
@@ -309,7 +326,7 @@ def run_all(args: argparse.Namespace) -> int:
     text = write_results(out, records, info, cuda)
     print_details(records)
     print(text, flush=True)
-    return 1 if any(r["status"].startswith("failed") for r in records) else 0
+    return verdict(records)[0]
 
 
 def main(argv: list[str] | None = None) -> int:

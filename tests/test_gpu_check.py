@@ -45,6 +45,7 @@ def test_env_and_combos_run_on_cpu_and_report_their_numbers(tmp_path):
     proc, out, parts = gpu_check(tmp_path, "--only", "env", "combos", "--budget-s", "200")
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
     summary = assert_summary_printed_last(proc, out)
+    assert "passed: 2 ok, 0 failed, 0 not run or not finished" in summary
     assert list(parts) == ["env", "combos"]
     env = parts["env"]
     assert env["status"] == "ok" and env["details"]["cuda_available"] is False and env["details"]["torch"]
@@ -71,8 +72,9 @@ def test_env_and_combos_run_on_cpu_and_report_their_numbers(tmp_path):
 
 def test_no_part_starts_once_the_budget_is_spent(tmp_path):
     proc, out, parts = gpu_check(tmp_path, "--only", "env", "cuda-tests", "combos", "--budget-s", "1")
-    assert proc.returncode == 0, proc.stdout
-    assert_summary_printed_last(proc, out)
+    assert proc.returncode == 3, proc.stdout  # checked nothing: not a pass
+    assert "INCOMPLETE (nothing was checked): 0 ok, 0 failed, 2 not run or not finished" in \
+        assert_summary_printed_last(proc, out)
     assert {n: p["status"] for n, p in parts.items()} == {
         "env": "not run (budget)", "cuda-tests": "skipped: no CUDA", "combos": "not run (budget)"}
     assert packed_logs(out) == {}
@@ -82,15 +84,17 @@ def test_parts_after_the_budget_runs_out_are_not_run(tmp_path):
     # env may start (MIN_PART_S + 0.5 left); its process alone takes over half a second (importing
     # torch), so less than MIN_PART_S is left after it and combos must not start.
     proc, out, parts = gpu_check(tmp_path, "--only", "env", "combos", "--budget-s", str(MIN_PART_S + 0.5))
-    assert proc.returncode == 0, proc.stdout
+    assert proc.returncode == 3, proc.stdout  # env passed, but combos was never checked
     assert parts["env"]["status"] == "ok" and parts["combos"]["status"] == "not run (budget)"
-    assert "| combos | not run (budget) |" in assert_summary_printed_last(proc, out)
+    summary = assert_summary_printed_last(proc, out)
+    assert "| combos | not run (budget) |" in summary
+    assert "INCOMPLETE (the budget ran out): 1 ok, 0 failed, 1 not run or not finished" in summary
 
 
 def test_cuda_only_parts_and_fid_without_weights_are_skipped(tmp_path):
     proc, out, parts = gpu_check(tmp_path, "--only", "cuda-tests", "bench", "input", "fid")
-    assert proc.returncode == 0, proc.stdout
-    assert_summary_printed_last(proc, out)
+    assert proc.returncode == 3, proc.stdout  # every part skipped: nothing was checked
+    assert "INCOMPLETE (nothing was checked)" in assert_summary_printed_last(proc, out)
     assert {n: p["status"] for n, p in parts.items()} == {
         "cuda-tests": "skipped: no CUDA", "bench": "skipped: no CUDA", "input": "skipped: no CUDA",
         "fid": "skipped: no FID weights (--fid-weights or $FASTDCGAN_FID_WEIGHTS)"}
