@@ -8,8 +8,9 @@
 A suite measures with pytest-benchmark's `benchmark` fixture (so --benchmark-only selects it) and
 records one row per variant with `bench_record`: images/s and per-batch p50/p95 latency, beside the
 suite's baseline measured in the same run. Warm-up (workers starting, pipelines building,
-compilation) happens before the timed region. Benchmarks report; they never assert a speed. At the
-end one table is printed with the machine, the versions and the command line.
+compilation) happens before the timed region. Benchmarks report; they never assert a speed. What
+runs is said at the start; each suite file's rows print as soon as it finishes, and at the end one
+table of them all is printed with the machine, the versions and the command line.
 """
 from __future__ import annotations
 
@@ -178,6 +179,40 @@ def bench_record_once():
         return row
 
     return record_once
+
+
+def _reporter(config):
+    return config.pluginmanager.get_plugin("terminalreporter")
+
+
+def pytest_collection_finish(session):
+    """Say what will run before it does: the suites, how many benchmarks each, and how to run one."""
+    tr = _reporter(session.config)
+    if tr is None or not session.items:
+        return
+    per_file: dict[str, int] = {}
+    for item in session.items:
+        per_file[item.location[0]] = per_file.get(item.location[0], 0) + 1
+    size = session.config.getoption("--bench-size")
+    tr.write_line(f"fastdcgan benchmarks, --bench-size {size}: " + ", ".join(f"{f} ({n})" for f, n in per_file.items())
+                  + "; each file's rows print when it finishes. One file alone: pytest bench/test_step.py "
+                  "--benchmark-only")
+
+
+_printed = 0  # ROWS[:_printed] are on the screen already
+
+
+def pytest_runtest_teardown(item, nextitem):
+    """At the end of each suite file, its rows (the closing table repeats them with the machine)."""
+    global _printed
+    if nextitem is not None and nextitem.location[0] == item.location[0] or _printed == len(ROWS):
+        return
+    tr = _reporter(item.config)
+    if tr is not None:
+        tr.write_line("")
+        for line in _table(ROWS[_printed:]):
+            tr.write_line(line)
+    _printed = len(ROWS)
 
 
 def _table(rows: list[Row]) -> list[str]:
