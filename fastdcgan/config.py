@@ -284,7 +284,7 @@ def to_dict(cfg: Config) -> dict[str, Any]:
 _MISSING = object()
 
 
-def _get(d: dict[str, Any], key: str) -> Any:
+def get(d: dict[str, Any], key: str) -> Any:
     """A dotted key's value in a to_dict() output, or _MISSING."""
     section, _, name = key.rpartition(".")
     return (d.get(section, {}) if section else d).get(name, _MISSING)
@@ -294,7 +294,7 @@ def from_dict(d: dict[str, Any]) -> Config:
     """Rebuild a Config from to_dict's output (as stored in a checkpoint); unknown keys are ignored."""
     cfg = Config()
     for key, _, _ in iter_keys(cfg):
-        value = _get(d, key)
+        value = get(d, key)
         if value is not _MISSING:
             set_key(cfg, key, value)
     return cfg
@@ -304,7 +304,7 @@ def diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """'key: old -> new' for each setting that differs between two to_dict() outputs."""
     out = []
     for key, _, _ in iter_keys(Config()):
-        a, b = _get(old, key), _get(new, key)
+        a, b = get(old, key), get(new, key)
         if a != b and a is not _MISSING:
             out.append(f"{key}: {a!r} -> {b!r}")
     return out

@@ -15,15 +15,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 from . import checkpoint, config, dist, perf, plots
 from .config import Config, UsageError
 from .data import InputFailure, folder
+from .metrics import extractors
 from .jobs import (EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, STATUS_WORDS, FID, Checkpoints, Exit, Log,
                    Plots, Samples)
 from .report import Report, check_tensorboard
+from .model import d_norm_for
 from .state import TrainState, resolve_device
 from .stop import STOP_FILE, Stop, stop_file_at_start
 
@@ -56,6 +59,47 @@ def find_resume(cfg: Config) -> Path | None:
     return path
 
 
+# What decides the names and shapes of the weights (by the setting's value, or by what it implies: D's
+# norm for a loss, D's dropout layers on or off). A checkpoint loads only into a model built alike.
+MODEL_LAYOUT = {"data.image_size": None, "model.nz": None, "model.ngf": None, "model.ndf": None,
+                "model.spectral_norm": None, "train.loss": d_norm_for, "model.d_dropout": lambda p: p > 0}
+
+
+def check_resumable(path: Path, cfg: Config) -> None:
+    """Refuse, naming each setting, a checkpoint whose weights this config's model cannot hold: said
+    before any set-up rather than as load_state_dict's size mismatch after the cache build."""
+    try:
+        saved = checkpoint.load(path).get("config", {})
+    except (RuntimeError, OSError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot resume from {path}: {first}") from None
+    now, was = config.to_dict(cfg), config.to_dict(config.from_dict(saved))
+    differ = []
+    for key, implies in MODEL_LAYOUT.items():
+        old, new = config.get(was, key), config.get(now, key)
+        if (implies(old) != implies(new)) if implies else old != new:
+            differ.append(f"{key} {old!r} in the checkpoint, {new!r} now")
+    if differ:
+        raise UsageError(f"cannot resume from {path}: its model was built with other settings: {'; '.join(differ)}. "
+                         "Set them back, or start a new train.run_dir (train.init cannot change shapes either)")
+
+
+def check_run_dir(cfg: Config) -> Path | None:
+    """The run directory can be written (one line and exit 2 if not, e.g. a read-only mount), and the
+    checkpoint this launch resumes from, if any, fits the model the config builds."""
+    run_dir = Path(cfg.train.run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as e:
+        raise UsageError(f"train.run_dir {run_dir} cannot be written: {e.strerror or e}") from None
+    path = find_resume(cfg)
+    if path:
+        check_resumable(path, cfg)
+    return path
+
+
 def scan_data(cfg: Config) -> folder.ImageList:
     """The images the run trains on (the built-in synthetic faces when data.root is empty)."""
     d = cfg.data
@@ -79,8 +123,12 @@ class Run:
         if cfg.cuda_graphs and device.type == "cuda" and self.env.world > 1:
             raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
         check_tensorboard(cfg.log.tensorboard and self.main)
-        # Rank 0 looks at the run directory and the data; every rank gets its answer (or its error).
-        self.resume_from, self.images = self._on_main(lambda: (find_resume(cfg), scan_data(cfg)))
+        # What can fail at once does, before the data scan and the cache build: the FID network, the
+        # run directory, a checkpoint this model cannot load. Rank 0 looks at the run directory and the
+        # data; every rank gets its answer (or its error).
+        fid_net = extractors.load(cfg.fid.weights, device) if cfg.fid.every else None
+        self.resume_from = self._on_main(lambda: check_run_dir(cfg))
+        self.images = self._on_main(lambda: scan_data(cfg))
         self.stop_pending = self._on_main(lambda: stop_file_at_start(self.dir))
         self.state = TrainState(cfg, self.env, device)
         self.state.started = self.t_created
@@ -90,7 +138,7 @@ class Run:
         self.tracker = None
         if cfg.fid.every:  # on every rank: each evaluates its share
             from .metrics.tracker import FIDTracker
-            self.tracker = FIDTracker(cfg, self.images.files, device, self.dir / "checkpoints",
+            self.tracker = FIDTracker(cfg, self.images.files, fid_net, self.dir / "checkpoints",
                                       ema=self.state.G_ema is not None)
         self.init_from = None
         if self.resume_from:
@@ -197,6 +245,7 @@ class Run:
 
     def _loop(self) -> int:
         s, reals = self.state, self.dir / "samples" / "reals.png"
+        self.loop_started = time.perf_counter()
         self.timer = perf.StepTimer(s.device)
         self.warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs, time.perf_counter() - self.t_created)
         while s.step < self.total_steps:

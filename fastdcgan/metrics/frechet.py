@@ -163,17 +163,22 @@ def real_batches(files: list[Path], image_size: int, batch: int, workers: int = 
         yield b.permute(0, 3, 1, 2)
 
 
+def fid_noise(n: int, nz: int, seed: int = 0) -> torch.Tensor:
+    """The z of FID's n generated images, drawn at once from its own seeded generator (never the global
+    RNG: evaluation must not change training). One draw for the whole set, so the score does not
+    depend on the batch size or the number of processes that generate it."""
+    return torch.randn(n, nz, 1, 1, generator=torch.Generator().manual_seed(seed))
+
+
 @torch.no_grad()
-def fake_batches(G: nn.Module, n: int, batch: int, seed: int = 0) -> Iterator[torch.Tensor]:
-    """n images of G (eval mode, restored after) as uint8 NCHW on G's device, from seeded noise."""
+def fake_batches(G: nn.Module, z: torch.Tensor, batch: int) -> Iterator[torch.Tensor]:
+    """G's images of z (eval mode, restored after) as uint8 NCHW on G's device, `batch` at a time."""
     device = next(G.parameters()).device
-    g = torch.Generator().manual_seed(seed)  # never the global RNG: evaluation must not change training
     was_training = G.training
     G.eval()
     try:
-        for start in range(0, n, batch):
-            z = torch.randn(min(batch, n - start), G.nz, 1, 1, generator=g).to(device)
-            yield quantize(G(z))
+        for chunk in z.split(batch):
+            yield quantize(G(chunk.to(device)))
     finally:
         G.train(was_training)
 
@@ -202,13 +207,12 @@ def stats_key(files: list[Path], image_size: int, extractor_name: str) -> str:
     return h.hexdigest()[:24]
 
 
-def protocol(extractor_name: str, n: int, real: list[Path], image_size: int, split: str) -> dict:
+def protocol(extractor: Extractor, n: int, real: list[Path], image_size: int, split: str) -> dict:
     """What a score was measured with, pinned beside it: FIDs are comparable only where all of these
     agree (n above all: fewer samples score higher)."""
-    return {"network": extractor_name, "generated": n, "real": len(real), "split": split,
-            "image_size": image_size, "resize": "bilinear to 299x299, align_corners=False, no antialiasing "
-            "(as pytorch-fid), generated images rounded to 8 bits first",
-            "stats": stats_key(real, image_size, extractor_name)}
+    return {"network": extractor.name, "generated": n, "real": len(real), "split": split,
+            "image_size": image_size, "resize": f"{extractor.resize}, generated images rounded to 8 bits first",
+            "stats": stats_key(real, image_size, extractor.name)}
 
 
 def describe(p: dict) -> str:
@@ -253,10 +257,11 @@ def real_stats(files: list[Path], image_size: int, extractor: Extractor, batch: 
 
 def generator_stats(G: nn.Module, n: int, extractor: Extractor, batch: int = 100, seed: int = 0,
                     shard: bool | None = None) -> Gaussian:
-    """Statistics of n images of G; under DDP each rank makes its share with its own noise."""
+    """Statistics of n images of G from fid_noise(n, G.nz, seed); under DDP each rank makes its
+    contiguous share of the same n, so every split of the work scores the same images."""
     rank, world = shard_of(shard)
-    mine = n // world + (rank < n % world)
-    sums = feature_sums(fake_batches(G, mine, batch, seed + 1_000_003 * rank), extractor)
+    z = fid_noise(n, G.nz, seed)[rank * n // world:(rank + 1) * n // world]
+    sums = feature_sums(fake_batches(G, z, batch), extractor)
     if world > 1:
         sums.all_reduce(extractor.device)
     return sums.gaussian()

@@ -27,9 +27,9 @@ BEST, BEST_JSON = "best_fid", "best_fid.json"
 
 
 class FIDTracker:
-    def __init__(self, cfg: Config, files: list[Path], device: torch.device, ckpt_dir: Path, ema: bool):
+    def __init__(self, cfg: Config, files: list[Path], extractor: extractors.Extractor, ckpt_dir: Path, ema: bool):
         self.cfg, self.files, self.ckpt_dir, self.ema = cfg, files, ckpt_dir, ema
-        self.extractor = extractors.load(cfg.fid.weights, device)  # a missing network fails at start, not at step N
+        self.extractor = extractor  # loaded before any set-up: a missing network fails at start, not at step N
         self.real: Gaussian | None = None
         try:
             self.best = json.loads((ckpt_dir / BEST_JSON).read_text())["fid"]  # a resumed run keeps its best
@@ -43,7 +43,7 @@ class FIDTracker:
         self.real, cached = real_stats(self.files, self.cfg.data.image_size, self.extractor, f.batch,
                                        self.cfg.data.workers)
         how = "from the cache" if cached else f"computed in {time.perf_counter() - t:.0f} s and cached"
-        self.protocol = protocol(self.extractor.name, f.n, self.files, self.cfg.data.image_size, self.cfg.data.split)
+        self.protocol = protocol(self.extractor, f.n, self.files, self.cfg.data.image_size, self.cfg.data.split)
         return (f"FID every {f.every} steps on {f.n} samples{' of the EMA generator' if self.ema else ''}; "
                 f"real statistics of {self.real.n} images {how}\n{describe(self.protocol)}")
 
