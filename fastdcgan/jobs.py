@@ -45,22 +45,47 @@ class SideJob:
         pass
 
 
+def duration(seconds: float) -> str:
+    """45s, 3m05s, 2h03m: short enough for a log line."""
+    s = int(seconds + 0.5)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 class Log(SideJob):
     """Moves the progress bar every step; every `every` steps (and at the last) reads the step's
-    running means, checks them, and hands the record to the report."""
+    running means, checks them, and hands the record to the report. Without a progress bar (batch
+    jobs, pipes) each line gives the run's elapsed wall clock and an ETA at this launch's pace, and the
+    launch's first step gets a line of its own, however far away the first `every` is."""
     pauses = False
 
     def __init__(self, every: int):
         self.every = every
+        self.started: tuple[int, float] | None = None  # this launch's first step and when its loop began
 
     def due(self, step: int) -> bool:
         return True
+
+    def clock(self, step: int, total: int, wall_s: float) -> str:
+        """'elapsed 1m02s  eta 3m10s': the run's wall clock, and the steps left at this launch's pace."""
+        first, t0 = self.started
+        pace = (time.perf_counter() - t0) / max(step - first, 1)
+        return f"elapsed {duration(wall_s)}  eta {duration(pace * (total - step))}"
 
     def at_step(self, run) -> None:
         s, display = run.state, run.report.display
         epoch = s.epoch + 1  # the epoch being trained, counted from 1 as in epoch_NNN.png (its end)
         display.update(s.step, epoch)
+        first = self.started is None
+        if first:
+            self.started = (s.step - 1, run.loop_started)
         if s.step % self.every and s.step != run.total_steps:
+            if first and display.progress is None:
+                display.print(f"step {s.step}/{run.total_steps}  epoch {epoch}  "
+                              f"{self.clock(s.step, run.total_steps, s.wall_s())}  (then one every {self.every} steps)")
             return
         m = s.gan.read()
         if not all(np.isfinite(v) for v in m.values()):
@@ -79,7 +104,8 @@ class Log(SideJob):
                      + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
         display.update(s.step, epoch, info)
         if display.progress is None:
-            display.print(f"step {s.step}/{run.total_steps}  epoch {epoch}  {info}")
+            display.print(f"step {s.step}/{run.total_steps}  epoch {epoch}  "
+                          f"{self.clock(s.step, run.total_steps, s.wall_s())}  {info}")
 
 
 class Samples(SideJob):

@@ -1,5 +1,6 @@
 """The trainer end to end, on tiny models and data made here: artefacts, resume, signals, faults."""
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -298,11 +299,14 @@ def test_run_directory_and_console_are_as_documented(celeba, tmp_path, capsys):
     assert (run / "STATUS").read_text() == "finished 12\n"
     lines = capsys.readouterr().out.splitlines()
     kinds = [line.split()[0] for line in lines]
-    assert kinds == ["input:", "data:", "device", "batch", *["step"] * 6, "done:"], lines
+    assert kinds == ["input:", "data:", "device", "batch", *["step"] * 7, "done:"], lines
     steps = [line.split()[1:4] for line in lines if line.startswith("step ")]
-    # epochs counted from 1, as in epoch_001.png: steps 1-6 are epoch 1
-    assert steps == [["2/12", "epoch", "1"], ["4/12", "epoch", "1"], ["6/12", "epoch", "1"], ["8/12", "epoch", "2"],
-                     ["10/12", "epoch", "2"], ["12/12", "epoch", "2"]]
+    # epochs counted from 1, as in epoch_001.png: steps 1-6 are epoch 1; the first step has a line of its own
+    assert steps == [["1/12", "epoch", "1"], ["2/12", "epoch", "1"], ["4/12", "epoch", "1"], ["6/12", "epoch", "1"],
+                     ["8/12", "epoch", "2"], ["10/12", "epoch", "2"], ["12/12", "epoch", "2"]]
+    clocks = [line.split()[4:8] for line in lines if line.startswith("step ")]
+    assert all(c[0] == "elapsed" and c[2] == "eta" and c[1].endswith("s") and c[3].endswith("s") for c in clocks)
+    assert lines[4].endswith("(then one every 2 steps)") and "loss_d" not in lines[4]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 1, 1, 2, 2, 2]
 
@@ -433,3 +437,38 @@ def test_train_init_refuses_weights_that_do_not_fit_and_a_lone_generator(celeba,
     (first / "discriminator.pth").unlink()
     assert main(tiny_args(celeba, tmp_path / "lone", train__init=first / "generator.pth")) == 2
     assert "holds a generator only; its discriminator (discriminator.pth) is not beside it" in capsys.readouterr().err
+
+
+@pytest.fixture
+def read_only_dir(tmp_path):
+    """A folder on a read-only mount, as a user meets it (as root, a tmpfs mounted read-only: root may
+    write through permission bits; otherwise a folder without write permission)."""
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        folder.chmod(0o555)
+        yield folder
+        folder.chmod(0o755)
+        return
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True)
+    if r.returncode:
+        pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
+    yield folder
+    subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_run_dir_that_cannot_be_written_is_one_line_and_exit_2(celeba, read_only_dir, capsys):
+    for run in (read_only_dir, read_only_dir / "new"):  # an existing folder, and one that cannot be made
+        assert main(tiny_args(celeba, run)) == 2
+        out, err = capsys.readouterr()
+        assert err.startswith(f"error: train.run_dir {run} cannot be written: ") and err.count("\n") == 1, err
+        assert ("Read-only file system" in err) == (os.geteuid() == 0) and out == ""
+
+
+def test_the_clock_on_a_log_line_gives_elapsed_and_the_eta_at_this_launchs_pace():
+    import time
+    from fastdcgan.jobs import Log, duration
+    assert [duration(s) for s in (0.4, 45, 185, 7380)] == ["0s", "45s", "3m05s", "2h03m"]
+    log = Log(10)
+    log.started = (100, time.perf_counter() - 20)  # resumed at step 100; 10 steps in 20 s
+    assert log.clock(110, 160, wall_s=3725) == "elapsed 1h02m  eta 1m40s"
