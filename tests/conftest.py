@@ -26,8 +26,11 @@ def needs_cuda(test):
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
-    """Validation verdicts and synthetic faces go to a per-session temp folder, not ~/.cache."""
+    """Validation verdicts and synthetic faces go to a per-session temp folder, not ~/.cache. And every
+    process a test starts imports fastdcgan from this checkout: a script run by path (a torchrun
+    worker) would otherwise import whatever copy is installed, and test that instead."""
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
 def write_image(path: Path, seed: int, size=(44, 52), fmt=None) -> Path:

@@ -1,0 +1,66 @@
+"""One rank of the settings table's two-process run (tests/test_every_setting.py), under torchrun.
+
+    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/settings_worker.py OUT key=value ...
+
+Builds the Run as `python -m fastdcgan.train` would, trains one step on this rank's own first batch
+(what the settings govern there), then one step on a batch that is the same on every rank (where only
+per-rank randomness can make the ranks differ), and saves what each rank saw, gathered, to OUT.
+"""
+import sys
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fastdcgan.train import Run, parse_args
+
+
+def record(run: Run) -> dict:
+    seen = {"noise": [], "d_in": [], "dropped": []}
+    run.G.register_forward_pre_hook(lambda m, args: seen["noise"].append(args[0].detach().clone()))
+    run.D.register_forward_pre_hook(lambda m, args: seen["d_in"].append(args[0].detach().clone()))
+    for m in run.D.modules():
+        if isinstance(m, nn.Dropout):
+            m.register_forward_hook(lambda m, args, out: seen["dropped"].append((out == 0) & (args[0] != 0)))
+    return seen
+
+
+def flips(run: Run) -> list[bool]:
+    """Which images of this rank's epoch 0 data.hflip mirrored: the wrapped backend's batches against
+    what the wrapper hands the step."""
+    if not hasattr(run.loader, "loader"):
+        return []
+    plain = list(run.loader.loader.epoch(0))
+    return [not torch.equal(a, b) for x, y in zip(run.loader.epoch(0), plain) for a, b in zip(x, y)]
+
+
+def main(out: str, overrides: list[str]) -> None:
+    run = Run(parse_args(overrides)[0])
+    own = record(run)
+    run.gan.step(next(iter(run.loader.epoch(0))))
+    norms = [m for m in run.D.modules() if "Norm" in type(m).__name__]
+    shared_batch = torch.randint(0, 256, (run.cfg.train.batch_size, run.cfg.data.image_size, run.cfg.data.image_size, 3),
+                                 dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
+    same = record(run)
+    run.gan.step(shared_batch)
+    backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    mine = {
+        "lr": [run.opt_g.param_groups[0]["lr"], run.opt_d.param_groups[0]["lr"]],
+        "norm_kinds": sorted({type(m).__name__ for m in norms}),
+        "running_means": [m.running_mean.clone() for m in norms if getattr(m, "running_mean", None) is not None],
+        "timeout_s": backend.options._timeout.total_seconds(),
+        "own_batch_mean": own["d_in"][0].float().mean().item(),
+        "noise": same["noise"][0], "augmented_real": same["d_in"][0],
+        "dropped": same["dropped"][0] if same["dropped"] else None,
+        "flips": flips(run),
+    }
+    every = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    if run.main:
+        torch.save(every, out)
+    del run  # its DDP wrappers hold the process group: gone before the group (see tests/test_dist.py)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
