@@ -257,7 +257,7 @@ def train_combo(c: Combo, cuda: bool, watch_syncs: bool) -> dict:
 
     from fastdcgan.model import build_models
     from fastdcgan.state import configure_backends
-    from fastdcgan.step import GANStep, make_ema, make_optimizers
+    from fastdcgan.step import GANStep, StepOptions, make_ema, make_optimizers
 
     device = torch.device("cuda" if cuda else "cpu")
     configure_backends(device)  # as the trainer runs it (cuDNN benchmark mode)
@@ -273,8 +273,8 @@ def train_combo(c: Combo, cuda: bool, watch_syncs: bool) -> dict:
     extra = {"amp_dtype": amp} if "amp_dtype" in inspect.signature(make_optimizers).parameters else {}
     opt_g, opt_d = make_optimizers(G, D, LR, LR, BETAS, compiled=c.compile != "off", graphs=c.graphs, **extra)
     ema = make_ema(G) if c.ema else None
-    gan = GANStep(G, D, opt_g, opt_d, nz=s["nz"], amp_dtype=amp, channels_last=c.channels_last, compile=c.compile,
-                  cuda_graphs=c.graphs, d_steps=c.d_steps, g_steps=c.g_steps, ema=ema, ema_decay=EMA_DECAY)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=s["nz"], amp_dtype=amp, channels_last=c.channels_last, compile=c.compile,
+                                                  cuda_graphs=c.graphs, d_steps=c.d_steps, g_steps=c.g_steps, ema_decay=EMA_DECAY), ema=ema)
     shape = (s["batch"], s["image_size"], s["image_size"], 3)
     batches = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(k)).to(device)
                for k in range(STEPS)]

@@ -13,7 +13,7 @@ from torch import nn
 from . import checkpoint, config, dist, perf
 from .config import Config, UsageError
 from .model import build_models, d_norm_for, fixed_noise
-from .step import GANStep, load_optimizer, make_ema, make_optimizers, set_hyperparameters
+from .step import GANStep, StepOptions, load_optimizer, make_ema, make_optimizers, set_hyperparameters
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
 
@@ -151,13 +151,7 @@ class TrainState:
                                                  (o.beta1, o.beta2), compiled=self.compile != "off",
                                                  graphs=self.cuda_graphs, amp_dtype=amp_dtype)
         # GANStep trains compiled wrappers when asked; self.G and self.D stay the plain modules we save.
-        self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, nz=m.nz, real_label=cfg.train.real_label,
-                           d_steps=cfg.train.d_steps, g_steps=cfg.train.g_steps, amp_dtype=amp_dtype,
-                           channels_last=cfg.channels_last, compile=self.compile, cuda_graphs=self.cuda_graphs,
-                           distributed=env.world > 1, ema=self.G_ema, ema_decay=m.ema, ema_warmup=m.ema_warmup,
-                           loss=cfg.train.loss,
-                           gp_lambda=cfg.train.gp_lambda, r1_gamma=cfg.train.r1_gamma, r1_every=cfg.train.r1_every,
-                           augment=cfg.data.augment)
+        self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, self.step_options(amp_dtype), ema=self.G_ema)
         self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
         self.peak = perf.peak_flops(device, self.precision)
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, device)
@@ -166,6 +160,15 @@ class TrainState:
         self.calibrated_at = -1  # the step G_ema's BatchNorm statistics were last recalibrated at
         self.started = time.perf_counter()  # when this launch began (the trainer sets its own start)
         self.wall_before = 0.0              # seconds of the launches before it (from the checkpoint)
+
+    def step_options(self, amp_dtype: torch.dtype | None) -> StepOptions:
+        """The step the config asks for, as this launch runs it (resolved precision, compile, graphs)."""
+        cfg, t, m = self.cfg, self.cfg.train, self.cfg.model
+        return StepOptions(nz=m.nz, loss=t.loss, real_label=t.real_label, d_steps=t.d_steps, g_steps=t.g_steps,
+                           gp_lambda=t.gp_lambda, r1_gamma=t.r1_gamma, r1_every=t.r1_every, augment=cfg.data.augment,
+                           ema_decay=m.ema, ema_warmup=m.ema_warmup, amp_dtype=amp_dtype,
+                           channels_last=cfg.channels_last, compile=self.compile, cuda_graphs=self.cuda_graphs,
+                           distributed=self.env.world > 1)
 
     def wall_s(self) -> float:
         """Wall-clock seconds the run has taken, all launches together: set-up, cache build, compile,
@@ -248,14 +251,14 @@ class TrainState:
                     **{k: g.get(k) for k in ("foreach", "fused", "capturable")}}
         weight = next(p for p in self.G.parameters() if p.dim() == 4)
         norms = sorted({type(m).__name__ for m in [*self.G.modules(), *self.D.modules()] if "Norm" in type(m).__name__})
-        batch = self.cfg.train.batch_size
+        batch, o = self.cfg.train.batch_size, self.gan.options
         return {"device": str(self.device), "world": self.env.world, "backend": backend,
                 "precision": self.precision, "compile": self.compile, "cuda_graphs": self.cuda_graphs,
                 "memory_format": "channels_last" if weight.is_contiguous(memory_format=torch.channels_last)
                 and not weight.is_contiguous() else "contiguous",
                 "batch_per_process": batch, "global_batch": batch * self.env.world,
-                "d_steps": self.gan.d_steps, "g_steps": self.gan.g_steps, "real_label": self.gan.real_label,
-                "norms": norms, "ema": self.G_ema is not None, "loss": self.gan.loss,
-                "r1": {"gamma": self.gan.r1_gamma, "every": self.gan.r1_every} if self.gan.r1_gamma else None,
+                "d_steps": o.d_steps, "g_steps": o.g_steps, "real_label": o.real_label,
+                "norms": norms, "ema": self.G_ema is not None, "loss": o.loss,
+                "r1": {"gamma": o.r1_gamma, "every": o.r1_every} if o.r1_gamma else None,
                 "augment": list(self.gan.policy), "spectral_norm": self.cfg.model.spectral_norm,
                 "optimizers": {"G": optimizer(self.opt_g), "D": optimizer(self.opt_d)}}

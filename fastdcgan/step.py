@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
@@ -163,6 +164,28 @@ class StepMetrics:
         return h
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """What a training step does, in one object (TrainState.step_options builds it from the config;
+    the rules between settings are config.py's, checked once there)."""
+    nz: int
+    loss: str = "bce"               # train.loss (losses.py)
+    real_label: float = 1.0         # D's target for real images with bce and lsgan
+    d_steps: int = 1                # D updates per step, each on the same real batch
+    g_steps: int = 1                # G updates per step
+    gp_lambda: float = 10.0         # WGAN-GP's penalty weight
+    r1_gamma: float = 0.0           # R1's gamma (0: off), applied every r1_every steps
+    r1_every: int = 16
+    augment: str = ""               # data.augment: a DiffAugment policy
+    ema_decay: float = 0.999        # model.ema, when an EMA generator is given
+    ema_warmup: bool = True
+    amp_dtype: torch.dtype | None = None   # autocast dtype (None: fp32)
+    channels_last: bool = False
+    compile: str = "off"            # off | default | max-autotune
+    cuda_graphs: bool = False       # capture the whole step (one process, CUDA, no fp16)
+    distributed: bool = False       # wrap G and D in DDP
+
+
 class GANStep:
     """Holds the models, optimizers and on-device accumulators; `step(batch)` trains on one batch.
 
@@ -191,46 +214,35 @@ class GANStep:
     """
 
     def __init__(self, G: nn.Module, D: nn.Module, opt_g: torch.optim.Optimizer, opt_d: torch.optim.Optimizer,
-                 *, nz: int, real_label: float = 1.0, d_steps: int = 1, g_steps: int = 1,
-                 amp_dtype: torch.dtype | None = None, channels_last: bool = False, compile: str = "off",
-                 cuda_graphs: bool = False, distributed: bool = False,
-                 ema: nn.Module | None = None, ema_decay: float = 0.999, ema_warmup: bool = True, loss: str = "bce",
-                 gp_lambda: float = 10.0, r1_gamma: float = 0.0, r1_every: int = 16, augment: str = ""):
-        self.G, self.D, self.opt_g, self.opt_d = G, D, opt_g, opt_d
-        self.ema, self.ema_decay = ema, ema_decay
+                 options: StepOptions, ema: nn.Module | None = None):
+        self.G, self.D, self.opt_g, self.opt_d, self.ema = G, D, opt_g, opt_d, ema
+        self.options = o = options
         if ema is not None:  # (EMA tensors, G tensors), listed once rather than every step
             self.ema_pairs = [(list(ema.parameters()), list(G.parameters())), (list(ema.buffers()), list(G.buffers()))]
-        self.nz, self.real_label, self.d_steps, self.g_steps = nz, real_label, d_steps, g_steps
-        self.amp_dtype, self.channels_last = amp_dtype, channels_last
-        self.loss, self.gp_lambda, self.r1_gamma, self.r1_every = loss, gp_lambda, r1_gamma, r1_every
-        self.policy = parse(augment)
+        self.policy = parse(o.augment)
         self.steps = 0  # steps taken (checkpointed): which ones R1 falls on, the EMA's warm-up
         device = next(G.parameters()).device
         self.device = device
         # The EMA updates taken, on the device, where a CUDA graph reads and counts them.
-        self.ema_warmup, self.ema_updates = ema_warmup, torch.zeros((), device=device)
+        self.ema_updates = torch.zeros((), device=device)
         # fp16 needs loss scaling; one scaler serves both optimizers (one update per step).
-        self.scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-        if cuda_graphs and (device.type != "cuda" or self.scaler.is_enabled() or distributed):
-            raise ValueError("cuda_graphs needs one process on a CUDA device and precision other than fp16 "
-                             "(the GradScaler reads its overflow check on the host)")
-        self.metrics = StepMetrics(loss, device)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=o.amp_dtype == torch.float16)
+        self.metrics = StepMetrics(o.loss, device)
         # Under DDP, G and D are each wrapped without buffer broadcasts, because D runs twice before
         # one backward and a buffer broadcast between would overwrite BatchNorm stats autograd saved.
         # The G phase runs the plain D, frozen: no gradient all-reduce for D there (as StyleGAN2-ADA).
         self.run_G, self.run_D, self.frozen_D = G, D, D
-        if distributed:
+        if o.distributed:
             ids = [device.index] if device.type == "cuda" else None
             self.run_G = DDP(G, device_ids=ids, **NO_BUFFER_SYNC)
             self.run_D = DDP(D, device_ids=ids, **NO_BUFFER_SYNC)
         self.opt_steps = {opt_g: opt_g.step, opt_d: opt_d.step}
-        if compile != "off":
-            mode = compile_mode(compile)
+        if o.compile != "off":
+            mode = compile_mode(o.compile)
             self.run_G, self.run_D = torch.compile(self.run_G, mode=mode), torch.compile(self.run_D, mode=mode)
-            self.frozen_D = torch.compile(D, mode=mode) if distributed else self.run_D
+            self.frozen_D = torch.compile(D, mode=mode) if o.distributed else self.run_D
             if not self.scaler.is_enabled():  # the scaler calls opt.step itself
                 self.opt_steps = {opt: torch.compile(opt.step, mode=mode) for opt in (opt_g, opt_d)}
-        self.cuda_graphs = cuda_graphs
         self.graphs: dict[bool, torch.cuda.CUDAGraph] = {}  # by whether the step applies R1
         self.static_batch: torch.Tensor | None = None
 
@@ -240,12 +252,12 @@ class GANStep:
         return next(iter(self.graphs.values()), None)
 
     def _autocast(self):
-        if self.amp_dtype is None:
+        if self.options.amp_dtype is None:
             return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return torch.autocast(self.device.type, dtype=self.options.amp_dtype)
 
     def _noise(self, n: int) -> torch.Tensor:
-        return torch.randn(n, self.nz, 1, 1, device=self.device)
+        return torch.randn(n, self.options.nz, 1, 1, device=self.device)
 
     def _update(self, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
         opt.zero_grad(set_to_none=True)
@@ -269,9 +281,10 @@ class GANStep:
 
     def step(self, batch_u8: torch.Tensor) -> None:
         """Train on one uint8 NHWC batch."""
-        r1 = self.r1_gamma > 0 and self.steps % self.r1_every == 0
+        o = self.options
+        r1 = o.r1_gamma > 0 and self.steps % o.r1_every == 0
         self.steps += 1
-        if not self.cuda_graphs:
+        if not o.cuda_graphs:
             return self._step(batch_u8, r1)
         if r1 not in self.graphs:
             self.graphs[r1] = self._capture(batch_u8, r1)
@@ -279,31 +292,32 @@ class GANStep:
         self.graphs[r1].replay()
 
     def _step(self, batch_u8: torch.Tensor, r1: bool = False) -> None:
-        real = to_model_input(batch_u8, self.channels_last)
+        o = self.options
+        real = to_model_input(batch_u8, o.channels_last)
         n = real.shape[0]
         G, D, frozen_D = self.run_G, self.run_D, self.frozen_D
         self.D.requires_grad_(True)
-        for _ in range(self.d_steps):
+        for _ in range(o.d_steps):
             z = self._noise(n)
             with self._autocast():
                 fake = G(z)
                 logit_real = D(self._augment(real))
                 logit_fake = D(self._augment(fake.detach()))
-            loss_d = losses.d_loss(self.loss, logit_real, logit_fake, self.real_label)
-            if self.loss == "wgan-gp":
-                loss_d = loss_d + self.gp_lambda * losses.gradient_penalty(self._penalty_D, real, fake)
+            loss_d = losses.d_loss(o.loss, logit_real, logit_fake, o.real_label)
+            if o.loss == "wgan-gp":
+                loss_d = loss_d + o.gp_lambda * losses.gradient_penalty(self._penalty_D, real, fake)
             if r1:
-                loss_d = loss_d + self.r1_gamma / 2 * self.r1_every * losses.r1_penalty(self._penalty_D, real)
+                loss_d = loss_d + o.r1_gamma / 2 * o.r1_every * losses.r1_penalty(self._penalty_D, real)
             self._update(self.opt_d, loss_d)
         # D's weights get no gradient in the G phase: less work, same result.
         self.D.requires_grad_(False)
-        for i in range(self.g_steps):
+        for i in range(o.g_steps):
             if i > 0:  # the first G update reuses the D phase's fakes, as the reference does
                 z = self._noise(n)
             with self._autocast():
                 if i > 0:
                     fake = G(z)
-                loss_g = losses.g_loss(self.loss, frozen_D(self._augment(fake)))
+                loss_g = losses.g_loss(o.loss, frozen_D(self._augment(fake)))
             self._update(self.opt_g, loss_g)
         if self.ema is not None:
             self._update_ema()
@@ -314,13 +328,14 @@ class GANStep:
     def _update_ema(self) -> None:
         (ema_params, g_params), (ema_buffers, g_buffers) = self.ema_pairs
         # lerp: ema + (1 - decay) * (G - ema) = decay * ema + (1 - decay) * G
-        if self.ema_warmup:  # 1 - min(decay, (1 + t) / (10 + t)), computed and counted on the device
-            weight = (9.0 / (10.0 + self.ema_updates)).clamp_(min=1.0 - self.ema_decay)
+        decay = self.options.ema_decay
+        if self.options.ema_warmup:  # 1 - min(decay, (1 + t) / (10 + t)), computed and counted on the device
+            weight = (9.0 / (10.0 + self.ema_updates)).clamp_(min=1.0 - decay)
             self.ema_updates += 1
             # one weight tensor per pair, never a 0-dim tensor as the Scalar: that would read it on the host
             torch._foreach_lerp_(ema_params, g_params, [weight] * len(ema_params))
         else:
-            torch._foreach_lerp_(ema_params, g_params, 1.0 - self.ema_decay)
+            torch._foreach_lerp_(ema_params, g_params, 1.0 - decay)
         torch._foreach_copy_(ema_buffers, g_buffers)
 
     def _training_state(self) -> list[torch.Tensor]:

@@ -9,7 +9,7 @@ import torch
 
 from fastdcgan import dist
 from fastdcgan.model import build_models
-from fastdcgan.step import GANStep, make_optimizers
+from fastdcgan.step import GANStep, StepOptions, make_optimizers
 
 NZ = 16
 
@@ -29,7 +29,7 @@ def one_step(out: str, batch: int, sync_bn: bool) -> None:
     if sync_bn and env.world > 1:
         G, D = dist.convert_sync_batchnorm(G, device), dist.convert_sync_batchnorm(D, device)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=False, graphs=False)
-    gan = GANStep(G, D, opt_g, opt_d, nz=NZ, distributed=env.world > 1)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=NZ, distributed=env.world > 1))
     images, noise = global_inputs(batch)
     part = batch // env.world
     mine = slice(env.rank * part, (env.rank + 1) * part)

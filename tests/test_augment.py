@@ -5,7 +5,7 @@ import torch
 
 from fastdcgan.augment import augment, color, cut_out, cutout, parse, translate, translation
 from fastdcgan.model import build_models
-from fastdcgan.step import GANStep
+from fastdcgan.step import GANStep, StepOptions
 
 ALL = parse("translation,color,cutout")
 
@@ -107,7 +107,7 @@ def test_every_image_d_sees_gets_the_policy_with_its_own_draw():
     torch.manual_seed(0)
     G, D = build_models(16, 8, 8, 32)
     opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4) for m in (G, D))
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, augment="cutout")
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, augment="cutout"))
     seen = []
     D.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8))

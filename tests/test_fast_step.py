@@ -13,7 +13,7 @@ import torch
 from conftest import needs_cuda, tiny_args, weights
 from fastdcgan import checkpoint
 from fastdcgan.model import build_models
-from fastdcgan.step import GANStep, make_ema, make_optimizers
+from fastdcgan.step import GANStep, StepOptions, make_ema, make_optimizers
 from fastdcgan.train import main
 
 STEPS, LR = 6, 2e-4
@@ -31,8 +31,8 @@ def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=Fal
     G.to(device, memory_format=fmt)
     D.to(device, memory_format=fmt)
     opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=compile != "off", graphs=graphs)
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, channels_last=channels_last, compile=compile, amp_dtype=amp,
-                  cuda_graphs=graphs)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=channels_last, compile=compile, amp_dtype=amp,
+                                                  cuda_graphs=graphs))
     losses = []
     for k in range(STEPS):
         batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
@@ -108,7 +108,7 @@ def test_channels_last_step_has_no_layout_conversions():
     G.to(memory_format=torch.channels_last)
     D.to(memory_format=torch.channels_last)
     opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=False, graphs=False)
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, channels_last=True)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=True))
     batch = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8)
     gan.step(batch)
     with torch.profiler.profile() as prof:
@@ -183,7 +183,7 @@ def test_cuda_graphs_replay_the_ema_and_its_warmup():
         G, D = (m.cuda() for m in build_models(16, 8, 8, 32))
         opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=False, graphs=graphs)
         ema = make_ema(G)
-        gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=0.999, cuda_graphs=graphs)
+        gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, ema_decay=0.999, cuda_graphs=graphs), ema=ema)
         for k in range(STEPS):
             batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
             torch.manual_seed(100 + k)

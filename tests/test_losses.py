@@ -13,7 +13,7 @@ from torch import nn
 from conftest import REPO, HostReads, needs_cuda, tiny_args, weights
 from fastdcgan import losses
 from fastdcgan.model import Discriminator, build_models, d_norm_for
-from fastdcgan.step import GANStep, make_optimizers
+from fastdcgan.step import GANStep, StepOptions, make_optimizers
 from fastdcgan.train import main
 
 REAL, FAKE = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])  # D's outputs on two real, two fake images
@@ -115,7 +115,7 @@ def linear_gan(**kw):
     w[:2] = torch.tensor([1.2, 1.6])  # |w| = 2
     D = LinearD(w)
     opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4) for m in (G, D))
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, **kw)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, **kw))
     calls, grads = [], []  # D's (input, output) per call; D's gradient per D update
     D.register_forward_hook(lambda m, args, out: calls.append((args[0].detach().flatten(1), out.detach())))
     D.w.register_post_accumulate_grad_hook(lambda p: grads.append(p.grad.clone()))
@@ -215,8 +215,8 @@ def train_gan(steps=4, compile="off", amp=None, device="cpu", graphs=False, spec
     D.to(device, memory_format=torch.channels_last)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=compile != "off", graphs=graphs,
                                    amp_dtype=amp)
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, channels_last=True, compile=compile, amp_dtype=amp, cuda_graphs=graphs,
-                  **kw)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=True, compile=compile, amp_dtype=amp, cuda_graphs=graphs,
+                                                  **kw))
     rows = []
     for k in range(steps):
         torch.manual_seed(100 + k)
@@ -265,7 +265,7 @@ def test_a_step_with_every_setting_reads_nothing_on_the_host():
     torch.manual_seed(0)
     G, D = build_models(16, 8, 8, 32, d_norm="layer", spectral_norm=True)
     opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, fused=True) for m in (G, D))
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, **{**EVERYTHING, "r1_every": 1})
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, **{**EVERYTHING, "r1_every": 1}))
     gan.step(batch())
     with HostReads() as spy:
         gan.step(batch(1))

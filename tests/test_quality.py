@@ -15,7 +15,7 @@ from fastdcgan.config import UsageError
 from fastdcgan.fid import main as fid_main
 from fastdcgan.model import build_models, fixed_noise, sample
 from fastdcgan.plots import read_metrics, save_grid
-from fastdcgan.step import GANStep, make_ema, make_optimizers
+from fastdcgan.step import GANStep, StepOptions, make_ema, make_optimizers
 from fastdcgan.train import main
 
 # 48 images, batch 8: 6 steps per epoch, 12 steps in 2 epochs; checkpoints every 4 steps and at 6.
@@ -90,7 +90,7 @@ def test_ema_update_is_decay_times_ema_plus_rest_times_g(warmup, decays):
     G, D = build_models(16, 8, 8, 32)
     opt_g, opt_d = make_optimizers(G, D, 2e-3, 2e-3, (0.5, 0.999), compiled=False, graphs=False)
     ema = make_ema(G)
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=0.2, ema_warmup=warmup)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, ema_decay=0.2, ema_warmup=warmup), ema=ema)
     expected = [p.detach().double().clone() for p in G.parameters()]
     for k, decay in enumerate(decays):
         gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k)))
@@ -114,7 +114,7 @@ def test_ema_warmup_reads_nothing_on_the_host():
 
     G, D = build_models(16, 8, 8, 32)
     opt_g, opt_d = make_optimizers(G, D, 2e-3, 2e-3, (0.5, 0.999), compiled=False, graphs=False)
-    gan, seen = GANStep(G, D, opt_g, opt_d, nz=16, ema=make_ema(G), ema_decay=0.999), []
+    gan, seen = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, ema_decay=0.999), ema=make_ema(G)), []
     with Ops():
         gan._update_ema()
     assert any("lerp" in op for op in seen) and not [op for op in seen if "local_scalar" in op], seen
@@ -257,7 +257,7 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
     G, D = build_models(16, 8, 8, 32)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=False, graphs=False)
     ema = make_ema(G)
-    gan = GANStep(G, D, opt_g, opt_d, nz=16, ema=ema, ema_decay=0.95)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, ema_decay=0.95), ema=ema)
     for _ in range(30):
         gan.step(torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8))
     z = torch.randn(512, 16, 1, 1, generator=torch.Generator().manual_seed(3))
