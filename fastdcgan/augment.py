@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .config import AUGMENTATIONS
+AUGMENTATIONS = ("color", "translation", "cutout")  # data.augment's names, in the order they are applied
 
 
 def parse(policy: str) -> tuple[str, ...]:

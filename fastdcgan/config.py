@@ -1,7 +1,8 @@
 """Every setting as a dataclass field: TOML file + dotted overrides, validated in one place.
 
-A field's metadata carries its help text and, where the value is one of a few words, its choices.
-`--help` is generated from the same fields, so it cannot drift from what the code accepts.
+A field's declaration carries its help text, its choices (each list owned by the module that acts on
+it) and its range; the rules between settings stand right after the fields they join. `--help` and
+validate() are generated from the same fields, so neither can drift from what the code accepts.
 """
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from .augment import AUGMENTATIONS
+from .losses import LOSSES
+from .model import SIZES
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -21,37 +26,59 @@ class UsageError(Exception):
     """A bad command line, config key, value or dataset: the trainer exits with code 2."""
 
 
-AUGMENTATIONS = ("color", "translation", "cutout")  # data.augment's names, in the order they are applied
+def opt(default: Any, help: str, choices: tuple = (), *, at_least: float | None = None, above: float | None = None,
+        below: float | None = None, at_most: float | None = None) -> Any:
+    """A setting: its default, its help, and what it may be (one of `choices`, or within the bounds)."""
+    bounds = {"at_least": at_least, "above": above, "below": below, "at_most": at_most}
+    return field(default=default, metadata={"help": help, "choices": choices,
+                                            "bounds": {k: v for k, v in bounds.items() if v is not None}})
 
 
-def opt(default: Any, help: str, choices: tuple = ()) -> Any:
-    return field(default=default, metadata={"help": help, "choices": choices})
+def _out_of_bounds(value: Any, bounds: dict) -> str | None:
+    """What a value breaks of its declared bounds ('must be at least 1'), or None."""
+    lo = "[" if "at_least" in bounds else "("
+    low, high = bounds.get("at_least", bounds.get("above")), bounds.get("at_most", bounds.get("below"))
+    inside = ((low is None or (value >= low if lo == "[" else value > low))
+              and (high is None or (value <= high if "at_most" in bounds else value < high)))
+    if inside:
+        return None
+    if high is None:
+        return f"must be at least {low:g}" if lo == "[" else "must be positive" if low == 0 else f"must be above {low:g}"
+    return f"must be in {lo}{low:g}, {high:g}{']' if 'at_most' in bounds else ')'}"
 
 
 @dataclass
 class Data:
     root: str = opt("", "image folder or CelebA download; empty = built-in synthetic faces")
     split: str = opt("all", "CelebA partition to train on", ("train", "valid", "test", "all"))
-    image_size: int = opt(64, "training resolution in pixels (square)", (32, 64, 128))
+    image_size: int = opt(64, "training resolution in pixels (square)", SIZES)
     backend: str = opt("auto", "input pipeline; auto = cache if the decoded dataset fits the memory budget, "
                        "else dali, else nvjpeg on CUDA, else torch", ("auto", "cache", "dali", "nvjpeg", "torch"))
-    workers: int = opt(2, "DataLoader worker processes (torch backend)")
-    dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); 0 = usable cores / ranks per node")
-    prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)")
+    workers: int = opt(2, "DataLoader worker processes (torch backend)", at_least=0)
+    dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); 0 = usable cores / ranks per node",
+                            at_least=0)
+    prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)", at_least=1)
     hflip: bool = opt(False, "mirror a seeded half of each batch on the device (off in the paper)")
     augment: str = opt("", "DiffAugment of every image D sees, real and fake: a comma list of "
                        f"{', '.join(AUGMENTATIONS)} (empty = off)")
-    synthetic_n: int = opt(4000, "number of built-in synthetic faces when root is empty")
+    synthetic_n: int = opt(4000, "number of built-in synthetic faces when root is empty", at_least=1)
+
+    def check(self, cfg: Config) -> None:
+        names = {p.strip() for p in self.augment.split(",") if p.strip()}
+        if names - set(AUGMENTATIONS):
+            raise UsageError(f"bad value for data.augment: {self.augment!r} (a comma list of "
+                             f"{', '.join(AUGMENTATIONS)}, or empty)")
 
 
 @dataclass
 class Model:
-    nz: int = opt(100, "length of the latent vector z")
-    ngf: int = opt(64, "generator feature maps in the last layer")
-    ndf: int = opt(64, "discriminator feature maps in the first layer")
-    d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)")
+    nz: int = opt(100, "length of the latent vector z", at_least=1)
+    ngf: int = opt(64, "generator feature maps in the last layer", at_least=1)
+    ndf: int = opt(64, "discriminator feature maps in the first layer", at_least=1)
+    d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)", at_least=0, below=1)
     sync_bn: bool = opt(False, "BatchNorm statistics over all processes' batches (several processes)")
-    ema: float = opt(0.0, "decay of an EMA of G's weights used for samples and FID (0 = off; e.g. 0.999)")
+    ema: float = opt(0.0, "decay of an EMA of G's weights used for samples and FID (0 = off; e.g. 0.999)",
+                     at_least=0, below=1)
     ema_warmup: bool = opt(True, "the EMA's decay ramps up as min(ema, (1 + t) / (10 + t)) at update t, so "
                                  "early samples are not mostly the initial weights")
     spectral_norm: bool = opt(False, "spectral normalisation of D's convolutions")
@@ -59,61 +86,73 @@ class Model:
 
 @dataclass
 class Train:
-    batch_size: int = opt(128, "batch size PER PROCESS (global batch = this x world size)")
-    epochs: int = opt(25, "passes over the dataset")
-    max_steps: int = opt(0, "stop after this many steps (0 = no limit)")
-    seed: int = opt(0, "seed for weights, noise, shuffling and the fixed sample noise")
+    batch_size: int = opt(128, "batch size PER PROCESS (global batch = this x world size)", at_least=1)
+    epochs: int = opt(25, "passes over the dataset", at_least=1)
+    max_steps: int = opt(0, "stop after this many steps (0 = no limit)", at_least=0)
+    seed: int = opt(0, "seed for weights, noise, shuffling and the fixed sample noise", at_least=0)
     run_dir: str = opt("runs/dcgan", "where config, metrics, samples, plots and checkpoints go")
     resume: str = opt("auto", "auto = resume from run_dir's latest checkpoint; never; or a file path")
     init: str = opt("", "start a new run from another's weights (fresh optimizers, step 0): a run directory, "
                         "a checkpoint, or a generator.pth (netG_*.pth) with its discriminator beside it")
-    real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)")
-    d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)")
-    g_steps: int = opt(1, "generator updates per step")
+    real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)", above=0, at_most=1)
+    d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)", at_least=1)
+    g_steps: int = opt(1, "generator updates per step", at_least=1)
     loss: str = opt("bce", "GAN loss: bce = the paper's non-saturating loss; wgan-gp also builds D without BatchNorm",
-                    ("bce", "lsgan", "hinge", "wgan-gp"))
-    gp_lambda: float = opt(10.0, "weight of WGAN-GP's gradient penalty (train.loss=wgan-gp)")
-    r1_gamma: float = opt(0.0, "R1 penalty gamma/2 * E|grad D(x)|^2 on real images (0 = off)")
-    r1_every: int = opt(16, "apply R1 every this many steps, scaled by it (lazy regularisation)")
-    timeout_s: float = opt(600.0, "seconds a collective waits for a lost process before the run fails")
+                    LOSSES)
+    gp_lambda: float = opt(10.0, "weight of WGAN-GP's gradient penalty (train.loss=wgan-gp)", above=0)
+    r1_gamma: float = opt(0.0, "R1 penalty gamma/2 * E|grad D(x)|^2 on real images (0 = off)", at_least=0)
+    r1_every: int = opt(16, "apply R1 every this many steps, scaled by it (lazy regularisation)", at_least=1)
+    timeout_s: float = opt(600.0, "seconds a collective waits for a lost process before the run fails", above=0)
+
+    def check(self, cfg: Config) -> None:
+        """The rules between this section's settings and others'."""
+        if self.loss in ("hinge", "wgan-gp") and self.real_label != 1.0:
+            raise UsageError(f"train.real_label applies to train.loss=bce|lsgan only, not train.loss={self.loss}")
+        if self.loss == "wgan-gp" and cfg.model.sync_bn:
+            raise UsageError("model.sync_bn=true does not go with train.loss=wgan-gp: its critic has no BatchNorm "
+                             "(layer norm per image)")
+        if self.r1_gamma > 0 and cfg.model.sync_bn:
+            raise UsageError("train.r1_gamma > 0 does not work with model.sync_bn=true: R1 differentiates D's input "
+                             "gradient, and torch's SyncBatchNorm has no second derivative")
 
 
 @dataclass
 class Optim:
-    lr_g: float = opt(2e-4, "Adam learning rate of the generator")
-    lr_d: float = opt(2e-4, "Adam learning rate of the discriminator")
-    beta1: float = opt(0.5, "Adam beta1")
-    beta2: float = opt(0.999, "Adam beta2")
+    lr_g: float = opt(2e-4, "Adam learning rate of the generator", above=0)
+    lr_d: float = opt(2e-4, "Adam learning rate of the discriminator", above=0)
+    beta1: float = opt(0.5, "Adam beta1", at_least=0, below=1)
+    beta2: float = opt(0.999, "Adam beta2", at_least=0, below=1)
     scale_lr: bool = opt(False, "multiply both learning rates by the number of processes")
 
 
 @dataclass
 class Log:
-    every: int = opt(50, "steps between log lines and metrics.jsonl records")
+    every: int = opt(50, "steps between log lines and metrics.jsonl records", at_least=1)
     tensorboard: bool = opt(False, "also write scalars, sample grids and D-output histograms to RUN_DIR/tb/ "
                                    "(pip install -e '.[tb]')")
 
 
 @dataclass
 class Sample:
-    every: int = opt(500, "steps between fixed-noise sample grids (also at each epoch end)")
-    n: int = opt(64, "images in a sample grid")
+    every: int = opt(500, "steps between fixed-noise sample grids (also at each epoch end)", at_least=1)
+    n: int = opt(64, "images in a sample grid", at_least=1)
 
 
 @dataclass
 class Ckpt:
-    every: int = opt(1000, "steps between checkpoints (also at each epoch end, on a signal, at the end)")
-    keep: int = opt(3, "how many recent checkpoints to keep")
+    every: int = opt(1000, "steps between checkpoints (also at each epoch end, on a signal, at the end)", at_least=1)
+    keep: int = opt(3, "how many recent checkpoints to keep", at_least=1)
 
 
 @dataclass
 class Fid:
-    every: int = opt(0, "steps between FID evaluations during training (0 = off)")
-    n: int = opt(5000, "generated images per FID evaluation")
+    every: int = opt(0, "steps between FID evaluations during training (0 = off)", at_least=0)
+    n: int = opt(5000, "generated images per FID evaluation (a covariance needs two)", at_least=2)
     weights: str = opt("", "FID network file (TorchScript or pytorch-fid state dict); "
                            "empty = $FASTDCGAN_FID_WEIGHTS or an installed FID package")
-    batch: int = opt(100, "images per feature-network batch")
-    target: float = opt(0.0, "stop (exit 0, checkpoint written) at the first FID at or below this (0 = off)")
+    batch: int = opt(100, "images per feature-network batch", at_least=1)
+    target: float = opt(0.0, "stop (exit 0, checkpoint written) at the first FID at or below this (0 = off)",
+                        at_least=0)
 
 
 @dataclass
@@ -133,6 +172,17 @@ class Config:
     sample: Sample = field(default_factory=Sample)
     ckpt: Ckpt = field(default_factory=Ckpt)
     fid: Fid = field(default_factory=Fid)
+
+    def check(self, cfg: Config) -> None:
+        if self.cuda_graphs and self.precision == "fp16":
+            raise UsageError("cuda_graphs=true does not work with precision=fp16: its GradScaler checks for overflow "
+                             "on the host every step; use precision=bf16")
+
+
+def check_launch(cfg: Config, world: int, device_type: str) -> None:
+    """The rules that need the launch: the number of processes and the device (once the group is up)."""
+    if cfg.cuda_graphs and device_type == "cuda" and world > 1:
+        raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
 
 
 def _sections(cfg: Config) -> dict[str, Any]:
@@ -211,56 +261,19 @@ def load_toml(cfg: Config, path: str | Path) -> None:
 
 
 def validate(cfg: Config) -> None:
-    """Check every value against its choices and range; raise UsageError naming the key."""
+    """Every value against its declared choices and bounds, then the rules between settings
+    (each section's check); raise UsageError naming the key."""
     for key, obj, f in iter_keys(cfg):
         value = getattr(obj, f.name)
         choices = f.metadata.get("choices", ())
         if choices and value not in choices:
             raise UsageError(f"bad value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
-    positive = ["data.synthetic_n", "data.prefetch", "model.nz", "model.ngf", "model.ndf", "train.batch_size",
-                "train.epochs", "train.d_steps", "train.g_steps", "train.r1_every", "log.every", "sample.every",
-                "sample.n", "ckpt.every", "ckpt.keep", "fid.batch"]
-    for key in positive:
-        obj, f = _lookup(cfg, key)
-        if getattr(obj, f.name) < 1:
-            raise UsageError(f"bad value for {key}: must be at least 1")
-    for key in ["data.workers", "data.dali_threads", "train.max_steps", "train.seed", "train.r1_gamma", "fid.every",
-                "fid.target"]:
-        obj, f = _lookup(cfg, key)
-        if getattr(obj, f.name) < 0:
-            raise UsageError(f"bad value for {key}: must be at least 0")
-    for key in ["optim.lr_g", "optim.lr_d", "train.timeout_s", "train.gp_lambda"]:
-        obj, f = _lookup(cfg, key)
-        if not getattr(obj, f.name) > 0:
-            raise UsageError(f"bad value for {key}: must be positive")
-    for key in ["optim.beta1", "optim.beta2", "model.d_dropout", "model.ema"]:
-        obj, f = _lookup(cfg, key)
-        if not 0 <= getattr(obj, f.name) < 1:
-            raise UsageError(f"bad value for {key}: must be in [0, 1)")
-    if cfg.fid.n < 2:
-        raise UsageError("bad value for fid.n: must be at least 2 (a covariance needs two samples)")
-    if not 0 < cfg.train.real_label <= 1:
-        raise UsageError("bad value for train.real_label: must be in (0, 1]")
-    _validate_losses(cfg)
-    if cfg.cuda_graphs and cfg.precision == "fp16":
-        raise UsageError("cuda_graphs=true does not work with precision=fp16: its GradScaler checks for overflow "
-                         "on the host every step; use precision=bf16")
-
-
-def _validate_losses(cfg: Config) -> None:
-    names = {p.strip() for p in cfg.data.augment.split(",") if p.strip()}
-    if names - set(AUGMENTATIONS):
-        raise UsageError(f"bad value for data.augment: {cfg.data.augment!r} (a comma list of "
-                         f"{', '.join(AUGMENTATIONS)}, or empty)")
-    t = cfg.train
-    if t.loss in ("hinge", "wgan-gp") and t.real_label != 1.0:
-        raise UsageError(f"train.real_label applies to train.loss=bce|lsgan only, not train.loss={t.loss}")
-    if t.loss == "wgan-gp" and cfg.model.sync_bn:
-        raise UsageError("model.sync_bn=true does not go with train.loss=wgan-gp: its critic has no BatchNorm "
-                         "(layer norm per image)")
-    if t.r1_gamma > 0 and cfg.model.sync_bn:
-        raise UsageError("train.r1_gamma > 0 does not work with model.sync_bn=true: R1 differentiates D's input "
-                         "gradient, and torch's SyncBatchNorm has no second derivative")
+        broken = _out_of_bounds(value, f.metadata.get("bounds", {}))
+        if broken:
+            raise UsageError(f"bad value for {key}: {value!r} ({broken})")
+    for obj in _sections(cfg).values():
+        if hasattr(obj, "check"):
+            obj.check(cfg)
 
 
 def build(config_file: str | None = None, overrides: list[str] = ()) -> Config:
