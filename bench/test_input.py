@@ -18,6 +18,7 @@ import torch
 
 from conftest import check_ran
 from fastdcgan.data import cache, dali, nvjpeg
+from fastdcgan.data.base import Feed
 from fastdcgan.data.cache import CacheLoader, ensure
 from fastdcgan.data.torch import TorchLoader
 
@@ -26,7 +27,7 @@ CPU = torch.device("cpu")
 CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 BASELINE_WORKERS = max(2, min(8, CORES))
 WORKERS = sorted({1, BASELINE_WORKERS})
-needs_dali = pytest.mark.skipif(dali.available() is not None, reason=str(dali.available()))
+needs_dali = pytest.mark.skipif(dali.unavailable_reason() is not None, reason=str(dali.unavailable_reason()))
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
 
 
@@ -58,7 +59,7 @@ def measure(benchmark, loader, data, device: torch.device) -> list[float]:
 @pytest.mark.parametrize("workers", WORKERS, ids=[f"{w}w" for w in WORKERS])
 def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
     device = torch.device("cuda" if CUDA else "cpu")
-    loader = TorchLoader(bench_data.files, bench_data.image_size, bench_data.batch, workers, 0, device)
+    loader = TorchLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=device, workers=workers))
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"torch {workers} workers", times, bench_data.batch,
                        baseline=workers == BASELINE_WORKERS)
@@ -69,7 +70,7 @@ def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
 @needs_dali
 @pytest.mark.parametrize("threads", WORKERS)
 def test_dali_cpu(benchmark, bench_data, bench_record, threads):
-    loader = dali.DaliLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, CPU, threads=threads)
+    loader = dali.DaliLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=CPU, threads=threads))
     times = measure(benchmark, loader, bench_data, CPU)
     row = bench_record("input", f"dali cpu {threads} threads", times, bench_data.batch)
     check_ran(row, {"device": "cpu", "dtype": "uint8", "nhwc": True, "threads": threads, "decoder": "cpu"},
@@ -81,8 +82,7 @@ def test_dali_cpu(benchmark, bench_data, bench_record, threads):
 @needs_cuda
 def test_dali_gpu(benchmark, bench_data, bench_record):
     device = torch.device("cuda")
-    loader = dali.DaliLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, device,
-                             threads=BASELINE_WORKERS)
+    loader = dali.DaliLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=device, threads=BASELINE_WORKERS))
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"dali mixed {loader.threads} threads", times, bench_data.batch,
                        gpu=torch.cuda.get_device_name(), hw_decoder_load=dali.HW_DECODER_LOAD)
@@ -94,8 +94,7 @@ def test_dali_gpu(benchmark, bench_data, bench_record):
 @needs_cuda
 def test_nvjpeg_gpu(benchmark, bench_data, bench_record):
     device = torch.device("cuda")
-    loader = nvjpeg.NvjpegLoader(bench_data.files, bench_data.image_size, bench_data.batch, 0, device,
-                                 threads=BASELINE_WORKERS)
+    loader = nvjpeg.NvjpegLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=device, threads=BASELINE_WORKERS))
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"nvjpeg (torchvision) {BASELINE_WORKERS} read threads", times, bench_data.batch,
                        gpu=torch.cuda.get_device_name())
@@ -138,8 +137,8 @@ def test_cache_build(benchmark, bench_data, bench_record, built_cache):
 
 def _decoders_here() -> list[str]:
     device = torch.device("cuda" if CUDA else "cpu")
-    have = {"dali-mixed": CUDA and dali.available() is None, "torchvision-cuda": nvjpeg.available(device) is None,
-            "torchvision-cpu": nvjpeg.importable() is None, "dali-cpu": dali.available() is None, "pil": True}
+    have = {"dali-mixed": CUDA and dali.unavailable_reason() is None, "torchvision-cuda": nvjpeg.unavailable_reason(device) is None,
+            "torchvision-cpu": nvjpeg.decoder_missing_reason() is None, "dali-cpu": dali.unavailable_reason() is None, "pil": True}
     return [d for d in cache.DECODERS if have[d]]
 
 
@@ -154,7 +153,7 @@ def test_cache_build_by_decoder(benchmark, bench_data, bench_record, tmp_path_fa
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_cache(benchmark, bench_data, bench_record, built_cache, device):
     device = torch.device(device)
-    loader = CacheLoader(built_cache[0].folder, bench_data.batch, 0, device)
+    loader = CacheLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, device=device), built_cache[0].folder)
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"cache {device.type}", times, bench_data.batch)
     held = "gpu" if loader.gpu_data is not None else "pinned host" if device.type == "cuda" else "host"

@@ -96,8 +96,8 @@ def fast_preset_claims(bench_data) -> dict:
     from fastdcgan.data import cache, dali, nvjpeg
     from fastdcgan.data.loaders import memory_budget
     fits = cache.nbytes(len(bench_data.files), bench_data.image_size) <= memory_budget(DEVICE)[0]
-    backend = ("cache" if fits else "dali" if dali.available() is None
-               else "nvjpeg" if nvjpeg.available(DEVICE) is None else "torch")
+    backend = ("cache" if fits else "dali" if dali.unavailable_reason() is None
+               else "nvjpeg" if nvjpeg.unavailable_reason(DEVICE) is None else "torch")
     bf16 = CUDA and torch.cuda.is_bf16_supported()
     return dict(backend=backend, precision="bf16" if bf16 else "fp32", compile="default" if CUDA else "off",
                 channels_last=True, graphs=CUDA)

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import REPO, color_ids, run_cli, tiny_args, weights, write_colors
+from conftest import REPO, run_cli, tiny_args, weights, write_colors
 from fastdcgan.data import cache, dali, loaders, nvjpeg
+from fastdcgan.data.base import Feed
 from fastdcgan.data.cache import CacheLoader, ensure
 from fastdcgan.data.decode import plain_path_box
 from fastdcgan.data.dali import DaliLoader
@@ -20,7 +21,7 @@ from fastdcgan.data.torch import ImageFiles
 from fastdcgan.train import main
 
 CPU = torch.device("cpu")
-needs_dali = pytest.mark.skipif(dali.available() is not None, reason=str(dali.available()))
+needs_dali = pytest.mark.skipif(dali.unavailable_reason() is not None, reason=str(dali.unavailable_reason()))
 
 
 @pytest.fixture
@@ -49,7 +50,7 @@ def test_contents_match_the_dali_backend_and_the_plain_path(faces):
     images = scan(faces)
     arr = np.load(ensure(images, 64, CPU, decoder="dali-cpu").folder / "images.npy")
     order = epoch_batches(24, 8, 0, 0)
-    batch = next(iter(DaliLoader(images.files, 64, 8, 0, CPU, threads=1).epoch(0)))
+    batch = next(iter(DaliLoader(Feed(images.files, 64, 8, seed=0, device=CPU, threads=1)).epoch(0)))
     assert np.array_equal(batch.numpy(), arr[order[0].numpy()])  # the same pipeline made both
     plain = ImageFiles(images.files, 64)
     ref = np.stack([plain[i].numpy() for i in range(24)]).astype(float)
@@ -62,8 +63,8 @@ def test_contents_match_the_dali_backend_and_the_plain_path(faces):
 def test_without_dali_pil_builds_the_same_images(faces, monkeypatch, tmp_path):
     with_dali = np.load(ensure(scan(faces), 32, CPU, decoder="dali-cpu").folder / "images.npy").astype(float)
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "other-cache"))
-    monkeypatch.setattr(dali, "available", lambda: "nvidia-dali is not importable (test)")
-    monkeypatch.setattr(nvjpeg, "importable", lambda: "torchvision.io.decode_jpeg is not importable (test)")
+    monkeypatch.setattr(dali, "unavailable_reason", lambda: "nvidia-dali is not importable (test)")
+    monkeypatch.setattr(nvjpeg, "decoder_missing_reason", lambda: "torchvision.io.decode_jpeg is not importable (test)")
     report = ensure(scan(faces), 32, CPU, threads=1)
     assert report.built and report.decoder.startswith("PIL")
     with_pil = np.load(report.folder / "images.npy").astype(float)
@@ -116,24 +117,10 @@ def test_corrupt_files_are_left_out(faces):
     assert report.images == 23 and "img_align_celeba/000002.jpg" not in [f[0] for f in index["files"]]
 
 
-def test_loader_order_shards_and_resume(tmp_path):
-    write_colors(tmp_path, 40)
-    folder = ensure(scan(tmp_path), 32, CPU).folder
-    ids = []
-    for rank in range(2):
-        loader = CacheLoader(folder, 4, seed=3, device=CPU, rank=rank, world=2)
-        assert len(loader) == 5
-        batches = [color_ids(b) for b in loader.epoch(1)]
-        assert batches == epoch_batches(40, 4, 3, 1, rank, 2).tolist()  # the order every backend shares
-        assert [color_ids(b) for b in loader.epoch(1, start_batch=2)] == batches[2:]
-        assert batches != [color_ids(b) for b in loader.epoch(2)]
-        ids += [i for b in batches for i in b]
-    assert sorted(ids) == list(range(40))
-
-
 def test_hflip_mirrors_a_seeded_half_and_resumes_exactly(faces):
     folder = ensure(scan(faces), 32, CPU).folder
-    plain, flipped = CacheLoader(folder, 8, 0, CPU), HFlip(CacheLoader(folder, 8, 0, CPU), seed=0)
+    feed = Feed(scan(faces).files, 32, 8, seed=0, device=CPU)
+    plain, flipped = CacheLoader(feed, folder), HFlip(CacheLoader(feed, folder))
     a, b = torch.cat(list(plain.epoch(0))), torch.cat(list(flipped.epoch(0)))
     same = [torch.equal(x, y) for x, y in zip(a, b)]
     mirrored = [torch.equal(x.flip(1), y) for x, y in zip(a, b)]
@@ -155,11 +142,11 @@ def test_resume_mid_epoch_with_the_cache_and_hflip_is_bit_identical(celeba, tmp_
 def test_auto_picks_the_cache_when_it_fits_then_dali_then_torch(monkeypatch):
     name, why = loaders.choose("auto", 1000, 64, CPU)
     assert name == "cache" and "fits" in why and "available RAM" in why
-    monkeypatch.setattr(loaders, "HOST_FRACTION", 1e-9)
-    monkeypatch.setattr(dali, "available", lambda: None)  # as where DALI imports
+    monkeypatch.setattr(cache, "HOST_FRACTION", 1e-9)
+    monkeypatch.setattr(dali, "unavailable_reason", lambda: None)  # as where DALI imports
     name, why = loaders.choose("auto", 1000, 64, CPU)
     assert name == "dali" and "exceeds" in why
-    monkeypatch.setattr(dali, "available", lambda: "nvidia-dali is not importable (test)")
+    monkeypatch.setattr(dali, "unavailable_reason", lambda: "nvidia-dali is not importable (test)")
     assert loaders.choose("auto", 1000, 64, CPU)[0] == "torch"
     assert loaders.choose("cache", 10**9, 128, CPU)[0] == "cache"  # an explicit choice is taken as given
 
@@ -218,7 +205,7 @@ def test_backend_dali_without_dali_says_how_to_install(celeba, tmp_path, monkeyp
 
 def test_auto_without_dali_picks_another_backend_and_says_why(monkeypatch):
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
-    monkeypatch.setattr(loaders, "HOST_FRACTION", 1e-9)
+    monkeypatch.setattr(cache, "HOST_FRACTION", 1e-9)
     name, why = loaders.choose("auto", 1000, 64, CPU)
     assert name == "torch" and "exceeds the cache budget" in why and "nvidia-dali is not importable" in why
     assert "\n" not in why

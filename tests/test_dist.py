@@ -9,7 +9,6 @@ import torch
 
 from conftest import REPO, tiny_args, wait_for_step
 from fastdcgan import checkpoint, dist
-from fastdcgan.data.torch import EpochSampler
 from fastdcgan.train import main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -35,16 +34,6 @@ def test_first_host_and_environments(monkeypatch):
     assert dist.from_environment(env) == dist.Env(5, 8, 1)
     assert env["MASTER_ADDR"] == "n2" and env["MASTER_PORT"] == "20077"
     assert dist.from_environment({"SLURM_NTASKS": "1", "SLURM_PROCID": "0"}) == dist.Env()
-
-
-def test_rank_slices_cover_each_image_once_per_epoch():
-    n, batch = 103, 5
-    slices = [EpochSampler(n, batch, seed=1, rank=r, world=3) for r in range(3)]
-    for s in slices:
-        s.set_epoch(2)
-    seen = [i for s in slices for i in s]
-    assert len(seen) == len(set(seen)) == (n // 15) * 15
-    assert all(len(list(s)) == (n // 15) * batch for s in slices)
 
 
 def test_two_processes_train_and_only_rank_0_writes(celeba, tmp_path):

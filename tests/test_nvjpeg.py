@@ -14,6 +14,7 @@ from fastdcgan.data import InputFailure, cache, dali, loaders, nvjpeg
 from fastdcgan.data.cache import ensure
 from fastdcgan.data.decode import resize_crop_many
 from fastdcgan.data.folder import scan
+from fastdcgan.data.base import Feed
 from fastdcgan.data.nvjpeg import BatchDecoder, NvjpegLoader
 from fastdcgan.data.order import epoch_batches
 from fastdcgan.data.synthetic import make_faces
@@ -98,41 +99,6 @@ def test_files_that_do_not_decode_are_named(tmp_path):
     assert "FileNotFoundError" in failed[3]
 
 
-def test_loader_order_shards_resume_and_dropped_partial_batch(tmp_path):
-    files = write_colors(tmp_path, 43)
-    seen = []
-    for rank in range(2):
-        loader = NvjpegLoader(files, 16, 4, seed=3, device=CPU, threads=2, rank=rank, world=2)
-        assert len(loader) == 5
-        batches = [color_ids(b) for b in loader.epoch(1)]
-        assert batches == epoch_batches(43, 4, 3, 1, rank, 2).tolist()  # the order every backend shares
-        assert [color_ids(b) for b in loader.epoch(1, start_batch=3)] == batches[3:]
-        assert batches != [color_ids(b) for b in loader.epoch(2)]
-        seen += [i for b in batches for i in b]
-    assert len(seen) == len(set(seen)) == 40
-
-
-def test_an_abandoned_epoch_leaves_the_next_one_whole(tmp_path):
-    files = write_colors(tmp_path, 24)
-    loader = NvjpegLoader(files, 16, 4, seed=2, device=CPU, threads=2, prefetch=3)
-    first = loader.epoch(0)
-    next(first)
-    first.close()  # as max_steps or a stop signal leaves it
-    assert [color_ids(b) for b in loader.epoch(1)] == epoch_batches(24, 4, 2, 1).tolist()
-
-
-def test_a_file_broken_or_removed_after_the_check_is_replaced_by_the_next(tmp_path):
-    files = write_colors(tmp_path, 16)
-    loader = NvjpegLoader(scan(tmp_path).files, 16, 4, seed=0, device=CPU, threads=1)
-    good = files[5].read_bytes()
-    files[5].write_bytes(good[: len(good) // 3])  # truncated while "training"
-    files[9].unlink()
-    with pytest.warns(UserWarning, match="skipping"):
-        batches = [color_ids(b) for b in loader.epoch(0)]
-    for got, want in zip(batches, epoch_batches(16, 4, 0, 0).tolist(), strict=True):
-        assert got == [i + 1 if i in (5, 9) else i for i in want]
-
-
 def test_the_cache_built_by_it_matches_the_plain_path_in_file_order(faces, monkeypatch):
     images = scan(faces[0].parent.parent)
     monkeypatch.setattr(cache, "CHUNK", 5)  # 5 chunks decoded on 2 threads at once: their order must hold
@@ -142,19 +108,19 @@ def test_the_cache_built_by_it_matches_the_plain_path_in_file_order(faces, monke
     assert arr.shape == (24, 32, 32, 3)
     per_image = np.abs(arr - plain(images.files, 32).numpy()).mean(axis=(1, 2, 3))
     assert per_image.max() < 0.05  # each image is its own (measured 0.002); a neighbour would be tens
-    assert ensure(images, 32, CPU, decoder="dali-cpu" if dali.available() is None else "pil").folder != report.folder
+    assert ensure(images, 32, CPU, decoder="dali-cpu" if dali.unavailable_reason() is None else "pil").folder != report.folder
 
 
 def test_auto_picks_it_on_cuda_without_dali(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     monkeypatch.setattr(loaders, "memory_budget", lambda device: (1, "a tiny budget"))
-    monkeypatch.setattr(nvjpeg, "available", lambda device: None if device.type == "cuda" else "no CUDA")
+    monkeypatch.setattr(nvjpeg, "unavailable_reason", lambda device: None if device.type == "cuda" else "no CUDA")
     name, why = loaders.choose("auto", 1000, 64, cuda)
     assert name == "nvjpeg" and "GPU decode by torchvision" in why and "nvidia-dali is not importable" in why
     assert loaders.choose("auto", 1000, 64, CPU)[0] == "torch"
     assert cache.decoder_kind(cuda) == "torchvision-cuda"
-    monkeypatch.setattr(dali, "available", lambda: None)  # with DALI, DALI
+    monkeypatch.setattr(dali, "unavailable_reason", lambda: None)  # with DALI, DALI
     assert loaders.choose("auto", 1000, 64, cuda)[0] == "dali" and cache.decoder_kind(cuda) == "dali-mixed"
 
 
@@ -191,7 +157,7 @@ def test_the_gpu_decoder_matches_the_cpu_decoder(faces):
 @needs_cuda
 def test_the_loader_delivers_on_the_gpu_in_order(tmp_path):
     files = write_colors(tmp_path, 16)
-    loader = NvjpegLoader(files, 16, 4, seed=1, device=torch.device("cuda"), threads=2)
+    loader = NvjpegLoader(Feed(files, 16, 4, seed=1, device=torch.device("cuda"), threads=2))
     batches = list(loader.epoch(0))
     assert all(b.device.type == "cuda" and b.dtype == torch.uint8 for b in batches)
     assert [color_ids(b.cpu()) for b in batches] == epoch_batches(16, 4, 1, 0).tolist()

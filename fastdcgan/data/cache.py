@@ -43,9 +43,9 @@ import torch
 
 from ..config import UsageError
 from . import dali, nvjpeg
+from .base import Feed, Loader
 from .decode import TRANSFORM, decode_pil, decode_pil_many, plain_path_box  # noqa: F401 (decode_pil, plain_path_box: re-exported)
 from .folder import ImageList, cache_dir
-from .order import batches_per_epoch, epoch_batches
 
 FORMAT_VERSION = 1
 # Fastest first on each device, each where it is present (decoder_kind); measured on CPU (BENCHMARKS.md).
@@ -58,13 +58,13 @@ def decoder_kind(device: torch.device) -> str:
     decoder, else torchvision's nvJPEG binding; on CPU, torchvision's decoder on threads, else
     DALI's CPU pipeline, else PIL in processes."""
     if device.type == "cuda":
-        if dali.available() is None:
+        if dali.unavailable_reason() is None:
             return "dali-mixed"
-        if nvjpeg.available(device) is None:
+        if nvjpeg.unavailable_reason(device) is None:
             return "torchvision-cuda"
-    if nvjpeg.importable() is None:
+    if nvjpeg.decoder_missing_reason() is None:
         return "torchvision-cpu"
-    return "dali-cpu" if dali.available() is None else "pil"
+    return "dali-cpu" if dali.unavailable_reason() is None else "pil"
 
 
 def index_of(images: ImageList, image_size: int, decoder: str) -> dict:
@@ -128,7 +128,7 @@ def _decoder(kind: str, images: ImageList, size: int, device: torch.device, thre
     if kind == "torchvision-cpu":
         return (f"torchvision CPU, {threads} threads",
                 nvjpeg.decode_chunks(files, size, torch.device("cpu"), threads, CHUNK, stats))
-    why = f" (DALI unavailable: {dali.available()})" if dali.available() else ""
+    why = f" (DALI unavailable: {dali.unavailable_reason()})" if dali.unavailable_reason() else ""
     return f"PIL, {threads} processes{why}", _decode_pil_pool(files, size, threads)
 
 
@@ -234,36 +234,91 @@ def _to_gpu(arr: np.ndarray, device: torch.device, chunk: int = 4096) -> torch.T
     return out
 
 
-class CacheLoader:
+GPU_FRACTION = 0.5
+HOST_FRACTION = 0.25
+
+
+def _host_available() -> int:
+    """Bytes of memory the host can give without swapping (Linux MemAvailable; else total)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def memory_budget(device: torch.device) -> tuple[int, str]:
+    """Bytes the cache may take on this device, and what that number is, for the printed reason."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * GPU_FRACTION), f"{GPU_FRACTION:.0%} of {free / 2**30:.1f} GiB free GPU memory"
+    ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    avail = _host_available()
+    per = f" / {ranks} ranks" if ranks > 1 else ""
+    return int(avail * HOST_FRACTION / ranks), f"{HOST_FRACTION:.0%} of {avail / 2**30:.1f} GiB available RAM{per}"
+
+
+def build_cache(images: ImageList, image_size: int, device: torch.device, threads: int,
+                say: Callable[[str], None] = print) -> BuildReport:
+    """cache.ensure with a progress bar on a terminal; one line saying what was built or reused."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if not Console().is_terminal:  # batch jobs and pipes: the summary line only
+        report = ensure(images, image_size, device, threads)
+    else:
+        with Progress(TextColumn("decoding into the cache"), BarColumn(), MofNCompleteColumn(),
+                      TimeRemainingColumn(), transient=True) as bar:
+            task = bar.add_task("decode", total=len(images.files))
+            report = ensure(images, image_size, device, threads, lambda done: bar.update(task, completed=done))
+    size = nbytes(report.images, image_size) / 2**20
+    if report.built:
+        say(f"input: cache built: {report.images} images, {size:.1f} MiB in {report.seconds:.1f} s "
+            f"({report.rate:,.0f} img/s, {report.decoder}) at {report.folder}")
+    else:
+        say(f"input: cache reused: {report.images} images, {size:.1f} MiB at {report.folder}")
+    if report.skipped:
+        say(f"warning: {len(report.skipped)} files did not decode while building the cache and are left out "
+            f"(first: {report.skipped[0][0]}: {report.skipped[0][1]})")
+    return report
+
+
+class CacheLoader(Loader):
     """Batches of uint8 NHWC images gathered from the whole decoded dataset held in memory."""
 
     name = "cache"
 
-    def __init__(self, folder: Path, batch_size: int, seed: int, device: torch.device, rank: int = 0,
-                 world: int = 1, on_gpu: bool = True):
+    def __init__(self, feed: Feed, folder: Path, on_gpu: bool = True):
+        """folder: a built cache of feed.files at feed.image_size (ensure); on_gpu: hold it in GPU
+        memory on CUDA (else in pinned host memory)."""
         arr = np.load(folder / "images.npy", mmap_mode="r")
-        self.n, self.batch_size, self.seed, self.rank, self.world = len(arr), batch_size, seed, rank, world
-        if self.n < batch_size * world:
-            raise UsageError(f"{self.n} usable images are fewer than one batch "
-                             f"(train.batch_size={batch_size} x {world} processes)")
-        self.device = device
+        super().__init__(feed, n=len(arr))
         self.gpu_data: torch.Tensor | None = None
-        if device.type == "cuda" and on_gpu:
-            self.gpu_data = _to_gpu(arr, device)
-        elif device.type == "cuda":  # pinned, so each batch goes over with an async copy
+        if self.device.type == "cuda" and on_gpu:
+            self.gpu_data = _to_gpu(arr, self.device)
+        elif self.device.type == "cuda":  # pinned, so each batch goes over with an async copy
             pinned = torch.from_numpy(np.ascontiguousarray(arr)).pin_memory()
             self.host = pinned.numpy()
-            self.staging = [torch.empty((batch_size, *arr.shape[1:]), dtype=torch.uint8).pin_memory()
+            self.staging = [torch.empty((feed.batch_size, *arr.shape[1:]), dtype=torch.uint8).pin_memory()
                             for _ in range(2)]
             self.copied: list[torch.cuda.Event | None] = [None, None]
         else:
             self.host = np.array(arr)  # read into RAM once
 
-    def __len__(self) -> int:
-        return batches_per_epoch(self.n, self.batch_size, self.world)
+    @classmethod
+    def open(cls, feed: Feed, say: Callable[[str], None] = print) -> CacheLoader:
+        """Build the cache (or reuse a matching one), saying which, then serve it: from GPU memory when
+        it fits the budget, else pinned host memory."""
+        report = build_cache(feed.images(), feed.image_size, feed.device, feed.threads, say)
+        on_gpu = feed.device.type == "cuda" and nbytes(report.images, feed.image_size) <= memory_budget(feed.device)[0]
+        if feed.device.type == "cuda" and not on_gpu:
+            say("input: the cache does not fit the GPU budget; serving it from pinned host memory")
+        return cls(feed, report.folder, on_gpu)
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
-        table = epoch_batches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world)[start_batch:]
+        table = self.order(epoch)[start_batch:]
         if self.gpu_data is not None:
             for row in table.to(self.device):  # one copy of the order per epoch; then no host work
                 yield self.gpu_data.index_select(0, row)

@@ -42,11 +42,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import UsageError
 from . import InputFailure
+from .base import Feed, Loader, first_that_decodes
 from .decode import DEVICE_ERRORS, decode_pil, decode_pil_many, decode_region, plain_path_box
 from .folder import header_sizes
-from .order import batches_per_epoch, epoch_batches
 
 # Share of the JPEGs nvJPEG sends to the hardware JPEG decoder (A100, H100) when the pipeline runs
 # with a GPU; the rest are decoded by CUDA kernels with Huffman decoding on DALI's CPU threads.
@@ -69,8 +68,8 @@ PER_FILE_OPERATORS = ("nvidia.dali.fn.readers.file`", "nvidia.dali.fn.decoders.i
                       "nvidia.dali.fn.decoders.image_slice`")
 
 
-def available() -> str | None:
-    """None when DALI can be used here, else why not (one line, with how to install it)."""
+def unavailable_reason() -> str | None:
+    """Why DALI cannot be used here (one line, with how to install it), or None when it can."""
     try:
         import nvidia.dali  # noqa: F401
     except Exception as e:  # ImportError, or a broken install raising anything at import
@@ -184,45 +183,41 @@ def to_torch(out, device: torch.device) -> torch.Tensor:
     return t
 
 
-class DaliLoader:
+class DaliLoader(Loader):
     """Batches of uint8 NHWC images on the device from a DALI pipeline over the validated files."""
 
     name = "dali"
 
-    def __init__(self, files: list[Path], image_size: int, batch_size: int, seed: int, device: torch.device,
-                 threads: int = 0, prefetch: int = 2, rank: int = 0, world: int = 1,
-                 sizes: list[tuple[int, int]] | None = None):
-        if len(files) < batch_size * world:
-            raise UsageError(f"{len(files)} usable images are fewer than one batch "
-                             f"(train.batch_size={batch_size} x {world} processes)")
-        self.n, self.batch_size, self.seed, self.rank, self.world = len(files), batch_size, seed, rank, world
-        self.files, self.image_size, self.prefetch, self.device = [str(f) for f in files], image_size, prefetch, device
-        sizes = sizes if sizes is not None else header_sizes(files)  # (width, height): folder.scan's
-        self.regions = regions_of(sizes, image_size, whole=device.type == "cuda")
-        self.threads = threads or default_threads()
+    def __init__(self, feed: Feed):
+        super().__init__(feed)
+        self.files, self.image_size = [str(f) for f in feed.files], feed.image_size
+        sizes = feed.sizes if feed.sizes is not None else header_sizes(feed.files)  # (width, height)
+        self.regions = regions_of(sizes, feed.image_size, whole=feed.device.type == "cuda")
+        self.threads = feed.threads or default_threads()
         self.pipe = None
         self.plan: list[tuple[int, int]] = []  # (epoch, batch) of each batch in the pipeline's list
         self.done = 0                          # batches of the list run so far
         self.builds = 0                        # pipelines built (tests and the bench read it)
 
-    def __len__(self) -> int:
-        return batches_per_epoch(self.n, self.batch_size, self.world)
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        return unavailable_reason()
 
     def _table(self, epoch: int) -> np.ndarray:
-        return epoch_batches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world).numpy()
+        return self.order(epoch).numpy()
 
     def _build(self, epoch: int, start_batch: int) -> None:
         """A new pipeline whose list starts at (epoch, start_batch)."""
         rows, plan = [self._table(epoch)[start_batch:]], [(epoch, b) for b in range(start_batch, len(self))]
         e = epoch + 1
-        while len(plan) * self.batch_size < LIST_SAMPLES:
+        while len(plan) * self.feed.batch_size < LIST_SAMPLES:
             rows.append(self._table(e))
             plan += [(e, b) for b in range(len(self))]
             e += 1
         order = np.concatenate(rows).reshape(-1)
         self.pipe = None  # the old pipeline's threads end before the new one's start
         self.pipe = build_pipeline([self.files[i] for i in order], order.tolist(), self.regions[order], self.image_size,
-                                   self.batch_size, self.threads, self.prefetch, self.device)
+                                   self.feed.batch_size, self.threads, self.feed.prefetch, self.device)
         self.plan, self.done = plan, 0
         self.builds += 1
 
@@ -251,19 +246,12 @@ class DaliLoader:
             yield to_torch(images, self.device)
 
     def _recover(self, row: np.ndarray, error: Exception) -> torch.Tensor:
-        """This batch decoded with PIL (a file that fails is replaced by the next one, as the torch path
+        """This batch decoded with PIL (a file that fails is replaced by the next one, as every backend
         does); a new pipeline carries on from the next batch. One bad file must not end an hour-long run."""
         warnings.warn(f"DALI failed on a file in a batch ({failure_summary(error)}); decoding the batch with PIL "
                       "and restarting the pipeline")
         self.pipe = None
-        images = []
-        for i in row:
-            for j in range(i, i + self.n):
-                try:
-                    images.append(decode_pil(self.files[j % self.n], self.image_size))
-                    break
-                except Exception as e:  # PIL raises many kinds; any of them means this file is unusable
-                    warnings.warn(f"skipping {self.files[j % self.n]}: {type(e).__name__}: {e}; using the next image")
+        images = [first_that_decodes(self.files, int(i), lambda path: decode_pil(path, self.image_size)) for i in row]
         return torch.from_numpy(np.stack(images)).to(self.device)
 
 

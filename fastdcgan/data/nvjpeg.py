@@ -4,7 +4,7 @@ Where CUDA is present and DALI is not (a bare GPU image with only torch and torc
 build and the `nvjpeg` streaming backend decode here. The same code with device="cpu" (libjpeg-turbo,
 torchvision's uint8 resize, both releasing the GIL, on threads) is the fastest cache builder on CPU
 measured so far (BENCHMARKS.md). torchvision 0.29 deprecates its image decoders in favour of
-TorchCodec: importable() says when a torchvision lacks them, and the cache falls back to DALI or PIL. Per batch: the files' bytes (read ahead on
+TorchCodec: decoder_missing_reason() says when a torchvision lacks them, and the cache falls back to DALI or PIL. Per batch: the files' bytes (read ahead on
 threads) -> one batched decode_jpeg call on the device -> torchvision's own tensor Resize(S) +
 CenterCrop(S) (decode.resize_crop: the plain path's geometry exactly, its antialiased filter to
 within rounding) -> uint8 (B, S, S, 3) NHWC on the device, in the epoch's order (order.py).
@@ -30,18 +30,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..config import UsageError
 from . import InputFailure
+from .base import Feed, Loader, first_that_decodes
 from .decode import DEVICE_ERRORS, resize_crop_many
 from .folder import open_rgb
-from .order import batches_per_epoch, epoch_batches
 
 JPEG_MAGIC = b"\xff\xd8"
 
 
-def importable() -> str | None:
-    """None when torchvision's JPEG decoder imports (torchvision 0.29 deprecates it in favour of
-    TorchCodec: a later one may lack it), else why not."""
+def decoder_missing_reason() -> str | None:
+    """Why torchvision's JPEG decoder does not import (torchvision 0.29 deprecates it in favour of
+    TorchCodec: a later one may lack it), or None when it does."""
     try:
         from torchvision.io import decode_jpeg  # noqa: F401
     except Exception as e:  # an old, new or broken torchvision
@@ -49,11 +48,11 @@ def importable() -> str | None:
     return None
 
 
-def available(device: torch.device) -> str | None:
-    """None when the nvjpeg backend can decode on this device (CUDA), else why not."""
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why the nvjpeg backend cannot decode on this device (it needs CUDA), or None when it can."""
     if device.type != "cuda":
         return "it decodes on a CUDA device and there is none"
-    return importable()
+    return decoder_missing_reason()
 
 
 def read(path: str | os.PathLike) -> bytes | str:
@@ -178,41 +177,34 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
                 stats["cpu_fallbacks"] = decoder.fallbacks
 
 
-class NvjpegLoader:
+class NvjpegLoader(Loader):
     """Batches of uint8 NHWC images on the device, decoded there by torchvision's nvJPEG binding."""
 
     name = "nvjpeg"
 
-    def __init__(self, files: list[Path], image_size: int, batch_size: int, seed: int, device: torch.device,
-                 threads: int = 0, prefetch: int = 2, rank: int = 0, world: int = 1):
-        if len(files) < batch_size * world:
-            raise UsageError(f"{len(files)} usable images are fewer than one batch "
-                             f"(train.batch_size={batch_size} x {world} processes)")
-        self.files = [str(f) for f in files]
-        self.n, self.batch_size, self.seed, self.rank, self.world = len(files), batch_size, seed, rank, world
-        self.device, self.prefetch = device, max(1, prefetch)
-        self.decoder = BatchDecoder(image_size, device)
-        self.pool = ThreadPoolExecutor(max(1, threads or 2), thread_name_prefix="nvjpeg-read")
+    def __init__(self, feed: Feed):
+        super().__init__(feed)
+        self.files = [str(f) for f in feed.files]
+        self.prefetch = max(1, feed.prefetch)
+        self.decoder = BatchDecoder(feed.image_size, feed.device)
+        self.pool = ThreadPoolExecutor(max(1, feed.threads or 2), thread_name_prefix="nvjpeg-read")
 
-    def __len__(self) -> int:
-        return batches_per_epoch(self.n, self.batch_size, self.world)
+    @classmethod
+    def unavailable(cls, device: torch.device) -> str | None:
+        return unavailable_reason(device)
 
     def _read_row(self, row: np.ndarray) -> list[bytes | str]:
         return [read(self.files[i]) for i in row]
 
-    def _replace(self, i: int, why: str) -> torch.Tensor:
-        """The first file after i that decodes, resized (a file broke after folder.scan checked it)."""
-        warnings.warn(f"skipping {self.files[i]}: {why}; using the next image instead")
-        for j in range(i + 1, i + self.n):
-            path = self.files[j % self.n]
-            batch, failed = self.decoder([read(path)])
-            if batch is not None:
-                return batch[0]
-            warnings.warn(f"skipping {path}: {failed[0]}; using the next image instead")
-        raise InputFailure("no file of the dataset decodes any more")
+    def _decode_file(self, path: str) -> torch.Tensor:
+        """One file, resized; raises when it does not decode."""
+        batch, failed = self.decoder([read(path)])
+        if batch is None:
+            raise ValueError(failed[0])
+        return batch[0]
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
-        table = epoch_batches(self.n, self.batch_size, self.seed, epoch, self.rank, self.world)[start_batch:].numpy()
+        table = self.order(epoch)[start_batch:].numpy()
         reads: deque[Future] = deque()
         try:
             for b, row in enumerate(table):
@@ -220,12 +212,10 @@ class NvjpegLoader:
                     reads.append(self.pool.submit(self._read_row, table[b + len(reads)]))
                 datas = reads.popleft().result()
                 batch, failed = self.decoder(datas)
-                if failed:
-                    fixed = []
-                    it = iter(batch) if batch is not None else iter(())
-                    for k, i in enumerate(row):
-                        fixed.append(self._replace(int(i), failed[k]) if k in failed else next(it))
-                    batch = torch.stack(fixed)
+                if failed:  # a file broke after folder.scan checked it: the next one that decodes stands in
+                    decoded = iter(batch) if batch is not None else iter(())
+                    batch = torch.stack([first_that_decodes(self.files, int(i), self._decode_file) if k in failed
+                                         else next(decoded) for k, i in enumerate(row)])
                 yield batch
         finally:  # an abandoned epoch: drop the reads not yet started
             for f in reads:

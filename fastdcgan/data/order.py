@@ -40,11 +40,12 @@ def flip_masks(batches: int, batch_size: int, seed: int, epoch: int, rank: int =
 
 
 class HFlip:
-    """Wraps any input backend: mirrors a seeded half of each batch on the device (data.hflip)."""
+    """Wraps any input backend: mirrors a seeded half of each batch on the device (data.hflip), drawn
+    from the backend's own seed and rank, so the flips differ per rank as its images do."""
 
-    def __init__(self, loader, seed: int, rank: int = 0):
-        self.loader, self.seed, self.rank = loader, seed, rank
-        self.name = loader.name
+    def __init__(self, loader):
+        self.loader, self.seed, self.rank = loader, loader.feed.seed, loader.feed.rank
+        self.name, self.feed = loader.name, loader.feed
 
     def __len__(self) -> int:
         return len(self.loader)

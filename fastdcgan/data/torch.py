@@ -5,7 +5,6 @@ by a torch DataLoader. Floats and normalisation happen on the device, inside the
 """
 from __future__ import annotations
 
-import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,8 +13,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torchvision import transforms
 
-from ..config import UsageError
 from ..stop import leave_stop_signals_to_the_trainer
+from .base import Feed, Loader, first_that_decodes
 from .folder import open_rgb
 from .order import batches_per_epoch, epoch_batches
 
@@ -29,13 +28,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        for j in range(i, i + len(self.files)):
-            path = self.files[j % len(self.files)]
-            try:
-                im = open_rgb(path)
-                break
-            except Exception as e:  # validated at start; a file changed since must not end the run
-                warnings.warn(f"skipping {path}: {type(e).__name__}: {e}; using the next image instead")
+        im = first_that_decodes(self.files, i, open_rgb)  # validated at start; a file may change since
         return torch.from_numpy(np.array(self.transform(im), dtype=np.uint8))  # H x W x 3
 
 
@@ -65,28 +58,22 @@ class EpochSampler(Sampler[int]):
         return (self.batches - self.start) * self.batch_size
 
 
-class TorchLoader:
+class TorchLoader(Loader):
     """Batches of uint8 NHWC images on the device, from a DataLoader over the validated files."""
 
     name = "torch"
 
-    def __init__(self, files: list[Path], image_size: int, batch_size: int, workers: int, seed: int,
-                 device: torch.device, rank: int = 0, world: int = 1):
-        if len(files) < batch_size * world:
-            raise UsageError(f"{len(files)} usable images are fewer than one batch "
-                             f"(train.batch_size={batch_size} x {world} processes)")
-        self.device = device
-        self.sampler = EpochSampler(len(files), batch_size, seed, rank, world)
+    def __init__(self, feed: Feed):
+        super().__init__(feed)
+        f = feed
+        self.sampler = EpochSampler(self.n, f.batch_size, f.seed, f.rank, f.world)
         self.loader = DataLoader(
-            ImageFiles(files, image_size), batch_size=batch_size, sampler=self.sampler, num_workers=workers,
-            pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
-            prefetch_factor=4 if workers > 0 else None,
+            ImageFiles(f.files, f.image_size), batch_size=f.batch_size, sampler=self.sampler,
+            num_workers=f.workers, pin_memory=f.device.type == "cuda", drop_last=True,
+            persistent_workers=f.workers > 0, prefetch_factor=4 if f.workers > 0 else None,
             # its own generator: worker seeding must not draw from the global RNG that makes the noise
-            generator=torch.Generator().manual_seed(seed), worker_init_fn=leave_stop_signals_to_the_trainer,
+            generator=torch.Generator().manual_seed(f.seed), worker_init_fn=leave_stop_signals_to_the_trainer,
         )
-
-    def __len__(self) -> int:
-        return self.sampler.batches
 
     def epoch(self, epoch: int, start_batch: int = 0) -> Iterator[torch.Tensor]:
         self.sampler.set_epoch(epoch, start_batch)

@@ -1,0 +1,97 @@
+"""The loader contract (fastdcgan/data/base.py), one test per rule, run on every input backend:
+the one seeded order every backend shares, each rank its disjoint share with the partial last global
+batch dropped, a resume at any batch, an abandoned epoch, the one-batch check, a file broken after
+the scan replaced by the next. The backends' own matters (DALI's pipelines, the cache's build, the
+GPU decoders) are in test_dali.py, test_cache.py and test_nvjpeg.py."""
+import pytest
+import torch
+
+from conftest import color_ids, write_colors
+from fastdcgan.config import UsageError
+from fastdcgan.data.base import Feed
+from fastdcgan.data.folder import scan
+from fastdcgan.data.loaders import BACKENDS
+from fastdcgan.data.order import epoch_batches
+
+CPU = torch.device("cpu")
+
+
+def runs_here(name: str) -> str:
+    """The backend, or a skip when it cannot run on this machine's CPU (DALI missing; nvjpeg's decoder
+    runs on the CPU too, where torchvision has it)."""
+    from fastdcgan.data import dali, nvjpeg
+    why = {"dali": dali.unavailable_reason(), "nvjpeg": nvjpeg.decoder_missing_reason()}.get(name)
+    if why:
+        pytest.skip(why)
+    return name
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request) -> str:
+    return runs_here(request.param)
+
+
+def loader(backend: str, files, batch: int, seed: int, rank: int = 0, world: int = 1, image_size: int = 16):
+    feed = Feed(files, image_size, batch, seed=seed, device=CPU, rank=rank, world=world, threads=1)
+    return BACKENDS[backend].open(feed, say=lambda line: None)  # the cache: built (or reused) first
+
+
+def test_ranks_take_disjoint_shares_of_the_shared_order_and_drop_the_partial_batch(backend, tmp_path):
+    files = write_colors(tmp_path, 43)  # 5 global batches of 2 x 4, and 3 images left over
+    seen = []
+    for rank in range(2):
+        one = loader(backend, files, 4, seed=3, rank=rank, world=2)
+        assert len(one) == 5
+        batches = [color_ids(b) for b in one.epoch(1)]
+        assert batches == epoch_batches(43, 4, 3, 1, rank, 2).tolist()  # the order every backend shares
+        seen += [i for b in batches for i in b]
+    assert len(seen) == len(set(seen)) == 40
+
+
+def test_an_epoch_is_seeded_reshuffled_and_resumes_at_any_batch(backend, tmp_path):
+    files = write_colors(tmp_path, 24)
+    one = loader(backend, files, 4, seed=5)
+
+    def order(epoch, start=0):
+        return [color_ids(b) for b in one.epoch(epoch, start)]
+
+    e0 = order(0)
+    assert e0 == epoch_batches(24, 4, 5, 0).tolist() and sorted(i for b in e0 for i in b) == list(range(24))
+    assert order(1) != e0                   # reshuffled each epoch
+    assert order(0, start=4) == e0[4:]      # a resume at batch 4 sees exactly the rest
+    assert order(0) == e0                   # reproducible
+    other = [color_ids(b) for b in loader(backend, files, 4, seed=6).epoch(0)]
+    assert other != e0                      # seeded
+
+
+def test_an_abandoned_epoch_leaves_the_next_ones_whole(backend, tmp_path):
+    files = write_colors(tmp_path, 24)
+    one = loader(backend, files, 4, seed=2)
+    first = one.epoch(0)
+    next(first)  # left after one batch, as max_steps or a stop signal leaves it
+    first.close()
+    assert [color_ids(b) for b in one.epoch(0)] == epoch_batches(24, 4, 2, 0).tolist()
+    assert [color_ids(b) for b in one.epoch(1)] == epoch_batches(24, 4, 2, 1).tolist()
+
+
+def test_fewer_images_than_one_global_batch_is_a_usage_error(backend, tmp_path):
+    files = write_colors(tmp_path, 7)
+    with pytest.raises(UsageError, match=r"^7 usable images are fewer than one batch \(train.batch_size=4 x 2 "
+                                         r"processes\)$"):
+        loader(backend, files, 4, seed=0, world=2)
+
+
+def test_a_file_broken_or_removed_after_the_scan_is_replaced_by_the_next(backend, tmp_path):
+    if backend == "cache":
+        pytest.skip("the cache reads each file once, when it is built: test_cache.py's corrupt-file test")
+    files = write_colors(tmp_path, 16)
+    one = loader(backend, scan(tmp_path).files, 4, seed=0)
+    good = files[5].read_bytes()
+    files[5].write_bytes(good[: len(good) // 3])  # truncated while "training"
+    files[9].unlink()
+    with pytest.warns(UserWarning, match="skipping"):
+        batches = [color_ids(b) for b in one.epoch(0)]
+    for got, want in zip(batches, epoch_batches(16, 4, 0, 0).tolist(), strict=True):
+        assert got == [i + 1 if i in (5, 9) else i for i in want]
+    with pytest.warns(UserWarning, match="skipping"):
+        assert len(list(one.epoch(1))) == 4  # and the epochs after it go on
