@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 from pathlib import Path
 
 import torch
@@ -30,8 +31,11 @@ def _fsync_dir(d: Path) -> None:
 
 
 def atomic_write(path: Path, write) -> None:
-    """Call write(file) on a temporary sibling, fsync, rename over path, fsync the folder."""
-    tmp = path.with_name(path.name + ".tmp")
+    """Call write(file) on a temporary sibling, fsync, rename over path, fsync the folder: the file is
+    the old one or the new one, never a part, whatever kills the process (and whichever of two
+    processes writing it at once finishes last)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
     with open(tmp, "wb") as f:
         write(f)
         f.flush()
@@ -78,13 +82,11 @@ def load(path: str | os.PathLike, map_location="cpu") -> dict:
     return torch.load(path, map_location=map_location, weights_only=True)
 
 
-def resolve(path: str | os.PathLike) -> Path:
-    """A checkpoint file from a file path, a run directory or its checkpoints/ folder."""
-    path = Path(path)
-    if path.is_file():
-        return path
-    for d in (path / "checkpoints", path):
-        found = latest(d) if d.is_dir() else None
-        if found:
-            return found
-    raise FileNotFoundError(f"no checkpoint found at {path}")
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """TorchScript archives carry their code (`<name>/code/...`); torch.save archives (checkpoints,
+    generator.pth) carry data only."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            return any("/code/" in name for name in z.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False

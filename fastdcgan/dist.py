@@ -19,6 +19,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from .config import UsageError
+
 if dist.is_available():
     # Imported here, before any process group exists. Both modules take `group.WORLD` as a default
     # argument when first imported (torchvision pulls them in too); imported after the group is made
@@ -28,6 +30,20 @@ if dist.is_available():
     # without an active exception", SIGABRT after all the work was done.
     import torch.distributed.nn.functional  # noqa: F401
     import torch.distributed.optim  # noqa: F401
+
+
+def parse_device(name: str, what: str = "device") -> torch.device:
+    """auto (cuda when available, else cpu), cpu, cuda or cuda:N; a CUDA device where there is none,
+    or a name torch does not know, is a UsageError naming `what` (the setting or flag)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UsageError(f"{what}: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"{what}={name} but no CUDA device is available")
+    return device
 
 
 @dataclass

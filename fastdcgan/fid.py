@@ -24,16 +24,13 @@ import sys
 import time
 from pathlib import Path
 
-from . import checkpoint, config
+from . import checkpoint, config, dist
 from .config import UsageError
 from .data import folder
 from .generate.export import GeneratorLoadError, find_generator_file, generator_from_checkpoint
 from .metrics import extractors
 from .metrics.frechet import describe, frechet_distance, generator_stats, protocol, real_stats
-
-
-def run_dir_of(file: Path) -> Path:
-    return file.parent.parent if file.parent.name == "checkpoints" else file.parent
+from .rundir import RunDir
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -60,10 +57,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def score(args: argparse.Namespace) -> tuple[float, dict, Path]:
+def score(args: argparse.Namespace) -> tuple[float, dict, RunDir]:
     """The FID, the record for fid.jsonl, and the run directory to append it to."""
-    from .state import resolve_device
-    device = resolve_device(args.device)
+    device = dist.parse_device(args.device, "--device")
     file = find_generator_file(Path(args.checkpoint))
     state = checkpoint.load(file)
     G = generator_from_checkpoint(state, args.ema, str(file)).to(device)
@@ -92,7 +88,7 @@ def score(args: argparse.Namespace) -> tuple[float, dict, Path]:
     record = {"step": state.get("step"), "fid": fid, "n": args.n, "ema": args.ema, "seed": args.seed, "batch": batch,
               "checkpoint": str(file), "data": str(root), "network": extractor.name, "stats": pinned["stats"],
               "time": time.time()}
-    return fid, record, run_dir_of(file)
+    return fid, record, RunDir.of(file)
 
 
 def fetch() -> int:
@@ -121,10 +117,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {str(text).strip() or type(e).__name__}", file=sys.stderr)
         return 2
     try:
-        with open(run_dir / "fid.jsonl", "a") as f:
+        with open(run_dir.fid_log, "a") as f:
             f.write(json.dumps(record) + "\n")
     except OSError as e:  # a read-only run directory still gets its score printed
-        print(f"note: could not append to {run_dir / 'fid.jsonl'}: {e}", flush=True)
+        print(f"note: could not append to {run_dir.fid_log}: {e}", flush=True)
     print(f"{fid:.4f}", flush=True)
     return 0
 

@@ -15,8 +15,8 @@ import dataclasses
 import sys
 import time
 
-import torch
 
+from . import dist
 from .config import Data, UsageError
 from .data import cache, folder
 
@@ -72,9 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.threads < 0:
             raise UsageError("--threads must be at least 0")
-        if args.device == "cuda" and not torch.cuda.is_available():
-            raise UsageError("--device cuda but no CUDA device is available")
-        device = torch.device("cuda" if args.device != "cpu" and torch.cuda.is_available() else "cpu")
+        device = dist.parse_device(args.device, "--device")
         with console.status("checking files", spinner="dots"):
             images = folder.scan(args.root, args.split, workers=args.threads, min_size=args.image_size)
         with Progress(TextColumn("decoding"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(),

@@ -9,6 +9,7 @@ import torch
 
 from . import checkpoint, plots
 from .config import UsageError
+from .rundir import RunDir
 
 TB_INSTALL = "pip install -e '.[tb]' (or pip install tensorboard)"
 # TensorBoard groups its charts by the tag's first part; a metrics key not named here goes under "train".
@@ -123,9 +124,9 @@ class Report:
         self.display = Display(total, start, enabled=main)
         self.sinks = []
         if main:
-            self.sinks.append(MetricsFile(run_dir / "metrics.jsonl", start if resumed else None))
+            self.sinks.append(MetricsFile(RunDir(run_dir).metrics, start if resumed else None))
             if tensorboard:
-                self.sinks.append(TensorBoard(run_dir / "tb"))
+                self.sinks.append(TensorBoard(RunDir(run_dir).tensorboard))
 
     def print(self, line: str, last: bool = False) -> None:
         self.display.print(line, last)
@@ -149,7 +150,7 @@ class Report:
         any non-zero worker exit as its own exit code 1."""
         line = f"{word} {step}" + (f"; {more}" if more else "")
         if self.main:
-            checkpoint.atomic_write(self.dir / "STATUS", lambda f: f.write(f"{line}\n".encode()))
+            checkpoint.atomic_write(RunDir(self.dir).status, lambda f: f.write(f"{line}\n".encode()))
 
     def close(self) -> None:
         self.display.close()

@@ -13,17 +13,10 @@ from torch import nn
 from . import checkpoint, config, dist, perf
 from .config import Config, UsageError
 from .model import build_models, d_norm_for, fixed_noise
+from .rundir import find_weights
 from .step import GANStep, StepOptions, load_optimizer, make_ema, make_optimizers, set_hyperparameters
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # autocast dtype
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UsageError("device=cuda but no CUDA device is available")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
@@ -99,11 +92,10 @@ def read_weights(where: str) -> tuple[dict, dict, str]:
     """G's and D's weights from a run directory (its latest checkpoint, else its generator.pth and
     discriminator.pth), a checkpoint file, or a generator file with its discriminator beside it
     (generator.pth and discriminator.pth, or pytorch/examples' netG_epoch_N.pth and netD_epoch_N.pth)."""
-    path = Path(where).expanduser()
-    if path.is_dir():
-        path = checkpoint.latest(path / "checkpoints") or path / "generator.pth"
-    if not path.is_file():
-        raise UsageError(f"train.init: no run directory, checkpoint or generator file at {where}")
+    try:
+        path = find_weights(where)
+    except FileNotFoundError:
+        raise UsageError(f"train.init: no run directory, checkpoint or generator file at {where}") from None
     try:
         s = checkpoint.load(path)
         if "G" in s and "D" in s:

@@ -51,13 +51,16 @@ def test_stale_or_missing_pointer_falls_back_to_newest_complete(tmp_path):
     assert checkpoint.latest(tmp_path / "nothing") is None
 
 
-def test_resolve_accepts_run_dir_checkpoint_dir_and_file(tmp_path):
+def test_find_weights_takes_a_run_dir_its_checkpoints_a_file_or_a_generator_pth(tmp_path):
+    from fastdcgan.rundir import find_weights
+    (tmp_path / "generator.pth").write_bytes(b"")
+    assert find_weights(tmp_path) == tmp_path / "generator.pth"  # no checkpoint yet: the plain weights
     path = checkpoint.save(state(7), tmp_path / "checkpoints", keep=1)
-    assert checkpoint.resolve(tmp_path) == path
-    assert checkpoint.resolve(tmp_path / "checkpoints") == path
-    assert checkpoint.resolve(path) == path
-    with pytest.raises(FileNotFoundError):
-        checkpoint.resolve(tmp_path / "elsewhere")
+    assert find_weights(tmp_path) == path  # the latest checkpoint comes first
+    assert find_weights(tmp_path / "checkpoints") == path
+    assert find_weights(path) == path
+    with pytest.raises(FileNotFoundError, match="elsewhere"):
+        find_weights(tmp_path / "elsewhere")
 
 
 def test_checkpoints_cannot_carry_code(tmp_path):

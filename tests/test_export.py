@@ -7,7 +7,7 @@ import torch
 import fastdcgan
 from fastdcgan import checkpoint
 from fastdcgan.generate.cli import main
-from fastdcgan.generate.export import is_torchscript
+from fastdcgan.checkpoint import is_torchscript
 from fastdcgan.generate.latent import seed_noise
 from fastdcgan.model import fixed_noise
 from test_generate_commands import vivid_generator

@@ -1,7 +1,6 @@
 """FID during training, the EMA generator, and `python -m fastdcgan.fid`, end to end on tiny runs
 (the tiny TorchScript network from conftest stands in for TF-Inception)."""
 import json
-import os
 import time
 
 import numpy as np

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from PIL import Image
 
+from .. import checkpoint
 from ..config import UsageError
 
 IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".webp"}
@@ -167,11 +168,9 @@ def _load_verdicts(path: Path) -> dict:
 
 
 def _save_verdicts(path: Path, verdicts: dict) -> None:
+    data = json.dumps({"version": CACHE_VERSION, "files": verdicts}).encode()
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        tmp.write_text(json.dumps({"version": CACHE_VERSION, "files": verdicts}))
-        os.replace(tmp, path)
+        checkpoint.atomic_write(path, lambda f: f.write(data))
     except OSError:
         pass  # a read-only cache only costs a re-check next time
 

@@ -26,13 +26,10 @@ import argparse
 import sys
 import textwrap
 
+from ..config import UsageError  # noqa: F401 (the sub-commands' error: one line, exit 2)
 from .latent import parse_seeds
 
 USAGE = __doc__
-
-
-class UsageError(Exception):
-    """A request we cannot carry out as given; main prints it as one line and exits 2."""
 
 
 class Parser(argparse.ArgumentParser):

@@ -9,6 +9,7 @@ import sys
 
 import torch
 
+from ..dist import parse_device
 from . import UsageError
 from .arithmetic import arithmetic_parser, run_arithmetic
 from .export import GeneratorLoadError, export_parser, load_generator, run_export
@@ -27,25 +28,13 @@ COMMANDS = {
 }
 
 
-def device_from(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UsageError(f"unknown device {name!r}: use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {name}: no CUDA device here")
-    return device
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = argv.pop(0) if argv and argv[0] in COMMANDS else "grid"  # no sub-command: the plain form
     build, run = COMMANDS[command]
     args = build().parse_args(argv)
     try:
-        device = device_from(args.device)
+        device = parse_device(args.device, "--device")
         try:
             G = load_generator(args.checkpoint, device, ema=args.ema)
         except GeneratorLoadError as e:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import warnings
-import zipfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +27,7 @@ from torch import nn
 
 from .. import checkpoint
 from ..model import Generator, fixed_noise, generator_from_state_dict
+from ..rundir import find_weights
 from . import Parser, UsageError, new_parser
 from .latent import seed_noise, truncate
 
@@ -35,7 +35,7 @@ META = "fastdcgan.json"
 FORMAT = 1
 
 
-class GeneratorLoadError(Exception):
+class GeneratorLoadError(UsageError):
     """The path holds no generator we can load; the message says why."""
 
 
@@ -70,15 +70,6 @@ class LoadedGenerator(nn.Module):
         return self(truncate(seed_noise(seeds, self.nz, self.device), truncation))
 
 
-def is_torchscript(path: str | os.PathLike) -> bool:
-    """TorchScript archives carry code/; torch.save zips (checkpoints, generator.pth) carry data.pkl only."""
-    try:
-        with zipfile.ZipFile(path) as z:
-            return any("/code/" in name for name in z.namelist())
-    except (zipfile.BadZipFile, OSError):
-        return False
-
-
 @contextmanager
 def _quiet_jit() -> Iterator[None]:
     # torch marks torch.jit as deprecated; the format still loads in Python and in C++ (libtorch)
@@ -88,15 +79,11 @@ def _quiet_jit() -> Iterator[None]:
 
 
 def find_generator_file(path: Path) -> Path:
-    """A run directory's latest checkpoint, else its generator.pth; a file is itself."""
-    if path.is_file():
-        return path
+    """A run directory's latest checkpoint, else its generator.pth; a file is itself (rundir.find_weights)."""
     try:
-        return checkpoint.resolve(path)
-    except FileNotFoundError:
-        if (path / "generator.pth").is_file():
-            return path / "generator.pth"
-        raise GeneratorLoadError(f"no checkpoint or generator.pth found at {path}") from None
+        return find_weights(path)
+    except FileNotFoundError as e:
+        raise GeneratorLoadError(str(e)) from None
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False) -> LoadedGenerator:
@@ -108,7 +95,7 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", 
     file = find_generator_file(Path(path))
     if file.suffix == ".onnx":
         raise GeneratorLoadError(f"{file} is ONNX: load it with onnxruntime, not fastdcgan")
-    if is_torchscript(file):
+    if checkpoint.is_torchscript(file):
         if ema:
             raise GeneratorLoadError(f"{file} is an exported generator: it has no separate EMA weights "
                                      "(export with --ema to export them)")

