@@ -1,9 +1,10 @@
-"""The loop's side jobs: what it does beside training, each a small part with one interface.
+"""The loop's side jobs: what train.py's loop does beside training, each called by name, in its own
+order there, with only what it needs. No job holds the trainer or calls another job. Every rank
+calls the same job at the same step, since some are collectives (a checkpoint gathers every rank's
+RNG, FID splits its samples); rank 0 alone writes files (`main`).
 
-The loop calls `at_step(run)` on the steps a job's `due(step)` names, `at_epoch_end(run)` after each
-whole epoch and `at_end(run)` once after the last step. Jobs that `pause` run with the step timer
-stopped (they wait for the device); every rank calls every job at the same step, since some are
-collectives (checkpoints gather every rank's RNG, FID splits its samples, a stop is agreed on).
+A job that finds the run cannot go on raises an outcome (NonFinite); train.py turns each outcome
+into the checkpoint, the STATUS line and the exit code, in one place.
 """
 from __future__ import annotations
 
@@ -11,38 +12,20 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint, dist, losses, plots
 from .model import sample
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
-STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
-
-
-class Exit(Exception):
-    """Leave the loop with this exit code (non-finite loss, or a stop after its checkpoint)."""
-
-    def __init__(self, code: int):
-        self.code = code
+from .report import Report
+from .rundir import RunDir
 
 
-class SideJob:
-    every = 0       # steps between runs; 0: none between epoch ends
-    pauses = True   # waits for the device: the step timer stops meanwhile
+class NonFinite(Exception):
+    """A loss, or the weights about to be checkpointed, became NaN or infinite by this step."""
 
-    def due(self, step: int) -> bool:
-        return self.every > 0 and step % self.every == 0
-
-    def at_step(self, run) -> None:
-        pass
-
-    def at_epoch_end(self, run) -> None:
-        pass
-
-    def at_end(self, run) -> None:
-        pass
+    def __init__(self, step: int):
+        super().__init__(f"non-finite loss by step {step}")
+        self.step = step
 
 
 def duration(seconds: float) -> str:
@@ -55,206 +38,195 @@ def duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
-class Log(SideJob):
-    """Moves the progress bar every step; every `every` steps (and at the last) reads the step's
-    running means, checks them, and hands the record to the report. Without a progress bar (batch
-    jobs, pipes) each line gives the run's elapsed wall clock and an ETA at this launch's pace, and the
-    launch's first step gets a line of its own, however far away the first `every` is."""
-    pauses = False
+class Log:
+    """The console and metrics.jsonl: the progress bar every step; a record every `every` steps and at
+    the last. Without a progress bar (batch jobs, pipes) each line gives the run's elapsed wall clock
+    and an ETA at this launch's pace, and the launch's first step gets a line of its own, however far
+    away the first `every` is."""
 
-    def __init__(self, every: int):
-        self.every = every
-        self.started: tuple[int, float] | None = None  # this launch's first step and when its loop began
+    def __init__(self, every: int, total: int, report: Report, flops_per_image: float, peak: float | None):
+        self.every, self.total, self.report = every, total, report
+        self.flops_per_image, self.peak = flops_per_image, peak
+        self.started: tuple[int, float] | None = None  # this launch's first step, and when its loop began
 
     def due(self, step: int) -> bool:
-        return True
+        return step % self.every == 0 or step == self.total
 
-    def clock(self, step: int, total: int, wall_s: float) -> str:
+    def start(self, step: int) -> None:
+        """The loop begins (at `step`, after a resume): the pace of the ETA is counted from here."""
+        self.started = (step, time.perf_counter())
+
+    def clock(self, step: int, wall_s: float) -> str:
         """'elapsed 1m02s  eta 3m10s': the run's wall clock, and the steps left at this launch's pace."""
         first, t0 = self.started
         pace = (time.perf_counter() - t0) / max(step - first, 1)
-        return f"elapsed {duration(wall_s)}  eta {duration(pace * (total - step))}"
+        return f"elapsed {duration(wall_s)}  eta {duration(pace * (self.total - step))}"
 
-    def at_step(self, run) -> None:
-        s, display = run.state, run.report.display
-        epoch = s.epoch + 1  # the epoch being trained, counted from 1 as in epoch_NNN.png (its end)
-        display.update(s.step, epoch)
-        first = self.started is None
-        if first:
-            self.started = (s.step - 1, run.loop_started)
-        if s.step % self.every and s.step != run.total_steps:
-            if first and display.progress is None:
-                display.print(f"step {s.step}/{run.total_steps}  epoch {epoch}  "
-                              f"{self.clock(s.step, run.total_steps, s.wall_s())}  (then one every {self.every} steps)")
-            return
-        m = s.gan.read()
-        if not all(np.isfinite(v) for v in m.values()):
-            run.checkpoints.nonfinite(run)
-        batch = run.cfg.train.batch_size * run.env.world  # global: every rank's images count
-        row = {"step": s.step, "epoch": epoch, "images": s.step * batch, **m, **run.timer.read(batch),
-               "time": time.time()}
-        row.update(run.warmup.take_costs())  # the first row after the set-up says what it cost, once
-        if s.peak and "img_per_s" in row:
-            row["mfu"] = row["img_per_s"] * s.flops / s.peak
-        run.report.record(row)
-        info = (f"loss_d {m['loss_d']:.3f}  loss_g {m['loss_g']:.3f}  D(x) {m['d_real']:.3f}  "
-                f"D(G(z)) {m['d_fake']:.3f}")
+    def progress(self, step: int, epoch: int, wall_s: float) -> None:
+        """Every step: the bar; and the first step's line when it is not a log step."""
+        display = self.report.display
+        display.update(step, epoch)
+        if step == self.started[0] + 1 and not self.due(step) and display.progress is None:
+            display.print(f"step {step}/{self.total}  epoch {epoch}  {self.clock(step, wall_s)}  "
+                          f"(then one every {self.every} steps)")
+
+    def record(self, step: int, epoch: int, images: int, means: dict, timing: dict, costs: dict,
+               wall_s: float) -> dict:
+        """A metrics.jsonl row and a log line: the step's running means, the window's timing (img/s,
+        data and compute ms), the set-up's costs on the first row after it."""
+        row = {"step": step, "epoch": epoch, "images": images, **means, **timing, "time": time.time(), **costs}
+        if self.peak and "img_per_s" in row:
+            row["mfu"] = row["img_per_s"] * self.flops_per_image / self.peak
+        self.report.record(row)
+        info = (f"loss_d {means['loss_d']:.3f}  loss_g {means['loss_g']:.3f}  D(x) {means['d_real']:.3f}  "
+                f"D(G(z)) {means['d_fake']:.3f}")
         if "img_per_s" in row:
             info += (f"  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  compute {row['compute_ms']:.1f} ms"
                      + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
-        display.update(s.step, epoch, info)
+        display = self.report.display
+        display.update(step, epoch, info)
         if display.progress is None:
-            display.print(f"step {s.step}/{run.total_steps}  epoch {epoch}  "
-                          f"{self.clock(s.step, run.total_steps, s.wall_s())}  {info}")
+            display.print(f"step {step}/{self.total}  epoch {epoch}  {self.clock(step, wall_s)}  {info}")
+        return row
 
 
-class Samples(SideJob):
+class Samples:
     """The fixed noise through the sampling generator: samples/step_N.png, samples/epoch_N.png."""
 
-    def __init__(self, every: int):
-        self.every = every
+    def __init__(self, every: int, fixed_z: torch.Tensor, folder: Path, report: Report, main: bool):
+        self.every, self.fixed_z, self.folder, self.report, self.main = every, fixed_z, folder, report, main
         self.last = -1  # the step of the latest grid
 
-    def at_step(self, run) -> None:
-        self.save(run, f"step_{run.state.step:08d}")
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
 
-    def at_epoch_end(self, run) -> None:
-        self.save(run, f"epoch_{run.state.epoch:03d}")
-
-    def at_end(self, run) -> None:
-        if self.last != run.state.step:  # stopped mid-epoch (train.max_steps): every run ends with a grid
-            self.save(run, f"step_{run.state.step:08d}")
-
-    def save(self, run, name: str) -> None:
-        s = run.state
-        self.last = s.step
-        G = s.sampling_generator()  # on every rank (a collective under sync_bn)
-        if run.main:
-            grid = plots.sample_grid(sample(G, s.fixed_z))
-            plots.write_grid(grid, run.dir / "samples" / f"{name}.png")
-            run.report.image("samples", grid, s.step)
+    def save(self, G: torch.nn.Module, name: str, step: int) -> None:
+        """G: the sampling generator, which every rank fetches (a collective under sync_bn)."""
+        self.last = step
+        if self.main:
+            grid = plots.sample_grid(sample(G, self.fixed_z))
+            plots.write_grid(grid, self.folder / f"{name}.png")
+            self.report.image("samples", grid, step)
 
 
-class Plots(SideJob):
+class Plots:
     """The plots at epoch ends: the losses so far (plots/loss.png) and the D outputs' histograms since
     the last drawing (plots/d_outputs_epoch_N.png). An epoch end draws only when at least `min_steps`
     (log.every: a new row for loss.png) have passed since the last drawing: on a small folder an epoch
     is a few steps, and two matplotlib figures (about 0.35 s on 2 CPU cores) at every one of them took
     a fifth of a CPU run. Step-counted, so that every rank draws (a collective) at the same epoch end."""
 
-    def __init__(self, min_steps: int = 1, step: int = 0, epoch: int = 0):
-        self.min_steps = min_steps
+    def __init__(self, min_steps: int, step: int, epoch: int, run_dir: RunDir, loss: str, report: Report, main: bool):
+        self.min_steps, self.run_dir, self.axis, self.report, self.main = (min_steps, run_dir,
+                                                                          losses.HISTOGRAM_AXIS[loss], report, main)
         self.drawn = (step, epoch)  # the step and the last whole epoch drawn (at start: where this launch begins)
 
-    def at_epoch_end(self, run) -> None:
-        if run.state.step - self.drawn[0] >= self.min_steps:
-            self.draw(run, run.state.epoch)
+    def due_at_epoch_end(self, step: int) -> bool:
+        return step - self.drawn[0] >= self.min_steps
 
-    def at_end(self, run) -> None:
-        if run.state.step != self.drawn[0]:  # steps not drawn yet: max_steps mid-epoch, or a skipped end
-            self.draw(run, run.state.epoch + (1 if run.state.batch_in_epoch else 0))
+    def undrawn(self, step: int) -> bool:
+        return step != self.drawn[0]
 
-    def draw(self, run, label: int) -> None:
-        hist = run.state.gan.take_histograms()  # on every rank: it sums the ranks' histograms
+    def draw(self, histograms: torch.Tensor, step: int, label: int) -> None:
+        """histograms: the D outputs' (2 x bins, every rank's summed) since the last drawing."""
         first = self.drawn[1] + 1
-        self.drawn = (run.state.step, label)
-        if run.main:
-            plots.plot_losses(run.dir / "metrics.jsonl", run.dir / "plots" / "loss.png")
-            plots.plot_d_outputs(hist, label, run.dir / "plots" / f"d_outputs_epoch_{label:03d}.png",
-                                 losses.HISTOGRAM_AXIS[run.cfg.train.loss], first=first)
-            run.report.histogram("D/real", hist[0], run.state.step)
-            run.report.histogram("D/fake", hist[1], run.state.step)
+        self.drawn = (step, label)
+        if self.main:
+            plots.plot_losses(self.run_dir.metrics, self.run_dir.plots / "loss.png")
+            plots.plot_d_outputs(histograms, label, self.run_dir.plots / f"d_outputs_epoch_{label:03d}.png",
+                                 self.axis, first=first)
+            self.report.histogram("D/real", histograms[0], step)
+            self.report.histogram("D/fake", histograms[1], step)
 
 
-class Checkpoints(SideJob):
-    """checkpoints/step_N.pt every `every` steps, at each epoch's end and at the end, where the last
-    `keep` stay; at the end also the weights users load (generator.pth, discriminator.pth)."""
+class Checkpoints:
+    """checkpoints/step_N.pt every `every` steps, at each epoch's end, on a stop and at the end, where
+    the last `keep` stay; at the end also the weights users load (generator.pth, discriminator.pth)."""
 
-    def __init__(self, every: int, directory: Path, keep: int, last_saved: int):
-        self.every, self.dir, self.keep = every, directory, keep
+    def __init__(self, every: int, folder: Path, keep: int, last_saved: int, main: bool):
+        self.every, self.folder, self.keep, self.main = every, folder, keep, main
         self.last_saved = last_saved  # the step of the latest checkpoint this launch has (-1: none)
 
-    def at_step(self, run) -> None:
-        self.save(run)
+    def due(self, step: int) -> bool:
+        return step % self.every == 0
 
-    def at_epoch_end(self, run) -> None:
-        self.save(run)
+    def saved_at(self, step: int) -> bool:
+        return self.last_saved == step
 
-    def at_end(self, run) -> None:
-        if self.last_saved != run.state.step:
-            self.save(run)
-        s = run.state
-        sampling = s.sampling_generator()  # on every rank; already recalibrated by the save at this step
-        if run.main:
-            torch.save(s.G.state_dict(), run.dir / "generator.pth")
-            torch.save(s.D.state_dict(), run.dir / "discriminator.pth")
-            if s.G_ema is not None:
-                torch.save(sampling.state_dict(), run.dir / "generator_ema.pth")
+    def latest(self) -> Path | None:
+        return checkpoint.latest(self.folder)
 
-    def save(self, run) -> Path:
-        """Checkpoint now, unless the weights may be non-finite on any rank (then stop, exit 3).
-
-        Every rank calls it at the same step; rank 0 writes; the barrier after keeps other ranks from
-        exiting, and a launcher from killing rank 0, mid-write.
-        """
-        if not run.state.gan.finite():
-            self.nonfinite(run)
-        state = run.state.state_dict()
-        path = checkpoint.save(state, self.dir, self.keep) if run.main else self.dir / "latest"
+    def save(self, state) -> Path:
+        """Checkpoint the TrainState now, unless its weights may be non-finite on any rank (NonFinite:
+        nothing non-finite is ever saved). Every rank calls it at the same step; rank 0 writes; the
+        barrier after keeps other ranks from exiting, and a launcher from killing rank 0, mid-write."""
+        if not state.gan.finite():
+            raise NonFinite(state.step)
+        contents = state.state_dict()
+        path = checkpoint.save(contents, self.folder, self.keep) if self.main else self.folder / checkpoint.LATEST
         dist.barrier()
-        self.last_saved = run.state.step
+        self.last_saved = state.step
         return path
 
-    def saved_now(self, run) -> bool:
-        return self.last_saved == run.state.step
+    def write_weights(self, state, run_dir: RunDir) -> None:
+        """generator.pth and discriminator.pth (and generator_ema.pth): plain state_dicts."""
+        sampling = state.sampling_generator()  # on every rank; already recalibrated by a save at this step
+        if self.main:
+            torch.save(state.G.state_dict(), run_dir.generator)
+            torch.save(state.D.state_dict(), run_dir.discriminator)
+            if state.G_ema is not None:
+                torch.save(sampling.state_dict(), run_dir.generator_ema)
 
-    def nonfinite(self, run) -> None:
-        good = checkpoint.latest(self.dir)
-        run.report.print(f"error: non-finite loss by step {run.state.step}; stopping. Last good checkpoint: "
-                         f"{good or 'none'}. Lower the learning rates or try precision=fp32.", last=True)
-        raise Exit(EXIT_NONFINITE)
 
-
-class FID(SideJob):
+class FID:
     """FID every `every` steps: a metrics row (with the images seen and the run's wall-clock seconds),
-    plots/fid.png, checkpoints/best_fid for the best, and the time to each FID threshold
-    (time_to_fid.json). At or below `target` (fid.target) the run ends there, as if finished."""
+    plots/fid.png, checkpoints/best_fid for the best (tracker.py), and the time to each FID threshold
+    (time_to_fid.json), which a resumed run keeps. `target` (fid.target): the score at or below which
+    the run ends, as if finished."""
     THRESHOLDS = (200.0, 100.0, 50.0, 30.0, 20.0, 10.0)
 
-    def __init__(self, every: int, tracker, target: float, run_dir: Path):
-        self.every, self.tracker, self.target = every, tracker, target
-        self.file = run_dir / "time_to_fid.json"
+    def __init__(self, every: int, tracker, target: float, run_dir: RunDir, report: Report, main: bool):
+        self.every, self.tracker, self.target, self.report, self.main = every, tracker, target, report, main
+        self.run_dir, self.file = run_dir, run_dir.time_to_fid
         self.thresholds = sorted({*self.THRESHOLDS, *([target] if target else [])}, reverse=True)
         try:  # a resumed run keeps the times its earlier launches reached
             self.reached = {float(k): v for k, v in json.loads(self.file.read_text())["reached"].items()}
         except (OSError, ValueError, KeyError):
             self.reached = {}
 
-    def at_step(self, run) -> None:
-        s, ckpts = run.state, run.checkpoints
-        row = self.tracker.evaluate(s.sampling_generator(), s.step, s.epoch + 1)  # the same score on every rank
-        row |= {"images": s.step * run.cfg.train.batch_size * run.env.world, "wall_s": round(s.wall_s(), 2)}
-        if self.tracker.is_best(row) and not ckpts.saved_now(run):
-            ckpts.save(run)  # every rank takes part; best_fid then links to this step's file
-        saved = checkpoint.latest(ckpts.dir) if run.main else None
-        best = self.tracker.keep_if_best(row, saved, s.state_dict, write=run.main)
+    def due(self, step: int) -> bool:
+        return self.every > 0 and step % self.every == 0
+
+    def score(self, G: torch.nn.Module, step: int, epoch: int, images: int, wall_s: float) -> dict:
+        """FID of G now (every rank scores its share: the same score on every rank), as a metrics row."""
+        return self.tracker.evaluate(G, step, epoch) | {"images": images, "wall_s": round(wall_s, 2)}
+
+    def is_best(self, row: dict) -> bool:
+        return self.tracker.is_best(row)
+
+    def keep(self, row: dict, saved: Path | None, state_dict) -> None:
+        """Record the score: best_fid (a link to `saved`, this step's checkpoint, when there is one),
+        the thresholds it reaches for the first time, the metrics row, the plot and a line."""
+        best = self.tracker.keep_if_best(row, saved, state_dict, write=self.main)
         new = [t for t in self.thresholds if row["fid"] <= t and t not in self.reached]
         for t in new:
             self.reached[t] = {k: row[k] for k in ("step", "images", "wall_s", "fid")}
-        if self.target and row["fid"] <= self.target:
-            run.total_steps = s.step  # the loop ends after this step; the end's checkpoint and files follow
-        if not run.main:
+        if not self.main:
             return
         if new:
             reached = {f"{t:g}": v for t, v in sorted(self.reached.items(), reverse=True)}
             data = json.dumps({"target": self.target or None, "reached": reached}, indent=1).encode()
             checkpoint.atomic_write(self.file, lambda f: f.write(data))
-        run.report.record(row)
-        plots.plot_fid(run.dir / "metrics.jsonl", run.dir / "plots" / "fid.png")
-        run.report.print(f"step {s.step}  FID {row['fid']:.2f} on {row['fid_n']} samples "
-                         f"({row['fid_s']:.0f} s){'  new best' if best else ''}")
-        if self.target and row["fid"] <= self.target:
-            run.report.print(f"fid.target {self.target:g} reached at step {s.step}, {row['wall_s']:.0f} s into the run")
+        self.report.record(row)
+        plots.plot_fid(self.run_dir.metrics, self.run_dir.plots / "fid.png")
+        self.report.print(f"step {row['step']}  FID {row['fid']:.2f} on {row['fid_n']} samples "
+                          f"({row['fid_s']:.0f} s){'  new best' if best else ''}")
+        if self.target_reached(row):
+            self.report.print(f"fid.target {self.target:g} reached at step {row['step']}, "
+                              f"{row['wall_s']:.0f} s into the run")
+
+    def target_reached(self, row: dict) -> bool:
+        return bool(self.target) and row["fid"] <= self.target
 
     def summary(self) -> str:
         """'time to FID <=100: 35 s (step 400), <=50: ...' for the thresholds reached, or ''."""

@@ -1,5 +1,6 @@
 """Stopping a run on request: SIGTERM, SIGINT or SIGUSR1, or `touch RUN_DIR/STOP` (how the sbatch
-script relays a signal). The run checkpoints, leaves RUN_DIR/STOP saying why, and exits 75."""
+script relays a signal). The loop asks `Stop.requested` and raises StopRequested; the trainer
+checkpoints, leaves RUN_DIR/STOP saying why, and exits with its stop code."""
 from __future__ import annotations
 
 import os
@@ -8,10 +9,8 @@ import time
 from pathlib import Path
 
 from . import dist
-from .jobs import EXIT_STOPPED, Exit, SideJob
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-STOP_FILE = "STOP"       # touch RUN_DIR/STOP to stop a run at the next check (how sbatch relays USR1)
 STOP_CHECK_S = 1.0       # seconds between stop checks when several processes must agree (rank 0's clock)
 
 
@@ -24,19 +23,26 @@ def leave_stop_signals_to_the_trainer(_worker_id: int = 0) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def stop_file_at_start(run_dir: Path) -> bool:
+def stop_file_at_start(stop: Path) -> bool:
     """A stop leaves RUN_DIR/STOP. A fresh launch clears it; workers that torchrun restarts in the
     same launch find it and stop at once, rather than train on in an allocation being taken away."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    stop = run_dir / STOP_FILE
+    stop.parent.mkdir(parents=True, exist_ok=True)
     if stop.exists() and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
         return True
     stop.unlink(missing_ok=True)
     return False
 
 
-class Stop(SideJob):
-    """Due when a stop is requested on any rank: every rank gets the same answer at the same step.
+class StopRequested(Exception):
+    """A stop was asked for (why: the signal's name, or the STOP file): checkpoint and leave."""
+
+    def __init__(self, why: str):
+        super().__init__(f"stopped by {why}")
+        self.why = why
+
+
+class Stop:
+    """Whether a stop is requested on any rank: every rank gets the same answer at the same step.
 
     One process reads its signal flag every step. Several must agree in a collective, held only at
     steps rank 0 spaces about STOP_CHECK_S apart by its clock and sends along with each answer: fast
@@ -44,8 +50,8 @@ class Stop(SideJob):
     a second or one step, well inside a launcher's grace period (torchrun: 30 s).
     """
 
-    def __init__(self, run_dir: Path, env: dist.Env, step: int):
-        self.file = run_dir / STOP_FILE
+    def __init__(self, stop_file: Path, env: dist.Env, step: int):
+        self.file = stop_file
         self.env = env
         self.signal: int | None = None
         self.next_check = step + 1  # every rank checks at this step (rank 0 sets it at each check)
@@ -67,15 +73,24 @@ class Stop(SideJob):
         if signum == signal.SIGINT:
             signal.signal(signum, signal.SIG_DFL)
 
-    def due(self, step: int, now: bool = False) -> bool:
+    def requested(self, step: int, now: bool = False) -> str | None:
+        """Why to stop at this step (a signal's name, or the STOP file), or None. now: ask the other
+        ranks whatever the pace (at an epoch's end)."""
         if self.env.world == 1 and self.signal is not None:
-            return True
+            return self._why()
         if not now and step < self.next_check:
-            return False
+            return None
         local = self.signal is not None or (self.env.main and self.file.exists())
         following = self.next_check if now else self._paced(step)
         stop, self.next_check = dist.agree(local, following)
-        return stop
+        return self._why() if stop else None
+
+    def _why(self) -> str:
+        return signal.Signals(self.signal).name if self.signal else f"{self.file.name} file"
+
+    def leave_note(self, why: str, step: int) -> None:
+        """RUN_DIR/STOP says why the run stopped: workers torchrun restarts in this launch find it and stop."""
+        self.file.write_text(f"stopped by {why} at step {step}\n")
 
     def _paced(self, step: int) -> int:
         """The step about STOP_CHECK_S from now at the pace since the last check (only rank 0's counts).
@@ -85,20 +100,3 @@ class Stop(SideJob):
         self.checked = (step, t)
         seconds_per_step = (t - last_t) / max(step - last_step, 1)
         return step + max(1, min(int(STOP_CHECK_S / max(seconds_per_step, 1e-6)), 10_000))
-
-    def at_step(self, run) -> None:
-        self.stop(run)
-
-    def at_epoch_end(self, run) -> None:
-        if self.due(run.state.step, now=True):
-            self.stop(run)
-
-    def stop(self, run) -> None:
-        name = signal.Signals(self.signal).name if self.signal else f"{STOP_FILE} file"
-        step = run.state.step
-        path = run.checkpoints.save(run)
-        if run.main:
-            self.file.write_text(f"stopped by {name} at step {step}\n")
-        run.report.print(f"stopped by {name} at step {step}; checkpoint {path}. Run the same command to resume.",
-                         last=True)
-        raise Exit(EXIT_STOPPED)

@@ -1,113 +1,51 @@
-"""Train a DCGAN: the entry point and the loop. Its parts live in their own modules: the training
-state (state.py), the side jobs (jobs.py, stop.py) and where records go (report.py).
+"""Train a DCGAN: the entry point, the set-up, and the loop with its side jobs in order.
 
     python -m fastdcgan.train                                    # built-in synthetic faces
     python -m fastdcgan.train --config configs/quickstart.toml   # small and quick, CPU is fine
     python -m fastdcgan.train --config configs/celeba64.toml data.root=/data/celeba
+    torchrun --nproc_per_node=4 -m fastdcgan.train --config configs/celeba64-fast.toml data.root=/data/celeba
 
-Starting it again on the same train.run_dir resumes from the latest checkpoint.
-Exit codes: 0 finished; 1 the input pipeline failed beyond skipping a file (after a checkpoint);
-2 bad usage, config or data; 3 non-finite loss (the last good checkpoint is kept); 75 stopped by
-SIGTERM, SIGINT or SIGUSR1 after writing a checkpoint: run again to resume.
+Starting it again on the same train.run_dir resumes from the latest checkpoint. What happens at a
+step, at an epoch's end and at the end is Run._loop and Run._finish, read top to bottom; how a run
+ends (finished, stopped, non-finite loss, input failure) is Run.fit, in one place.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
-import tempfile
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
 from . import checkpoint, config, dist, perf, plots
 from .config import Config, UsageError
-from .data import InputFailure, folder
+from .data import InputFailure
+from .jobs import FID, Checkpoints, Log, NonFinite, Plots, Samples
+from .launch import check_run_dir, scan_data
 from .metrics import extractors
-from .jobs import (EXIT_FAILED, EXIT_OK, EXIT_STOPPED, EXIT_USAGE, STATUS_WORDS, FID, Checkpoints, Exit, Log,
-                   Plots, Samples)
 from .report import Report, check_tensorboard
-from .model import d_norm_for
-from .state import TrainState, resolve_device
-from .stop import STOP_FILE, Stop, stop_file_at_start
+from .state import TrainState
+from .rundir import RunDir
+from .stop import Stop, StopRequested, stop_file_at_start
+
+# How a run ends: the exit code, and the first word of RUN_DIR/STATUS (batch scripts read it).
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
+STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
+EXIT_CODES = ("exit codes: 0 finished, 1 input pipeline failure (after a checkpoint), 2 usage/config/data error, "
+              "3 non-finite loss, 75 stopped by a signal after a checkpoint (run again to resume)")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
     p = argparse.ArgumentParser(
         prog="python -m fastdcgan.train", description="Train a DCGAN (Radford et al. 2015) on a folder of images.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog=config.help_text() + "\n\nexit codes: 0 finished, 1 input pipeline failure (after a checkpoint), "
-        "2 usage/config/data error, 3 non-finite loss, 75 stopped by a signal after a checkpoint (run again to resume)")
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config.help_text() + "\n\n" + EXIT_CODES)
     p.add_argument("--config", help="TOML file of settings (overrides on the command line win)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
     args = p.parse_intermixed_args(argv)  # overrides may come before or after --config
     return config.build(args.config, args.overrides), args.dry_run
-
-
-def find_resume(cfg: Config) -> Path | None:
-    """The checkpoint this launch resumes from, as train.resume asks (auto: the latest, if any)."""
-    how, run_dir = cfg.train.resume, Path(cfg.train.run_dir)
-    if how == "auto":
-        return checkpoint.latest(run_dir / "checkpoints")
-    if how == "never":
-        if run_dir.exists() and any(run_dir.iterdir()):
-            raise UsageError(f"train.run_dir {run_dir} is not empty and train.resume=never")
-        return None
-    path = Path(how)
-    if not path.is_file():
-        raise UsageError(f"train.resume: no checkpoint file {path}")
-    return path
-
-
-# What decides the names and shapes of the weights (by the setting's value, or by what it implies: D's
-# norm for a loss, D's dropout layers on or off). A checkpoint loads only into a model built alike.
-MODEL_LAYOUT = {"data.image_size": None, "model.nz": None, "model.ngf": None, "model.ndf": None,
-                "model.spectral_norm": None, "train.loss": d_norm_for, "model.d_dropout": lambda p: p > 0}
-
-
-def check_resumable(path: Path, cfg: Config) -> None:
-    """Refuse, naming each setting, a checkpoint whose weights this config's model cannot hold: said
-    before any set-up rather than as load_state_dict's size mismatch after the cache build."""
-    try:
-        saved = checkpoint.load(path).get("config", {})
-    except (RuntimeError, OSError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot resume from {path}: {first}") from None
-    now, was = config.to_dict(cfg), config.to_dict(config.from_dict(saved))
-    differ = []
-    for key, implies in MODEL_LAYOUT.items():
-        old, new = config.get(was, key), config.get(now, key)
-        if (implies(old) != implies(new)) if implies else old != new:
-            differ.append(f"{key} {old!r} in the checkpoint, {new!r} now")
-    if differ:
-        raise UsageError(f"cannot resume from {path}: its model was built with other settings: {'; '.join(differ)}. "
-                         "Set them back, or start a new train.run_dir (train.init cannot change shapes either)")
-
-
-def check_run_dir(cfg: Config) -> Path | None:
-    """The run directory can be written (one line and exit 2 if not, e.g. a read-only mount), and the
-    checkpoint this launch resumes from, if any, fits the model the config builds."""
-    run_dir = Path(cfg.train.run_dir)
-    try:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=run_dir):
-            pass
-    except OSError as e:
-        raise UsageError(f"train.run_dir {run_dir} cannot be written: {e.strerror or e}") from None
-    path = find_resume(cfg)
-    if path:
-        check_resumable(path, cfg)
-    return path
-
-
-def scan_data(cfg: Config) -> folder.ImageList:
-    """The images the run trains on (the built-in synthetic faces when data.root is empty)."""
-    d = cfg.data
-    root = d.root
-    if not root:
-        from .data import synthetic
-        root = synthetic.default_root(n=d.synthetic_n, seed=0)
-    return folder.scan(root, d.split, workers=d.workers, min_size=d.image_size)
 
 
 class Run:
@@ -117,11 +55,11 @@ class Run:
         self.t_created = time.perf_counter()
         self.cfg = cfg
         self.dir = Path(cfg.train.run_dir)
+        self.paths = RunDir(self.dir)  # the names of what the run writes
         self.env = dist.from_environment()
         self.main = self.env.main
-        device = dist.init(self.env, resolve_device(cfg.device), cfg.train.timeout_s)
-        if cfg.cuda_graphs and device.type == "cuda" and self.env.world > 1:
-            raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
+        device = dist.init(self.env, dist.parse_device(cfg.device), cfg.train.timeout_s)
+        config.check_launch(cfg, self.env.world, device.type)
         check_tensorboard(cfg.log.tensorboard and self.main)
         # What can fail at once does, before the data scan and the cache build: the FID network, the
         # run directory, a checkpoint this model cannot load. Rank 0 looks at the run directory and the
@@ -129,7 +67,7 @@ class Run:
         fid_net = extractors.load(cfg.fid.weights, device) if cfg.fid.every else None
         self.resume_from = self._on_main(lambda: check_run_dir(cfg))
         self.images = self._on_main(lambda: scan_data(cfg))
-        self.stop_pending = self._on_main(lambda: stop_file_at_start(self.dir))
+        self.stop_pending = self._on_main(lambda: stop_file_at_start(self.paths.stop))
         self.state = TrainState(cfg, self.env, device)
         self.state.started = self.t_created
         from .data.loaders import make_loader
@@ -138,7 +76,7 @@ class Run:
         self.tracker = None
         if cfg.fid.every:  # on every rank: each evaluates its share
             from .metrics.tracker import FIDTracker
-            self.tracker = FIDTracker(cfg, self.images.files, fid_net, self.dir / "checkpoints",
+            self.tracker = FIDTracker(cfg, self.images.files, fid_net, self.paths.checkpoints,
                                       ema=self.state.G_ema is not None)
         self.init_from = None
         if self.resume_from:
@@ -148,14 +86,6 @@ class Run:
         self.total_steps = cfg.train.epochs * len(self.loader)
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
-        step = self.state.step
-        self.checkpoints = Checkpoints(cfg.ckpt.every, self.dir / "checkpoints", cfg.ckpt.keep,
-                                       last_saved=step if self.resume_from else -1)
-        self.stop = Stop(self.dir, self.env, step)
-        # In this order at a step and at an epoch's end: a stop comes before the checkpoint it writes anyway.
-        self.fid = FID(cfg.fid.every, self.tracker, cfg.fid.target, self.dir) if self.tracker else None
-        self.jobs = [Log(cfg.log.every), Samples(cfg.sample.every), Plots(cfg.log.every, step, self.state.epoch),
-                     self.stop, self.checkpoints, *([self.fid] if self.fid else [])]
 
     # What tests and tools reach for on a Run.
     G = property(lambda self: self.state.G)
@@ -178,8 +108,163 @@ class Run:
             raise UsageError(error)
         return result
 
+    def _make_jobs(self) -> None:
+        """The side jobs, each given what it works on. The loop calls them by name."""
+        cfg, s, report, main = self.cfg, self.state, self.report, self.main
+        self.log = Log(cfg.log.every, self.total_steps, report, s.flops, s.peak)
+        self.samples = Samples(cfg.sample.every, s.fixed_z, self.paths.samples, report, main)
+        self.plots = Plots(cfg.log.every, s.step, s.epoch, self.paths, cfg.train.loss, report, main)
+        self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep,
+                                       last_saved=s.step if self.resume_from else -1, main=main)
+        self.stop = Stop(self.paths.stop, self.env, s.step)
+        self.fid = FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main) if self.tracker else None
+
+    def fit(self) -> int:
+        """Train to the end, or until something ends the run; each way a run ends is one branch here:
+        its checkpoint, its exit code, and the STATUS line written last."""
+        if self.main:
+            self.paths.config.write_text(config.to_toml(self.cfg))
+        self.report = Report(self.dir, self.main, self.total_steps, self.state.step,
+                             resumed=self.resume_from is not None, tensorboard=self.cfg.log.tensorboard)
+        self._make_jobs()
+        code = None
+        try:
+            self._introduce()
+            self.stop.install()
+            if self.stop_pending:
+                self.report.print(f"{self.paths.stop} is there: this launch was asked to stop; not training",
+                                  last=True)
+                code = EXIT_STOPPED
+            else:
+                self.report.status("running", self.state.step)
+                code = self._train()
+        except NonFinite as e:  # nothing non-finite is saved: the last good checkpoint stays the latest
+            self.report.print(f"error: non-finite loss by step {e.step}; stopping. Last good checkpoint: "
+                              f"{self.checkpoints.latest() or 'none'}. Lower the learning rates or try precision=fp32.",
+                              last=True)
+            code = EXIT_NONFINITE
+        finally:
+            self.stop.uninstall()
+            if code is not None:
+                self.report.status(STATUS_WORDS[code], self.state.step, self.fid.summary() if self.fid else "")
+            self.report.close()
+        return code
+
+    def _train(self) -> int:
+        s = self.state
+        try:
+            self._loop()
+        except StopRequested as stop:  # a checkpoint at this step, then leave (a NonFinite here goes to fit)
+            path = self.checkpoints.save(s)
+            if self.main:
+                self.stop.leave_note(stop.why, s.step)
+            self.report.print(f"stopped by {stop.why} at step {s.step}; checkpoint {path}. Run the same command "
+                              "to resume.", last=True)
+            return EXIT_STOPPED
+        except InputFailure as e:
+            return self._input_failed(e)
+        self._finish()
+        reached = self.fid.summary() if self.fid and self.fid.reached else ""
+        self.report.print(f"done: {s.step} steps{'; ' + reached if reached else ''}; generator.pth, samples and "
+                          f"plots in {self.dir}", last=True)
+        return EXIT_OK
+
+    def _loop(self) -> None:
+        s, log, samples, plots_, ckpts, stop, fid = (self.state, self.log, self.samples, self.plots,
+                                                     self.checkpoints, self.stop, self.fid)
+        timer = self.timer = perf.StepTimer(s.device)
+        warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs, time.perf_counter() - self.t_created)
+        images_per_step = self.cfg.train.batch_size * self.env.world  # every rank's images count
+        log.start(s.step)
+        while s.step < self.total_steps:
+            for batch in self.loader.epoch(s.epoch, s.batch_in_epoch):
+                if s.step == 0:
+                    self._save_reals(batch)
+                # ----- the timed part: one training step
+                timer.got_batch()
+                s.gan.step(batch)
+                timer.step_done()
+                s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
+                step, epoch = s.step, s.epoch + 1  # epochs counted from 1 in lines and rows
+                if warmup.step_done():  # compile and capture are timed apart from img/s
+                    timer.restart()
+                    self.report.print(f"compile/capture warm-up: {warmup.costs['warmup_s']:.1f} s, "
+                                      f"{warmup.costs['warmup_steps']} steps (left out of img/s)")
+                # ----- the side jobs, in this order
+                log.progress(step, epoch, s.wall_s())
+                if log.due(step):
+                    means = s.gan.read()  # one host sync per log line, never per step
+                    if not all(math.isfinite(v) for v in means.values()):
+                        raise NonFinite(step)
+                    log.record(step, epoch, step * images_per_step, means, timer.read(images_per_step),
+                               warmup.take_costs(), s.wall_s())
+                why = stop.requested(step)
+                pausing = samples.due(step) or ckpts.due(step) or bool(fid and fid.due(step))
+                with timer.paused() if pausing or why else nullcontext():  # these wait for the device
+                    if samples.due(step):
+                        samples.save(s.sampling_generator(), f"step_{step:08d}", step)
+                    if why:
+                        raise StopRequested(why)
+                    if ckpts.due(step):
+                        ckpts.save(s)
+                    if fid and fid.due(step) and self._score_fid(step, epoch):
+                        self.total_steps = step  # fid.target reached: the run ends here, as if finished
+                if step >= self.total_steps:
+                    break
+            if s.batch_in_epoch >= len(self.loader):  # a whole epoch: its end's jobs
+                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
+                with timer.paused():
+                    samples.save(s.sampling_generator(), f"epoch_{s.epoch:03d}", s.step)
+                    if plots_.due_at_epoch_end(s.step):
+                        plots_.draw(s.gan.take_histograms(), s.step, s.epoch)
+                    why = stop.requested(s.step, now=True)
+                    if why:
+                        raise StopRequested(why)
+                    ckpts.save(s)
+
+    def _score_fid(self, step: int, epoch: int) -> bool:
+        """FID now; a new best is checkpointed (best_fid links to that file). True at fid.target."""
+        s, fid, ckpts = self.state, self.fid, self.checkpoints
+        row = fid.score(s.sampling_generator(), step, epoch, step * self.cfg.train.batch_size * self.env.world,
+                        s.wall_s())
+        if fid.is_best(row) and not ckpts.saved_at(step):
+            ckpts.save(s)  # every rank takes part
+        fid.keep(row, ckpts.latest() if self.main else None, s.state_dict)
+        return fid.target_reached(row)
+
+    def _finish(self) -> None:
+        """After the last step: what is not done yet of the last grid, plots and checkpoint, then the
+        weights users load (generator.pth, discriminator.pth)."""
+        s = self.state
+        with self.timer.paused():
+            if self.samples.last != s.step:  # stopped mid-epoch (max_steps): every run ends with a grid
+                self.samples.save(s.sampling_generator(), f"step_{s.step:08d}", s.step)
+            if self.plots.undrawn(s.step):
+                self.plots.draw(s.gan.take_histograms(), s.step, s.epoch + (1 if s.batch_in_epoch else 0))
+            if not self.checkpoints.saved_at(s.step):
+                self.checkpoints.save(s)
+            self.checkpoints.write_weights(s, self.paths)
+
+    def _save_reals(self, batch) -> None:
+        reals = self.paths.samples / "reals.png"
+        if self.main and not reals.exists():
+            plots.save_grid(batch[: self.cfg.sample.n].permute(0, 3, 1, 2).float() / 127.5 - 1, reals)
+
+    def _input_failed(self, error: InputFailure) -> int:
+        """The input broke in a way skipping a file cannot mend: keep the weights of the steps done.
+        One process only: with several, a save is a collective the other ranks are not in (they are
+        inside a step); the run then ends at train.timeout_s, and resumes from the latest checkpoint."""
+        ckpts, step = self.checkpoints, self.state.step
+        try:
+            path = ckpts.save(self.state) if self.env.world == 1 and not ckpts.saved_at(step) else ckpts.latest()
+        except Exception as e:  # a CUDA error can leave nothing readable on the device
+            path = f"none written now ({type(e).__name__}); latest {ckpts.latest()}"
+        self.report.print(f"error: {error} (at step {step}); checkpoint {path}. Fix the cause and run "
+                          "the same command to resume.", last=True)
+        return EXIT_FAILED
+
     def _introduce(self) -> None:
-        """The run's first lines: the data, how it trains, and where it resumed."""
+        """The run's first lines: the data, how it trains, and where it resumed; plan.json."""
         cfg, im, s, say = self.cfg, self.images, self.state, self.report.print
         partitions = f" from {im.partition_file.name}" if im.partition_file else ""
         say(f"data: {len(im.files)} images in {im.root} ({im.layout} layout, split {cfg.data.split}{partitions}), "
@@ -190,7 +275,7 @@ class Run:
             size = cfg.data.image_size
             say(f"warning: {im.small} images are smaller than {size}x{size}; they are upscaled")
         if im.skipped and self.main:
-            listing = self.dir / "skipped_files.txt"
+            listing = self.paths.skipped
             listing.write_text("".join(f"{p}\t{why}\n" for p, why in im.skipped))
             first = ", ".join(p.name for p, _ in im.skipped[:3])
             more = f" and {len(im.skipped) - 3} more" if len(im.skipped) > 3 else ""
@@ -212,92 +297,9 @@ class Run:
             changed = config.diff(s.resumed_config, config.to_dict(cfg))
             if changed:
                 say(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")
-
-    def fit(self) -> int:
-        cfg = self.cfg
-        if self.main:
-            (self.dir / "config.toml").write_text(config.to_toml(cfg))
-        self.report = Report(self.dir, self.main, self.total_steps, self.state.step,
-                             resumed=self.resume_from is not None, tensorboard=cfg.log.tensorboard)
-        code = None
-        try:
-            self._introduce()
-            if self.main:  # after a resume: the optimizers are as this launch runs them
-                plan = json.dumps(self.state.plan(self.loader.name), indent=1).encode()
-                checkpoint.atomic_write(self.dir / "plan.json", lambda f: f.write(plan))
-            self.stop.install()
-            if self.stop_pending:
-                self.report.print(f"{self.dir / STOP_FILE} is there: this launch was asked to stop; not training",
-                                  last=True)
-                raise Exit(EXIT_STOPPED)
-            self.report.status("running", self.state.step)
-            code = self._loop()
-        except Exit as e:
-            code = e.code
-        except InputFailure as e:
-            code = self._input_failed(e)
-        finally:
-            self.stop.uninstall()
-            if code is not None:
-                self.report.status(STATUS_WORDS[code], self.state.step, self.fid.summary() if self.fid else "")
-            self.report.close()
-        return code
-
-    def _loop(self) -> int:
-        s, reals = self.state, self.dir / "samples" / "reals.png"
-        self.loop_started = time.perf_counter()
-        self.timer = perf.StepTimer(s.device)
-        self.warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs, time.perf_counter() - self.t_created)
-        while s.step < self.total_steps:
-            for batch in self.loader.epoch(s.epoch, s.batch_in_epoch):
-                if s.step == 0 and self.main and not reals.exists():
-                    plots.save_grid(batch[: self.cfg.sample.n].permute(0, 3, 1, 2).float() / 127.5 - 1, reals)
-                self.timer.got_batch()
-                s.gan.step(batch)
-                self.timer.step_done()
-                s.step += 1
-                s.batch_in_epoch += 1
-                if self.warmup.step_done():  # compile and capture are timed apart from img/s
-                    self.timer.restart()
-                    w = self.warmup.costs
-                    self.report.print(f"compile/capture warm-up: {w['warmup_s']:.1f} s, {w['warmup_steps']} steps "
-                                      "(left out of img/s)")
-                self._side_jobs("at_step")
-                if s.step >= self.total_steps:
-                    break
-            if s.batch_in_epoch >= len(self.loader):
-                s.epoch, s.batch_in_epoch = s.epoch + 1, 0
-                self._side_jobs("at_epoch_end")
-        self._side_jobs("at_end")
-        reached = f"; {self.fid.summary()}" if self.fid and self.fid.reached else ""
-        self.report.print(f"done: {s.step} steps{reached}; generator.pth, samples and plots in {self.dir}", last=True)
-        return EXIT_OK
-
-    def _side_jobs(self, hook: str) -> None:
-        """Each job's hook, in order; those that pause with the step timer stopped. At a step, only the
-        jobs due then: on most steps none that pauses, so the loop never waits for the device."""
-        jobs = [j for j in self.jobs if j.due(self.state.step)] if hook == "at_step" else self.jobs
-        for job in jobs:
-            if not job.pauses:
-                getattr(job, hook)(self)
-        paused = [j for j in jobs if j.pauses]
-        if paused:
-            with self.timer.paused():
-                for job in paused:
-                    getattr(job, hook)(self)
-
-    def _input_failed(self, error: InputFailure) -> int:
-        """The input broke in a way skipping a file cannot mend: keep the weights of the steps done.
-        One process only: with several, a save is a collective the other ranks are not in (they are
-        inside a step); the run then ends at train.timeout_s, and resumes from the latest checkpoint."""
-        ckpts = self.checkpoints
-        try:
-            path = ckpts.save(self) if self.env.world == 1 and not ckpts.saved_now(self) else checkpoint.latest(ckpts.dir)
-        except Exception as e:  # a CUDA error can leave nothing readable on the device
-            path = f"none written now ({type(e).__name__}); latest {checkpoint.latest(ckpts.dir)}"
-        self.report.print(f"error: {error} (at step {self.state.step}); checkpoint {path}. Fix the cause and run "
-                          "the same command to resume.", last=True)
-        return EXIT_FAILED
+        if self.main:  # after a resume: the optimizers are as this launch runs them
+            plan = json.dumps(s.plan(self.loader.name), indent=1).encode()
+            checkpoint.atomic_write(self.paths.plan, lambda f: f.write(plan))
 
 
 def main(argv: list[str] | None = None) -> int:

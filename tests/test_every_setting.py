@@ -39,9 +39,11 @@ from torch import nn
 from conftest import REPO, make_celeba, tiny_args, write_tiny_fid_net
 from fastdcgan import config, losses
 from fastdcgan.config import UsageError
+from fastdcgan.data.base import Feed
 from fastdcgan.data.order import flip_masks
 from fastdcgan.step import to_model_input
-from fastdcgan.train import MODEL_LAYOUT, Run
+from fastdcgan.launch import MODEL_LAYOUT
+from fastdcgan.train import Run
 
 N_IMAGES = 16  # 2 steps an epoch at the tiny batch of 8; 4 steps at the fit runs' batch of 4
 
@@ -302,8 +304,7 @@ def mirrored(s: Seen) -> int:
     """How many images of the step's batch are the plain order's images mirrored."""
     from fastdcgan.data.torch import TorchLoader
     epoch, batch = s.trace["before"]["position"]
-    plain = next(iter(TorchLoader(s.run.images.files, s.cfg.data.image_size, s.cfg.train.batch_size, 0,
-                                  s.cfg.train.seed, torch.device("cpu")).epoch(epoch, batch)))
+    plain = next(iter(TorchLoader(Feed(s.run.images.files, s.cfg.data.image_size, s.cfg.train.batch_size, seed=s.cfg.train.seed, device=torch.device("cpu"), workers=0)).epoch(epoch, batch)))
     return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b) for a, b in zip(s.trace["batch"], plain))
 
 

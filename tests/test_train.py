@@ -469,6 +469,6 @@ def test_the_clock_on_a_log_line_gives_elapsed_and_the_eta_at_this_launchs_pace(
     import time
     from fastdcgan.jobs import Log, duration
     assert [duration(s) for s in (0.4, 45, 185, 7380)] == ["0s", "45s", "3m05s", "2h03m"]
-    log = Log(10)
+    log = Log(10, total=160, report=None, flops_per_image=0.0, peak=None)
     log.started = (100, time.perf_counter() - 20)  # resumed at step 100; 10 steps in 20 s
-    assert log.clock(110, 160, wall_s=3725) == "elapsed 1h02m  eta 1m40s"
+    assert log.clock(110, wall_s=3725) == "elapsed 1h02m  eta 1m40s"
