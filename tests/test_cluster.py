@@ -284,8 +284,9 @@ def test_the_time_limit_warning_checkpoints_requeues_resumes_and_finishes(time_l
 
 
 def test_an_orderly_stop_restarts_no_worker_and_prints_no_traceback(time_limit):
-    """torchrun took the workers' exit 75 for a failure: it restarted them (they found STOP and
-    stopped again) until --max-restarts was spent, then printed a ChildFailedError."""
+    """The job's output after the warning's stop reads cleanly. (With exit 75 from its workers torchrun
+    restarted them, each found STOP and stopped again, until --max-restarts was spent, then printed a
+    ChildFailedError.)"""
     job = time_limit
     job.wait_end()
     out = job.output()
