@@ -55,8 +55,8 @@ install() {
 }
 
 write_conf() {
-    # One node with this host's memory. CPUs=4 on any host (config_overrides: the real count may be
-    # smaller): a job takes one CPU by default, so the tests' jobs can run side by side on 2 cores.
+    # One node with this host's memory. CPUs=8 on any host (config_overrides: the real count may be
+    # smaller): the tests' jobs take one each, so that they run side by side, even on 2 cores.
     local mem
     mem=$(awk '/MemTotal/ {print int($2 / 1024 * 0.9)}' /proc/meminfo)
     local new
@@ -87,7 +87,7 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 KillWait=30
 MinJobAge=600
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=4 RealMemory=$mem State=UNKNOWN
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=8 RealMemory=$mem State=UNKNOWN
 PartitionName=cpu Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
 EOF
 )

@@ -83,12 +83,12 @@ class Job:
     def __init__(self, cluster: list, name: str, where: Path, faces: Path, *sbatch: str, environ: dict | None = None,
                  **extra):
         where.mkdir(parents=True, exist_ok=True)
-        self.name = name
         self.run, self.log = where / "run", where / "job.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
         env.update(PYTHON=sys.executable, RUN_DIR=str(self.run), PROCS_PER_NODE="2", OMP_NUM_THREADS="1",
                    PYTHONUNBUFFERED="1", FASTDCGAN_CACHE=str(where.parent / "cache"),
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])), **(environ or {}))
+                   PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+        env.update(environ or {})
         r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", f"--job-name={name}",
                             f"--output={self.log}", *sbatch, SCRIPT, *run_args(faces, self.run, **extra)],
                            capture_output=True, text=True, env=env, cwd=where, timeout=60)
@@ -128,15 +128,40 @@ def trainer_processes(run: Path) -> list[int]:
     return pids
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(cluster, faces, tmp_path_factory) -> Job:
-    """The same run as the interrupted ones, in one job without interruptions."""
-    return Job(cluster, "uninterrupted", tmp_path_factory.getbasetemp() / "uninterrupted", faces, "--time=10")
+class BackgroundJob(Job):
+    """A job that runs while other tests do, with what is done to it in a thread of its own (`act`);
+    wait_end raises what went wrong there."""
+
+    def __init__(self, *args, **kw):
+        super().__init__(*args, **kw)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._act, daemon=True)
+        self.thread.start()
+
+    def act(self) -> None:
+        pass
+
+    def _act(self) -> None:
+        try:
+            self.act()
+        except BaseException as e:  # noqa: BLE001 (wait_end raises it)
+            self.error = e
+
+    def wait_end(self, timeout: float = 300) -> str:
+        state = super().wait_end(timeout)
+        self.thread.join(timeout=60)
+        if self.error:
+            raise self.error
+        return state
+
+    def wait_training(self) -> None:
+        poll(lambda: self.logged(FIRST_ROW) or self.state() in ENDED, 240, f"job {self.id} training\n{self.output()}")
+        assert self.state() not in ENDED, self.output()
 
 
-class TimeLimitJob(Job):
-    """A job of one minute with the script's warning scaled down to 10 s before the limit: SLURM sends
-    USR1 to the batch script 20-50 s after the start (it checks time limits every 30 s).
+class TimeLimitJob(BackgroundJob):
+    """A job of two minutes with the script's warning scaled down to 55 s before the limit: SLURM sends
+    USR1 to the batch script 35-65 s after the start (it checks time limits every 30 s).
 
     The tiny run would finish before that, so its workers are held (SIGSTOP: they use no CPU meanwhile)
     from their first log row until SLURM's warning has come. Once the warning is in, the job gets 10
@@ -145,54 +170,76 @@ class TimeLimitJob(Job):
     WARNING = "USR1: asking the workers to checkpoint and stop"  # the script's line when the warning comes
 
     def __init__(self, *args):
-        super().__init__(*args, "--time=1", "--signal=B:USR1@10")
-        self.held: list[int] = []
-        self.error: BaseException | None = None
-        self.holder = threading.Thread(target=self._hold_until_the_warning, daemon=True)
-        self.holder.start()
+        super().__init__(*args, "--time=2", "--signal=B:USR1@55")
 
-    def _hold_until_the_warning(self) -> None:
+    def act(self) -> None:
+        held = []
         try:
             deadline = time.time() + 240
             while self.WARNING not in self.output():
                 assert time.time() < deadline, f"no warning from SLURM within 240 s\n{self.output()}"
                 assert self.state() not in ENDED, f"the job ended before the warning\n{self.output()}"
-                if not self.held and self.logged(FIRST_ROW):
-                    self.held = trainer_processes(self.run)
-                    for pid in self.held:
+                if not held and self.logged(FIRST_ROW):
+                    held = trainer_processes(self.run)
+                    for pid in held:
                         os.kill(pid, signal.SIGSTOP)
                 time.sleep(0.2)
             r = subprocess.run(["scontrol", "update", f"JobId={self.id}", "TimeLimit=10"], capture_output=True,
                                text=True, timeout=60)
             assert r.returncode == 0, r.stderr
-        except BaseException as e:  # noqa: BLE001 (the test raises it)
-            self.error = e
         finally:
-            for pid in self.held:
+            for pid in held:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGCONT)
 
-    def wait_end(self, timeout: float = 300) -> str:
-        state = super().wait_end(timeout)
-        self.holder.join(timeout=60)
-        if self.error:
-            raise self.error
-        return state
+
+class RequeuedJob(BackgroundJob):
+    """`scontrol requeue` once the run trains: SIGTERM to every process of the job (the batch script,
+    srun, torchrun, the workers), then the job is pending again."""
+
+    def act(self) -> None:
+        self.wait_training()
+        subprocess.run(["scontrol", "requeue", self.id], check=True, timeout=60)
+
+
+def module_dir(tmp_path_factory, name: str) -> Path:
+    return tmp_path_factory.getbasetemp() / name
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster, faces, tmp_path_factory) -> BackgroundJob:
+    """The same run as the interrupted ones, in one job without interruptions."""
+    return BackgroundJob(cluster, "uninterrupted", module_dir(tmp_path_factory, "uninterrupted"), faces, "--time=10")
 
 
 @pytest.fixture(scope="module")
 def time_limit(cluster, faces, tmp_path_factory) -> TimeLimitJob:
-    return TimeLimitJob(cluster, "time-limit", tmp_path_factory.getbasetemp() / "time_limit", faces)
+    return TimeLimitJob(cluster, "time-limit", module_dir(tmp_path_factory, "time_limit"), faces)
+
+
+@pytest.fixture(scope="module")
+def requeued(cluster, faces, tmp_path_factory) -> RequeuedJob:
+    return RequeuedJob(cluster, "requeue", module_dir(tmp_path_factory, "requeue"), faces, "--time=10")
+
+
+@pytest.fixture(scope="module")
+def bad_launch(cluster, faces, tmp_path_factory) -> BackgroundJob:
+    """A launch that fails at once (a bad setting; no restarts), on a run whose last stop left STATUS."""
+    run = module_dir(tmp_path_factory, "bad_launch") / "run"
+    run.mkdir(parents=True)
+    (run / "STATUS").write_text("stopped 12\n")
+    return BackgroundJob(cluster, "bad-launch", run.parent, faces, "--time=10", environ={"MAX_RESTARTS": "0"},
+                         train__no_such_key=1)
 
 
 @pytest.fixture(scope="module", autouse=True)
-def long_jobs_first(request):
-    """The two long jobs start before the other tests, and run while those act on their own jobs."""
-    if not any("time_limit" in item.fixturenames for item in request.session.items if item.module is request.module):
-        return  # not selected
+def background_jobs_first(request):
+    """The jobs that need no test to act on them start first, and run while the other tests act on theirs."""
+    used = {name for item in request.session.items if item.module is request.module for name in item.fixturenames}
     with contextlib.suppress(pytest.skip.Exception):  # no SLURM: the tests that need it skip, not the others
-        request.getfixturevalue("uninterrupted")
-        request.getfixturevalue("time_limit")
+        for name in ("uninterrupted", "time_limit", "requeued", "bad_launch"):
+            if name in used:
+                request.getfixturevalue(name)
 
 
 def stop_step(out: str, by: str) -> int:
@@ -204,23 +251,6 @@ def stop_step(out: str, by: str) -> int:
 def assert_resumed(job: Job, step: int, out: str) -> None:
     assert re.search(rf"resumed from {re.escape(str(job.run / 'checkpoints'))}/\S+ at step {step} \(", out), out
     assert checkpoint.load(checkpoint.latest(job.run / "checkpoints"))["step"] == STEPS
-
-
-def test_scontrol_requeue_checkpoints_resumes_and_finishes(cluster, faces, tmp_path):
-    """A hard requeue: SIGTERM to every process of the job (the batch script, srun, torchrun, the
-    workers); the workers checkpoint at a step boundary, and the requeued job resumes there."""
-    job = Job(cluster, "requeue", tmp_path, faces, "--time=10")
-    poll(lambda: job.logged(FIRST_ROW), 240, f"job {job.id} training\n{job.output()}")
-    subprocess.run(["scontrol", "requeue", job.id], check=True, timeout=60)
-    assert job.wait_end() == "COMPLETED", job.output()
-    out = job.output()
-    step = stop_step(out, "SIGTERM")
-    assert FIRST_ROW <= step < STEPS
-    assert "(restart 1)" in out and job.info()["Restarts"] == "1", out
-    assert_resumed(job, step, out)
-    assert job.status() == ["finished", str(STEPS)]
-    # torchrun, signalled itself, prints its SignalException; but it restarted no worker
-    assert "will restart worker group" not in out and "ChildFailedError" not in out, out
 
 
 def test_scancel_stops_with_a_checkpoint_and_no_requeue(cluster, faces, tmp_path):
@@ -253,64 +283,6 @@ def test_a_warning_while_the_workers_start_is_not_lost(cluster, faces, tmp_path)
     assert TimeLimitJob.WARNING in out and "run state: stopped" in out, out
     step = stop_step(out, "STOP file")
     assert job.status() == ["stopped", str(step)] and step < STEPS, out
-
-
-def test_a_launch_that_fails_is_not_taken_for_the_last_stop(cluster, faces, tmp_path):
-    """The STATUS a stop left says `stopped`: a launch that fails before writing its own (here a bad
-    setting) must end the job, not requeue it again and again."""
-    (tmp_path / "run").mkdir()
-    (tmp_path / "run" / "STATUS").write_text("stopped 12\n")
-    job = Job(cluster, "bad-launch", tmp_path, faces, "--time=10", environ={"MAX_RESTARTS": "0"},
-              train__no_such_key=1)
-
-    def ended_or_requeued():
-        info = job.info()
-        return (info["JobState"] in ENDED or info["Restarts"] != "0") and info
-    info = poll(ended_or_requeued, 240, f"job {job.id} ended\n{job.output()}")
-    out = job.output()
-    assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), out
-    assert "train.no_such_key" in out and "run state: missing" in out, out
-
-
-def test_the_time_limit_warning_checkpoints_requeues_resumes_and_finishes(time_limit):
-    job = time_limit
-    assert job.wait_end() == "COMPLETED", job.output()
-    out = job.output()
-    step = stop_step(out, "STOP file")
-    assert out.count(job.WARNING) == 1, out
-    assert re.search(r"run state: stopped\n.*\(restart 1\)", out, re.DOTALL) and job.info()["Restarts"] == "1", out
-    assert_resumed(job, step, out)
-    assert job.status() == ["finished", str(STEPS)] and out.rstrip().endswith("run state: finished"), out
-
-
-def test_an_orderly_stop_restarts_no_worker_and_prints_no_traceback(time_limit):
-    """The job's output after the warning's stop reads cleanly. (With exit 75 from its workers torchrun
-    restarted them, each found STOP and stopped again, until --max-restarts was spent, then printed a
-    ChildFailedError.)"""
-    job = time_limit
-    job.wait_end()
-    out = job.output()
-    assert job.WARNING in out, out
-    for noise in ("ChildFailedError", "Traceback", "will restart worker group", "FAILED",
-                  "asked to stop; not training"):
-        assert noise not in out, f"{noise!r} in the job's output:\n{out}"
-    # SLURM's own notice when the script requeues the job is the one error line
-    errors = [line for line in out.splitlines() if "error" in line.lower()]
-    assert all("DUE TO JOB REQUEUE" in line for line in errors), out
-
-
-def test_interrupted_runs_end_bit_identical_to_the_uninterrupted_run(uninterrupted, time_limit, cluster):
-    """Stopped by the warning, or by a hard requeue, resumed: the same weights to the bit as the run
-    that was never stopped (CPU, one thread per worker in each)."""
-    assert uninterrupted.wait_end() == "COMPLETED", uninterrupted.output()
-    assert "stopped by" not in uninterrupted.output()
-    assert time_limit.wait_end() == "COMPLETED", time_limit.output()
-    requeued = [j for j in cluster if j.name == "requeue"]  # where that test ran
-    for job in [time_limit, *requeued]:
-        assert "stopped by" in job.output(), job.output()
-        for name in ("generator.pth", "discriminator.pth"):
-            a, b = weights(uninterrupted.run / name), weights(job.run / name)
-            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (job.run, name)
 
 
 def free_port() -> int:
@@ -362,3 +334,71 @@ def test_two_nodes_rendezvous_train_one_run_and_it_resumes_on_one(faces, tmp_pat
     assert (run / "STATUS").read_text().split() == ["finished", str(steps)]
     rows = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == list(range(5, steps + 1, 5)), rows
+
+
+def test_scontrol_requeue_checkpoints_resumes_and_finishes(requeued):
+    """The workers checkpoint at a step boundary, and the requeued job resumes there."""
+    job = requeued
+    assert job.wait_end() == "COMPLETED", job.output()
+    out = job.output()
+    step = stop_step(out, "SIGTERM")
+    assert FIRST_ROW <= step < STEPS
+    assert "(restart 1)" in out and job.info()["Restarts"] == "1", out
+    assert_resumed(job, step, out)
+    assert job.status() == ["finished", str(STEPS)]
+    # torchrun, signalled itself, prints its SignalException; but it restarted no worker
+    assert "will restart worker group" not in out and "ChildFailedError" not in out, out
+
+
+def test_a_launch_that_fails_is_not_taken_for_the_last_stop(bad_launch):
+    """The STATUS a stop left says `stopped`: a launch that fails before writing its own must end the
+    job, not requeue it again and again."""
+    job = bad_launch
+
+    def ended_or_requeued():
+        info = job.info()
+        return (info["JobState"] in ENDED or info["Restarts"] != "0") and info
+    info = poll(ended_or_requeued, 240, f"job {job.id} ended\n{job.output()}")
+    out = job.output()
+    assert (info["JobState"], info["Restarts"]) == ("FAILED", "0"), out
+    assert "train.no_such_key" in out and "run state: missing" in out, out
+
+
+def test_the_time_limit_warning_checkpoints_requeues_resumes_and_finishes(time_limit):
+    job = time_limit
+    assert job.wait_end() == "COMPLETED", job.output()
+    out = job.output()
+    step = stop_step(out, "STOP file")
+    assert out.count(job.WARNING) == 1, out
+    assert re.search(r"run state: stopped\n.*\(restart 1\)", out, re.DOTALL) and job.info()["Restarts"] == "1", out
+    assert_resumed(job, step, out)
+    assert job.status() == ["finished", str(STEPS)] and out.rstrip().endswith("run state: finished"), out
+
+
+def test_an_orderly_stop_restarts_no_worker_and_prints_no_traceback(time_limit):
+    """The job's output after the warning's stop reads cleanly. (With exit 75 from its workers torchrun
+    restarted them, each found STOP and stopped again, until --max-restarts was spent, then printed a
+    ChildFailedError.)"""
+    job = time_limit
+    job.wait_end()
+    out = job.output()
+    assert job.WARNING in out, out
+    for noise in ("ChildFailedError", "Traceback", "will restart worker group", "FAILED",
+                  "asked to stop; not training"):
+        assert noise not in out, f"{noise!r} in the job's output:\n{out}"
+    # SLURM's own notice when the script requeues the job is the one error line
+    errors = [line for line in out.splitlines() if "error" in line.lower()]
+    assert all("DUE TO JOB REQUEUE" in line for line in errors), out
+
+
+def test_interrupted_runs_end_bit_identical_to_the_uninterrupted_run(uninterrupted, time_limit, requeued):
+    """Stopped by the warning, or by a hard requeue, resumed: the same weights to the bit as the run
+    that was never stopped (CPU, one thread per worker in each)."""
+    assert uninterrupted.wait_end() == "COMPLETED", uninterrupted.output()
+    assert "stopped by" not in uninterrupted.output()
+    for job in (time_limit, requeued):
+        assert job.wait_end() == "COMPLETED", job.output()
+        assert "stopped by" in job.output(), job.output()
+        for name in ("generator.pth", "discriminator.pth"):
+            a, b = weights(uninterrupted.run / name), weights(job.run / name)
+            assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), (job.run, name)
