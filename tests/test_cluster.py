@@ -7,9 +7,10 @@ tiny model (300 steps, two workers per job). They skip, saying why, only where t
 
     bash slurm/testbed.sh && python -m pytest tests/test_cluster.py; bash slurm/testbed.sh stop
 
-The two long jobs (the time-limit job, which waits on SLURM's clock, and the uninterrupted run the
-others are compared with) are submitted first and run while the other tests act on their own jobs.
-Every wait polls, with generous limits: the machine may be busy.
+The jobs that no test has to act on at a given moment (the uninterrupted run, the time-limit job,
+which waits on SLURM's clock, the requeued job and the failed launch) are submitted first, together,
+and run while the other tests act on their own jobs. Every wait polls, with generous limits: the
+machine may be busy.
 """
 from __future__ import annotations
 
