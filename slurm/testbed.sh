@@ -63,7 +63,7 @@ write_conf() {
     new=$(cat <<EOF
 $MARK: a one-host test cluster; bash slurm/testbed.sh stop, then delete this file to give it up.
 ClusterName=fastdcgan-test
-SlurmctldHost=$NODE
+SlurmctldHost=$NODE(127.0.0.1)
 SlurmUser=root
 AuthType=auth/munge
 AuthInfo=cred_expire=10
@@ -165,15 +165,18 @@ stop() {
     [[ $(id -u) -eq 0 ]] || cannot "not root"
     # Jobs first, so that no job step outlives its slurmd.
     if alive slurmctld && squeue -h -o %i 2>/dev/null | grep -q .; then
-        scancel --full --quiet --signal=KILL "$(squeue -h -o %i | paste -sd,)" 2>/dev/null || true
-        scancel --quiet "$(squeue -h -o %i | paste -sd,)" 2>/dev/null || true
+        squeue -h -o %i | xargs -r scancel --quiet --full --signal=KILL 2>/dev/null || true
+        squeue -h -o %i | xargs -r scancel --quiet 2>/dev/null || true
         for _ in $(seq 100); do squeue -h -o %i 2>/dev/null | grep -q . || break; sleep 0.2; done
     fi
     stop_daemons
     if [[ -e "$PIDS/munged.ours" ]]; then
         local pid
         pid=$(cat /run/munge/munged.pid 2>/dev/null || true)
-        [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && say "stopped munged"
+        if [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; then
+            for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+            say "stopped munged"
+        fi
         rm -f "$PIDS/munged.ours"
     fi
 }
