@@ -318,9 +318,15 @@ def main(argv: list[str] | None = None) -> int:
         dist.shutdown()
         return EXIT_FAILED
     try:
-        return run.fit()
+        code = run.fit()
     finally:
         dist.shutdown()
+    import os
+    # torchrun takes any exit but 0 for a fault: it would restart the workers (spending --max-restarts
+    # on an orderly stop) and print a ChildFailedError. Under it a stop exits 0; STATUS says `stopped N`.
+    if code == EXIT_STOPPED and "TORCHELASTIC_RUN_ID" in os.environ:
+        return EXIT_OK
+    return code
 
 
 if __name__ == "__main__":
