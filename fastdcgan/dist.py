@@ -116,14 +116,19 @@ def barrier() -> None:
         dist.barrier()
 
 
-def agree(flag: bool, value: int) -> tuple[bool, int]:
-    """(flag OR-ed over all ranks, rank 0's value) on every rank: one small CPU collective, no GPU sync.
-    value must be >= 0 (the other ranks' values are ignored)."""
+def agree(flag: bool, value: int, most: int = 0) -> tuple[bool, int, int]:
+    """(flag OR-ed over all ranks, rank 0's value, the largest `most`) on every rank: one small CPU
+    collective, no GPU sync. value and most must be >= 0 (the other ranks' values are ignored)."""
     if not dist.is_initialized():
-        return flag, value
-    t = torch.tensor([int(flag), value if dist.get_rank() == 0 else 0], dtype=torch.int64)
+        return flag, value, most
+    t = torch.tensor([int(flag), value if dist.get_rank() == 0 else 0, most], dtype=torch.int64)
     dist.all_reduce(t, op=dist.ReduceOp.MAX, group=_cpu_group)
-    return bool(t[0]), int(t[1])
+    return bool(t[0]), int(t[1]), int(t[2])
+
+
+def under_torchrun() -> bool:
+    """Started by torchrun (a torchelastic agent), which takes any exit code but 0 for a fault."""
+    return "TORCHELASTIC_RUN_ID" in os.environ
 
 
 def all_gather(obj):

@@ -82,11 +82,13 @@ class Stop:
             return None
         local = self.signal is not None or (self.env.main and self.file.exists())
         following = self.next_check if now else self._paced(step)
-        stop, self.next_check = dist.agree(local, following)
-        return self._why() if stop else None
+        stop, self.next_check, signum = dist.agree(local, following, self.signal or 0)
+        return self._why(signum) if stop else None
 
-    def _why(self) -> str:
-        return signal.Signals(self.signal).name if self.signal else f"{self.file.name} file"
+    def _why(self, signum: int | None = None) -> str:
+        """The signal's name (any rank's: every rank names the same), else the STOP file."""
+        signum = signum or self.signal
+        return signal.Signals(signum).name if signum else f"{self.file.name} file"
 
     def leave_note(self, why: str, step: int) -> None:
         """RUN_DIR/STOP says why the run stopped: workers torchrun restarts in this launch find it and stop."""

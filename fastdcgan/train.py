@@ -34,7 +34,8 @@ from .stop import Stop, StopRequested, stop_file_at_start
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
 STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
 EXIT_CODES = ("exit codes: 0 finished, 1 input pipeline failure (after a checkpoint), 2 usage/config/data error, "
-              "3 non-finite loss, 75 stopped by a signal after a checkpoint (run again to resume)")
+              "3 non-finite loss, 75 stopped by a signal after a checkpoint (run again to resume; under torchrun "
+              "0, with STATUS 'stopped N')")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
@@ -321,12 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         code = run.fit()
     finally:
         dist.shutdown()
-    import os
     # torchrun takes any exit but 0 for a fault: it would restart the workers (spending --max-restarts
     # on an orderly stop) and print a ChildFailedError. Under it a stop exits 0; STATUS says `stopped N`.
-    if code == EXIT_STOPPED and "TORCHELASTIC_RUN_ID" in os.environ:
-        return EXIT_OK
-    return code
+    return EXIT_OK if code == EXIT_STOPPED and dist.under_torchrun() else code
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ def test_sigterm_to_one_worker_stops_all_with_one_checkpoint(celeba, tmp_path):
     assert proc.returncode == 0 and "ChildFailedError" not in out and "exitcode" not in out, out
     state, step = (run / "STATUS").read_text().split()
     assert state == "stopped"
+    assert f"stopped by SIGTERM at step {step};" in out  # rank 0 names the signal another rank got
     saved = [int(checkpoint.load(p)["step"]) for p in checkpoint.list_checkpoints(run / "checkpoints")]
     # the stop's one checkpoint, at the agreed step; any before it are epoch ends (6 steps an epoch),
     # which a busy machine lets the run reach before the signal lands
