@@ -207,12 +207,13 @@ class TrainState:
         self.gan.load_state_dict(s["gan"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         saved_world, rank, world = s.get("world", 1), self.env.rank, self.env.world
+        # Another global batch (batch size or processes): keep the images seen this epoch (exact at epoch
+        # boundaries; mid-epoch the new cut of the same permutation may repeat or skip up to a batch).
+        saved_batch = s["config"]["train"]["batch_size"] * saved_world
+        self.batch_in_epoch = self.batch_in_epoch * saved_batch // (self.cfg.train.batch_size * world)
         if saved_world == world:
             set_rng_state(s["rng"][rank])
-        else:
-            # Another world size: keep the images seen this epoch (exact at epoch boundaries; mid-epoch
-            # the new slicing of the same permutation may repeat or skip up to a global batch), new noise.
-            self.batch_in_epoch = self.batch_in_epoch * saved_world // world
+        else:  # the ranks' random states do not map onto another number of ranks: new noise
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + self.step)
         self.resumed_config = s["config"]
         self.wall_before = s.get("wall_s", 0.0)

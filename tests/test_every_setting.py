@@ -524,7 +524,8 @@ RESUME_EXEMPT = {
     "data.workers": "no state: a resumed launch starts its own workers; exact resume with workers: test_train.py",
     "data.dali_threads": "no state: a resumed launch builds its own pipeline; exact DALI resume: test_dali.py",
     "data.prefetch": "no state: a resumed launch builds its own pipeline; exact DALI resume: test_dali.py",
-    "train.batch_size": "the position in the epoch is converted by images seen: test_a_resume_converts_the_position",
+    "train.batch_size": "the position in the epoch is converted by images seen: test_train.py's "
+                        "test_a_resume_with_another_batch_size_keeps_the_images_seen",
     "train.seed": "a resume restores every random state the seed made; a new seed only reorders later epochs",
     "train.run_dir": "the run directory is what a resume resumes",
     "train.resume": "the checkpoint a launch resumes from: the probe itself resumes",

@@ -472,3 +472,15 @@ def test_the_clock_on_a_log_line_gives_elapsed_and_the_eta_at_this_launchs_pace(
     log = Log(10, total=160, report=None, flops_per_image=0.0, peak=None)
     log.started = (100, time.perf_counter() - 20)  # resumed at step 100; 10 steps in 20 s
     assert log.clock(110, wall_s=3725) == "elapsed 1h02m  eta 1m40s"
+
+
+def test_a_resume_with_another_batch_size_keeps_the_images_seen(celeba, tmp_path, capsys):
+    """48 images: 3 steps of 8 are 24 images seen; resumed at batch 4 that is batch 6 of 12, so the
+    epoch ends 6 steps later (not 9 from batch 3, nor 12 from batch 0)."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=3)) == 0
+    assert main(tiny_args(celeba, run, train__batch_size=4, train__max_steps=10)) == 0
+    out = capsys.readouterr().out
+    assert "at step 3 (epoch 1, after batch 6)" in out and "train.batch_size: 8 -> 4" in out
+    s = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert (s["step"], s["epoch"], s["batch_in_epoch"]) == (10, 1, 1)
