@@ -12,6 +12,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fastdcgan.augment import AUGMENTATIONS, augment
+from fastdcgan.step import to_model_input
 from fastdcgan.train import Run, parse_args
 
 
@@ -43,6 +45,8 @@ def main(out: str, overrides: list[str]) -> None:
                                  dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     same = record(run)
     run.gan.step(shared_batch)
+    x = to_model_input(shared_batch, run.cfg.channels_last)  # each DiffAugment operation, as the step draws it
+    per_op = {op: augment(x, (op,)) for op in AUGMENTATIONS}
     backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
     mine = {
         "lr": [run.opt_g.param_groups[0]["lr"], run.opt_d.param_groups[0]["lr"]],
@@ -50,7 +54,7 @@ def main(out: str, overrides: list[str]) -> None:
         "running_means": [m.running_mean.clone() for m in norms if getattr(m, "running_mean", None) is not None],
         "timeout_s": backend.options._timeout.total_seconds(),
         "own_batch_mean": own["d_in"][0].float().mean().item(),
-        "noise": same["noise"][0], "augmented_real": same["d_in"][0],
+        "noise": same["noise"][0], "augmented_real": same["d_in"][0], "per_op": per_op,
         "dropped": same["dropped"][0] if same["dropped"] else None,
         "flips": flips(run),
     }

@@ -55,7 +55,7 @@ class FIDTracker:
         f = self.cfg.fid
         fake = generator_stats(G, f.n, self.extractor, f.batch, seed=0)
         score = frechet_distance(self.real, fake)
-        return {"step": step, "epoch": epoch, "fid": score, "fid_n": f.n, "fid_ema": self.ema,
+        return {"step": step, "epoch": epoch, "fid": score, "fid_n": fake.n, "fid_ema": self.ema,
                 "fid_s": round(time.perf_counter() - t, 2), "fid_network": self.extractor.name,
                 "fid_stats": self.protocol["stats"], "time": time.time()}
 
