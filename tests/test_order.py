@@ -59,7 +59,8 @@ def test_flips_leave_the_global_random_stream_alone():
 
 
 class Counting:
-    """A stand-in backend: NHWC uint8 batches whose pixel (0, x) holds x, so a mirror shows."""
+    """A stand-in backend: NHWC uint8 batches whose pixel (0, x) holds x + 10 b + 40 epoch, so a
+    mirror shows, and so does a batch of another epoch."""
     name = "counting"
 
     def __init__(self, batches=3, batch_size=8, width=5):
@@ -71,7 +72,7 @@ class Counting:
     def epoch(self, epoch, start_batch=0):
         row = torch.arange(self.width, dtype=torch.uint8).view(1, 1, self.width, 1)
         for b in range(start_batch, self.batches):
-            yield (row + 10 * b).expand(self.batch_size, 2, self.width, 3).clone()
+            yield (row + 10 * b + 40 * epoch).expand(self.batch_size, 2, self.width, 3).clone()
 
 
 def test_hflip_mirrors_exactly_the_masked_images_and_a_resume_gets_the_same_flips():

@@ -1,8 +1,11 @@
 """The numbers of the speed columns, on a clock the test moves: images/s, data and compute time per
 step, pauses and restarts; the warm-up's end and its costs; the FLOPs a step is credited with."""
+import copy
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
+from torch.utils.flop_counter import FlopCounterMode
 
 from fastdcgan import perf
 from fastdcgan.model import build_models
@@ -77,11 +80,11 @@ def test_the_warm_up_ends_at_the_first_step_after_the_first_that_compiles_nothin
     w = perf.Warmup(True, setup_s=1.234, max_steps=10)
     for graphs, ended in ((0, False), (2, False), (1, False), (0, True)):
         new_graphs(graphs)
-        clock.wait(1.0)
+        clock.wait(1.2345)
         assert w.take_costs() == {}
         assert w.step_done() is ended
     assert perf.compiled_graphs() == start + 3
-    assert w.take_costs() == {"setup_s": 1.23, "warmup_s": 4.0, "warmup_steps": 4, "warmup_graphs": start + 3}
+    assert w.take_costs() == {"setup_s": 1.23, "warmup_s": 4.94, "warmup_steps": 4, "warmup_graphs": start + 3}
     assert w.take_costs() == {} and w.step_done() is False
 
 
@@ -91,6 +94,10 @@ def test_a_warm_up_that_keeps_compiling_ends_at_its_limit(clock):
         new_graphs(1)
         assert w.step_done() is ended
     assert w.take_costs()["warmup_steps"] == 3
+    w = perf.Warmup(True, setup_s=0.0)  # the trainer's: at most 10 steps
+    for step in range(1, 11):
+        new_graphs(1)
+        assert w.step_done() is (step == 10)
 
 
 def test_without_a_warm_up_the_first_row_gets_the_set_up_time_only(clock):
@@ -110,9 +117,15 @@ def test_each_extra_update_adds_its_own_passes_and_the_models_are_left_alone():
     update adds G's forward, D's forward and input gradient, and G's backward: each the same again."""
     G, D = build_models(16, 16, 16, 32)
     before = [p.detach().clone() for p in [*G.parameters(), *D.parameters()]]
+    G_forward = copy.deepcopy(G)
     f = {(d, g): perf.step_flops(G, D, 16, 32, d, g) for d, g in ((1, 1), (2, 1), (3, 1), (1, 2), (1, 3))}
     d_update, g_update = f[2, 1] - f[1, 1], f[1, 2] - f[1, 1]
     assert f[3, 1] - f[2, 1] == d_update and f[1, 3] - f[1, 2] == g_update
     assert 0 < g_update < d_update < f[1, 1]
+    # the first G update reuses the D update's fakes; each later one draws its own: one G forward more
+    with FlopCounterMode(display=False) as counter:
+        G_forward.to("meta")(torch.empty(2, 16, 1, 1, device="meta"))
+    g_phase = f[1, 1] - d_update
+    assert g_update == g_phase + counter.get_total_flops() / 2
     after = [*G.parameters(), *D.parameters()]  # counted on copies: the models are untouched
     assert all(p.device.type == "cpu" and p.requires_grad and torch.equal(p, q) for p, q in zip(after, before))

@@ -36,19 +36,41 @@ def test_a_rank_other_than_0_shows_nothing(capsys):
 
 def test_on_a_terminal_the_bar_follows_the_steps_and_the_last_line_takes_it_away():
     console = terminal()
-    d = report.Display(100, 40, console=console)  # resumed at step 40
+    d = report.Display(120, 40, console=console)  # resumed at step 40
     assert d.terminal
     task = d.progress.tasks[0]
-    assert (task.total, task.completed, task.fields["epoch"], task.fields["info"]) == (100, 40, 0, "")
+    assert (task.total, task.completed, task.fields["epoch"], task.fields["info"]) == (120, 40, 0, "")
     d.update(45, 2, "loss_d 1.2")
-    d.update(46, 2)  # a step without a log line keeps the last info
-    assert (task.completed, task.fields["epoch"], task.fields["info"]) == (46, 2, "loss_d 1.2")
+    assert (task.completed, task.fields["epoch"], task.fields["info"]) == (45, 2, "loss_d 1.2")
+    d.update(46, 3)  # a step without a log line keeps the last info
+    assert (task.completed, task.fields["epoch"], task.fields["info"]) == (46, 3, "loss_d 1.2")
     d.print("skipped 2 files (faces/[old] x.jpg, faces/[/tmp]/y.jpg)")  # shown as it is, not as markup
+    assert d.progress is not None  # an ordinary line leaves the bar
+    d.progress.refresh()
+    bar = console.file.getvalue().splitlines()[-1]
+    assert "epoch 3" in bar and "━" in bar and "46/120" in bar and "loss_d 1.2" in bar and ":" in bar.split()[-1]
     d.print("finished", last=True)
     assert d.progress is None
     out = console.file.getvalue()
     assert "skipped 2 files (faces/[old] x.jpg, faces/[/tmp]/y.jpg)\n" in out and out.rstrip().endswith("finished")
     d.close()  # closing again is harmless
+
+
+def test_each_plain_line_is_flushed_at_once_for_a_batch_jobs_log(monkeypatch):
+    class Log:
+        def __init__(self):
+            self.text, self.flushed = "", ""
+
+        def write(self, s):
+            self.text += s
+
+        def flush(self):
+            self.flushed = self.text
+    log = Log()
+    monkeypatch.setattr(sys, "stdout", log)
+    d = report.Display(10, 0, console=Console(file=io.StringIO(), force_terminal=False))
+    d.print("step 1")
+    assert log.flushed == "step 1\n"
 
 
 def test_metrics_rows_are_on_disk_as_they_come_and_a_resume_forgets_the_steps_it_redoes(tmp_path):
@@ -84,6 +106,7 @@ def test_report_sends_every_record_to_metrics_jsonl_and_tensorboard(tmp_path):
     r.record(ROW)
     r.image("samples", torch.rand(3, 10, 18), 10)
     r.histogram("D/real", torch.tensor([1, 3, 0, 4]), 10)
+    r.histogram("D/thirds", torch.tensor([2, 0, 1]), 10)
     r.histogram("D/fake", torch.zeros(4), 10)  # no outputs binned yet: nothing to draw
     r.status("running", 10)
     r.close()
@@ -96,7 +119,9 @@ def test_report_sends_every_record_to_metrics_jsonl_and_tensorboard(tmp_path):
     assert tags["images"] == ["samples"]
     image = acc.Images("samples")[0]
     assert (image.step, image.width, image.height) == (10, 18, 10)
-    assert tags["histograms"] == ["D/real"]
+    assert sorted(tags["histograms"]) == ["D/real", "D/thirds"]
+    thirds = list(acc.Histograms("D/thirds")[0].histogram_value.bucket_limit)
+    assert thirds == pytest.approx([1 / 3, 2 / 3, 1], rel=1e-12)  # float64 edges
     h = acc.Histograms("D/real")[0]
     v = h.histogram_value
     assert h.step == 10 and (v.min, v.max, v.num) == (0.0, 1.0, 8)
@@ -115,12 +140,33 @@ def test_status_says_the_word_the_step_and_anything_more(tmp_path):
     assert not (tmp_path / "tb").exists()
 
 
-def test_a_resumed_report_trims_metrics_to_its_start(tmp_path):
+def test_a_resumed_report_trims_metrics_to_its_start_and_a_fresh_one_appends(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (5, 10, 15)))
     report.Report(tmp_path, main=True, total=20, start=10, resumed=True, tensorboard=False).close()
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [5, 10]
-    report.Report(tmp_path, main=True, total=20, start=10, resumed=False, tensorboard=False).close()
+    report.Report(tmp_path, main=True, total=20, start=0, resumed=False, tensorboard=False).close()
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+def test_on_a_terminal_the_reports_bar_counts_from_the_resumed_step_to_the_total(tmp_path, monkeypatch):
+    console = terminal()
+    monkeypatch.setattr("rich.console.Console", lambda: console)
+    r = report.Report(tmp_path, main=True, total=30, start=12, resumed=True, tensorboard=False)
+    task = r.display.progress.tasks[0]
+    assert (task.total, task.completed) == (30, 12)
+    r.print("step 12 [x]")
+    assert r.display.progress is not None
+    r.print("done", last=True)
+    assert r.display.progress is None and "step 12 [x]\n" in console.file.getvalue()
+    assert console.file.getvalue().rstrip().endswith("done")
+    r.close()
+
+
+def test_the_main_reports_lines_reach_the_console(tmp_path, capsys):
+    r = report.Report(tmp_path, main=True, total=20, start=0, resumed=False, tensorboard=False)
+    r.print("step 3  loss 1.0")
+    r.close()
+    assert capsys.readouterr().out == "step 3  loss 1.0\n"
 
 
 def test_other_ranks_write_no_file(tmp_path, capsys):
@@ -139,5 +185,6 @@ def test_tensorboard_asked_for_without_the_package_is_refused_before_anything_ru
     report.check_tensorboard(True)  # installed here (the dev extra)
     monkeypatch.setitem(sys.modules, "tensorboard", None)  # as if it were not
     report.check_tensorboard(False)
-    with pytest.raises(UsageError, match=r"log.tensorboard=true needs the tensorboard package: pip install -e '\.\[tb\]'"):
+    with pytest.raises(UsageError) as e:
         report.check_tensorboard(True)
+    assert str(e.value) == f"log.tensorboard=true needs the tensorboard package: {report.TB_INSTALL}"
