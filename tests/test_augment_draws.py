@@ -47,13 +47,14 @@ def test_cut_out_takes_height_then_width():
     assert torch.equal(out, expected)
 
 
-def test_cutout_centres_cover_the_image_on_both_axes():
-    """h = 16: an 8-row hole, centred on any of rows 0..16 (an even side has one more place), so its
-    top row runs from -4 to 12; w = 18: a 9-column hole centred on any of columns 0..17, left -4..13.
-    Recovered from each hole: its first row/column, or for a hole clipped at the top/left its last
-    one minus the side."""
+@pytest.mark.parametrize("h, w", [(16, 18), (18, 16)])
+def test_cutout_centres_cover_the_image_on_both_axes(h, w):
+    """Half the side, rounded: 8 for 16, 9 for 18. A side of 16 takes an 8-line hole centred on any of
+    lines 0..16 (an even side has one more place), so its first line runs from -4 to 12; a side of
+    18 takes a 9-line hole centred on any of lines 0..17, first line -4..13. Recovered from each hole:
+    its first line, or for a hole clipped at the top/left its last one minus the side."""
     torch.manual_seed(0)
-    holes = cutout(torch.ones(3000, 1, 16, 18))[:, 0] == 0
+    holes = cutout(torch.ones(3000, 1, h, w))[:, 0] == 0
     rows, cols = holes.any(2), holes.any(1)
     assert torch.equal(holes, rows.unsqueeze(2) & cols.unsqueeze(1))  # each hole a rectangle
 
@@ -62,9 +63,10 @@ def test_cutout_centres_cover_the_image_on_both_axes():
         first = torch.where(lines, idx, 10**6).min(1).values
         last = torch.where(lines, idx, -1).max(1).values
         return set(torch.where(first > 0, first, last - side + 1).tolist())
-    assert starts(rows, 8) == set(range(-4, 13))
-    assert starts(cols, 9) == set(range(-4, 14))
-    assert rows.sum(1).max() == 8 and cols.sum(1).max() == 9
+    hole = {16: 8, 18: 9}
+    expected = {16: set(range(-4, 13)), 18: set(range(-4, 14))}
+    assert starts(rows, hole[h]) == expected[h] and starts(cols, hole[w]) == expected[w]
+    assert rows.sum(1).max() == hole[h] and cols.sum(1).max() == hole[w]
 
 
 def test_unknown_names_are_listed_with_the_known_ones():

@@ -121,7 +121,8 @@ def test_nothing_installed_says_only_how_to_get_a_network(monkeypatch):
 
 def test_a_named_file_or_the_variable_beats_any_installed_package(monkeypatch, tiny_fid_net):
     install(monkeypatch, fidelity=FidelityInception, fid=FidInception)
-    assert extractors.load(str(tiny_fid_net)).name.startswith("torchscript:")
+    ext = extractors.load(str(tiny_fid_net), "cpu")
+    assert ext.name.startswith("torchscript:") and ext.device == torch.device("cpu")
     monkeypatch.setenv(extractors.ENV, str(tiny_fid_net))
     ext = extractors.load()
     assert ext.name.startswith("torchscript:") and ext.device == torch.device("cpu")

@@ -3,6 +3,7 @@ the protocol line and the cache file it names, the cache's damaged or read-only 
 processes (a forked rank 1 over gloo) sharing the real and generated images between them."""
 import os
 import signal
+import warnings
 from datetime import timedelta
 
 import numpy as np
@@ -120,38 +121,42 @@ def test_generator_statistics_come_from_n_images_of_fixed_noise(tiny_fid_net):
 
 # ----- two processes: this one is rank 0, a forked child rank 1 -----
 
-def two_ranks(tmp_path, work):
-    """work(rank) in this process as rank 0 and in a forked child as rank 1, one gloo group over a
-    file store; returns both results (rank 1's through a file). The child inherits everything made
-    before the fork (extractor, generator), as a torchrun worker would have made them itself."""
-    store, out = tmp_path / "store", tmp_path / "rank1.pt"
+def ranks(tmp_path, work, world=2):
+    """work(rank) in this process as rank 0 and in forked children as ranks 1.., one gloo group over
+    a file store; returns every rank's result (the children's through files). The children inherit
+    everything made before the fork (extractor, generator), as torchrun workers would make them."""
+    store = tmp_path / "store"
 
     def join(rank):
-        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2,
+        dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=world,
                                 timeout=timedelta(seconds=30))
-    pid = os.fork()
-    if pid == 0:  # rank 1: never returns into pytest
-        code = 1
-        try:
-            torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool inherited across fork
-            join(1)
-            torch.save(work(1), out)
-            dist.destroy_process_group()
-            code = 0
-        finally:
-            os._exit(code)
+    children = {}
+    for rank in range(1, world):
+        pid = os.fork()
+        if pid == 0:  # a child: never returns into pytest
+            code = 1
+            try:
+                torch.set_num_threads(1)  # as DataLoader workers do: no OpenMP pool inherited across fork
+                join(rank)
+                torch.save(work(rank), tmp_path / f"rank{rank}.pt")
+                dist.destroy_process_group()
+                code = 0
+            finally:
+                os._exit(code)
+        children[rank] = pid
     try:
         join(0)
         try:
-            mine = work(0)
+            results = [work(0)]
         finally:
             dist.destroy_process_group()
-        _, status = os.waitpid(pid, 0)
-        pid = None
-        assert os.waitstatus_to_exitcode(status) == 0, "rank 1 failed"
-        return mine, torch.load(out, weights_only=False)
+        for rank, pid in list(children.items()):
+            _, status = os.waitpid(pid, 0)
+            del children[rank]
+            assert os.waitstatus_to_exitcode(status) == 0, f"rank {rank} failed"
+        return results + [torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in range(1, world)]
     finally:
-        if pid is not None:
+        for pid in children.values():
             os.kill(pid, signal.SIGKILL)
             os.waitpid(pid, 0)
 
@@ -164,19 +169,28 @@ def test_two_ranks_share_the_images_and_agree_on_every_statistic(tmp_path, faces
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "shared-cache"))
 
     def work(rank):
-        seen = ext.images_seen
+        counts = [ext.images_seen]
+
+        def count():
+            counts.append(ext.images_seen)
+            return counts[-1] - counts[-2]
         real, cached = real_stats(faces, 32, ext, batch=4)
-        real_seen = ext.images_seen - seen
+        real_seen = count()
         again, cached_again = real_stats(faces, 32, ext, batch=4)
         fake = generator_stats(G, 9, ext, batch=4)
+        fake_seen = count()  # the second real_stats was a cache hit: these are the generated images
         sums = FeatureSums()
         if rank == 0:
             sums.add(torch.arange(6.0).view(3, 2))  # rank 1 saw no images: it still takes part
         sums.all_reduce(torch.device("cpu"))
-        return dict(real=real, cached=cached, real_seen=real_seen, cached_again=cached_again,
-                    again_seen=ext.images_seen - seen - real_seen, fake=fake, n=sums.n,
-                    total=None if sums.total is None else sums.total.tolist())
-    r0, r1 = two_ranks(tmp_path, work)
+        count()
+        os.environ["FASTDCGAN_CACHE"] = str(tmp_path / f"alone-{rank}")  # nothing cached for this one
+        unsharded, _ = real_stats(faces, 32, ext, batch=4, shard=False)  # this process alone, every image
+        unsharded_fake = generator_stats(G, 9, ext, batch=4, shard=False)
+        return dict(real=real, cached=cached, real_seen=real_seen, cached_again=cached_again, fake_seen=fake_seen,
+                    fake=fake, n=sums.n, total=None if sums.total is None else sums.total.tolist(),
+                    unsharded=(unsharded.n, unsharded_fake.n, count()))
+    r0, r1 = ranks(tmp_path, work)
     for r in (r0, r1):
         assert not r["cached"] and r["cached_again"] and r["real"].n == 10 and r["fake"].n == 9
         # the same images in other batches: float32 features agree to rounding
@@ -184,7 +198,8 @@ def test_two_ranks_share_the_images_and_agree_on_every_statistic(tmp_path, faces
         np.testing.assert_allclose(r["real"].cov, alone.cov, rtol=1e-4, atol=1e-8)
         assert r["n"] == 3 and r["total"] == [6.0, 9.0]
     assert (r0["real_seen"], r1["real_seen"]) == (5, 5)  # each rank its half of the real images
-    assert (r0["again_seen"], r1["again_seen"]) == (5, 4)  # the cache was complete for both; 9 fakes as 5 + 4
+    assert (r0["fake_seen"], r1["fake_seen"]) == (5, 4)  # 9 generated images as 5 + 4
+    assert r0["unsharded"] == r1["unsharded"] == (10, 9, 19)  # shard=False: every image in each process
     np.testing.assert_array_equal(r0["fake"].mean, r1["fake"].mean)
     single = generator_stats(G, 9, ext, batch=4)
     assert not np.array_equal(single.mean, r0["fake"].mean)  # rank 1 draws its own noise, not rank 0's again
@@ -202,4 +217,25 @@ def test_a_cache_one_rank_lacks_is_recomputed_by_both(tmp_path, faces, tiny_fid_
         seen = ext.images_seen
         stats, cached = real_stats(faces, 32, ext, batch=5)
         return cached, ext.images_seen - seen, stats.n
-    assert two_ranks(tmp_path, work) == ((False, 5, 10), (False, 5, 10))
+    assert ranks(tmp_path, work) == [(False, 5, 10), (False, 5, 10)]
+
+
+def test_a_rank_without_features_takes_the_size_of_the_others(tmp_path):
+    def work(rank):
+        sums = FeatureSums()
+        if rank < 2:  # ranks 0 and 1 saw images, rank 2 none
+            sums.add(torch.full((rank + 1, 2), float(rank + 1)))
+        sums.all_reduce(torch.device("cpu"))
+        return sums.n, sums.total.tolist(), sums.outer.tolist()
+    assert ranks(tmp_path, work, world=3) == [(3, [5.0, 5.0], [[9.0, 9.0], [9.0, 9.0]])] * 3
+
+
+def test_valid_statistics_raise_no_numpy_warning():
+    """A score every N steps must not bring a RuntimeWarning (sqrt of a negative) with it."""
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((50, 4)), rng.standard_normal((60, 4)) + 0.5
+    a = Gaussian(x.mean(0), np.cov(x, rowvar=False), 50)
+    b = Gaussian(y.mean(0), np.cov(y, rowvar=False), 60)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert frechet_distance(a, b) > 0

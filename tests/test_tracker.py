@@ -117,3 +117,55 @@ def test_without_hard_links_best_fid_is_a_copy(setup, monkeypatch):
     assert not os.path.samefile(ckpt_dir / "best_fid", saved)
     assert (ckpt_dir / "best_fid").read_bytes() == saved.read_bytes()
     assert not (ckpt_dir / "best_fid.link").exists()
+
+
+class Clock:
+    """tracker's time: perf_counter moves 1.23456 s per reading; time() a fixed wall time."""
+    def __init__(self):
+        self.now = 50.0
+
+    def perf_counter(self):
+        self.now += 1.23456
+        return self.now
+
+    def time(self):
+        return 1.75e9
+
+
+def test_the_timings_are_seconds_spent_to_the_hundredth(setup, monkeypatch):
+    monkeypatch.setattr(tracker, "time", Clock())
+    t = make(setup)
+    assert "computed in 1 s and cached" in t.prepare()
+    row = t.evaluate(Generator(nz=16, ngf=8, image_size=32), step=1, epoch=1)
+    assert row["fid_s"] == 1.23 and row["time"] == 1.75e9
+
+
+def test_the_feature_network_sees_batches_of_fid_batch_images(setup):
+    t = make(setup)
+    sizes = []
+    net = t.extractor.net
+    t.extractor.net = lambda x: sizes.append(len(x)) or net(x)
+    t.evaluate(Generator(nz=16, ngf=8, image_size=32), step=1, epoch=1)
+    assert sizes == [4, 4, 4, 2]  # 8 real images, then 6 generated, fid.batch = 4 at a time
+
+
+def test_the_score_is_the_one_fastdcgan_fid_gives_for_the_same_generator(setup, tmp_path, capsys):
+    """The trainer's FID row and `python -m fastdcgan.fid` agree (--seed 0, "as during training")."""
+    from fastdcgan import fid
+    cfg, files, _ = setup
+    torch.manual_seed(0)
+    G = Generator(nz=16, ngf=8, image_size=32)
+    row = make(setup).evaluate(G, step=1, epoch=1)
+    torch.save(G.state_dict(), tmp_path / "generator.pth")
+    assert fid.main(["--checkpoint", str(tmp_path / "generator.pth"), "--data", str(tmp_path / "celeba"),
+                     "--n", "6", "--batch", "4", "--weights", cfg.fid.weights, "--device", "cpu"]) == 0
+    assert json.loads((tmp_path / "fid.jsonl").read_text())["fid"] == row["fid"]
+
+
+def test_an_equal_score_is_no_new_best(setup):
+    t = make(setup)
+    ckpt_dir = setup[2]
+    assert t.keep_if_best(rows(60.0)[0], None, state=lambda: {"step": 10})
+    again = {"step": 20, "fid": 60.0, "fid_n": 6, "fid_ema": False}
+    assert not t.keep_if_best(again, None, state=lambda: {"step": 20})
+    assert json.loads((ckpt_dir / "best_fid.json").read_text())["step"] == 10
