@@ -3,8 +3,10 @@ the protocol line and the cache file it names, the cache's damaged or read-only 
 processes (a forked rank 1 over gloo) sharing the real and generated images between them."""
 import os
 import signal
+import time
 import warnings
 from datetime import timedelta
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,7 +19,7 @@ from conftest import make_celeba
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
 from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, describe, frechet_distance, generator_stats, protocol,
-                                       quantize, real_stats, stats_key)
+                                       quantize, real_batches, real_stats, stats_key)
 from fastdcgan.model import Generator
 
 
@@ -239,3 +241,30 @@ def test_valid_statistics_raise_no_numpy_warning():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert frechet_distance(a, b) > 0
+
+
+def children_of(pid: int) -> list[int]:
+    out = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.append(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="finds the worker processes in /proc")
+def test_a_stop_signal_to_the_whole_job_leaves_the_input_workers_of_the_real_statistics_alone(faces):
+    """A cluster stops a job by signalling every process (slurmstepd, Ctrl-C): a DataLoader worker
+    killed by it would crash the run mid-FID. The trainer stops in its own time; its workers ignore it."""
+    before = set(children_of(os.getpid()))
+    batches = real_batches(faces, 32, batch=2, workers=1)
+    first = next(batches)
+    workers = set(children_of(os.getpid())) - before
+    assert workers
+    for pid in workers:
+        os.kill(pid, signal.SIGTERM)
+    time.sleep(0.2)
+    assert len([first, *batches]) == 5
