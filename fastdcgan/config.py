@@ -225,16 +225,15 @@ def parse_value(key: str, text: str, default: Any) -> Any:
         raise UsageError(f"bad value for {key}: '{text}' (expected {type(default).__name__})") from None
 
 
-def set_key(cfg: Config, key: str, value: Any, source: str = "") -> None:
+def set_key(cfg: Config, key: str, value: Any) -> None:
     obj, f = _lookup(cfg, key)
     default = f.default
-    where = f" in {source}" if source else ""
     if isinstance(value, str) and not isinstance(default, str):
         value = parse_value(key, value, default)
     elif isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if type(value) is not type(default):
-        raise UsageError(f"bad value for {key}{where}: {value!r} (expected {type(default).__name__})")
+        raise UsageError(f"bad value for {key}: {value!r} (expected {type(default).__name__})")
     setattr(obj, f.name, value)
 
 
@@ -254,8 +253,8 @@ def load_toml(cfg: Config, path: str | Path) -> None:
                 walk(key + ".", v)
             else:
                 try:
-                    set_key(cfg, key, v, source=str(path))
-                except UsageError as e:
+                    set_key(cfg, key, v)
+                except UsageError as e:  # every message from a file starts with the file's name, once
                     raise UsageError(f"{path}: {e}") from None
     walk("", table)
 

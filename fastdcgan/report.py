@@ -47,7 +47,7 @@ class Display:
         if last:
             self.close()
         if self.terminal:
-            self.console.print(line, highlight=False)
+            self.console.print(line, highlight=False, markup=False)  # a path or error may hold "[...]"
         else:
             print(line, flush=True)
 

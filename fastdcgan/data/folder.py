@@ -110,8 +110,9 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
 def _to_rgb(im: Image.Image, draft_size: int | None) -> Image.Image:
     if draft_size:
         im.draft("RGB", (draft_size, draft_size))
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        # Flatten alpha onto white rather than letting convert() drop it onto black.
+    if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+        # Flatten alpha onto white rather than letting convert() drop it onto black; "transparency" is a
+        # palette's transparent entries, or the one transparent colour of a grey or RGB PNG (its tRNS key).
         im = im.convert("RGBA")
         bg = Image.new("RGB", im.size, (255, 255, 255))
         bg.paste(im, mask=im.getchannel("A"))

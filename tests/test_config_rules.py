@@ -1,0 +1,129 @@
+"""The config's rules one by one, as a user meets them: every refused value names its key and the rule,
+every accepted spelling is accepted, and a config written out reads back as the same config."""
+import pytest
+
+from fastdcgan import config
+from fastdcgan.config import UsageError
+
+
+def test_a_wrongly_typed_value_in_a_file_names_the_file_once_and_the_key(tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text("[train]\nepochs = 1.5\n")
+    with pytest.raises(UsageError) as e:
+        config.build(str(f))
+    assert str(e.value) == f"{f}: bad value for train.epochs: 1.5 (expected int)"
+
+
+@pytest.mark.parametrize("text, value", [("true", True), ("1", True), ("yes", True), ("on", True), ("TRUE", True),
+                                         ("Yes", True), ("false", False), ("0", False), ("no", False), ("off", False),
+                                         ("OFF", False)])
+def test_every_spelling_of_a_switch_is_accepted(text, value):
+    assert config.build(None, [f"data.hflip={text}"]).data.hflip is value
+
+
+@pytest.mark.parametrize("override, message", [
+    ("train.epochs=lots", "bad value for train.epochs: 'lots' (expected int)"),
+    ("optim.lr_g=fast", "bad value for optim.lr_g: 'fast' (expected float)"),
+    ("data.hflip=maybe", "bad value for data.hflip: 'maybe' (expected true or false)"),
+    ("data.backend=gpu", "bad value for data.backend: 'gpu' (choose from auto, cache, dali, nvjpeg, torch)"),
+    ("data.augment=color,flip", "bad value for data.augment: 'color,flip' (a comma list of color, translation, "
+                                "cutout, or empty)"),
+])
+def test_a_bad_value_says_what_the_key_takes(override, message):
+    with pytest.raises(UsageError) as e:
+        config.build(None, [override])
+    assert str(e.value) == message
+
+
+# (overrides, None if accepted, else words the one-line refusal must contain)
+RULES = [
+    (["fid.n=2"], None),                                  # a covariance needs two samples, and two suffice
+    (["fid.n=1"], ["fid.n", "at least 2"]),
+    (["model.ema=0.999"], None),
+    (["model.ema=1"], ["model.ema", "[0, 1)"]),           # a decay of 1 never moves the average
+    (["optim.beta2=1"], ["optim.beta2", "[0, 1)"]),
+    (["model.d_dropout=1"], ["model.d_dropout", "[0, 1)"]),
+    (["train.real_label=1"], None),
+    (["train.real_label=0.9"], None),
+    (["train.real_label=0"], ["train.real_label", "(0, 1]"]),
+    (["train.real_label=1.5"], ["train.real_label", "(0, 1]"]),
+    (["cuda_graphs=true", "precision=bf16"], None),
+    (["cuda_graphs=true", "precision=fp16"], ["cuda_graphs=true", "precision=fp16", "use precision=bf16"]),
+    (["train.loss=lsgan", "train.real_label=0.9"], None),
+    (["train.loss=wgan-gp", "train.real_label=0.9"], ["train.real_label", "train.loss=wgan-gp"]),
+    (["train.loss=hinge", "train.real_label=0.9"], ["train.real_label", "train.loss=hinge"]),
+    (["model.sync_bn=true"], None),
+    (["train.r1_gamma=1"], None),
+    (["train.r1_gamma=1", "model.sync_bn=true"], ["train.r1_gamma", "model.sync_bn=true", "second derivative"]),
+    (["train.loss=wgan-gp", "model.sync_bn=true"], ["model.sync_bn=true", "train.loss=wgan-gp", "no BatchNorm"]),
+    (["data.augment=translation,color"], None),
+    (["data.augment= cutout , color "], None),
+]
+
+
+@pytest.mark.parametrize("overrides, words", RULES, ids=[" ".join(o) for o, _ in RULES])
+def test_each_rule_refuses_exactly_its_side_of_the_boundary(overrides, words):
+    if words is None:
+        config.build(None, overrides)
+        return
+    with pytest.raises(UsageError) as e:
+        config.build(None, overrides)
+    msg = str(e.value)
+    assert "\n" not in msg and all(w in msg for w in words), msg
+
+
+def test_an_override_value_may_contain_equals_signs():
+    assert config.build(None, ["train.run_dir=runs/lr=2e-4,b=64"]).train.run_dir == "runs/lr=2e-4,b=64"
+
+
+def nondefault() -> config.Config:
+    """A config with a changed value of every kind: switches both ways, text that TOML must escape."""
+    return config.build(None, ["precision=bf16", "channels_last=false", "data.hflip=true", "model.ema_warmup=false",
+                               r'data.root=C:\data\celeba "aligned"', "optim.lr_d=0.0003", "train.epochs=7",
+                               "data.augment=color,cutout"])
+
+
+def test_a_written_config_reads_back_as_the_same_config(tmp_path):
+    cfg = nondefault()
+    f = tmp_path / "config.toml"
+    f.write_text(config.to_toml(cfg))
+    assert config.to_dict(config.build(str(f))) == config.to_dict(cfg)
+
+
+def test_a_stored_config_from_an_older_version_restores_what_it_has_and_defaults_the_rest():
+    """A checkpoint keeps to_dict's output; keys added since get their defaults, keys since removed are ignored."""
+    stored = config.to_dict(nondefault())
+    del stored["model"]["ema_warmup"], stored["fid"]
+    stored["train"]["retired_key"] = 3
+    cfg = config.from_dict(stored)
+    assert cfg.precision == "bf16" and cfg.channels_last is False and cfg.train.epochs == 7
+    assert cfg.data.root == r'C:\data\celeba "aligned"' and cfg.optim.lr_d == 0.0003
+    assert cfg.model.ema_warmup is True and cfg.fid.n == config.Fid().n
+
+
+def test_diff_skips_keys_the_old_config_did_not_have():
+    old, new = config.to_dict(config.build()), config.to_dict(nondefault())
+    del old["precision"], old["data"]["hflip"]
+    changed = config.diff(old, new)
+    assert "train.epochs: 25 -> 7" in changed and "channels_last: True -> False" in changed
+    assert not any(line.startswith(("precision", "data.hflip")) for line in changed)
+
+
+def test_help_gives_each_key_its_default_and_its_choices_on_one_line():
+    text = config.help_text()
+    header, *rows = text.splitlines()
+    keys = [k for k, _, _ in config.iter_keys(config.Config())]
+    assert len(rows) == len(keys) and [r.split()[0] for r in rows] == keys
+    by_key = {r.split()[0]: r for r in rows}
+    assert by_key["data.backend"].split()[1] == '"auto"'
+    assert by_key["data.backend"].endswith("[auto|cache|dali|nvjpeg|torch]")
+    assert by_key["channels_last"].split()[1] == "true" and by_key["cuda_graphs"].split()[1] == "false"
+    assert by_key["train.epochs"].split()[1] == "25" and by_key["train.epochs"].endswith("passes over the dataset")
+
+
+def test_a_file_that_is_not_toml_is_named_with_the_parsers_reason(tmp_path):
+    f = tmp_path / "broken.toml"
+    f.write_text("[train\nepochs = 3\n")
+    with pytest.raises(UsageError) as e:
+        config.build(str(f))
+    assert str(e.value).startswith(f"{f}: not valid TOML: ") and "line 1" in str(e.value)
