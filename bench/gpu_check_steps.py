@@ -150,7 +150,7 @@ def run_combos(ctx: Ctx, todo: list[Combo]) -> dict:
         return r
 
     with ThreadPoolExecutor(parallel) as pool:
-        results = dict(zip([c.name for c in order], pool.map(one, order)))
+        results = dict(zip([c.name for c in order], pool.map(one, order), strict=True))
     results = {c.name: results[c.name] for c in todo}
     for line in combo_table(results):
         print(line)

@@ -34,7 +34,7 @@ needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA device")
 def measure(benchmark, loader, data, device: torch.device) -> list[float]:
     """Per-batch seconds over data.rounds timed epochs, after one untimed epoch (whose batches'
     device and layout are kept in `measure.delivered` for the row's check)."""
-    for batch in loader.epoch(0):
+    for batch in loader.epoch(0):  # noqa: B007 (the last batch is read after the loop)
         pass
     measure.delivered = {"device": batch.device.type, "dtype": str(batch.dtype).removeprefix("torch."),
                          "nhwc": tuple(batch.shape[1:]) == (data.image_size, data.image_size, 3)}
@@ -44,7 +44,7 @@ def measure(benchmark, loader, data, device: torch.device) -> list[float]:
 
     def one_epoch():
         t = time.perf_counter()
-        for batch in loader.epoch(next(epochs)):
+        for _batch in loader.epoch(next(epochs)):
             if arrived is not None:  # the batch is on the device for this stream's next kernel
                 arrived.record()
                 arrived.synchronize()

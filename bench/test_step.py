@@ -66,7 +66,7 @@ def test_step(benchmark, bench_data, bench_record, name):
                        rounds=bench_data.rounds, iterations=1)
     row = bench_record("step", name, times, bench_data.batch, baseline=name == "eager fp32 NCHW",
                        ngf=width, device=DEVICE.type)
-    check_ran(row, dict(zip(("channels_last", "precision", "compile", "graphs"), VARIANTS[name])), what_ran(gan))
+    check_ran(row, dict(zip(("channels_last", "precision", "compile", "graphs"), VARIANTS[name], strict=True)), what_ran(gan))
     peak = perf.peak_flops(DEVICE, precision)
     if peak:
         flops = perf.step_flops(G, D, NZ, size)

@@ -39,7 +39,7 @@ def main() -> int:
         unchecked = sum(c is None for c in codes.values())
         n = len(codes)
         counts = [n, killed, len(left), len(justified), len(left) - len(justified), unchecked]
-        totals = [a + b for a, b in zip(totals, counts)]
+        totals = [a + b for a, b in zip(totals, counts, strict=True)]
         module = str(meta)[len("mutants/"):-len(".meta")]
         rows.append(f"| {module} | {n} | {killed} | {100 * killed / max(n, 1):.1f}% | {len(left)} | "
                     f"{len(justified)} | {len(left) - len(justified)} |" + (f" {unchecked} not run |" if unchecked else ""))

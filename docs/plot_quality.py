@@ -32,7 +32,7 @@ def main(runs_dir: str, out: str) -> None:
     colors = {"plain": "tab:blue", "fast": "tab:orange"}
     for path, seeds in sorted(curves.items()):
         for seed, pts in sorted(seeds.items()):
-            ax.plot(*zip(*pts), marker="o", color=colors.get(path), alpha=0.8,
+            ax.plot(*zip(*pts, strict=True), marker="o", color=colors.get(path), alpha=0.8,
                     label=f"{path}" if seed == min(seeds) else None)
     n = next(iter(fid_rows(next(p for p in Path(runs_dir).glob("*-s[0-9]*") if (p / "metrics.jsonl").exists()))))["fid_n"]
     ax.set_title(f"FID (n={n}, lower is better) during training, one line per seed")

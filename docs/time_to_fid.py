@@ -173,7 +173,8 @@ def plot(found: dict, prefix: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    colours = dict(zip(RECIPES, plt.get_cmap("tab10").colors))  # one per recipe, in RECIPES order
+    # one per recipe, in RECIPES order; strict=False: the palette may hold more colours than there are recipes
+    colours = dict(zip(RECIPES, plt.get_cmap("tab10").colors, strict=False))
     for x, label in (("wall_s", "wall-clock seconds on 2 CPU cores (training only)"), ("images", "images seen")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, seeds in found.items():

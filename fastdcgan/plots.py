@@ -86,7 +86,7 @@ def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike,
     edges = torch.linspace(0, 1, bins + 1)
     centers, width = ((edges[1:] + edges[:-1]) / 2).numpy(), 1.0 / bins
     fig, ax = plt.subplots(figsize=(8, 4.5))
-    for row, label in zip(hist, ("D(x), real", "D(G(z)), fake")):
+    for row, label in zip(hist, ("D(x), real", "D(G(z)), fake"), strict=True):
         total = float(row.sum()) or 1.0
         ax.bar(centers, (row / total).numpy(), width=width, alpha=0.6, label=label)
     ax.set_xlim(0, 1)
@@ -158,7 +158,7 @@ def labeled_tiles(maps: torch.Tensor, labels: list[str], tile: int, nrow: int) -
     rows = (n + nrow - 1) // nrow
     canvas = Image.new("RGB", (nrow * (tw + PAD) + PAD, rows * (th + label_h + PAD) + PAD), WHITE)
     draw = ImageDraw.Draw(canvas)
-    for k, (m, label) in enumerate(zip(maps, labels)):
+    for k, (m, label) in enumerate(zip(maps, labels, strict=True)):
         pic = Image.fromarray(m.mul(255).round().clamp(0, 255).to(torch.uint8).numpy(), "L")
         x, y = PAD + (k % nrow) * (tw + PAD), PAD + (k // nrow) * (th + label_h + PAD)
         draw.text((x, y), label, fill=(0, 0, 0))

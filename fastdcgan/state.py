@@ -83,7 +83,7 @@ def recalibrate_batchnorm(G: nn.Module, nz: int, device: torch.device, batches: 
         for _ in range(batches):
             G(torch.randn(batch, nz, 1, 1, generator=noise).to(device))
     finally:
-        for m, momentum in zip(norms, momenta):
+        for m, momentum in zip(norms, momenta, strict=True):
             m.momentum = momentum
         G.train(was_training)
 

@@ -88,7 +88,7 @@ def load_optimizer(opt: torch.optim.Optimizer, state: dict) -> None:
     """
     built = [{k: g[k] for k in MODE_FLAGS if k in g} for g in opt.param_groups]
     opt.load_state_dict(state)
-    for group, flags in zip(opt.param_groups, built):
+    for group, flags in zip(opt.param_groups, built, strict=True):
         group.update(flags)
         on_device = bool(group.get("capturable") or group.get("fused"))
         for p in group["params"]:
@@ -145,7 +145,7 @@ class StepMetrics:
         count = sums[-1]
         if count == 0:
             return {}
-        return {k: v / count for k, v in zip(METRICS, sums)}
+        return {k: v / count for k, v in zip(METRICS, sums, strict=False)}  # sums ends with the count
 
     def finite(self) -> bool:
         """False if any loss since the last read was NaN or infinite, on this or any rank."""

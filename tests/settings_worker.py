@@ -33,7 +33,8 @@ def flips(run: Run) -> list[bool]:
     if not hasattr(run.loader, "loader"):
         return []
     plain = list(run.loader.loader.epoch(0))
-    return [not torch.equal(a, b) for x, y in zip(run.loader.epoch(0), plain) for a, b in zip(x, y)]
+    return [not torch.equal(a, b) for x, y in zip(run.loader.epoch(0), plain, strict=True)
+            for a, b in zip(x, y, strict=True)]
 
 
 def main(out: str, overrides: list[str]) -> None:

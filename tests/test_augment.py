@@ -38,7 +38,7 @@ def test_random_translation_shifts_by_up_to_an_eighth_of_the_side():
     assert out.sum() == 1000  # each image keeps its pixel (a shift of 4 cannot push it out)
     where = out[:, 0].flatten(1).argmax(1)
     dy, dx = where // 32 - 16, where % 32 - 16
-    assert {(a, b) for a, b in zip(dy.tolist(), dx.tolist())} == {(a, b) for a in range(-4, 5) for b in range(-4, 5)}
+    assert {(a, b) for a, b in zip(dy.tolist(), dx.tolist(), strict=True)} == {(a, b) for a in range(-4, 5) for b in range(-4, 5)}
 
 
 def test_cut_out_zeroes_the_rectangle_clipped_at_the_edges():
@@ -56,7 +56,7 @@ def test_random_cutout_is_a_square_of_half_the_side_centred_anywhere():
     holes = cutout(torch.ones(1000, 1, 32, 32))[:, 0] == 0
     rows, cols = holes.any(2), holes.any(1)
     tops = rows.float().argmax(1)  # each hole's first row
-    for hole, r, c in zip(holes, rows, cols):
+    for hole, r, c in zip(holes, rows, cols, strict=True):
         assert hole.sum() == r.sum() * c.sum()  # a rectangle
         assert r.sum() <= 16 and c.sum() <= 16
         inside = r.sum() == 16 and c.sum() == 16

@@ -122,9 +122,9 @@ def test_hflip_mirrors_a_seeded_half_and_resumes_exactly(faces):
     feed = Feed(scan(faces).files, 32, 8, seed=0, device=CPU)
     plain, flipped = CacheLoader(feed, folder), HFlip(CacheLoader(feed, folder))
     a, b = torch.cat(list(plain.epoch(0))), torch.cat(list(flipped.epoch(0)))
-    same = [torch.equal(x, y) for x, y in zip(a, b)]
-    mirrored = [torch.equal(x.flip(1), y) for x, y in zip(a, b)]
-    assert all(s or m for s, m in zip(same, mirrored)) and 4 <= sum(mirrored) <= 20
+    same = [torch.equal(x, y) for x, y in zip(a, b, strict=True)]
+    mirrored = [torch.equal(x.flip(1), y) for x, y in zip(a, b, strict=True)]
+    assert all(s or m for s, m in zip(same, mirrored, strict=True)) and 4 <= sum(mirrored) <= 20
     assert torch.equal(torch.cat(list(flipped.epoch(0, start_batch=1))), b[8:])
     assert not torch.equal(torch.cat(list(flipped.epoch(1))), torch.cat(list(plain.epoch(1))))
 

@@ -1,4 +1,5 @@
 import contextlib
+import pickle
 import signal
 import subprocess
 import sys
@@ -69,7 +70,7 @@ def test_checkpoints_cannot_carry_code(tmp_path):
             return (print, ("ran code",))
     bad = tmp_path / "bad.pt"
     torch.save({"step": 1, "x": Evil()}, bad)
-    with pytest.raises(Exception):
+    with pytest.raises(pickle.UnpicklingError):
         checkpoint.load(bad)
 
 
@@ -132,7 +133,7 @@ def test_kill_9_at_any_moment_leaves_a_loadable_latest(tmp_path):
     for attempt in range(4):
         d = tmp_path / str(attempt)
         with _writer(d) as proc:
-            _poll(lambda: _saved_step(d) >= 1 + 2 * attempt, proc)  # a few saves done, whatever import took
+            _poll(lambda d=d, attempt=attempt: _saved_step(d) >= 1 + 2 * attempt, proc)  # a few saves done, whatever import took
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         _assert_complete(d)
@@ -144,7 +145,7 @@ def test_kill_9_mid_write_falls_back_to_the_newest_complete_checkpoint(tmp_path)
     for attempt in range(10):  # until the kill lands mid-write (almost always the first time)
         d = tmp_path / str(attempt)
         with _writer(d) as proc:
-            _poll(lambda: _saved_step(d) >= 2 and _partial(d), proc, timeout=60)
+            _poll(lambda d=d: _saved_step(d) >= 2 and _partial(d), proc, timeout=60)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         if list(d.glob("step_*.tmp")):

@@ -205,7 +205,7 @@ def test_the_gpu_decoder_matches_the_cpu_decoder(faces):
     cuda = torch.device("cuda")
     cpu_batches = DaliLoader(Feed(faces, 64, 16, seed=0, device=CPU, threads=2)).epoch(0)
     gpu_batches = DaliLoader(Feed(faces, 64, 16, seed=0, device=cuda, threads=2)).epoch(0)
-    for a, b in zip(cpu_batches, gpu_batches):
+    for a, b in zip(cpu_batches, gpu_batches, strict=True):
         assert b.device.type == "cuda"
         mad = (a.float() - b.cpu().float()).abs().mean().item()
         assert mad <= 0.5, mad

@@ -215,7 +215,7 @@ def test_each_rank_draws_its_own_noise(celeba, tmp_path):
     assert proc.returncode == 0, out
     rank0, rank1 = torch.load(tmp_path / "noise.pt")
     assert len(rank0) == len(rank1) >= 1  # the G phase reuses the D phase's fakes: one G call per step
-    assert all(not torch.equal(a, b) for a, b in zip(rank0, rank1))
+    assert all(not torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))
 
 
 SYNC_BN_WORKER = """
@@ -250,4 +250,4 @@ def test_sync_bn_reaches_the_trainers_models(celeba, tmp_path):
     assert rank0["batch"] != rank1["batch"]  # each rank trained on its own images
     assert "BatchNorm2d" not in rank0["kinds"]  # every BatchNorm of D was converted
     assert len(rank0["stats"]) >= 4
-    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rank0["stats"], rank1["stats"]))
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rank0["stats"], rank1["stats"], strict=True))

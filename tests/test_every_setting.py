@@ -248,7 +248,7 @@ def losses_match(s: Seen) -> bool:
 def moves(s: Seen, net: str) -> torch.Tensor:
     """Every weight's change in this step."""
     now = list((s.run.G if net == "G" else s.run.D).parameters())
-    return torch.cat([(p.detach() - q).flatten() for p, q in zip(now, s.trace["before"][net])])
+    return torch.cat([(p.detach() - q).flatten() for p, q in zip(now, s.trace["before"][net], strict=True)])
 
 
 def adam_beta(s: Seen, net: str, moment: str) -> float:
@@ -257,7 +257,7 @@ def adam_beta(s: Seen, net: str, moment: str) -> float:
     params = list((s.run.G if net == "G" else s.run.D).parameters())
     opt = s.run.opt_g if net == "G" else s.run.opt_d
     num = den = 0.0
-    for p, old in zip(params, s.trace["before"][f"opt_{net}"]):
+    for p, old in zip(params, s.trace["before"][f"opt_{net}"], strict=True):
         g = p.grad if moment == "exp_avg" else p.grad.square()
         new, before = opt.state[p][moment], old.get(moment, torch.zeros_like(g))
         num += ((new - g) * (before - g)).sum().item()
@@ -278,8 +278,8 @@ def ema_weight(s: Seen) -> float | None:
     ema0 = s.trace["before"]["ema"]
     g = list(s.run.G.parameters())
     ema1 = list(s.run.state.G_ema.parameters())
-    num = sum(((e1 - e0) * (g1.detach() - e0)).sum().item() for e0, e1, g1 in zip(ema0, ema1, g))
-    den = sum(((g1.detach() - e0) ** 2).sum().item() for e0, g1 in zip(ema0, g))
+    num = sum(((e1 - e0) * (g1.detach() - e0)).sum().item() for e0, e1, g1 in zip(ema0, ema1, g, strict=True))
+    den = sum(((g1.detach() - e0) ** 2).sum().item() for e0, g1 in zip(ema0, g, strict=True))
     return round(num / den, 4)
 
 
@@ -305,7 +305,7 @@ def mirrored(s: Seen) -> int:
     from fastdcgan.data.torch import TorchLoader
     epoch, batch = s.trace["before"]["position"]
     plain = next(iter(TorchLoader(Feed(s.run.images.files, s.cfg.data.image_size, s.cfg.train.batch_size, seed=s.cfg.train.seed, device=torch.device("cpu"), workers=0)).epoch(epoch, batch)))
-    return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b) for a, b in zip(s.trace["batch"], plain))
+    return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b) for a, b in zip(s.trace["batch"], plain, strict=True))
 
 
 def memory_format(s: Seen) -> str:
@@ -433,7 +433,7 @@ PROBES: dict[str, Probe] = {
                                         if s.trace["dropped"] else 0.0, lambda s: s.cfg.model.d_dropout),
                              base={"model.d_dropout": 0.3}, resume=True),  # 0 <-> > 0 adds layers: refused on resume
     "model.sync_bn": Probe(True, equal(lambda s: (s.ranks[0]["norm_kinds"], all(
-        torch.allclose(a, b, atol=1e-6) for a, b in zip(*rank_pair(s, "running_means")))),
+        torch.allclose(a, b, atol=1e-6) for a, b in zip(*rank_pair(s, "running_means"), strict=True))),
         lambda s: (["SyncBatchNorm2d"], True) if s.cfg.model.sync_bn else (["BatchNorm2d"], False)),
         stage="dist", base=DIST, changed=DIST_CHANGED),
     "model.ema": Probe(0.05, equal(ema_weight, ema_weight_expected), resume=True),

@@ -51,7 +51,7 @@ def test_slerp_endpoints_and_norms():
     assert torch.allclose(slerp_norms, z0.norm().expand(11), rtol=1e-5)
     assert lerp_norms[5] < 0.85 * z0.norm()  # nearly orthogonal z: the straight line sags toward 0
     # equal angular steps: consecutive frames are equally far apart
-    steps = torch.stack([(slerp(z0, z1, a) - slerp(z0, z1, b)).norm() for a, b in zip(ts[:-1], ts[1:])])
+    steps = torch.stack([(slerp(z0, z1, a) - slerp(z0, z1, b)).norm() for a, b in zip(ts[:-1], ts[1:], strict=True)])
     assert torch.allclose(steps, steps[0].expand(10), rtol=1e-4)
 
 

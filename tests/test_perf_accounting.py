@@ -128,4 +128,4 @@ def test_each_extra_update_adds_its_own_passes_and_the_models_are_left_alone():
     g_phase = f[1, 1] - d_update
     assert g_update == g_phase + counter.get_total_flops() / 2
     after = [*G.parameters(), *D.parameters()]  # counted on copies: the models are untouched
-    assert all(p.device.type == "cpu" and p.requires_grad and torch.equal(p, q) for p, q in zip(after, before))
+    assert all(p.device.type == "cpu" and p.requires_grad and torch.equal(p, q) for p, q in zip(after, before, strict=True))

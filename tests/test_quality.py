@@ -93,11 +93,11 @@ def test_ema_update_is_decay_times_ema_plus_rest_times_g(warmup, decays):
     expected = [p.detach().double().clone() for p in G.parameters()]
     for k, decay in enumerate(decays):
         gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k)))
-        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, G.parameters())]
-        for e, q in zip(expected, ema.parameters()):
+        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, G.parameters(), strict=True)]
+        for e, q in zip(expected, ema.parameters(), strict=True):
             torch.testing.assert_close(q.double(), e, rtol=0, atol=1e-7)
-        assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), G.buffers()))  # BatchNorm statistics copied
-    lag = max((a - b).abs().max().item() for a, b in zip(ema.parameters(), G.parameters()))
+        assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), G.buffers(), strict=True))  # BatchNorm statistics copied
+    lag = max((a - b).abs().max().item() for a, b in zip(ema.parameters(), G.parameters(), strict=True))
     assert lag > 1e-4 and not ema.training and not any(p.requires_grad for p in ema.parameters())
 
 

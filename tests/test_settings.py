@@ -61,8 +61,8 @@ def test_each_network_moves_at_its_own_learning_rate(make_run):
     g0 = [p.detach().clone() for p in run.G.parameters()]
     d0 = [p.detach().clone() for p in run.D.parameters()]
     run.gan.step(a_batch())
-    g_move = max((p - q).abs().max().item() for p, q in zip(run.G.parameters(), g0))
-    d_move = max((p - q).abs().max().item() for p, q in zip(run.D.parameters(), d0))
+    g_move = max((p - q).abs().max().item() for p, q in zip(run.G.parameters(), g0, strict=True))
+    d_move = max((p - q).abs().max().item() for p, q in zip(run.D.parameters(), d0, strict=True))
     assert g_move == pytest.approx(1e-4, rel=1e-3)
     assert d_move == pytest.approx(3e-4, rel=1e-3)
 

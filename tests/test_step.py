@@ -25,7 +25,7 @@ def params(m):
 
 
 def same(a, b):
-    return all(torch.equal(x, y) for x, y in zip(a, b))
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
 
 def test_input_conversion():

@@ -352,7 +352,7 @@ def test_the_data_line_names_kaggles_partition_file_and_small_images_are_counted
     rows = (root / "list_eval_partition.txt").read_text().split()
     (root / "list_eval_partition.txt").unlink()
     (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(
-        f"{name},{part}\n" for name, part in zip(rows[::2], rows[1::2])))
+        f"{name},{part}\n" for name, part in zip(rows[::2], rows[1::2], strict=True)))
     assert main(tiny_args(root, tmp_path / "run", data__split="train", train__max_steps=1)) == 0
     out = capsys.readouterr().out
     assert "38 images in" in out and "(celeba layout, split train from list_eval_partition.csv)" in out

@@ -102,5 +102,5 @@ def first_that_decodes(files: list, i: int, decode: Callable[[object], T]) -> T:
         except InputFailure:
             raise
         except Exception as e:  # PIL and the decoders raise many kinds; any means this file is unusable
-            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}; using the next image instead")
+            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}; using the next image instead", stacklevel=2)
     raise InputFailure("no file of the dataset decodes any more")

@@ -249,7 +249,7 @@ class DaliLoader(Loader):
         """This batch decoded with PIL (a file that fails is replaced by the next one, as every backend
         does); a new pipeline carries on from the next batch. One bad file must not end an hour-long run."""
         warnings.warn(f"DALI failed on a file in a batch ({failure_summary(error)}); decoding the batch with PIL "
-                      "and restarting the pipeline")
+                      "and restarting the pipeline", stacklevel=2)
         self.pipe = None
         images = [first_that_decodes(self.files, int(i), lambda path: decode_pil(path, self.image_size)) for i in row]
         return torch.from_numpy(np.stack(images)).to(self.device)

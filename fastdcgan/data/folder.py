@@ -193,7 +193,7 @@ def validate(images: ImageList, workers: int = 0, min_size: int = 0) -> ImageLis
             todo.append(rel)
     if todo:
         results = _check_all([str(images.root / r) for r in todo], workers or os.cpu_count() or 1)
-        for rel, result in zip(todo, results):
+        for rel, result in zip(todo, results, strict=True):
             verdicts[rel][2:] = result
         _save_verdicts(cache, {**old, **verdicts})  # keep other splits' verdicts
     good, skipped, sizes, small = [], [], [], 0

@@ -115,7 +115,7 @@ class BatchDecoder:
             try:
                 out = _decode_jpeg([torch.frombuffer(bytearray(datas[i]), dtype=torch.uint8) for i in jpegs],
                                    self.device)
-                for i, im in zip(jpegs, out):
+                for i, im in zip(jpegs, out, strict=True):
                     images[i] = im
             except RuntimeError as e:  # one file spoiled the batch: find it
                 if _is_device_error(e):

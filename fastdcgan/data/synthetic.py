@@ -44,7 +44,7 @@ def _shade(c, k: float) -> tuple[int, ...]:
 
 
 def _mix(c1, c2, t: float) -> tuple[int, ...]:
-    return tuple(int(a + (b - a) * t) for a, b in zip(c1, c2))
+    return tuple(int(a + (b - a) * t) for a, b in zip(c1, c2, strict=True))
 
 
 def _jitter(rng: np.random.Generator, c, amount: int) -> tuple[int, ...]:
@@ -246,10 +246,10 @@ def make_faces(root: str | os.PathLike, n: int = 4000, seed: int = 0,
             attrs = [a for chunk in chunks for a in chunk]
     names = [f"{i + 1:06d}.jpg" for i in range(n)]
     split = [0 if i < n * 8 // 10 else 1 if i < n * 9 // 10 else 2 for i in range(n)]
-    (root / "list_eval_partition.txt").write_text("".join(f"{m} {s}\n" for m, s in zip(names, split)))
+    (root / "list_eval_partition.txt").write_text("".join(f"{m} {s}\n" for m, s in zip(names, split, strict=True)))
     # CelebA style: "000001.jpg -1  1 ..." (values right-aligned in 2 columns).
     rows = [m + " " + " ".join(f"{1 if a[k] else -1:2d}" for k in ATTRIBUTES)
-            for m, a in zip(names, attrs)]
+            for m, a in zip(names, attrs, strict=True)]
     (root / "list_attr_celeba.txt").write_text(f"{n}\n{' '.join(ATTRIBUTES)}\n" + "\n".join(rows) + "\n")
     return root
 

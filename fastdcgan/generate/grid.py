@@ -36,7 +36,7 @@ def run_grid(G: LoadedGenerator, args: argparse.Namespace) -> None:
     out = Path(args.out)
     if args.single:
         out.mkdir(parents=True, exist_ok=True)
-        for name, im in zip(names, images):
+        for name, im in zip(names, images, strict=True):
             save_grid(im[None], out / f"{name}.png", nrow=1)
         print(f"wrote {len(images)} images to {out}/")
     else:

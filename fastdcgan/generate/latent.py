@@ -99,7 +99,7 @@ def interpolation_path(z: torch.Tensor, frames: int, method: str = "slerp") -> t
         raise ValueError(f"frames must be at least 1, got {frames}")
     step = {"slerp": slerp, "linear": lerp}[method]
     out = []
-    for z0, z1 in zip(z[:-1], z[1:]):
+    for z0, z1 in zip(z[:-1], z[1:], strict=True):
         out += [z0] + [step(z0, z1, i / frames) for i in range(1, frames)]
     out.append(z[-1])
     return torch.stack(out)
