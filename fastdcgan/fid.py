@@ -15,7 +15,7 @@ when empty), at the generator's resolution; their statistics are cached. The noi
 (--seed, 0 as during training) and drawn for all n images at once, so the score does not depend on the
 batch size: this reproduces a score the trainer logged with the same n.
 Exit codes: 0 scored; 2 bad usage, or a missing checkpoint, dataset or feature network.
-"""
+"""  # noqa: E501 (--help prints this docstring as laid out)
 from __future__ import annotations
 
 import argparse

@@ -113,8 +113,9 @@ class Plots:
     """The plots at epoch ends: the losses so far (plots/loss.png) and the D outputs' histograms since
     the last drawing (plots/d_outputs_epoch_N.png). An epoch end draws only when at least `min_steps`
     (log.every: a new row for loss.png) have passed since the last drawing: on a small folder an epoch
-    is a few steps, and two matplotlib figures (about 0.35 s on 2 CPU cores) at every one of them took
-    a fifth of a CPU run. Step-counted, so that every rank draws (a collective) at the same epoch end."""
+    is a few steps, and two matplotlib figures at every one of them took a large share of a CPU run
+    (measured: BENCHMARKS.md, the 2026-12-01 trainer check). Step-counted, so that every rank draws
+    (a collective) at the same epoch end."""
 
     def __init__(self, min_steps: int, step: int, epoch: int, run_dir: RunDir, loss: str, report: Report, main: bool):
         self.min_steps, self.run_dir, self.axis, self.report, self.main = (min_steps, run_dir,

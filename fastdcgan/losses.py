@@ -8,9 +8,10 @@ computed in fp32. What D's outputs mean differs by loss, so do the numbers the s
 | bce | a logit | mean sigmoid(output), the probability of real | sigmoid(output) |
 | lsgan | a score with targets 1 (real) and 0 (fake) | mean output | the output itself |
 | hinge | a score with margins at +1 and -1 | mean output | (output + 1) / 2: the margins at 1 and 0 |
-| wgan-gp | an unbounded critic value | mean output (d_real - d_fake: the Wasserstein estimate) | sigmoid(output) |
+| wgan-gp | an unbounded critic value | mean output | sigmoid(output) |
 
-Histogram values outside [0, 1] count in the end bins.
+For wgan-gp, d_real - d_fake is the Wasserstein estimate. Histogram values outside [0, 1] count in
+the end bins.
 """
 from __future__ import annotations
 

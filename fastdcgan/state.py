@@ -20,15 +20,17 @@ PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}  # au
 
 
 def resolve_precision(name: str, device: torch.device) -> str:
-    """auto: bf16 on a GPU that has it; fp32 on CPU (no native bf16 here: autocast was ~20x slower)."""
+    """auto: bf16 on a GPU that has it; fp32 on CPU (on one without native bf16, as the
+    development machine's, autocast was many times slower: BENCHMARKS.md, "Measurements behind
+    choices in the code")."""
     if name == "auto":
         return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
     return name
 
 
 def resolve_compile(name: str, device: torch.device) -> str:
-    """auto: compile on CUDA, where it pays; off on CPU, where it costs ~45 s of compiling and then ran
-    no faster than eager (74.9 vs 77.9 img/s, batch 64, ngf = ndf = 64, 2 cores)."""
+    """auto: compile on CUDA, where it pays; off on CPU, where it costs a long compile and then ran
+    no faster than eager (measured: BENCHMARKS.md, "Measurements behind choices in the code")."""
     if name == "auto":
         return "default" if device.type == "cuda" else "off"
     return name

@@ -12,12 +12,10 @@ Decoder: the fastest the machine has (decoder_kind), and its kind is part of the
 one decoder built is never served as another's (they differ by a fraction of a grey level). On a
 GPU: DALI's mixed decoder (nvJPEG, with the hardware decoder where there is one), else, without
 DALI, torchvision's nvJPEG binding (nvjpeg.py). On CPU: torchvision's decoder and tensor resize on
-threads (nvjpeg.py with device="cpu"), else DALI's CPU pipeline, else PIL in processes. Measured on
-the 2-core development machine in the trainer's own process (BENCHMARKS.md, cache build rows):
-torchvision 1.4x DALI's CPU pipeline and 1.6x PIL on 2,000 CelebA-size files (DALI pays its import
-and pipeline start; at full speed the two are within 10%), and its images are the plain path's to
-0.002 grey levels. A chunk DALI refuses is redone file by file with PIL; a file nvJPEG refuses is
-decoded by PIL. The build reports its rate (images/s).
+threads (nvjpeg.py with device="cpu"), else DALI's CPU pipeline, else PIL in processes: fastest
+first, in the trainer's own process (measured: BENCHMARKS.md, cache build rows); torchvision's
+images are the plain path's to 0.002 grey levels. A chunk DALI refuses is redone file by file with
+PIL; a file nvJPEG refuses is decoded by PIL. The build reports its rate (images/s).
 
 Training (CacheLoader): the array goes to GPU memory (or, when told to use the cache although it
 does not fit there, pinned host memory); on CPU it is an array in RAM. A batch is a gather by the
@@ -324,7 +322,8 @@ class CacheLoader(Loader):
                 yield self.gpu_data.index_select(0, row)
             return
         # Host gathers use numpy's single-threaded take: a batch is ~1.5 MB of memcpy, which one thread
-        # does in ~0.1 ms, while torch's OpenMP index_select took 12 ms on a busy 2-core machine.
+        # does at once, while torch's OpenMP index_select forks and joins on oversubscribed cores and
+        # took far longer (measured: BENCHMARKS.md).
         if self.device.type == "cpu":
             for row in table.numpy():
                 yield torch.from_numpy(np.take(self.host, row, axis=0))

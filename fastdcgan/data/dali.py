@@ -13,8 +13,8 @@ The region is worked out in Python, once per image size (regions_of), from the (
 that folder.scan records for every file (or the files' headers): a dataset of one size (CelebA)
 gives the pipeline constants; one of several sizes gets each batch's regions from a small
 external_source beside the reader. Not inside DALI: a graph of ~30 scalar operators per batch did
-that before, and it alone held DALI's executor thread 39 us an image, enough to lose to the
-DataLoader on 2 cores (BENCHMARKS.md, "Where the DALI CPU time goes").
+that before, and it alone held DALI's executor thread long enough to lose to the DataLoader on CPU
+(measured: BENCHMARKS.md, "Where the DALI CPU time goes").
 
 Order and sharding. The order is ours, not DALI's: each epoch's batches come from
 order.epoch_batches (a seeded permutation, the rank's slice of it, cut to whole batches) -- the
@@ -58,7 +58,8 @@ HW_DECODER_LOAD = 0.75
 SIZE_HINT = (178, 218)
 # A pipeline's file list: the rest of the epoch asked for, then whole epochs up to this many samples,
 # so that a small dataset does not build a pipeline per epoch (CelebA's 162,770 training images are
-# more than one list: one pipeline per epoch, ~0.1 s against an epoch of minutes).
+# more than one list: one pipeline per epoch, whose build is small against an epoch of minutes;
+# BENCHMARKS.md, "Measurements behind choices in the code").
 LIST_SAMPLES = 1 << 16
 
 INSTALL_HINT = "pip install nvidia-dali-cuda130 (CUDA 13; nvidia-dali-cuda120 for CUDA 12)"

@@ -121,8 +121,8 @@ def _to_rgb(im: Image.Image, draft_size: int | None) -> Image.Image:
 
 
 def header_sizes(files: list[Path]) -> list[tuple[int, int]]:
-    """(width, height) of each file from its header alone (about 40 us a file): for file lists that did
-    not come through validate, which records the sizes as it checks."""
+    """(width, height) of each file from its header alone, with no decode (measured: BENCHMARKS.md):
+    for file lists that did not come through validate, which records the sizes as it checks."""
     sizes = []
     for f in files:
         with Image.open(f) as im:
@@ -132,7 +132,8 @@ def header_sizes(files: list[Path]) -> list[tuple[int, int]]:
 
 def check_image(path: str) -> tuple[str | None, int, int]:
     """(None, width, height) if the file decodes to an RGB image, else (the reason it does not, 0, 0).
-    The size is the header's (draft mode decodes smaller), EXIF orientation ignored as every decoder here does."""
+    The size is the header's (draft mode decodes smaller), EXIF orientation ignored as every decoder
+    here does."""
     try:
         with Image.open(path) as im:
             width, height = im.size

@@ -1,7 +1,8 @@
 """Pick and build the input backend: data.backend = auto | cache | dali | nvjpeg | torch.
 
 auto: `cache` when the decoded dataset (N x S x S x 3 bytes) fits the memory budget, else `dali`
-when DALI imports, else `nvjpeg` (torchvision's GPU decode) on CUDA, else `torch`. The budget is where the cache would live:
+when DALI imports, else `nvjpeg` (torchvision's GPU decode) on CUDA, else `torch`. The budget is
+where the cache would live:
   - CUDA: half of the GPU memory free at start (torch.cuda.mem_get_info). The DCGAN's own needs are
     small (weights, Adam state and activations of a batch-128 64x64 step are well under 1 GB), and
     the other half leaves room for torch.compile, CUDA graphs and a larger model.

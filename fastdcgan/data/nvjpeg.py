@@ -4,10 +4,11 @@ Where CUDA is present and DALI is not (a bare GPU image with only torch and torc
 build and the `nvjpeg` streaming backend decode here. The same code with device="cpu" (libjpeg-turbo,
 torchvision's uint8 resize, both releasing the GIL, on threads) is the fastest cache builder on CPU
 measured so far (BENCHMARKS.md). torchvision 0.29 deprecates its image decoders in favour of
-TorchCodec: decoder_missing_reason() says when a torchvision lacks them, and the cache falls back to DALI or PIL. Per batch: the files' bytes (read ahead on
-threads) -> one batched decode_jpeg call on the device -> torchvision's own tensor Resize(S) +
-CenterCrop(S) (decode.resize_crop: the plain path's geometry exactly, its antialiased filter to
-within rounding) -> uint8 (B, S, S, 3) NHWC on the device, in the epoch's order (order.py).
+TorchCodec: decoder_missing_reason() says when a torchvision lacks them, and the cache falls back
+to DALI or PIL. Per batch: the files' bytes (read ahead on threads) -> one batched decode_jpeg call
+on the device -> torchvision's own tensor Resize(S) + CenterCrop(S) (decode.resize_crop: the plain
+path's geometry exactly, its antialiased filter to within rounding) -> uint8 (B, S, S, 3) NHWC on
+the device, in the epoch's order (order.py).
 
 Files nvJPEG refuses (not a JPEG: PNG, BMP, WebP; a JPEG kind it cannot decode, such as CMYK on
 some versions) are decoded on the CPU (PIL, folder.open_rgb, full size) and resized on the device

@@ -20,8 +20,8 @@ def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
 def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
     """(batches, batch_size) int64 indices of this rank's batches in this epoch, on the CPU.
 
-    The permutation is made on the CPU once per epoch (about 3 ms for CelebA's 202,599 images) so
-    it is the same on every device and backend; a device backend copies it over once per epoch.
+    The permutation is made on the CPU once per epoch (cheap even for CelebA; measured: BENCHMARKS.md)
+    so it is the same on every device and backend; a device backend copies it over once per epoch.
     """
     batches = batches_per_epoch(n, batch_size, world)
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)

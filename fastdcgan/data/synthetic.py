@@ -198,7 +198,7 @@ def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
 
     # Antialias by box-filtering the 2x canvas down, then pose: one affine map does tilt, scale and
     # offset about the face centre, sampling the padded canvas into 178x218. (Bilinear at 1x is
-    # ~8x cheaper than bicubic at 2x and looks the same after the reduce.)
+    # much cheaper than bicubic at 2x and looks the same after the reduce; BENCHMARKS.md.)
     img = img.reduce(S)
     theta, scale = math.radians(u(-7, 7)), u(0.94, 1.08)
     fx, fy = CX + u(-5, 5), CY + u(-4, 4)

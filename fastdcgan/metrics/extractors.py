@@ -72,8 +72,8 @@ class Extractor:
 
     @torch.inference_mode()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        # channels_last: the convolutions' fast layout (1.24x on 2 CPU cores for default_1.pt, same features
-        # to float rounding); a network in either layout accepts it.
+        # channels_last: the convolutions' fast layout (measured: BENCHMARKS.md, "Measurements behind
+        # choices in the code"), same features to float rounding; a network in either layout accepts it.
         out = self.net(self.prepare(images.to(self.device)).contiguous(memory_format=torch.channels_last))
         if isinstance(out, (tuple, list)):  # torch-fidelity returns a tuple, pytorch-fid a list
             out = out[0]
