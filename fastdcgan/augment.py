@@ -25,7 +25,8 @@ def parse(policy: str) -> tuple[str, ...]:
     names = {p.strip() for p in policy.split(",") if p.strip()}
     unknown = names - set(AUGMENTATIONS)
     if unknown:
-        raise ValueError(f"unknown augmentation {', '.join(sorted(unknown))} (choose from {', '.join(AUGMENTATIONS)})")
+        raise ValueError(f"unknown augmentation {', '.join(sorted(unknown))} "
+                         f"(choose from {', '.join(AUGMENTATIONS)})")
     return tuple(p for p in AUGMENTATIONS if p in names)
 
 

@@ -26,8 +26,8 @@ class UsageError(Exception):
     """A bad command line, config key, value or dataset: the trainer exits with code 2."""
 
 
-def opt(default: Any, help: str, choices: tuple = (), *, at_least: float | None = None, above: float | None = None,
-        below: float | None = None, at_most: float | None = None) -> Any:
+def opt(default: Any, help: str, choices: tuple = (), *, at_least: float | None = None,
+        above: float | None = None, below: float | None = None, at_most: float | None = None) -> Any:
     """A setting: its default, its help, and what it may be (one of `choices`, or within the bounds)."""
     bounds = {"at_least": at_least, "above": above, "below": below, "at_most": at_most}
     return field(default=default, metadata={"help": help, "choices": choices,
@@ -43,7 +43,8 @@ def _out_of_bounds(value: Any, bounds: dict) -> str | None:
     if inside:
         return None
     if high is None:
-        return f"must be at least {low:g}" if lo == "[" else "must be positive" if low == 0 else f"must be above {low:g}"
+        return (f"must be at least {low:g}" if lo == "[" else "must be positive" if low == 0
+                else f"must be above {low:g}")
     return f"must be in {lo}{low:g}, {high:g}{']' if 'at_most' in bounds else ')'}"
 
 
@@ -53,10 +54,11 @@ class Data:
     split: str = opt("all", "CelebA partition to train on", ("train", "valid", "test", "all"))
     image_size: int = opt(64, "training resolution in pixels (square)", SIZES)
     backend: str = opt("auto", "input pipeline; auto = cache if the decoded dataset fits the memory budget, "
-                       "else dali, else nvjpeg on CUDA, else torch", ("auto", "cache", "dali", "nvjpeg", "torch"))
+                       "else dali, else nvjpeg on CUDA, else torch",
+                       ("auto", "cache", "dali", "nvjpeg", "torch"))
     workers: int = opt(2, "DataLoader worker processes (torch backend)", at_least=0)
-    dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); 0 = usable cores / ranks per node",
-                            at_least=0)
+    dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); "
+                               "0 = usable cores / ranks per node", at_least=0)
     prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)", at_least=1)
     hflip: bool = opt(False, "mirror a seeded half of each batch on the device (off in the paper)")
     augment: str = opt("", "DiffAugment of every image D sees, real and fake: a comma list of "
@@ -75,7 +77,8 @@ class Model:
     nz: int = opt(100, "length of the latent vector z", at_least=1)
     ngf: int = opt(64, "generator feature maps in the last layer", at_least=1)
     ndf: int = opt(64, "discriminator feature maps in the first layer", at_least=1)
-    d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)", at_least=0, below=1)
+    d_dropout: float = opt(0.0, "dropout probability after each discriminator block (0 = off)",
+                           at_least=0, below=1)
     sync_bn: bool = opt(False, "BatchNorm statistics over all processes' batches (several processes)")
     ema: float = opt(0.0, "decay of an EMA of G's weights used for samples and FID (0 = off; e.g. 0.999)",
                      at_least=0, below=1)
@@ -94,26 +97,29 @@ class Train:
     resume: str = opt("auto", "auto = resume from run_dir's latest checkpoint; never; or a file path")
     init: str = opt("", "start a new run from another's weights (fresh optimizers, step 0): a run directory, "
                         "a checkpoint, or a generator.pth (netG_*.pth) with its discriminator beside it")
-    real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)", above=0, at_most=1)
+    real_label: float = opt(1.0, "target for real images in D's loss (<1 = one-sided smoothing)",
+                            above=0, at_most=1)
     d_steps: int = opt(1, "discriminator updates per step (each on the same real batch)", at_least=1)
     g_steps: int = opt(1, "generator updates per step", at_least=1)
-    loss: str = opt("bce", "GAN loss: bce = the paper's non-saturating loss; wgan-gp also builds D without BatchNorm",
-                    LOSSES)
+    loss: str = opt("bce", "GAN loss: bce = the paper's non-saturating loss; "
+                           "wgan-gp also builds D without BatchNorm", LOSSES)
     gp_lambda: float = opt(10.0, "weight of WGAN-GP's gradient penalty (train.loss=wgan-gp)", above=0)
     r1_gamma: float = opt(0.0, "R1 penalty gamma/2 * E|grad D(x)|^2 on real images (0 = off)", at_least=0)
     r1_every: int = opt(16, "apply R1 every this many steps, scaled by it (lazy regularisation)", at_least=1)
-    timeout_s: float = opt(600.0, "seconds a collective waits for a lost process before the run fails", above=0)
+    timeout_s: float = opt(600.0, "seconds a collective waits for a lost process before the run fails",
+                           above=0)
 
     def check(self, cfg: Config) -> None:
         """The rules between this section's settings and others'."""
         if self.loss in ("hinge", "wgan-gp") and self.real_label != 1.0:
-            raise UsageError(f"train.real_label applies to train.loss=bce|lsgan only, not train.loss={self.loss}")
+            raise UsageError("train.real_label applies to train.loss=bce|lsgan only, "
+                             f"not train.loss={self.loss}")
         if self.loss == "wgan-gp" and cfg.model.sync_bn:
-            raise UsageError("model.sync_bn=true does not go with train.loss=wgan-gp: its critic has no BatchNorm "
-                             "(layer norm per image)")
+            raise UsageError("model.sync_bn=true does not go with train.loss=wgan-gp: its critic has no "
+                             "BatchNorm (layer norm per image)")
         if self.r1_gamma > 0 and cfg.model.sync_bn:
-            raise UsageError("train.r1_gamma > 0 does not work with model.sync_bn=true: R1 differentiates D's input "
-                             "gradient, and torch's SyncBatchNorm has no second derivative")
+            raise UsageError("train.r1_gamma > 0 does not work with model.sync_bn=true: R1 differentiates "
+                             "D's input gradient, and torch's SyncBatchNorm has no second derivative")
 
 
 @dataclass
@@ -140,7 +146,8 @@ class Sample:
 
 @dataclass
 class Ckpt:
-    every: int = opt(1000, "steps between checkpoints (also at each epoch end, on a signal, at the end)", at_least=1)
+    every: int = opt(1000, "steps between checkpoints (also at each epoch end, on a signal, at the end)",
+                     at_least=1)
     keep: int = opt(3, "how many recent checkpoints to keep", at_least=1)
 
 
@@ -157,12 +164,14 @@ class Fid:
 
 @dataclass
 class Config:
-    precision: str = opt("auto", "auto = bf16 autocast on a bf16 GPU, fp32 on CPU", ("auto", "fp32", "bf16", "fp16"))
+    precision: str = opt("auto", "auto = bf16 autocast on a bf16 GPU, fp32 on CPU",
+                         ("auto", "fp32", "bf16", "fp16"))
     compile: str = opt("off", "torch.compile the training step; auto = default on CUDA, off on CPU (where it "
                        "does not pay); max-autotune never adds inductor's CUDA graphs (see cuda_graphs)",
                        ("off", "auto", "default", "max-autotune"))
     cuda_graphs: bool = opt(False, "capture the whole step in a CUDA graph (CUDA only; ignored on CPU)")
-    channels_last: bool = opt(True, "NHWC memory format for models and inputs (faster on GPUs and on this CPU)")
+    channels_last: bool = opt(True, "NHWC memory format for models and inputs "
+                                    "(faster on GPUs and on this CPU)")
     device: str = opt("auto", "auto = cuda when available, else cpu", ("auto", "cpu", "cuda"))
     data: Data = field(default_factory=Data)
     model: Model = field(default_factory=Model)
@@ -175,8 +184,8 @@ class Config:
 
     def check(self, cfg: Config) -> None:
         if self.cuda_graphs and self.precision == "fp16":
-            raise UsageError("cuda_graphs=true does not work with precision=fp16: its GradScaler checks for overflow "
-                             "on the host every step; use precision=bf16")
+            raise UsageError("cuda_graphs=true does not work with precision=fp16: its GradScaler checks for "
+                             "overflow on the host every step; use precision=bf16")
 
 
 def check_launch(cfg: Config, world: int, device_type: str) -> None:

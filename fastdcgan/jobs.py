@@ -74,14 +74,16 @@ class Log:
                wall_s: float) -> dict:
         """A metrics.jsonl row and a log line: the step's running means, the window's timing (img/s,
         data and compute ms), the set-up's costs on the first row after it."""
-        row = {"step": step, "epoch": epoch, "images": images, **means, **timing, "time": time.time(), **costs}
+        row = {"step": step, "epoch": epoch, "images": images, **means, **timing, "time": time.time(),
+               **costs}
         if self.peak and "img_per_s" in row:
             row["mfu"] = row["img_per_s"] * self.flops_per_image / self.peak
         self.report.record(row)
         info = (f"loss_d {means['loss_d']:.3f}  loss_g {means['loss_g']:.3f}  D(x) {means['d_real']:.3f}  "
                 f"D(G(z)) {means['d_fake']:.3f}")
         if "img_per_s" in row:
-            info += (f"  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  compute {row['compute_ms']:.1f} ms"
+            info += (f"  {row['img_per_s']:.0f} img/s  data {row['data_ms']:.1f} ms  "
+                     f"compute {row['compute_ms']:.1f} ms"
                      + (f"  MFU {row['mfu']:.1%}" if "mfu" in row else ""))
         display = self.report.display
         display.update(step, epoch, info)
@@ -117,10 +119,12 @@ class Plots:
     (measured: BENCHMARKS.md, the 2026-12-01 trainer check). Step-counted, so that every rank draws
     (a collective) at the same epoch end."""
 
-    def __init__(self, min_steps: int, step: int, epoch: int, run_dir: RunDir, loss: str, report: Report, main: bool):
-        self.min_steps, self.run_dir, self.axis, self.report, self.main = (min_steps, run_dir,
-                                                                          losses.HISTOGRAM_AXIS[loss], report, main)
-        self.drawn = (step, epoch)  # the step and the last whole epoch drawn (at start: where this launch begins)
+    def __init__(self, min_steps: int, step: int, epoch: int, run_dir: RunDir, loss: str, report: Report,
+                 main: bool):
+        self.min_steps, self.run_dir, self.axis, self.report, self.main = (
+            min_steps, run_dir, losses.HISTOGRAM_AXIS[loss], report, main)
+        # the step and the last whole epoch drawn (at start: where this launch begins)
+        self.drawn = (step, epoch)
 
     def due_at_epoch_end(self, step: int) -> bool:
         return step - self.drawn[0] >= self.min_steps
@@ -164,7 +168,8 @@ class Checkpoints:
         if not state.gan.finite():
             raise NonFinite(state.step)
         contents = state.state_dict()
-        path = checkpoint.save(contents, self.folder, self.keep) if self.main else self.folder / checkpoint.LATEST
+        path = (checkpoint.save(contents, self.folder, self.keep) if self.main
+                else self.folder / checkpoint.LATEST)
         dist.barrier()
         self.last_saved = state.step
         return path

@@ -49,8 +49,9 @@ def check_resumable(path: Path, cfg: Config) -> None:
         if (implies(old) != implies(new)) if implies else old != new:
             differ.append(f"{key} {old!r} in the checkpoint, {new!r} now")
     if differ:
-        raise UsageError(f"cannot resume from {path}: its model was built with other settings: {'; '.join(differ)}. "
-                         "Set them back, or start a new train.run_dir (train.init cannot change shapes either)")
+        raise UsageError(f"cannot resume from {path}: its model was built with other settings: "
+                         f"{'; '.join(differ)}. Set them back, or start a new train.run_dir "
+                         "(train.init cannot change shapes either)")
 
 
 def check_run_dir(cfg: Config) -> Path | None:

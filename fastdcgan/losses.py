@@ -22,8 +22,10 @@ import torch.nn.functional as F
 
 LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
 # The x-axis of the D-output histogram for each loss (see the table above).
-HISTOGRAM_AXIS = {"bce": "D's probability of real, sigmoid(D)", "lsgan": "D's output (targets: 0 fake, 1 real)",
-                  "hinge": "(D + 1) / 2 (margins at 0 and 1)", "wgan-gp": "sigmoid(critic's output)"}
+HISTOGRAM_AXIS = {"bce": "D's probability of real, sigmoid(D)",
+                  "lsgan": "D's output (targets: 0 fake, 1 real)",
+                  "hinge": "(D + 1) / 2 (margins at 0 and 1)",
+                  "wgan-gp": "sigmoid(critic's output)"}
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:
@@ -81,7 +83,8 @@ def _input_gradient(D: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) 
     return grad.flatten(1)
 
 
-def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
+def gradient_penalty(D: Callable[[torch.Tensor], torch.Tensor], real: torch.Tensor,
+                     fake: torch.Tensor) -> torch.Tensor:
     """WGAN-GP (Gulrajani et al. 2017): mean over images of (||grad D(x)||_2 - 1)^2 at x drawn uniformly
     on the line between each real image and a fake one. D must treat images independently (no BatchNorm)."""
     eps = torch.rand(real.shape[0], 1, 1, 1, device=real.device)

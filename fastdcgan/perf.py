@@ -34,7 +34,8 @@ PEAK_TFLOPS = {
 }
 
 
-def step_flops(G: nn.Module, D: nn.Module, nz: int, image_size: int, d_steps: int = 1, g_steps: int = 1) -> float:
+def step_flops(G: nn.Module, D: nn.Module, nz: int, image_size: int, d_steps: int = 1,
+               g_steps: int = 1) -> float:
     """FLOPs of one training step, per image."""
     Gm, Dm = copy.deepcopy(G).to("meta"), copy.deepcopy(D).to("meta")
     n = 2

@@ -70,7 +70,8 @@ def plot_fid(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
     fig, ax = plt.subplots(figsize=(8, 4.5))
     ax.plot(step, fid, marker="o")
     best = min(range(len(fid)), key=lambda i: fid[i] if fid[i] == fid[i] else float("inf"))
-    ax.annotate(f"best {fid[best]:.1f}", (step[best], fid[best]), textcoords="offset points", xytext=(0, 8), ha="center")
+    ax.annotate(f"best {fid[best]:.1f}", (step[best], fid[best]), textcoords="offset points", xytext=(0, 8),
+                ha="center")
     ema = " (EMA generator)" if rows[-1].get("fid_ema") else ""
     ax.set_title(f"FID on {rows[-1].get('fid_n', '?')} samples{ema}, lower is better")
     ax.set_xlabel("step")

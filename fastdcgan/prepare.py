@@ -28,8 +28,9 @@ def _choices(name: str) -> tuple:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m fastdcgan.prepare", description=__doc__.split("\n\n")[0],
-                                epilog="The cache lives under $FASTDCGAN_CACHE, else $XDG_CACHE_HOME/fastdcgan, "
-                                       "else ~/.cache/fastdcgan. Exit codes: 0 done, 2 usage or data error.")
+                                epilog="The cache lives under $FASTDCGAN_CACHE, else "
+                                       "$XDG_CACHE_HOME/fastdcgan, else ~/.cache/fastdcgan. "
+                                       "Exit codes: 0 done, 2 usage or data error.")
     p.add_argument("root", metavar="DATA_ROOT", help="image folder or CelebA download (as data.root)")
     p.add_argument("--image-size", type=int, default=Data().image_size, choices=_choices("image_size"),
                    help="pixels, square, as data.image_size (default %(default)s)")
@@ -41,7 +42,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def _summary(images: folder.ImageList, report: cache.BuildReport, image_size: int, seconds: float) -> list[str]:
+def _summary(images: folder.ImageList, report: cache.BuildReport, image_size: int,
+             seconds: float) -> list[str]:
     size = (report.folder / "images.npy").stat().st_size
     verb = "built" if report.built else "reused (already up to date)"
     lines = [f"cache {verb}: {report.folder}",
@@ -52,7 +54,8 @@ def _summary(images: folder.ImageList, report: cache.BuildReport, image_size: in
                                                  if report.built else "")]
     skipped = [(str(p.relative_to(images.root)), why) for p, why in images.skipped] + list(report.skipped)
     if images.missing_rows:
-        lines.append(f"  note        {images.missing_rows} rows of {images.partition_file.name} name files not on disk")
+        lines.append(f"  note        {images.missing_rows} rows of {images.partition_file.name} "
+                     "name files not on disk")
     if images.small:
         lines.append(f"  note        {images.small} images smaller than {image_size}x{image_size}, upscaled")
     lines.append(f"  skipped     {len(skipped)} files that do not decode" + (":" if skipped else ""))

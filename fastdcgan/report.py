@@ -28,8 +28,9 @@ class Display:
         self.enabled = enabled  # only rank 0 shows anything
         if enabled and self.console.is_terminal:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-                                     TextColumn("{task.fields[info]}"), TimeRemainingColumn(), console=self.console)
+            self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
+                                     MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                                     TimeRemainingColumn(), console=self.console)
             self.task = self.progress.add_task("train", total=total, completed=start, epoch=0, info="")
             self.progress.start()
         self.terminal = self.progress is not None
@@ -109,7 +110,8 @@ class TensorBoard:
             return
         self.writer.add_histogram_raw(tag, min=0.0, max=1.0, num=int(n), sum=(centers * counts).sum().item(),
                                       sum_squares=(centers * centers * counts).sum().item(),
-                                      bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(), global_step=step)
+                                      bucket_limits=edges[1:].tolist(), bucket_counts=counts.tolist(),
+                                      global_step=step)
         self.writer.flush()
 
     def close(self) -> None:

@@ -63,7 +63,8 @@ def set_rng_state(state: dict) -> None:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(G: nn.Module, nz: int, device: torch.device, batches: int = 4, batch: int = 128) -> None:
+def recalibrate_batchnorm(G: nn.Module, nz: int, device: torch.device, batches: int = 4,
+                          batch: int = 128) -> None:
     """BatchNorm running statistics that belong to G's own weights.
 
     The EMA generator averages G's weights but can only copy G's running statistics, which belong to
@@ -141,12 +142,15 @@ class TrainState:
         o = cfg.optim
         self.lr_scale = env.world if o.scale_lr else 1
         amp_dtype = PRECISIONS[self.precision]
-        self.opt_g, self.opt_d = make_optimizers(self.G, self.D, o.lr_g * self.lr_scale, o.lr_d * self.lr_scale,
-                                                 (o.beta1, o.beta2), compiled=self.compile != "off",
-                                                 graphs=self.cuda_graphs, amp_dtype=amp_dtype)
+        self.opt_g, self.opt_d = make_optimizers(self.G, self.D, o.lr_g * self.lr_scale,
+                                                 o.lr_d * self.lr_scale, (o.beta1, o.beta2),
+                                                 compiled=self.compile != "off", graphs=self.cuda_graphs,
+                                                 amp_dtype=amp_dtype)
         # GANStep trains compiled wrappers when asked; self.G and self.D stay the plain modules we save.
-        self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, self.step_options(amp_dtype), ema=self.G_ema)
-        self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps, cfg.train.g_steps)
+        self.gan = GANStep(self.G, self.D, self.opt_g, self.opt_d, self.step_options(amp_dtype),
+                           ema=self.G_ema)
+        self.flops = perf.step_flops(self.G, self.D, m.nz, cfg.data.image_size, cfg.train.d_steps,
+                                     cfg.train.g_steps)
         self.peak = perf.peak_flops(device, self.precision)
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, device)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -158,10 +162,11 @@ class TrainState:
     def step_options(self, amp_dtype: torch.dtype | None) -> StepOptions:
         """The step the config asks for, as this launch runs it (resolved precision, compile, graphs)."""
         cfg, t, m = self.cfg, self.cfg.train, self.cfg.model
-        return StepOptions(nz=m.nz, loss=t.loss, real_label=t.real_label, d_steps=t.d_steps, g_steps=t.g_steps,
-                           gp_lambda=t.gp_lambda, r1_gamma=t.r1_gamma, r1_every=t.r1_every, augment=cfg.data.augment,
-                           ema_decay=m.ema, ema_warmup=m.ema_warmup, amp_dtype=amp_dtype,
-                           channels_last=cfg.channels_last, compile=self.compile, cuda_graphs=self.cuda_graphs,
+        return StepOptions(nz=m.nz, loss=t.loss, real_label=t.real_label, d_steps=t.d_steps,
+                           g_steps=t.g_steps, gp_lambda=t.gp_lambda, r1_gamma=t.r1_gamma,
+                           r1_every=t.r1_every, augment=cfg.data.augment, ema_decay=m.ema,
+                           ema_warmup=m.ema_warmup, amp_dtype=amp_dtype, channels_last=cfg.channels_last,
+                           compile=self.compile, cuda_graphs=self.cuda_graphs,
                            distributed=self.env.world > 1)
 
     def wall_s(self) -> float:
@@ -187,7 +192,8 @@ class TrainState:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
-            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1, "wall_s": self.wall_s(),
+            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
+            "wall_s": self.wall_s(),
         } | ({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})
 
     def load(self, path: Path) -> None:
@@ -231,7 +237,8 @@ class TrainState:
                 first = str(e).strip().splitlines()
                 detail = next((line.strip() for line in first[1:] if line.strip()), first[0])
                 raise UsageError(f"train.init: {what}: {name}'s weights do not fit this model ({detail}); "
-                                 "model.nz, ngf, ndf and data.image_size must be those it was trained with") from None
+                                 "model.nz, ngf, ndf and data.image_size must be those it was "
+                                 "trained with") from None
         if self.G_ema is not None:  # the average starts at the weights fine-tuning starts from
             self.G_ema.load_state_dict(self.G.state_dict())
         return what
@@ -245,7 +252,8 @@ class TrainState:
             return {"kind": type(opt).__name__, "lr": float(g["lr"]), "betas": [float(b) for b in g["betas"]],
                     **{k: g.get(k) for k in ("foreach", "fused", "capturable")}}
         weight = next(p for p in self.G.parameters() if p.dim() == 4)
-        norms = sorted({type(m).__name__ for m in [*self.G.modules(), *self.D.modules()] if "Norm" in type(m).__name__})
+        norms = sorted({type(m).__name__ for m in [*self.G.modules(), *self.D.modules()]
+                        if "Norm" in type(m).__name__})
         batch, o = self.cfg.train.batch_size, self.gan.options
         return {"device": str(self.device), "world": self.env.world, "backend": backend,
                 "precision": self.precision, "compile": self.compile, "cuda_graphs": self.cuda_graphs,

@@ -22,7 +22,8 @@ from .augment import augment, parse
 
 HIST_BINS = 50
 # No buffer broadcast at each forward; newer torch names the switch forward_sync_buffers.
-NO_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in inspect.signature(DDP).parameters
+NO_BUFFER_SYNC = ({"forward_sync_buffers": False}
+                  if "forward_sync_buffers" in inspect.signature(DDP).parameters
                   else {"broadcast_buffers": False})
 METRICS = ("loss_d", "loss_g", "d_real", "d_fake")
 
@@ -131,7 +132,8 @@ class StepMetrics:
         """d_real, d_fake and the histogram as losses.py's table says for this loss."""
         kind = self.loss
         self.sums += torch.stack([loss_d.float(), loss_g.float(), losses.reported(kind, logit_real).mean(),
-                                  losses.reported(kind, logit_fake).mean(), torch.ones((), device=self.device)])
+                                  losses.reported(kind, logit_fake).mean(),
+                                  torch.ones((), device=self.device)])
         add_to_histogram(self.hist[0], losses.for_histogram(kind, logit_real))
         add_to_histogram(self.hist[1], losses.for_histogram(kind, logit_fake))
 
@@ -218,7 +220,8 @@ class GANStep:
         self.G, self.D, self.opt_g, self.opt_d, self.ema = G, D, opt_g, opt_d, ema
         self.options = o = options
         if ema is not None:  # (EMA tensors, G tensors), listed once rather than every step
-            self.ema_pairs = [(list(ema.parameters()), list(G.parameters())), (list(ema.buffers()), list(G.buffers()))]
+            self.ema_pairs = [(list(ema.parameters()), list(G.parameters())),
+                              (list(ema.buffers()), list(G.buffers()))]
         self.policy = parse(o.augment)
         self.steps = 0  # steps taken (checkpointed): which ones R1 falls on, the EMA's warm-up
         device = next(G.parameters()).device
@@ -239,7 +242,8 @@ class GANStep:
         self.opt_steps = {opt_g: opt_g.step, opt_d: opt_d.step}
         if o.compile != "off":
             mode = compile_mode(o.compile)
-            self.run_G, self.run_D = torch.compile(self.run_G, mode=mode), torch.compile(self.run_D, mode=mode)
+            self.run_G, self.run_D = (torch.compile(self.run_G, mode=mode),
+                                      torch.compile(self.run_D, mode=mode))
             self.frozen_D = torch.compile(D, mode=mode) if o.distributed else self.run_D
             if not self.scaler.is_enabled():  # the scaler calls opt.step itself
                 self.opt_steps = {opt: torch.compile(opt.step, mode=mode) for opt in (opt_g, opt_d)}
@@ -389,8 +393,8 @@ class GANStep:
 
     def state_dict(self) -> dict:
         m = self.metrics
-        return {"sums": m.sums.cpu().clone(), "hist": m.hist.cpu().clone(), "scaler": self.scaler.state_dict(),
-                "steps": self.steps}
+        return {"sums": m.sums.cpu().clone(), "hist": m.hist.cpu().clone(),
+                "scaler": self.scaler.state_dict(), "steps": self.steps}
 
     def load_state_dict(self, state: dict) -> None:
         self.steps = state.get("steps", 0)  # older checkpoints: from runs without R1

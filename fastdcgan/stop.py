@@ -91,7 +91,8 @@ class Stop:
         return signal.Signals(signum).name if signum else f"{self.file.name} file"
 
     def leave_note(self, why: str, step: int) -> None:
-        """RUN_DIR/STOP says why the run stopped: workers torchrun restarts in this launch find it and stop."""
+        """RUN_DIR/STOP says why the run stopped: workers torchrun restarts in this launch find it and
+        stop."""
         self.file.write_text(f"stopped by {why} at step {step}\n")
 
     def _paced(self, step: int) -> int:

@@ -32,15 +32,17 @@ from .stop import Stop, StopRequested, stop_file_at_start
 
 # How a run ends: the exit code, and the first word of RUN_DIR/STATUS (batch scripts read it).
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_NONFINITE, EXIT_STOPPED = 0, 1, 2, 3, 75
-STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite", EXIT_STOPPED: "stopped"}
-EXIT_CODES = ("exit codes: 0 finished, 1 input pipeline failure (after a checkpoint), 2 usage/config/data error, "
-              "3 non-finite loss, 75 stopped by a signal after a checkpoint (run again to resume; under torchrun "
-              "0, with STATUS 'stopped N')")
+STATUS_WORDS = {EXIT_OK: "finished", EXIT_FAILED: "failed", EXIT_NONFINITE: "nonfinite",
+                EXIT_STOPPED: "stopped"}
+EXIT_CODES = ("exit codes: 0 finished, 1 input pipeline failure (after a checkpoint), "
+              "2 usage/config/data error, 3 non-finite loss, 75 stopped by a signal after a checkpoint "
+              "(run again to resume; under torchrun 0, with STATUS 'stopped N')")
 
 
 def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
     p = argparse.ArgumentParser(
-        prog="python -m fastdcgan.train", description="Train a DCGAN (Radford et al. 2015) on a folder of images.",
+        prog="python -m fastdcgan.train",
+        description="Train a DCGAN (Radford et al. 2015) on a folder of images.",
         formatter_class=argparse.RawDescriptionHelpFormatter, epilog=config.help_text() + "\n\n" + EXIT_CODES)
     p.add_argument("--config", help="TOML file of settings (overrides on the command line win)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
@@ -118,7 +120,8 @@ class Run:
         self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep,
                                        last_saved=s.step if self.resume_from else -1, main=main)
         self.stop = Stop(self.paths.stop, self.env, s.step)
-        self.fid = FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main) if self.tracker else None
+        self.fid = (FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main)
+                    if self.tracker else None)
 
     def fit(self) -> int:
         """Train to the end, or until something ends the run; each way a run ends is one branch here:
@@ -141,13 +144,14 @@ class Run:
                 code = self._train()
         except NonFinite as e:  # nothing non-finite is saved: the last good checkpoint stays the latest
             self.report.print(f"error: non-finite loss by step {e.step}; stopping. Last good checkpoint: "
-                              f"{self.checkpoints.latest() or 'none'}. Lower the learning rates or try precision=fp32.",
-                              last=True)
+                              f"{self.checkpoints.latest() or 'none'}. "
+                              "Lower the learning rates or try precision=fp32.", last=True)
             code = EXIT_NONFINITE
         finally:
             self.stop.uninstall()
             if code is not None:
-                self.report.status(STATUS_WORDS[code], self.state.step, self.fid.summary() if self.fid else "")
+                self.report.status(STATUS_WORDS[code], self.state.step,
+                                   self.fid.summary() if self.fid else "")
             self.report.close()
         return code
 
@@ -159,15 +163,15 @@ class Run:
             path = self.checkpoints.save(s)
             if self.main:
                 self.stop.leave_note(stop.why, s.step)
-            self.report.print(f"stopped by {stop.why} at step {s.step}; checkpoint {path}. Run the same command "
-                              "to resume.", last=True)
+            self.report.print(f"stopped by {stop.why} at step {s.step}; checkpoint {path}. "
+                              "Run the same command to resume.", last=True)
             return EXIT_STOPPED
         except InputFailure as e:
             return self._input_failed(e)
         self._finish()
         reached = self.fid.summary() if self.fid and self.fid.reached else ""
-        self.report.print(f"done: {s.step} steps{'; ' + reached if reached else ''}; generator.pth, samples and "
-                          f"plots in {self.dir}", last=True)
+        self.report.print(f"done: {s.step} steps{'; ' + reached if reached else ''}; "
+                          f"generator.pth, samples and plots in {self.dir}", last=True)
         return EXIT_OK
 
     def _loop(self) -> None:
@@ -226,8 +230,8 @@ class Run:
     def _score_fid(self, step: int, epoch: int) -> bool:
         """FID now; a new best is checkpointed (best_fid links to that file). True at fid.target."""
         s, fid, ckpts = self.state, self.fid, self.checkpoints
-        row = fid.score(s.sampling_generator(), step, epoch, step * self.cfg.train.batch_size * self.env.world,
-                        s.wall_s())
+        row = fid.score(s.sampling_generator(), step, epoch,
+                        step * self.cfg.train.batch_size * self.env.world, s.wall_s())
         if fid.is_best(row) and not ckpts.saved_at(step):
             ckpts.save(s)  # every rank takes part
         fid.keep(row, ckpts.latest() if self.main else None, s.state_dict)
@@ -257,7 +261,8 @@ class Run:
         inside a step); the run then ends at train.timeout_s, and resumes from the latest checkpoint."""
         ckpts, step = self.checkpoints, self.state.step
         try:
-            path = ckpts.save(self.state) if self.env.world == 1 and not ckpts.saved_at(step) else ckpts.latest()
+            path = (ckpts.save(self.state) if self.env.world == 1 and not ckpts.saved_at(step)
+                    else ckpts.latest())
         except Exception as e:  # a CUDA error can leave nothing readable on the device
             path = f"none written now ({type(e).__name__}); latest {ckpts.latest()}"
         self.report.print(f"error: {error} (at step {step}); checkpoint {path}. Fix the cause and run "
@@ -268,10 +273,12 @@ class Run:
         """The run's first lines: the data, how it trains, and where it resumed; plan.json."""
         cfg, im, s, say = self.cfg, self.images, self.state, self.report.print
         partitions = f" from {im.partition_file.name}" if im.partition_file else ""
-        say(f"data: {len(im.files)} images in {im.root} ({im.layout} layout, split {cfg.data.split}{partitions}), "
+        say(f"data: {len(im.files)} images in {im.root} "
+            f"({im.layout} layout, split {cfg.data.split}{partitions}), "
             f"backend {self.loader.name}, {len(self.loader)} steps per epoch")
         if im.missing_rows:
-            say(f"note: {im.missing_rows} rows of {im.partition_file.name} name files that are not on disk; ignored")
+            say(f"note: {im.missing_rows} rows of {im.partition_file.name} name files that are not on disk; "
+                "ignored")
         if im.small:
             size = cfg.data.image_size
             say(f"warning: {im.small} images are smaller than {size}x{size}; they are upscaled")
@@ -280,7 +287,8 @@ class Run:
             listing.write_text("".join(f"{p}\t{why}\n" for p, why in im.skipped))
             first = ", ".join(p.name for p, _ in im.skipped[:3])
             more = f" and {len(im.skipped) - 3} more" if len(im.skipped) > 3 else ""
-            say(f"warning: skipped {len(im.skipped)} files that do not decode ({first}{more}); full list in {listing}")
+            say(f"warning: skipped {len(im.skipped)} files that do not decode ({first}{more}); "
+                f"full list in {listing}")
         if self.tracker:
             say(self.tracker.prepare())
         batch = cfg.train.batch_size
@@ -288,13 +296,15 @@ class Run:
         compiled = f"{s.compile} (auto)" if cfg.compile == "auto" else s.compile
         say(f"device {s.device}, precision {s.precision}, channels_last {cfg.channels_last}, "
             f"compile {compiled}, cuda_graphs {graphs}")
-        world = f", {self.env.world} processes, global batch {batch * self.env.world}" if self.env.world > 1 else ""
+        world = (f", {self.env.world} processes, global batch {batch * self.env.world}"
+                 if self.env.world > 1 else "")
         say(f"batch {batch} per process{world}, {self.total_steps} steps, {s.flops / 1e9:.2f} GFLOP "
             f"per image per step, run dir {self.dir}")
         if self.init_from:
             say(f"weights from {self.init_from} (train.init); fresh optimizers, from step 0")
         if self.resume_from:
-            say(f"resumed from {self.resume_from} at step {s.step} (epoch {s.epoch + 1}, after batch {s.batch_in_epoch})")
+            say(f"resumed from {self.resume_from} at step {s.step} "
+                f"(epoch {s.epoch + 1}, after batch {s.batch_in_epoch})")
             changed = config.diff(s.resumed_config, config.to_dict(cfg))
             if changed:
                 say(f"note: settings changed since the checkpoint (the new ones apply): {', '.join(changed)}")

@@ -38,7 +38,8 @@ class Feed:
     rank: int = 0
     world: int = 1
     sizes: list[tuple[int, int]] | None = None  # (width, height) per file, as folder.scan read them
-    root: Path | None = None  # the folder scanned (a cache names itself by it); None: the files' common folder
+    # the folder scanned (a cache names itself by it); None: the files' common folder
+    root: Path | None = None
     workers: int = 0     # torch: DataLoader worker processes
     threads: int = 0     # dali and nvjpeg: CPU threads (0: one per core, shared by the node's ranks)
     prefetch: int = 2    # dali and nvjpeg: batches decoded ahead
@@ -102,5 +103,6 @@ def first_that_decodes(files: list, i: int, decode: Callable[[object], T]) -> T:
         except InputFailure:
             raise
         except Exception as e:  # PIL and the decoders raise many kinds; any means this file is unusable
-            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}; using the next image instead", stacklevel=2)
+            warnings.warn(f"skipping {path}: {type(e).__name__}: {e}; using the next image instead",
+                          stacklevel=2)
     raise InputFailure("no file of the dataset decodes any more")

@@ -71,8 +71,8 @@ def index_of(images: ImageList, image_size: int, decoder: str) -> dict:
     for p in images.files:
         st = p.stat()
         files.append([str(p.relative_to(images.root)), st.st_size, st.st_mtime_ns])
-    return {"version": FORMAT_VERSION, "transform": TRANSFORM, "image_size": image_size, "decoder_kind": decoder,
-            "root": str(images.root.resolve()), "files": files}
+    return {"version": FORMAT_VERSION, "transform": TRANSFORM, "image_size": image_size,
+            "decoder_kind": decoder, "root": str(images.root.resolve()), "files": files}
 
 
 def location(index: dict) -> Path:
@@ -139,7 +139,8 @@ def _build(index: dict, images: ImageList, folder: Path, device: torch.device, t
     tmp = folder.parent / f".tmp-{folder.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir(parents=True)
     try:
-        arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8, shape=(n, size, size, 3))
+        arr = np.lib.format.open_memmap(tmp / "images.npy", mode="w+", dtype=np.uint8,
+                                        shape=(n, size, size, 3))
         rows, kept, skipped, i = 0, [], [], 0
         for chunk in chunks:
             for item in chunk:
@@ -255,7 +256,8 @@ def memory_budget(device: torch.device) -> tuple[int, str]:
     ranks = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     avail = _host_available()
     per = f" / {ranks} ranks" if ranks > 1 else ""
-    return int(avail * HOST_FRACTION / ranks), f"{HOST_FRACTION:.0%} of {avail / 2**30:.1f} GiB available RAM{per}"
+    return (int(avail * HOST_FRACTION / ranks),
+            f"{HOST_FRACTION:.0%} of {avail / 2**30:.1f} GiB available RAM{per}")
 
 
 def build_cache(images: ImageList, image_size: int, device: torch.device, threads: int,
@@ -270,7 +272,8 @@ def build_cache(images: ImageList, image_size: int, device: torch.device, thread
         with Progress(TextColumn("decoding into the cache"), BarColumn(), MofNCompleteColumn(),
                       TimeRemainingColumn(), transient=True) as bar:
             task = bar.add_task("decode", total=len(images.files))
-            report = ensure(images, image_size, device, threads, lambda done: bar.update(task, completed=done))
+            report = ensure(images, image_size, device, threads,
+                            lambda done: bar.update(task, completed=done))
     size = nbytes(report.images, image_size) / 2**20
     if report.built:
         say(f"input: cache built: {report.images} images, {size:.1f} MiB in {report.seconds:.1f} s "
@@ -310,7 +313,8 @@ class CacheLoader(Loader):
         """Build the cache (or reuse a matching one), saying which, then serve it: from GPU memory when
         it fits the budget, else pinned host memory."""
         report = build_cache(feed.images(), feed.image_size, feed.device, feed.threads, say)
-        on_gpu = feed.device.type == "cuda" and nbytes(report.images, feed.image_size) <= memory_budget(feed.device)[0]
+        on_gpu = (feed.device.type == "cuda"
+                  and nbytes(report.images, feed.image_size) <= memory_budget(feed.device)[0])
         if feed.device.type == "cuda" and not on_gpu:
             say("input: the cache does not fit the GPU budget; serving it from pinned host memory")
         return cls(feed, report.folder, on_gpu)

@@ -145,12 +145,14 @@ def build_pipeline(files: list[str], labels: list[int], regions: np.ndarray, ima
     device_id = (torch.cuda.current_device() if device.index is None else device.index) if gpu else None
     uniform = bool((regions == regions[0]).all())
 
-    @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=prefetch, device_id=device_id)
+    @pipeline_def(batch_size=batch_size, num_threads=threads, prefetch_queue_depth=prefetch,
+                  device_id=device_id)
     def pipe():
         encoded, label = fn.readers.file(files=files, labels=labels, random_shuffle=False, name="files")
         if uniform:  # one image size (CelebA): constants, no per-sample work
             r = regions[0]
-            lo, hi, start, end = [int(v) for v in r[0:2]], [int(v) for v in r[2:4]], r[4:6].tolist(), r[6:8].tolist()
+            lo, hi, start, end = ([int(v) for v in r[0:2]], [int(v) for v in r[2:4]],
+                                  r[4:6].tolist(), r[6:8].tolist())
         else:
             lo, hi, start, end = fn.external_source(source=RegionSource(regions, batch_size), num_outputs=4,
                                                     batch=True, dtype=[types.INT32, types.INT32, types.FLOAT,
@@ -161,12 +163,12 @@ def build_pipeline(files: list[str], labels: list[int], regions: np.ndarray, ima
         common = dict(output_type=types.RGB, adjust_orientation=False, jpeg_fancy_upsampling=True)
         if gpu:
             images = fn.decoders.image(encoded, device="mixed", hw_decoder_load=HW_DECODER_LOAD,
-                                       preallocate_width_hint=SIZE_HINT[0], preallocate_height_hint=SIZE_HINT[1],
-                                       **common)
+                                       preallocate_width_hint=SIZE_HINT[0],
+                                       preallocate_height_hint=SIZE_HINT[1], **common)
         else:  # only the rows and columns the resize reads
             images = fn.decoders.image_slice(encoded, start=lo, end=hi, axis_names="HW", **common)
-        images = fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end, antialias=True,
-                           interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
+        images = fn.resize(images, size=(image_size, image_size), roi_start=start, roi_end=end,
+                           antialias=True, interp_type=types.INTERP_LINEAR, dtype=types.UINT8)
         return images, label
 
     p = pipe()
@@ -217,8 +219,9 @@ class DaliLoader(Loader):
             e += 1
         order = np.concatenate(rows).reshape(-1)
         self.pipe = None  # the old pipeline's threads end before the new one's start
-        self.pipe = build_pipeline([self.files[i] for i in order], order.tolist(), self.regions[order], self.image_size,
-                                   self.feed.batch_size, self.threads, self.feed.prefetch, self.device)
+        self.pipe = build_pipeline([self.files[i] for i in order], order.tolist(), self.regions[order],
+                                   self.image_size, self.feed.batch_size, self.threads, self.feed.prefetch,
+                                   self.device)
         self.plan, self.done = plan, 0
         self.builds += 1
 
@@ -243,16 +246,18 @@ class DaliLoader(Loader):
             self.done += 1
             got = np.asarray(labels.as_tensor()).reshape(-1)  # the reader's labels stay on the CPU
             if not np.array_equal(got, table[b]):
-                raise InputFailure(f"the DALI reader is out of step: epoch {epoch} batch {b} is not the planned one")
+                raise InputFailure(f"the DALI reader is out of step: epoch {epoch} batch {b} "
+                                   "is not the planned one")
             yield to_torch(images, self.device)
 
     def _recover(self, row: np.ndarray, error: Exception) -> torch.Tensor:
         """This batch decoded with PIL (a file that fails is replaced by the next one, as every backend
         does); a new pipeline carries on from the next batch. One bad file must not end an hour-long run."""
-        warnings.warn(f"DALI failed on a file in a batch ({failure_summary(error)}); decoding the batch with PIL "
-                      "and restarting the pipeline", stacklevel=2)
+        warnings.warn(f"DALI failed on a file in a batch ({failure_summary(error)}); "
+                      "decoding the batch with PIL and restarting the pipeline", stacklevel=2)
         self.pipe = None
-        images = [first_that_decodes(self.files, int(i), lambda path: decode_pil(path, self.image_size)) for i in row]
+        images = [first_that_decodes(self.files, int(i), lambda path: decode_pil(path, self.image_size))
+                  for i in row]
         return torch.from_numpy(np.stack(images)).to(self.device)
 
 
@@ -262,12 +267,15 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
     """For the cache build: chunks of decoded images (or why a file does not decode), in file order.
     A chunk DALI fails on is redone with PIL; stats["pil_chunks"] counts them."""
     paths, n = [str(f) for f in files], len(files)
-    regions = regions_of(sizes if sizes is not None else header_sizes(files), image_size, device.type == "cuda")
+    regions = regions_of(sizes if sizes is not None else header_sizes(files), image_size,
+                         device.type == "cuda")
     done, pil_chunks = 0, 0
     while done < n:
-        whole = (n - done + chunk - 1) // chunk * chunk  # a whole number of chunks: wrap round to fill the last
+        # a whole number of chunks: wrap round to fill the last
+        whole = (n - done + chunk - 1) // chunk * chunk
         order = [done + i % (n - done) for i in range(whole)]
-        pipe = build_pipeline([paths[i] for i in order], order, regions[order], image_size, chunk, threads, 2, device)
+        pipe = build_pipeline([paths[i] for i in order], order, regions[order], image_size, chunk, threads,
+                              2, device)
         try:
             while done < n:
                 images, _ = pipe.run()
@@ -278,7 +286,8 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
                 done += k
         except RuntimeError as e:  # the pipeline is dead either way
             if not is_file_failure(e):
-                raise InputFailure(f"building the cache: the DALI pipeline failed: {failure_summary(e)}") from e
+                raise InputFailure("building the cache: the DALI pipeline failed: "
+                                   f"{failure_summary(e)}") from e
             k = min(chunk, n - done)  # a file DALI cannot decode: PIL does this chunk
             yield decode_pil_many(paths[done:done + k], image_size)
             done += k

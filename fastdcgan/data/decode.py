@@ -26,8 +26,8 @@ from .folder import open_rgb
 TRANSFORM = "torchvision Resize(S)+CenterCrop(S) region, one antialiased linear resize, RGB uint8 HWC"
 # Error texts that are the device's fault, not a file's: a decoder failing with one of these must end
 # the run (InputFailure, with a checkpoint), never be decoded around file by file.
-DEVICE_ERRORS = ("CUDA error", "cudaError", "CUDA_ERROR", "CUDA driver", "out of memory", "illegal memory access",
-                 "NVML")
+DEVICE_ERRORS = ("CUDA error", "cudaError", "CUDA_ERROR", "CUDA driver", "out of memory",
+                 "illegal memory access", "NVML")
 
 
 def plain_path_box(width: int, height: int, size: int) -> tuple[float, float, float, float]:
@@ -46,7 +46,8 @@ def plain_path_box(width: int, height: int, size: int) -> tuple[float, float, fl
     return left, top, right, bottom
 
 
-def decode_region(width: int, height: int, size: int) -> tuple[tuple[int, int, int, int], tuple[float, float, float, float]]:
+def decode_region(width: int, height: int,
+                  size: int) -> tuple[tuple[int, int, int, int], tuple[float, float, float, float]]:
     """What a decoder that can decode part of an image (DALI's image_slice) needs: ((x0, y0, x1, y1),
     the integer rectangle to decode; (left, top, right, bottom), plain_path_box inside it).
 

@@ -43,7 +43,7 @@ class ImageList:
     missing_rows: int = 0                         # partition rows naming files not on disk
     partition_file: Path | None = None            # the list_eval_partition file read (celeba layout)
     small: int = 0                                # files whose shorter side is under validate's min_size
-    sizes: list[tuple[int, int]] | None = None    # (width, height) of each file, as its header says (validate)
+    sizes: list[tuple[int, int]] | None = None    # (width, height) of each file, from its header (validate)
 
 
 def _partition_file(root: Path) -> Path | None:
@@ -93,7 +93,8 @@ def find_images(root: str | os.PathLike, split: str = "all") -> ImageList:
     if split != "all":
         raise UsageError(f"data.split={split} needs a CelebA layout (img_align_celeba/ beside "
                          f"list_eval_partition.txt or list_eval_partition.csv) in {root}")
-    files = [p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()]
+    files = [p for p in root.rglob("*")
+             if p.suffix.lower() in IMAGE_EXTS and not p.name.startswith(".") and p.is_file()]
     return ImageList(root, sorted(files), "folder")
 
 
@@ -207,7 +208,8 @@ def validate(images: ImageList, workers: int = 0, min_size: int = 0) -> ImageLis
             sizes.append((width, height))
             small += min(width, height) < min_size
     if not good:
-        what = f"no decodable images ({len(skipped)} files failed)" if skipped else "no images (jpg, jpeg, png, bmp, webp)"
+        what = (f"no decodable images ({len(skipped)} files failed)" if skipped
+                else "no images (jpg, jpeg, png, bmp, webp)")
         raise UsageError(f"data.root {images.root}: {what}")
     return replace(images, files=good, skipped=skipped, small=small, sizes=sizes)
 

@@ -45,7 +45,8 @@ def choose(backend: str, n_images: int, image_size: int, device: torch.device) -
     if no_dali is None:
         return "dali", f"auto: {size} exceeds the cache budget ({what})"
     if NvjpegLoader.unavailable(device) is None:
-        return "nvjpeg", f"auto: {size} exceeds the cache budget ({what}) and {no_dali}; GPU decode by torchvision"
+        return "nvjpeg", (f"auto: {size} exceeds the cache budget ({what}) and {no_dali}; "
+                          "GPU decode by torchvision")
     return "torch", f"auto: {size} exceeds the cache budget ({what}) and {no_dali}"
 
 

@@ -132,7 +132,8 @@ class BatchDecoder:
         return images, failed
 
     def __call__(self, datas: list[bytes | str]) -> tuple[torch.Tensor | None, dict[int, str]]:
-        """(the decoded files in order, resized: (k, S, S, 3) uint8, or None if k = 0; failures by position)."""
+        """(the decoded files in order, resized: (k, S, S, 3) uint8, or None if k = 0; failures by
+        position)."""
         images, failed = self.decode(datas)
         ok = [im for im in images if im is not None]
         return (resize_crop_many(ok, self.image_size) if ok else None), failed
@@ -215,8 +216,8 @@ class NvjpegLoader(Loader):
                 batch, failed = self.decoder(datas)
                 if failed:  # a file broke after folder.scan checked it: the next one that decodes stands in
                     decoded = iter(batch) if batch is not None else iter(())
-                    batch = torch.stack([first_that_decodes(self.files, int(i), self._decode_file) if k in failed
-                                         else next(decoded) for k, i in enumerate(row)])
+                    batch = torch.stack([first_that_decodes(self.files, int(i), self._decode_file)
+                                         if k in failed else next(decoded) for k, i in enumerate(row)])
                 yield batch
         finally:  # an abandoned epoch: drop the reads not yet started
             for f in reads:

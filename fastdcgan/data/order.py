@@ -17,7 +17,8 @@ def batches_per_epoch(n: int, batch_size: int, world: int = 1) -> int:
     return n // (batch_size * world)
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0, world: int = 1) -> torch.Tensor:
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, rank: int = 0,
+                  world: int = 1) -> torch.Tensor:
     """(batches, batch_size) int64 indices of this rank's batches in this epoch, on the CPU.
 
     The permutation is made on the CPU once per epoch (cheap even for CelebA; measured: BENCHMARKS.md)

@@ -246,7 +246,8 @@ def make_faces(root: str | os.PathLike, n: int = 4000, seed: int = 0,
             attrs = [a for chunk in chunks for a in chunk]
     names = [f"{i + 1:06d}.jpg" for i in range(n)]
     split = [0 if i < n * 8 // 10 else 1 if i < n * 9 // 10 else 2 for i in range(n)]
-    (root / "list_eval_partition.txt").write_text("".join(f"{m} {s}\n" for m, s in zip(names, split, strict=True)))
+    (root / "list_eval_partition.txt").write_text(
+        "".join(f"{m} {s}\n" for m, s in zip(names, split, strict=True)))
     # CelebA style: "000001.jpg -1  1 ..." (values right-aligned in 2 columns).
     rows = [m + " " + " ".join(f"{1 if a[k] else -1:2d}" for k in ATTRIBUTES)
             for m, a in zip(names, attrs, strict=True)]

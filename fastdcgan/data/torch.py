@@ -22,7 +22,8 @@ from .order import batches_per_epoch, epoch_batches
 class ImageFiles(Dataset):
     def __init__(self, files: list[Path], image_size: int):
         self.files = [str(f) for f in files]
-        self.transform = transforms.Compose([transforms.Resize(image_size), transforms.CenterCrop(image_size)])
+        self.transform = transforms.Compose([transforms.Resize(image_size),
+                                             transforms.CenterCrop(image_size)])
 
     def __len__(self) -> int:
         return len(self.files)

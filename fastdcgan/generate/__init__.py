@@ -69,9 +69,11 @@ def positive_int(text: str) -> int:
 def new_parser(command: str, summary: str, out: str, sampling: bool = True) -> Parser:
     """A sub-command's parser with the flags every sub-command shares."""
     prog = "python -m fastdcgan.generate" + ("" if command == "grid" else f" {command}")
-    description = summary if command == "grid" else textwrap.fill(summary, 100)  # grid's is the laid-out module doc
+    # grid's is the laid-out module doc
+    description = summary if command == "grid" else textwrap.fill(summary, 100)
     p = Parser(prog=prog, description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="run directory, checkpoint file, generator.pth or exported .pt")
+    p.add_argument("--checkpoint", required=True,
+                   help="run directory, checkpoint file, generator.pth or exported .pt")
     p.add_argument("--out", default=out, help=f"output path (default {out})")
     p.add_argument("--ema", action="store_true", help="use the checkpoint's EMA generator weights (G_ema)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")

@@ -13,15 +13,17 @@ from .latent import arithmetic, jitter, seed_noise, truncate, typical_length
 
 def arithmetic_parser() -> Parser:
     p = new_parser("arithmetic", "The paper's figure 7: mean z of the a seeds - mean of b + mean of c "
-                   "(e.g. smiling woman - neutral woman + neutral man), shown with its inputs, and the result "
-                   "with small noise added. With no --b: (a + c) / 2. Picking seeds from CelebA attributes "
-                   "automatically needs an attribute classifier, which fastdcgan does not ship: mark them by eye "
-                   "in a grid.", "arithmetic.png")
+                   "(e.g. smiling woman - neutral woman + neutral man), shown with its inputs, and the "
+                   "result with small noise added. With no --b: (a + c) / 2. Picking seeds from CelebA "
+                   "attributes automatically needs an attribute classifier, which fastdcgan does not ship: "
+                   "mark them by eye in a grid.", "arithmetic.png")
     p.add_argument("--a", type=seeds_arg, required=True, help="seeds showing concept a (the paper used 3)")
     p.add_argument("--b", type=seeds_arg, default=[], help="seeds showing concept b, subtracted (optional)")
     p.add_argument("--c", type=seeds_arg, required=True, help="seeds showing concept c, added")
-    p.add_argument("--n", type=positive_int, default=9, help="result images, the exact one in the middle (default 9)")
-    p.add_argument("--noise", type=float, default=0.25, help="uniform noise scale around the result (default 0.25)")
+    p.add_argument("--n", type=positive_int, default=9,
+                   help="result images, the exact one in the middle (default 9)")
+    p.add_argument("--noise", type=float, default=0.25,
+                   help="uniform noise scale around the result (default 0.25)")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of that noise (default 0)")
     return p
 
@@ -40,6 +42,7 @@ def run_arithmetic(G: LoadedGenerator, args: argparse.Namespace) -> None:
             parts.append((f"{sign}{name}: {len(seeds)} seeds | mean", grid_image(faces, nrow=len(seeds) + 1)))
     formula = "a - b + c" if args.b else "(a + c) / 2"
     side = max(1, round(args.n ** 0.5))
-    parts.append((f"= {formula} (middle: exact)", grid_image(G(truncate(result, args.truncation)), nrow=side)))
+    parts.append((f"= {formula} (middle: exact)",
+                  grid_image(G(truncate(result, args.truncation)), nrow=side)))
     save_picture(compose(parts), args.out)
     print(f"wrote {formula} with its inputs and {args.n} results to {args.out}")

@@ -47,12 +47,14 @@ def layer_channels(G: nn.Module, layer: int) -> int:
 
 
 @torch.no_grad()
-def activations(G: nn.Module, z: torch.Tensor, layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
+def activations(G: nn.Module, z: torch.Tensor,
+                layers: Sequence[int] | None = None) -> dict[int, torch.Tensor]:
     """Feature maps of the given layers (default: all) for z, in eval mode, each (N, C, h, w)."""
     mods = hidden_layers(G)
     wanted = [layer_index(G, i) for i in layers] if layers is not None else list(range(len(mods)))
     seen: dict[int, torch.Tensor] = {}
-    handles = [mods[i].register_forward_hook(lambda m, inp, out, i=i: seen.__setitem__(i, out.detach().clone()))
+    handles = [mods[i].register_forward_hook(
+                   lambda m, inp, out, i=i: seen.__setitem__(i, out.detach().clone()))
                for i in wanted]
     was_training = G.training
     G.eval()
@@ -92,7 +94,8 @@ def parse_box(text: str) -> tuple[float, float, float, float]:
     try:
         x0, y0, x1, y1 = (float(v) for v in text.split(","))
     except ValueError:
-        raise ValueError(f"bad box {text!r}: expected x0,y0,x1,y1 as fractions of the image, e.g. 0.3,0.65,0.7,0.9") from None
+        raise ValueError(f"bad box {text!r}: expected x0,y0,x1,y1 as fractions of the image, "
+                         "e.g. 0.3,0.65,0.7,0.9") from None
     if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
         raise ValueError(f"bad box {text!r}: need 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1")
     return x0, y0, x1, y1

@@ -86,7 +86,8 @@ def find_generator_file(path: Path) -> Path:
         raise GeneratorLoadError(str(e)) from None
 
 
-def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu", ema: bool = False) -> LoadedGenerator:
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
+                   ema: bool = False) -> LoadedGenerator:
     """The generator in a run directory, training checkpoint, generator.pth or exported TorchScript file.
 
     ema=True takes the EMA weights (`G_ema`) of a training checkpoint and raises GeneratorLoadError
@@ -114,14 +115,16 @@ def generator_from_checkpoint(state: dict, ema: bool = False, name: str = "check
     """G (or its EMA, `G_ema`) from a loaded training checkpoint or plain generator state_dict."""
     if ema:
         if "G_ema" not in state:
-            raise GeneratorLoadError(f"{name} has no EMA weights (no 'G_ema' key): train with model.ema > 0, or leave out --ema")
+            raise GeneratorLoadError(f"{name} has no EMA weights (no 'G_ema' key): "
+                                     "train with model.ema > 0, or leave out --ema")
         weights = state["G_ema"]
     else:
         weights = state["G"] if "G" in state else state
     try:
         return generator_from_state_dict(weights)
     except (KeyError, RuntimeError, ValueError, IndexError) as e:
-        raise GeneratorLoadError(f"{name} holds no DCGAN generator weights ({type(e).__name__}: {e})") from None
+        raise GeneratorLoadError(f"{name} holds no DCGAN generator weights "
+                                 f"({type(e).__name__}: {e})") from None
 
 
 def _load_torchscript(file: Path, device: str | torch.device) -> LoadedGenerator:
@@ -177,8 +180,9 @@ def export_onnx(G: LoadedGenerator, out: str | os.PathLike) -> Path:
     # the TorchScript-based exporter: the torch.export-based default needs onnxscript as well
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=DeprecationWarning)
-        torch.onnx.export(net, (torch.zeros(1, G.nz, 1, 1),), str(out), input_names=["z"], output_names=["images"],
-                          dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}}, opset_version=17, dynamo=False)
+        torch.onnx.export(net, (torch.zeros(1, G.nz, 1, 1),), str(out), input_names=["z"],
+                          output_names=["images"], dynamic_axes={"z": {0: "batch"}, "images": {0: "batch"}},
+                          opset_version=17, dynamo=False)
     model = onnx.load(str(out))
     for key, value in metadata(G).items():
         model.metadata_props.add(key=key, value=str(value))
@@ -196,16 +200,18 @@ def _cpu_copy(net: nn.Module) -> nn.Module:
 
 def export_parser() -> Parser:
     return new_parser("export", "The generator as TorchScript (--out NAME.pt; loads with torch.jit.load, in "
-                      "Python or C++, and with fastdcgan.load_generator) or ONNX (--out NAME.onnx; needs the onnx "
-                      "package). nz and image size are recorded in the file. The forward takes z of shape "
-                      "(N, nz, 1, 1) and returns images (N, 3, S, S) in [-1, 1].", "generator.pt", sampling=False)
+                      "Python or C++, and with fastdcgan.load_generator) or ONNX (--out NAME.onnx; needs "
+                      "the onnx package). nz and image size are recorded in the file. The forward takes z of "
+                      "shape (N, nz, 1, 1) and returns images (N, 3, S, S) in [-1, 1].", "generator.pt",
+                      sampling=False)
 
 
 def run_export(G: LoadedGenerator, args: argparse.Namespace) -> None:
     suffix = Path(args.out).suffix.lower()
     if suffix == ".onnx":
         if not onnx_available():
-            raise UsageError("ONNX export needs the onnx package (pip install onnx); --out NAME.pt gives TorchScript")
+            raise UsageError("ONNX export needs the onnx package (pip install onnx); "
+                             "--out NAME.pt gives TorchScript")
         export_onnx(G, args.out)
     elif suffix in (".pt", ".ts"):
         export_torchscript(G, args.out)

@@ -17,21 +17,25 @@ REFERENCE_SEEDS = range(1_000_000, 1_000_064)
 
 def forget_parser() -> Parser:
     p = new_parser("forget", "The paper's section 6.1 for faces: find the feature maps of a generator layer "
-                   "that draw a feature (from seeds marked as showing it, and optionally not showing it), zero "
-                   "them during generation and show before/after for the same seeds. Or drop channels by index.",
-                   "forget.png")
-    p.add_argument("--layer", type=int, default=-1, help="hidden layer: 0 = 4x4 ... -1 = the last (default -1)")
-    p.add_argument("--positive", type=seeds_arg, default=None, help="seeds where the feature shows, e.g. 1,5,9")
+                   "that draw a feature (from seeds marked as showing it, and optionally not showing it), "
+                   "zero them during generation and show before/after for the same seeds. Or drop channels "
+                   "by index.", "forget.png")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="hidden layer: 0 = 4x4 ... -1 = the last (default -1)")
+    p.add_argument("--positive", type=seeds_arg, default=None,
+                   help="seeds where the feature shows, e.g. 1,5,9")
     p.add_argument("--negative", type=seeds_arg, default=None,
                    help=f"seeds where it does not (default: the {len(REFERENCE_SEEDS)} reference seeds "
                         f"{REFERENCE_SEEDS.start}-{REFERENCE_SEEDS.stop - 1})")
-    p.add_argument("--k", type=positive_int, default=8, help="how many top-scoring channels to drop (default 8)")
+    p.add_argument("--k", type=positive_int, default=8,
+                   help="how many top-scoring channels to drop (default 8)")
     p.add_argument("--score", choices=dissect.SCORES, default="diff",
                    help="diff: standardised mean difference (default); logistic: logistic-regression weights")
     p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
                    help="score activations inside this box only (fractions of the image; aligned faces put "
                         "e.g. the mouth near 0.3,0.65,0.7,0.9); default: the whole map")
-    p.add_argument("--drop-channels", type=seeds_arg, default=None, help="drop these channels instead, e.g. 3,17")
+    p.add_argument("--drop-channels", type=seeds_arg, default=None,
+                   help="drop these channels instead, e.g. 3,17")
     p.add_argument("--seeds", type=seeds_arg, default=None,
                    help="seeds to show (default: the positives, then the negatives or 8 reference seeds)")
     return p
@@ -71,7 +75,8 @@ def run_forget(G: LoadedGenerator, args: argparse.Namespace) -> None:
     nrow = min(8, len(shown))
     size = dissect.layer_channels(G.net, layer)
     save_picture(compose([("before", grid_image(before, nrow)),
-                          (f"after: layer {layer}, {len(channels)} of {size} maps dropped", grid_image(after, nrow))]),
+                          (f"after: layer {layer}, {len(channels)} of {size} maps dropped",
+                           grid_image(after, nrow))]),
                  args.out)
     print(f"dropped layer {layer} channels {','.join(map(str, channels)) or '(none)'}; wrote {args.out}")
     if channels:
@@ -79,12 +84,14 @@ def run_forget(G: LoadedGenerator, args: argparse.Namespace) -> None:
 
 
 def features_parser() -> Parser:
-    p = new_parser("features", "The feature maps of one generator layer for a seed (several seeds: their mean), "
-                   "one tile per channel labelled with its index, all on one brightness scale (black: zero, "
-                   "white: the layer's 99th percentile or more), to choose channels for forget --drop-channels.",
-                   "features.png")
-    p.add_argument("--seeds", type=seeds_arg, default=[0], help="the seed (or seeds, averaged) to show (default 0)")
-    p.add_argument("--layer", type=int, default=-1, help="hidden layer: 0 = 4x4 ... -1 = the last (default -1)")
+    p = new_parser("features", "The feature maps of one generator layer for a seed (several seeds: their "
+                   "mean), one tile per channel labelled with its index, all on one brightness scale (black: "
+                   "zero, white: the layer's 99th percentile or more), to choose channels for forget "
+                   "--drop-channels.", "features.png")
+    p.add_argument("--seeds", type=seeds_arg, default=[0],
+                   help="the seed (or seeds, averaged) to show (default 0)")
+    p.add_argument("--layer", type=int, default=-1,
+                   help="hidden layer: 0 = 4x4 ... -1 = the last (default -1)")
     p.add_argument("--tile", type=positive_int, default=48, help="pixels per map tile (default 48)")
     return p
 
@@ -101,7 +108,8 @@ def run_features(G: LoadedGenerator, args: argparse.Namespace) -> None:
                           nrow=max(1, round(c ** 0.5)))
     faces = grid_image(G(z), nrow=min(4, len(args.seeds)))
     seeds = ",".join(map(str, args.seeds[:6])) + ("..." if len(args.seeds) > 6 else "")
-    save_picture(compose([(f"seed {seeds}", faces), (f"layer {layer}: {c} maps of {h}x{w}; white >= {top:.2f}", tiles)]),
+    save_picture(compose([(f"seed {seeds}", faces),
+                          (f"layer {layer}: {c} maps of {h}x{w}; white >= {top:.2f}", tiles)]),
                  args.out)
     strongest = torch.argsort(maps.mean(dim=(1, 2)), descending=True)[:10].tolist()
     print(f"wrote {c} maps of layer {layer} ({h}x{w}) to {args.out}; strongest channels: {strongest}")
@@ -109,5 +117,5 @@ def run_features(G: LoadedGenerator, args: argparse.Namespace) -> None:
 
 def need_eager(G: LoadedGenerator, command: str) -> None:
     if not G.eager:
-        raise UsageError(f"{command} needs the generator's layers: use a run directory, checkpoint or generator.pth, "
-                         "not an exported file")
+        raise UsageError(f"{command} needs the generator's layers: use a run directory, checkpoint or "
+                         "generator.pth, not an exported file")

