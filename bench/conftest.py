@@ -1,9 +1,9 @@
 """Shared by every benchmark suite: sizes, the image folder, result rows and the closing table.
 
-    pytest bench/ --benchmark-only                                # small: a few minutes on a 2-core CPU
-    pytest bench/ --benchmark-only --bench-size=full              # CelebA-size: 178x218 JPEGs, batch 128, 64x64
-    pytest bench/ --benchmark-only --bench-data /data/celeba      # your images instead of synthetic faces
-    pytest bench/ --benchmark-only --bench-out results.json       # the rows as JSON too
+    pytest bench/ --benchmark-only                             # small: a few minutes on a 2-core CPU
+    pytest bench/ --benchmark-only --bench-size=full           # CelebA-size: 178x218 JPEGs, batch 128, 64x64
+    pytest bench/ --benchmark-only --bench-data /data/celeba   # your images instead of synthetic faces
+    pytest bench/ --benchmark-only --bench-out results.json    # the rows as JSON too
 
 A suite measures with pytest-benchmark's `benchmark` fixture (so --benchmark-only selects it) and
 records one row per variant with `bench_record`: images/s and per-batch p50/p95 latency, beside the
@@ -41,10 +41,12 @@ def pytest_configure(config):
 def pytest_addoption(parser):
     g = parser.getgroup("fastdcgan benchmarks")
     g.addoption("--bench-size", choices=sorted(SIZES), default="small",
-                help="small (default): a few minutes on a 2-core CPU; full: CelebA-size JPEGs, batch 128, 64x64")
+                help="small (default): a few minutes on a 2-core CPU; "
+                     "full: CelebA-size JPEGs, batch 128, 64x64")
     g.addoption("--bench-data", default=None, metavar="PATH",
                 help="image folder or CelebA download to read (default: synthetic 178x218 faces made once)")
-    g.addoption("--bench-out", default=None, metavar="FILE", help="also write the result rows and machine as JSON")
+    g.addoption("--bench-out", default=None, metavar="FILE",
+                help="also write the result rows and machine as JSON")
 
 
 @dataclass
@@ -85,7 +87,8 @@ def bench_data(request, tmp_path_factory) -> BenchData:
     if root is None:
         root = synthetic.make_faces(tmp_path_factory.mktemp("bench-faces"), n=s["images"])
     images = folder.scan(root)
-    return BenchData(Path(root), images.files, s["batch"], s["image_size"], s["rounds"], size, s["width"], s["steps"])
+    return BenchData(Path(root), images.files, s["batch"], s["image_size"], s["rounds"], size, s["width"],
+                     s["steps"])
 
 
 def timed_calls(fn, n: int, device: torch.device) -> list[float]:
@@ -140,7 +143,8 @@ def _cpu_model() -> str:
 
 def machine() -> dict:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {"cpu": _cpu_model(), "cores": cores, "python": platform.python_version(), "torch": torch.__version__,
+    info = {"cpu": _cpu_model(), "cores": cores, "python": platform.python_version(),
+            "torch": torch.__version__,
             "cuda": torch.version.cuda if torch.cuda.is_available() else "none (no GPU)", "gpu": "none"}
     try:
         import nvidia.dali
@@ -150,12 +154,14 @@ def machine() -> dict:
     if torch.cuda.is_available():
         info["gpu"] = torch.cuda.get_device_name()
         try:
-            info["driver"] = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                                            capture_output=True, text=True, timeout=10).stdout.strip()
+            info["driver"] = subprocess.run(
+                ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                capture_output=True, text=True, timeout=10).stdout.strip()
         except (OSError, subprocess.SubprocessError):
             info["driver"] = "unknown"
     prog = Path(sys.argv[0]).name
-    info["command"] = " ".join(["python -m pytest" if prog in ("__main__.py", "pytest") else prog, *sys.argv[1:]])
+    info["command"] = " ".join(["python -m pytest" if prog in ("__main__.py", "pytest") else prog,
+                                *sys.argv[1:]])
     return info
 
 
@@ -194,7 +200,8 @@ def pytest_collection_finish(session):
     for item in session.items:
         per_file[item.location[0]] = per_file.get(item.location[0], 0) + 1
     size = session.config.getoption("--bench-size")
-    tr.write_line(f"fastdcgan benchmarks, --bench-size {size}: " + ", ".join(f"{f} ({n})" for f, n in per_file.items())
+    tr.write_line(f"fastdcgan benchmarks, --bench-size {size}: "
+                  + ", ".join(f"{f} ({n})" for f, n in per_file.items())
                   + "; each file's rows print when it finishes. One file alone: pytest bench/test_step.py "
                   "--benchmark-only")
 
@@ -217,7 +224,8 @@ def pytest_runtest_teardown(item, nextitem):
 
 def _table(rows: list[Row]) -> list[str]:
     base = {r.suite: r.img_per_s for r in rows if r.baseline}
-    head = f"{'suite':<8} {'variant':<34} {'img/s':>10} {'vs base':>8} {'p50 ms':>8} {'p95 ms':>8} {'max ms':>8}  notes"
+    head = (f"{'suite':<8} {'variant':<34} {'img/s':>10} {'vs base':>8} {'p50 ms':>8} {'p95 ms':>8} "
+            f"{'max ms':>8}  notes")
     lines = [head, "-" * len(head)]
     for r in rows:
         rel = f"{r.img_per_s / base[r.suite]:.2f}x" if r.suite in base and r.img_per_s else ""

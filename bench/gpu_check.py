@@ -62,13 +62,17 @@ class Part:
 PARTS = [
     Part("env", runs.env, 60, False, "GPU, driver, torch, CUDA, cuDNN, DALI, compiler, memory, cores"),
     Part("cuda-tests", steps.cuda_tests, 150, True, "pytest tests/ -m cuda, with TORCH_LOGS=recompiles"),
-    Part("combos", steps.combos, 180, False, "the step under each precision/layout/compile/graphs mix vs eager fp32"),
-    Part("resume", steps.resume, 120, False, "a checkpoint of one mode resumed in another, every pair (pytest)"),
-    Part("trainer", runs.trainer, 240, False, "celeba64-fast.toml as a user runs it: SIGTERM, exit 75, resume"),
+    Part("combos", steps.combos, 180, False,
+         "the step under each precision/layout/compile/graphs mix vs eager fp32"),
+    Part("resume", steps.resume, 120, False,
+         "a checkpoint of one mode resumed in another, every pair (pytest)"),
+    Part("trainer", runs.trainer, 240, False,
+         "celeba64-fast.toml as a user runs it: SIGTERM, exit 75, resume"),
     Part("bench", runs.bench, 300, True, "bench/test_step.py + bench/test_train.py at full size"),
     Part("input", runs.input_backends, 180, True, "bench/test_input.py at full size"),
     Part("fid", runs.fid, 240, False, "python -m fastdcgan.fid on the trainer part's run"),
-    Part("autotune", steps.autotune, 300, True, "compile=max-autotune (bf16, with and without graphs) vs eager fp32"),
+    Part("autotune", steps.autotune, 300, True,
+         "compile=max-autotune (bf16, with and without graphs) vs eager fp32"),
 ]
 
 
@@ -78,7 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="gpu-check", help="folder for the logs and results (default gpu-check/)")
     p.add_argument("--budget-s", type=float, default=480, help="seconds for all parts together (default 480)")
     p.add_argument("--only", nargs="+", metavar="NAME", help="run only these parts (see --list)")
-    p.add_argument("--data", default="", help="image folder or CelebA layout (default: built-in synthetic faces)")
+    p.add_argument("--data", default="",
+                   help="image folder or CelebA layout (default: built-in synthetic faces)")
     p.add_argument("--fid-weights", default=os.environ.get("FASTDCGAN_FID_WEIGHTS", ""),
                    help="FID feature network for the fid part (default $FASTDCGAN_FID_WEIGHTS)")
     p.add_argument("--work", default="", help="scratch folder (default: a temporary one, removed at the end)")
@@ -166,8 +171,9 @@ def run_part(part: Part, timeout: float, args: argparse.Namespace, work: Path, f
     out = Path(args.out)
     log, result_file = logs_dir(work) / f"{part.name}.log", logs_dir(work) / f"{part.name}.json"
     result_file.unlink(missing_ok=True)
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part.name, "--out", str(out), "--work", str(work),
-           "--deadline-s", f"{timeout:.0f}", "--data", args.data, "--fid-weights", fid_weights]
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--part", part.name, "--out", str(out),
+           "--work", str(work), "--deadline-s", f"{timeout:.0f}", "--data", args.data,
+           "--fid-weights", fid_weights]
     t = time.monotonic()
     with open(log, "w") as f:
         proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, cwd=REPO, env=part_env(work),
@@ -219,15 +225,16 @@ def environment_lines(records: list[dict], cuda: bool) -> list[str]:
     if env:
         return runs.env_summary(env)
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return [f"python {platform.python_version()}, CUDA {'available' if cuda else 'not available'}, {cores} cores "
-            "(run the env part for more)"]
+    return [f"python {platform.python_version()}, CUDA {'available' if cuda else 'not available'}, "
+            f"{cores} cores (run the env part for more)"]
 
 
 def summary(records: list[dict], env_lines: list[str], footer: str) -> str:
     def cell(text) -> str:
         return str(text).replace("|", "\\|").replace("\n", " ")
 
-    lines = ["# fastdcgan GPU check", "", "| check | status | figure | seconds |", "| --- | --- | --- | --- |"]
+    lines = ["# fastdcgan GPU check", "", "| check | status | figure | seconds |",
+             "| --- | --- | --- | --- |"]
     for r in records:
         seconds = f"{r['seconds']:.1f}" if r.get("seconds") is not None else ""
         status, figure = cell(common.clip(r["status"], 160)), cell(r.get("figure", ""))
@@ -287,7 +294,8 @@ def run_all(args: argparse.Namespace) -> int:
     temporary = not args.work and not args.keep_work
     print(f"gpu_check: {len(selected)} parts, budget {args.budget_s:.0f} s, CUDA {'yes' if cuda else 'no'}, "
           f"out {out}, scratch {work}{' (removed at the end)' if temporary else ''}", flush=True)
-    info = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    info = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "started": time.strftime("%Y-%m-%d %H:%M:%S"),
             "budget_s": args.budget_s, "cuda": cuda, "out": str(out), "work": str(work), "elapsed_s": 0.0}
     records: list[dict] = []
     signal.signal(signal.SIGTERM, common.raise_keyboard_interrupt)  # a killed run still writes its summary
@@ -300,7 +308,8 @@ def run_all(args: argparse.Namespace) -> int:
                 record = {"name": part.name, "status": status, "figure": "", "seconds": None, "details": {}}
             else:
                 timeout = min(part.timeout_s, left)
-                print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: start (limit {timeout:.0f} s)", flush=True)
+                print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: start (limit {timeout:.0f} s)",
+                      flush=True)
                 record = run_part(part, timeout, args, work, fid_weights)
                 if timeout < part.timeout_s and ran_out_of_time(record, timeout):
                     # the budget's end, not the part's own limit, stopped it: not a failure of the code
@@ -308,8 +317,8 @@ def run_all(args: argparse.Namespace) -> int:
             records.append(record)
             figure = f" | {record['figure']}" if record.get("figure") else ""
             took = f" ({record['seconds']:.1f} s)" if record.get("seconds") is not None else ""
-            print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: {common.clip(record['status'], 200)}{figure}{took}",
-                  flush=True)
+            print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: "
+                  f"{common.clip(record['status'], 200)}{figure}{took}", flush=True)
             info["elapsed_s"] = round(time.monotonic() - t0, 1)
             write_results(out, records, info, cuda)
             pack_logs(out, work)
@@ -333,7 +342,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.list:
         for p in PARTS:
-            print(f"{p.name:<11} {p.timeout_s:>4} s  {'CUDA only' if p.needs_cuda else 'CUDA or CPU':<11}  {p.what}")
+            print(f"{p.name:<11} {p.timeout_s:>4} s  "
+                  f"{'CUDA only' if p.needs_cuda else 'CUDA or CPU':<11}  {p.what}")
         return 0
     if args.combo:
         return steps.combo_main(Path(args.work), args.combo)

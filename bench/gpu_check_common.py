@@ -90,8 +90,8 @@ def run_cmd(cmd: list, timeout: float, log: Path | None = None, env: dict | None
     sink = open(log, "w") if log else sys.stdout
     sink.write(f"$ {' '.join(cmd)}\n")
     sink.flush()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace",
-                            cwd=REPO, env=env, start_new_session=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            errors="replace", cwd=REPO, env=env, start_new_session=True)
     LIVE.add(proc)
     lines: list[str] = []
 
@@ -123,7 +123,8 @@ def run_cmd(cmd: list, timeout: float, log: Path | None = None, env: dict | None
 def pytest_counts(lines: list[str]) -> dict[str, int]:
     """From pytest's closing line ('3 passed, 1 skipped, 40 deselected in 12.3s')."""
     for line in reversed(lines):
-        if re.search(r"\bin [\d.]+s\b", line) and re.search(r"\d+ (passed|failed|skipped|error|deselected)", line):
+        if (re.search(r"\bin [\d.]+s\b", line)
+                and re.search(r"\d+ (passed|failed|skipped|error|deselected)", line)):
             return {k.rstrip("s"): int(n) for n, k in re.findall(r"(\d+) (\w+)", line)}
     return {}
 

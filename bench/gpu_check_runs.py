@@ -18,8 +18,8 @@ import subprocess
 import sysconfig
 from pathlib import Path
 
-from gpu_check_common import (PY, REPO, Ctx, clip, error_line, failed, last_meaningful, ok, read_rows, run_cmd,
-                              skipped)
+from gpu_check_common import (PY, REPO, Ctx, clip, error_line, failed, last_meaningful, ok, read_rows,
+                              run_cmd, skipped)
 
 
 # ----- env -----
@@ -58,8 +58,8 @@ def env(ctx: Ctx) -> dict:
                  gpu_free_gib=round(free / 2**30, 1), gpu_total_gib=round(total / 2**30, 1),
                  bf16=torch.cuda.is_bf16_supported())
     try:
-        d["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=REPO,
-                                  timeout=10).stdout.strip() or "not a git checkout"
+        d["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                                  cwd=REPO, timeout=10).stdout.strip() or "not a git checkout"
     except (OSError, subprocess.SubprocessError):
         d["git"] = "no git"
     for k, v in d.items():
@@ -72,10 +72,12 @@ def env(ctx: Ctx) -> dict:
 def env_summary(d: dict) -> list[str]:
     """The env part's details as the summary's environment lines."""
     lines = [f"python {d.get('python')}, torch {d.get('torch')}, torchvision {d.get('torchvision')}, "
-             f"CUDA {d.get('cuda_build')}, cuDNN {d.get('cudnn')}, triton {d.get('triton')}, DALI {d.get('dali')}"]
+             f"CUDA {d.get('cuda_build')}, cuDNN {d.get('cudnn')}, triton {d.get('triton')}, "
+             f"DALI {d.get('dali')}"]
     if d.get("cuda_available"):
-        lines.append(f"GPU {d.get('gpu')} ({d.get('capability')}, x{d.get('gpus')}), {d.get('gpu_free_gib')} of "
-                     f"{d.get('gpu_total_gib')} GiB free, driver {d.get('driver')}, bf16 {d.get('bf16')}")
+        lines.append(f"GPU {d.get('gpu')} ({d.get('capability')}, x{d.get('gpus')}), "
+                     f"{d.get('gpu_free_gib')} of {d.get('gpu_total_gib')} GiB free, "
+                     f"driver {d.get('driver')}, bf16 {d.get('bf16')}")
     else:
         lines.append(f"no CUDA device (nvidia-smi: {clip(d.get('nvidia_smi'), 80)})")
     lines.append(f"CPU {d.get('cpu')}, {d.get('cores')} cores; checkout {d.get('git')}")
@@ -84,7 +86,8 @@ def env_summary(d: dict) -> list[str]:
 
 # ----- trainer -----
 
-TINY = ["data.image_size=32", "model.nz=16", "model.ngf=8", "model.ndf=8", "train.batch_size=8", "train.epochs=1000"]
+TINY = ["data.image_size=32", "model.nz=16", "model.ngf=8", "model.ndf=8", "train.batch_size=8",
+        "train.epochs=1000"]
 
 
 def trainer(ctx: Ctx) -> dict:
@@ -137,8 +140,8 @@ def trainer(ctx: Ctx) -> dict:
     mfu = [r["mfu"] for r in rows[1:] if "mfu" in r]
     figure = (f"{median:,.0f} img/s" + (f", MFU {statistics.median(mfu):.1%}" if mfu else "")
               + (f", warm-up {' / '.join(f'{w:.1f}' for w in warmups)} s" if warmups else ""))
-    details = {"steps": steps, "batch": 128 if ctx.cuda else 8, "data": data, "warmup_s": warmups, "recompile_lines": recompiles,
-               "status": status, "samples": samples[-5:], "rows": [
+    details = {"steps": steps, "batch": 128 if ctx.cuda else 8, "data": data, "warmup_s": warmups,
+               "recompile_lines": recompiles, "status": status, "samples": samples[-5:], "rows": [
                    {k: r[k] for k in ("step", "img_per_s", "data_ms", "compute_ms", "mfu", "loss_d", "loss_g",
                                       "setup_s", "warmup_s") if k in r} for r in rows]}
     setup = ("input: ", "device ", "compile/capture", "note:", "warning:")  # what the resumed run said it did
@@ -146,7 +149,8 @@ def trainer(ctx: Ctx) -> dict:
     if rc != 0:
         why = f"timeout after {timeout:.0f} s" if rc is None else f"exit {rc}: {error_line(second)}"
         return failed(f"resumed run: {why}", figure, **details)
-    errors = [e for e, bad in ((f"STATUS {status!r}, expected 'finished {steps}'", status != f"finished {steps}"),
+    errors = [e for e, bad in ((f"STATUS {status!r}, expected 'finished {steps}'",
+                                status != f"finished {steps}"),
                                ("no generator.pth", not (run / "generator.pth").exists()),
                                ("no samples", not samples), ("no log rows", not rows)) if bad]
     return failed("; ".join(errors), figure, **details) if errors else ok(figure, **details)
@@ -184,7 +188,8 @@ def run_bench(ctx: Ctx, files: list[str], out: Path) -> tuple[int | None, list[s
 
 def versus_baseline(rows: list[dict], row: dict) -> str:
     base = next((r for r in rows if r["suite"] == row["suite"] and r["baseline"]), None)
-    return f" = {row['img_per_s'] / base['img_per_s']:.2f}x {base['variant']}" if base and base is not row else ""
+    return (f" = {row['img_per_s'] / base['img_per_s']:.2f}x {base['variant']}"
+            if base and base is not row else "")
 
 
 def bench(ctx: Ctx) -> dict:
@@ -192,8 +197,8 @@ def bench(ctx: Ctx) -> dict:
     fast = next((r for r in rows if r["suite"] == "e2e" and r["variant"] == "fast preset"), None)
     steps = [r for r in rows if r["suite"] == "step"]
     best = fast or (max(steps, key=lambda r: r["img_per_s"]) if steps else None)
-    figure = (f"{best['suite']} {best['variant']}: {best['img_per_s']:,.0f} img/s{versus_baseline(rows, best)}"
-              if best else "")
+    figure = (f"{best['suite']} {best['variant']}: "
+              f"{best['img_per_s']:,.0f} img/s{versus_baseline(rows, best)}" if best else "")
     if rc != 0:
         why = f"timeout: {last_meaningful(lines)}" if rc is None else error_line(lines)
         return failed(why, figure, rows=rows)
@@ -219,10 +224,12 @@ def fid(ctx: Ctx) -> dict:
         return skipped("no trained run to score (the trainer part did not finish in this run)")
     data = ctx.data_root()
     n = 2000 if ctx.cuda else 32
-    cmd = [PY, "-m", "fastdcgan.fid", "--checkpoint", run, "--n", n, "--weights", ctx.fid_weights, "--data", data]
+    cmd = [PY, "-m", "fastdcgan.fid", "--checkpoint", run, "--n", n, "--weights", ctx.fid_weights,
+           "--data", data]
     if not ctx.cuda:  # the path, not the number: Inception on 2 cores takes ~0.1 s an image
         from fastdcgan.data import folder
-        cmd += ["--batch", "32"] + (["--split", "test"] if folder.find_images(data).layout == "celeba" else [])
+        cmd += ["--batch", "32"] + (["--split", "test"] if folder.find_images(data).layout == "celeba"
+                                    else [])
     rc, lines = run_cmd(cmd, ctx.left() - 2)
     if rc is None:
         return failed(f"timeout: {last_meaningful(lines)}")

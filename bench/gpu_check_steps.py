@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gpu_check_common import (PY, REPO, SELF, Ctx, clip, error_line, failed, last_meaningful, ok, pytest_counts,
-                              run_cmd, skipped)
+from gpu_check_common import (PY, REPO, SELF, Ctx, clip, error_line, failed, last_meaningful, ok,
+                              pytest_counts, run_cmd, skipped)
 
 
 # ----- cuda-tests -----
@@ -37,7 +37,8 @@ def cuda_tests(ctx: Ctx) -> dict:
         return skipped("no test carries the cuda marker (pytest -m cuda selected nothing)")
     n = pytest_counts(lines)
     recompiles = sum("Recompiling function" in line for line in lines)
-    figure = f"{n.get('passed', 0)} passed, {n.get('failed', 0) + n.get('error', 0)} failed; {recompiles} recompiles"
+    figure = (f"{n.get('passed', 0)} passed, {n.get('failed', 0) + n.get('error', 0)} failed; "
+              f"{recompiles} recompiles")
     details = {"counts": n, "recompile_lines": recompiles,
                "failures": [clip(x, 300) for x in lines if x.startswith(("FAILED ", "ERROR "))]}
     return ok(figure, **details) if rc == 0 else failed(error_line(lines), figure, **details)
@@ -68,7 +69,8 @@ class Combo:
         compiled = {"off": "", "default": "compile", "max-autotune": "max-autotune"}[self.compile]
         mode = "+".join(filter(None, [compiled, "graphs" if self.graphs else ""])) or "eager"
         extra = (" d_steps=2" if self.d_steps > 1 else "") + (" g_steps=2" if self.g_steps > 1 else "")
-        return f"{self.precision} {'CL' if self.channels_last else 'NCHW'} {mode}{extra}{' ema' if self.ema else ''}"
+        return (f"{self.precision} {'CL' if self.channels_last else 'NCHW'} {mode}{extra}"
+                f"{' ema' if self.ema else ''}")
 
     @property
     def slug(self) -> str:
@@ -92,8 +94,8 @@ def combo_list(cuda: bool) -> list[Combo]:
         return [Combo(), Combo(compile="default"), Combo(d_steps=2), Combo(g_steps=2),
                 Combo(compile="default", ema=True)]
     fast = Combo("bf16", True, "default", True)
-    return [Combo(channels_last=False), Combo(), Combo("bf16", channels_last=False), Combo("bf16"), Combo("fp16"),
-            Combo(graphs=True), Combo("bf16", graphs=True),
+    return [Combo(channels_last=False), Combo(), Combo("bf16", channels_last=False), Combo("bf16"),
+            Combo("fp16"), Combo(graphs=True), Combo("bf16", graphs=True),
             Combo(compile="default"), Combo("bf16", compile="default"), Combo("fp16", compile="default"),
             Combo(compile="default", graphs=True), fast,
             replace(fast, d_steps=2), replace(fast, g_steps=2), replace(fast, ema=True)]
@@ -133,7 +135,8 @@ def run_combos(ctx: Ctx, todo: list[Combo]) -> dict:
         result_file = folder / f"{c.slug}.json"
         result_file.unlink(missing_ok=True)
         t = time.monotonic()
-        rc, lines = run_cmd([PY, SELF, "--combo", c.slug, "--work", ctx.work], timeout, log=folder / f"{c.slug}.log")
+        rc, lines = run_cmd([PY, SELF, "--combo", c.slug, "--work", ctx.work], timeout,
+                            log=folder / f"{c.slug}.log")
         if rc is None and timeout < limit:  # the part's time ran out, not the combo's own limit
             r = {"ok": False, "error": NOT_RUN + f": stopped after {timeout:.0f} s, the part's time left"}
         elif rc is None:
@@ -161,8 +164,10 @@ def run_combos(ctx: Ctx, todo: list[Combo]) -> dict:
     bad = [f"{name}: {clip(r['error'], 90)}" for name, r in results.items()
            if not r["ok"] and not r["error"].startswith(NOT_RUN)]
     not_run = sum(r.get("error", "").startswith(NOT_RUN) for r in results.values())
-    why = (f"{len(bad)} combos failed: " + "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else "")) if bad else ""
-    return failed("; ".join(filter(None, [why, f"{not_run} not run (the part's time was spent)" if not_run else ""])),
+    why = ((f"{len(bad)} combos failed: " + "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else ""))
+           if bad else "")
+    return failed("; ".join(filter(None, [why, f"{not_run} not run (the part's time was spent)"
+                                               if not_run else ""])),
                   figure, combos=results)
 
 
@@ -172,7 +177,8 @@ def combo_table(results: dict) -> list[str]:
     lines = []
     for name, r in results.items():
         if "loss_diff" not in r:  # it crashed, timed out or did not run: no numbers
-            lines.append(f"{'--  ' if r.get('error') == NOT_RUN else 'FAIL'} {name:<34} {clip(r.get('error'), 160)}")
+            lines.append(f"{'--  ' if r.get('error') == NOT_RUN else 'FAIL'} {name:<34} "
+                         f"{clip(r.get('error'), 160)}")
             continue
         graphs = f"{r['graphs_after_warmup']}/{r['graphs_total']}" if "graphs_total" in r else "-"
         lines.append(f"{'ok  ' if r['ok'] else 'FAIL'} {name:<34} loss {num(r, 'loss_diff')} "
@@ -222,7 +228,8 @@ def check_combo(c: Combo, cuda: bool) -> dict:
     diff = (got["params"] - ref["params"]).abs()
     r = {"ok": True, "loss_diff": (got["losses"] - ref["losses"]).abs().max().item(), "loss_tol": loss_tol,
          "param_mean": diff.mean().item(), "param_max": diff.max().item(), "param_check": param_key,
-         "param_tol": param_tol, "graphs_after_warmup": got["graphs_after_warmup"], "graphs_total": got["graphs_total"],
+         "param_tol": param_tol, "graphs_after_warmup": got["graphs_after_warmup"],
+         "graphs_total": got["graphs_total"],
          "syncs": got["syncs"], "warmup_s": got["warmup_s"], "step_ms": got["step_ms"],
          "losses": got["losses"][-1].tolist(), "device": torch.cuda.get_device_name() if cuda else "cpu"}
     if got["scale"]:
@@ -273,10 +280,12 @@ def train_combo(c: Combo, cuda: bool, watch_syncs: bool) -> dict:
     extra = {"amp_dtype": amp} if "amp_dtype" in inspect.signature(make_optimizers).parameters else {}
     opt_g, opt_d = make_optimizers(G, D, LR, LR, BETAS, compiled=c.compile != "off", graphs=c.graphs, **extra)
     ema = make_ema(G) if c.ema else None
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=s["nz"], amp_dtype=amp, channels_last=c.channels_last, compile=c.compile,
-                                                  cuda_graphs=c.graphs, d_steps=c.d_steps, g_steps=c.g_steps, ema_decay=EMA_DECAY), ema=ema)
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=s["nz"], amp_dtype=amp, channels_last=c.channels_last,
+                                                  compile=c.compile, cuda_graphs=c.graphs, d_steps=c.d_steps,
+                                                  g_steps=c.g_steps, ema_decay=EMA_DECAY), ema=ema)
     shape = (s["batch"], s["image_size"], s["image_size"], 3)
-    batches = [torch.randint(0, 256, shape, dtype=torch.uint8, generator=torch.Generator().manual_seed(k)).to(device)
+    batches = [torch.randint(0, 256, shape, dtype=torch.uint8,
+                             generator=torch.Generator().manual_seed(k)).to(device)
                for k in range(STEPS)]
     losses, syncs = [], []
     t0 = time.perf_counter()
@@ -296,9 +305,11 @@ def train_combo(c: Combo, cuda: bool, watch_syncs: bool) -> dict:
 
     def flat(*modules):
         return torch.cat([p.detach().float().flatten().cpu() for m in modules for p in m.parameters()])
-    return {"losses": torch.tensor(losses), "params": flat(G, D), "ema": flat(ema) if ema is not None else None,
+    return {"losses": torch.tensor(losses), "params": flat(G, D),
+            "ema": flat(ema) if ema is not None else None,
             "graphs_after_warmup": graphs_after_warmup, "graphs_total": counters["stats"]["unique_graphs"],
-            "syncs": syncs, "warmup_s": round(t1 - t0, 2), "step_ms": round((t2 - t1) / (STEPS - WARMUP) * 1e3, 2),
+            "syncs": syncs, "warmup_s": round(t1 - t0, 2),
+            "step_ms": round((t2 - t1) / (STEPS - WARMUP) * 1e3, 2),
             "scale": gan.scaler.get_scale() if gan.scaler.is_enabled() else None}
 
 
@@ -312,8 +323,10 @@ def step_watching_syncs(gan, batch) -> list[str]:
     def record(message, category, filename, lineno, file=None, line=None):
         if "synchroniz" not in str(message):
             return
-        ours = [f for f in traceback.extract_stack()[:-1] if Path(f.filename).resolve().is_relative_to(package)]
-        via = f" via {Path(ours[-1].filename).name}:{ours[-1].lineno} `{clip(ours[-1].line, 80)}`" if ours else ""
+        ours = [f for f in traceback.extract_stack()[:-1]
+                if Path(f.filename).resolve().is_relative_to(package)]
+        via = (f" via {Path(ours[-1].filename).name}:{ours[-1].lineno} `{clip(ours[-1].line, 80)}`"
+               if ours else "")
         sites.append(f"{Path(filename).parent.name}/{Path(filename).name}:{lineno}{via}")
 
     with warnings.catch_warnings():

@@ -56,8 +56,8 @@ def thread_cpu() -> dict[tuple[str, str], float]:
 
 
 def kind(name: str) -> str:
-    return next((k for prefix, k in KINDS.items() if name.startswith(prefix)), "python" if name.startswith("python")
-                else "other")
+    return next((k for prefix, k in KINDS.items() if name.startswith(prefix)),
+                "python" if name.startswith("python") else "other")
 
 
 class NameSource:
@@ -90,8 +90,8 @@ def graph_roi(shape, size: int):
     return fn.stack(*starts), fn.stack(*ends)
 
 
-def build(variant: str, files: list[str], order: np.ndarray, regions: np.ndarray, wh: tuple[int, int], size: int,
-          batch: int, threads: int, prefetch: int):
+def build(variant: str, files: list[str], order: np.ndarray, regions: np.ndarray, wh: tuple[int, int],
+          size: int, batch: int, threads: int, prefetch: int):
     from nvidia.dali import fn, pipeline_def, types
 
     listed = [files[i] for i in order]
@@ -161,19 +161,25 @@ def main() -> int:
         sys.exit(f"{args.data}: images of {len(set(sizes))} sizes; the constant-region variants need one")
     regions = dali.regions_of(sizes, args.size, whole=False)
     epochs = -(-args.batches * args.batch // len(files)) + 1
-    order = np.concatenate([epoch_batches(len(files), args.batch, 0, e).numpy().reshape(-1) for e in range(epochs)])
-    print(f"{len(files)} files of {sizes[0][0]}x{sizes[0][1]} -> {args.size}x{args.size}, batch {args.batch}, "
-          f"{args.batches} timed batches, prefetch {args.prefetch}, {args.rounds} rounds (medians)")
+    order = np.concatenate([epoch_batches(len(files), args.batch, 0, e).numpy().reshape(-1)
+                            for e in range(epochs)])
+    print(f"{len(files)} files of {sizes[0][0]}x{sizes[0][1]} -> {args.size}x{args.size}, "
+          f"batch {args.batch}, {args.batches} timed batches, prefetch {args.prefetch}, "
+          f"{args.rounds} rounds (medians)")
     for threads in args.threads:
         results: dict[str, list] = {v: [] for v in args.variants}
         for _ in range(args.rounds):
             for v in args.variants:
                 results[v].append(run(v, args, files, order, regions, sizes[0], threads))
-        print(f"\n{threads} thread(s)    img/s   CPU us/img   pool  executor  reader  python  (us/img by thread)")
+        print(f"\n{threads} thread(s)    img/s   CPU us/img   pool  executor  reader  python  "
+              "(us/img by thread)")
         for v, rs in results.items():
-            med = {k: statistics.median(r[2].get(k, 0.0) for r in rs) for k in ("pool", "executor", "reader", "python")}
-            print(f"  {v:<12} {statistics.median(r[0] for r in rs):>7,.0f} {statistics.median(r[1] for r in rs):>10.0f}"
-                  f"   {med['pool']:>5.0f} {med['executor']:>8.0f} {med['reader']:>7.0f} {med['python']:>7.0f}")
+            med = {k: statistics.median(r[2].get(k, 0.0) for r in rs)
+                   for k in ("pool", "executor", "reader", "python")}
+            print(f"  {v:<12} {statistics.median(r[0] for r in rs):>7,.0f} "
+                  f"{statistics.median(r[1] for r in rs):>10.0f}"
+                  f"   {med['pool']:>5.0f} {med['executor']:>8.0f} {med['reader']:>7.0f} "
+                  f"{med['python']:>7.0f}")
     return 0
 
 

@@ -3,10 +3,11 @@
 The plain DataLoader with 1 and N workers (baseline: N = min(8, cores), the workers a user would
 give it), DALI on CPU threads (1 and the same N), DALI with GPU decode (CUDA only, N threads),
 torchvision's GPU decode without DALI (nvjpeg, CUDA only), and the decode-once cache (its one-off
-build with each decoder this machine has, the one the cache picks first). A round is one epoch of whole batches; epoch 0 is
-the untimed warm-up (worker start, pipeline build, first fill). On a GPU each batch is waited for
-with an event on the consumer's stream (the one the training step would use) before its time is
-taken: the latency is the batch's, not a queue's, and DALI's own streams are not stalled.
+build with each decoder this machine has, the one the cache picks first). A round is one epoch of
+whole batches; epoch 0 is the untimed warm-up (worker start, pipeline build, first fill). On a GPU
+each batch is waited for with an event on the consumer's stream (the one the training step would
+use) before its time is taken: the latency is the batch's, not a queue's, and DALI's own streams
+are not stalled.
 """
 from __future__ import annotations
 
@@ -59,7 +60,8 @@ def measure(benchmark, loader, data, device: torch.device) -> list[float]:
 @pytest.mark.parametrize("workers", WORKERS, ids=[f"{w}w" for w in WORKERS])
 def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
     device = torch.device("cuda" if CUDA else "cpu")
-    loader = TorchLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=device, workers=workers))
+    loader = TorchLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0,
+                              device=device, workers=workers))
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"torch {workers} workers", times, bench_data.batch,
                        baseline=workers == BASELINE_WORKERS)
@@ -70,7 +72,8 @@ def test_torch_dataloader(benchmark, bench_data, bench_record, workers):
 @needs_dali
 @pytest.mark.parametrize("threads", WORKERS)
 def test_dali_cpu(benchmark, bench_data, bench_record, threads):
-    loader = dali.DaliLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=CPU, threads=threads))
+    loader = dali.DaliLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0,
+                                  device=CPU, threads=threads))
     times = measure(benchmark, loader, bench_data, CPU)
     row = bench_record("input", f"dali cpu {threads} threads", times, bench_data.batch)
     check_ran(row, {"device": "cpu", "dtype": "uint8", "nhwc": True, "threads": threads, "decoder": "cpu"},
@@ -82,11 +85,13 @@ def test_dali_cpu(benchmark, bench_data, bench_record, threads):
 @needs_cuda
 def test_dali_gpu(benchmark, bench_data, bench_record):
     device = torch.device("cuda")
-    loader = dali.DaliLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=device, threads=BASELINE_WORKERS))
+    loader = dali.DaliLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0,
+                                  device=device, threads=BASELINE_WORKERS))
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"dali mixed {loader.threads} threads", times, bench_data.batch,
                        gpu=torch.cuda.get_device_name(), hw_decoder_load=dali.HW_DECODER_LOAD)
-    check_ran(row, {"device": "cuda", "dtype": "uint8", "nhwc": True, "threads": loader.threads, "decoder": "mixed"},
+    check_ran(row, {"device": "cuda", "dtype": "uint8", "nhwc": True, "threads": loader.threads,
+                    "decoder": "mixed"},
               {**measure.delivered, "threads": loader.pipe.num_threads,
                "decoder": "cpu" if loader.pipe.device_id is None else "mixed"})
 
@@ -94,18 +99,20 @@ def test_dali_gpu(benchmark, bench_data, bench_record):
 @needs_cuda
 def test_nvjpeg_gpu(benchmark, bench_data, bench_record):
     device = torch.device("cuda")
-    loader = nvjpeg.NvjpegLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0, device=device, threads=BASELINE_WORKERS))
+    loader = nvjpeg.NvjpegLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, seed=0,
+                                      device=device, threads=BASELINE_WORKERS))
     times = measure(benchmark, loader, bench_data, device)
-    row = bench_record("input", f"nvjpeg (torchvision) {BASELINE_WORKERS} read threads", times, bench_data.batch,
-                       gpu=torch.cuda.get_device_name())
-    check_ran(row, {"device": "cuda", "dtype": "uint8", "nhwc": True}, {**measure.delivered,
-                                                                       "cpu_fallbacks": loader.decoder.fallbacks})
+    row = bench_record("input", f"nvjpeg (torchvision) {BASELINE_WORKERS} read threads", times,
+                       bench_data.batch, gpu=torch.cuda.get_device_name())
+    check_ran(row, {"device": "cuda", "dtype": "uint8", "nhwc": True},
+              {**measure.delivered, "cpu_fallbacks": loader.decoder.fallbacks})
 
 
 def build(bench_data, tmp_path_factory, decoder: str | None = None):
     """A cache built from scratch into a fresh folder (never a reused one): (report, seconds)."""
     from fastdcgan.data.folder import scan
-    images = scan(bench_data.root)  # the files' verdicts and sizes, as the trainer has them (cached: no decode)
+    # the files' verdicts and sizes, as the trainer has them (cached: no decode)
+    images = scan(bench_data.root)
     assert images.files == bench_data.files
     device = torch.device("cuda" if CUDA else "cpu")
     old = os.environ.get("FASTDCGAN_CACHE")
@@ -129,7 +136,8 @@ def built_cache(bench_data, tmp_path_factory):
 
 def test_cache_build(benchmark, bench_data, bench_record, built_cache):
     report, seconds = built_cache
-    benchmark.pedantic(lambda: None, rounds=1)  # the build ran once, in the fixture; --benchmark-only keeps this
+    # the build ran once, in the fixture; --benchmark-only keeps this
+    benchmark.pedantic(lambda: None, rounds=1)
     bench_record("input", "cache build (once)", [seconds], report.images, decoder=report.decoder,
                  kind=cache.decoder_kind(torch.device("cuda" if CUDA else "cpu")),
                  note="one pass; p50=p95=whole build")
@@ -137,8 +145,10 @@ def test_cache_build(benchmark, bench_data, bench_record, built_cache):
 
 def _decoders_here() -> list[str]:
     device = torch.device("cuda" if CUDA else "cpu")
-    have = {"dali-mixed": CUDA and dali.unavailable_reason() is None, "torchvision-cuda": nvjpeg.unavailable_reason(device) is None,
-            "torchvision-cpu": nvjpeg.decoder_missing_reason() is None, "dali-cpu": dali.unavailable_reason() is None, "pil": True}
+    have = {"dali-mixed": CUDA and dali.unavailable_reason() is None,
+            "torchvision-cuda": nvjpeg.unavailable_reason(device) is None,
+            "torchvision-cpu": nvjpeg.decoder_missing_reason() is None,
+            "dali-cpu": dali.unavailable_reason() is None, "pil": True}
     return [d for d in cache.DECODERS if have[d]]
 
 
@@ -153,9 +163,10 @@ def test_cache_build_by_decoder(benchmark, bench_data, bench_record, tmp_path_fa
 @pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=needs_cuda)])
 def test_cache(benchmark, bench_data, bench_record, built_cache, device):
     device = torch.device(device)
-    loader = CacheLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, device=device), built_cache[0].folder)
+    loader = CacheLoader(Feed(bench_data.files, bench_data.image_size, bench_data.batch, device=device),
+                         built_cache[0].folder)
     times = measure(benchmark, loader, bench_data, device)
     row = bench_record("input", f"cache {device.type}", times, bench_data.batch)
     held = "gpu" if loader.gpu_data is not None else "pinned host" if device.type == "cuda" else "host"
-    check_ran(row, {"device": device.type, "dtype": "uint8", "nhwc": True, "held": "host" if device.type == "cpu"
-                    else "gpu"}, {**measure.delivered, "held": held})
+    check_ran(row, {"device": device.type, "dtype": "uint8", "nhwc": True,
+                    "held": "host" if device.type == "cpu" else "gpu"}, {**measure.delivered, "held": held})

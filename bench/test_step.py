@@ -54,8 +54,9 @@ def test_step(benchmark, bench_data, bench_record, name):
     D.to(DEVICE, memory_format=fmt)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=compile != "off", graphs=graphs)
     torch._dynamo.reset()
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=NZ, amp_dtype=DTYPES[precision], channels_last=channels_last,
-                                                  compile=compile, cuda_graphs=graphs))
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=NZ, amp_dtype=DTYPES[precision],
+                                                  channels_last=channels_last, compile=compile,
+                                                  cuda_graphs=graphs))
     batch = torch.randint(0, 256, (bench_data.batch, size, size, 3), dtype=torch.uint8, device=DEVICE)
     for _ in range(3):  # warm-up: compile, capture, allocator, cudnn algorithm choice
         gan.step(batch)
@@ -66,7 +67,8 @@ def test_step(benchmark, bench_data, bench_record, name):
                        rounds=bench_data.rounds, iterations=1)
     row = bench_record("step", name, times, bench_data.batch, baseline=name == "eager fp32 NCHW",
                        ngf=width, device=DEVICE.type)
-    check_ran(row, dict(zip(("channels_last", "precision", "compile", "graphs"), VARIANTS[name], strict=True)), what_ran(gan))
+    check_ran(row, dict(zip(("channels_last", "precision", "compile", "graphs"), VARIANTS[name],
+                            strict=True)), what_ran(gan))
     peak = perf.peak_flops(DEVICE, precision)
     if peak:
         flops = perf.step_flops(G, D, NZ, size)
@@ -78,5 +80,6 @@ def what_ran(gan: GANStep) -> dict:
     convs = [p for m in (gan.G, gan.D) for p in m.parameters() if p.dim() == 4]
     return {"channels_last": all(p.is_contiguous(memory_format=torch.channels_last) for p in convs),
             "precision": {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[gan.options.amp_dtype],
-            "compile": "default" if isinstance(gan.run_G, torch._dynamo.eval_frame.OptimizedModule) else "off",
+            "compile": ("default" if isinstance(gan.run_G, torch._dynamo.eval_frame.OptimizedModule)
+                        else "off"),
             "graphs": gan.graph is not None}

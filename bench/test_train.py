@@ -46,7 +46,8 @@ def run_trainer(tmp_path, bench_data, extra: list[str], capsys) -> tuple[list[fl
     steps = window(bench_data)
     run = tmp_path / "run"
     args = [f"data.root={bench_data.root}", f"data.image_size={bench_data.image_size}",
-            f"model.ngf={bench_data.width}", f"model.ndf={bench_data.width}", f"train.batch_size={bench_data.batch}",
+            f"model.ngf={bench_data.width}", f"model.ndf={bench_data.width}",
+            f"train.batch_size={bench_data.batch}",
             f"train.run_dir={run}", "train.epochs=1000", f"train.max_steps={steps * (WINDOWS + 1)}",
             f"log.every={steps}", "sample.every=100000", "ckpt.every=100000", *extra]
     with pytest.MonkeyPatch.context() as mp:
@@ -56,7 +57,8 @@ def run_trainer(tmp_path, bench_data, extra: list[str], capsys) -> tuple[list[fl
     sys.stdout.write(printed)  # still shown with -s
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     once = {k: v for r in rows for k, v in r.items() if k in ("setup_s", "warmup_s")}
-    return [bench_data.batch / r["img_per_s"] for r in rows[1:] if "img_per_s" in r], once, what_ran(printed, run)
+    return ([bench_data.batch / r["img_per_s"] for r in rows[1:] if "img_per_s" in r], once,
+            what_ran(printed, run))
 
 
 def what_ran(printed: str, run) -> dict:
@@ -84,7 +86,8 @@ def test_plain_trainer(benchmark, bench_data, bench_record, tmp_path, capsys):
     plain = ["data.backend=torch", "data.workers=2", "precision=fp32", "compile=off", "channels_last=false",
              "cuda_graphs=false"]
     out: list = []
-    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, plain, capsys)), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, plain, capsys)), rounds=1,
+                       iterations=1)
     row = record(bench_record, "plain trainer (baseline)", out[0], bench_data, baseline=True)
     check_ran(row, dict(backend="torch", workers=2, precision="fp32", compile="off", channels_last=False,
                         graphs=False), out[2])
@@ -106,7 +109,8 @@ def fast_preset_claims(bench_data) -> dict:
 def test_fast_trainer(benchmark, bench_data, bench_record, bench_record_once, tmp_path, capsys):
     fast = ["--config", "configs/celeba64-fast.toml", "data.backend=auto"]
     out: list = []
-    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, fast, capsys)), rounds=1, iterations=1)
+    benchmark.pedantic(lambda: out.extend(run_trainer(tmp_path, bench_data, fast, capsys)), rounds=1,
+                       iterations=1)
     seconds, once, ran = out
     bench_record_once("e2e", "fast preset: set-up (scan, cache)", once.get("setup_s", 0.0),
                       images=len(bench_data.files))

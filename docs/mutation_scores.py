@@ -42,7 +42,8 @@ def main() -> int:
         totals = [a + b for a, b in zip(totals, counts, strict=True)]
         module = str(meta)[len("mutants/"):-len(".meta")]
         rows.append(f"| {module} | {n} | {killed} | {100 * killed / max(n, 1):.1f}% | {len(left)} | "
-                    f"{len(justified)} | {len(left) - len(justified)} |" + (f" {unchecked} not run |" if unchecked else ""))
+                    f"{len(justified)} | {len(left) - len(justified)} |"
+                    + (f" {unchecked} not run |" if unchecked else ""))
     if not rows:
         print("no mutants/ results here: run `mutmut run` first (docs/mutation.md)")
         return 1

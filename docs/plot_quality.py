@@ -34,7 +34,8 @@ def main(runs_dir: str, out: str) -> None:
         for seed, pts in sorted(seeds.items()):
             ax.plot(*zip(*pts, strict=True), marker="o", color=colors.get(path), alpha=0.8,
                     label=f"{path}" if seed == min(seeds) else None)
-    n = next(iter(fid_rows(next(p for p in Path(runs_dir).glob("*-s[0-9]*") if (p / "metrics.jsonl").exists()))))["fid_n"]
+    n = next(iter(fid_rows(next(p for p in Path(runs_dir).glob("*-s[0-9]*")
+                                if (p / "metrics.jsonl").exists()))))["fid_n"]
     ax.set_title(f"FID (n={n}, lower is better) during training, one line per seed")
     ax.set_xlabel("step")
     ax.set_ylabel("FID")
@@ -49,8 +50,8 @@ def main(runs_dir: str, out: str) -> None:
         for step in steps:
             vals = [dict(pts)[step] for _, pts in sorted(seeds.items()) if step in dict(pts)]
             sd = statistics.stdev(vals) if len(vals) > 1 else float("nan")
-            print(f"| {path} | {step} | {', '.join(f'{v:.1f}' for v in vals)} | {statistics.mean(vals):.1f} | "
-                  f"{sd:.1f} | {min(vals):.1f}-{max(vals):.1f} |")
+            print(f"| {path} | {step} | {', '.join(f'{v:.1f}' for v in vals)} | "
+                  f"{statistics.mean(vals):.1f} | {sd:.1f} | {min(vals):.1f}-{max(vals):.1f} |")
 
 
 if __name__ == "__main__":

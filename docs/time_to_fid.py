@@ -89,7 +89,8 @@ def checkpoint_meta(path: Path) -> dict:
 def scored(run: Path, n: int, ema: bool | None = None) -> dict[int, dict]:
     """step -> fid.jsonl row at n samples; of the EMA generator where the run has one, unless ema=False
     (the raw G of the same checkpoints: what EMA changes)."""
-    rows = [json.loads(x) for x in (run / "fid.jsonl").read_text().splitlines()] if (run / "fid.jsonl").exists() else []
+    rows = ([json.loads(x) for x in (run / "fid.jsonl").read_text().splitlines()]
+            if (run / "fid.jsonl").exists() else [])
     if ema is None:
         ema = (run / "generator_ema.pth").exists()
     return {r["step"]: r for r in rows if r["n"] == n and r["ema"] == ema}
@@ -99,7 +100,8 @@ def score(args) -> None:
     """Breadth first: every run's checkpoint at the first step asked, then the next step, so that an
     interrupted scoring (it is resumable) leaves every run with a curve of the same points."""
     weights = os.environ.get("FASTDCGAN_FID_WEIGHTS", "")
-    todo = [(run, ck) for _, _, run in runs(args.out, args.only) for ck in (run / "checkpoints").glob("step_*.pt")]
+    todo = [(run, ck) for _, _, run in runs(args.out, args.only)
+            for ck in (run / "checkpoints").glob("step_*.pt")]
     if args.raw:  # the raw G of the runs that have an EMA generator
         todo = [(run, ck) for run, ck in todo if checkpoint_meta(ck)["ema"]]
     order = args.steps_to_score or sorted({int(ck.stem.split("_")[1]) for _, ck in todo})
@@ -109,7 +111,8 @@ def score(args) -> None:
             if int(ck.stem.split("_")[1]) != step or step in scored(run, args.n, ema):
                 continue
             cmd = [sys.executable, "-m", "fastdcgan.fid", "--checkpoint", str(ck), "--n", str(args.n),
-                   "--device", "cpu", *(["--ema"] if ema else []), *(["--weights", weights] if weights else [])]
+                   "--device", "cpu", *(["--ema"] if ema else []),
+                   *(["--weights", weights] if weights else [])]
             out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
             if out.returncode:
                 sys.exit(f"{ck}: {out.stderr.strip().splitlines()[-1]}")
@@ -145,7 +148,8 @@ def spread(values: list[float]) -> str:
 
 def report(args) -> None:
     found, raw = curves(args.out, args.n), curves(args.out, args.n, ema=False)
-    print("| recipe | seeds | steps scored | " + " | ".join(f"FID <= {t:g}" for t in THRESHOLDS) + " | last FID |")
+    print("| recipe | seeds | steps scored | " + " | ".join(f"FID <= {t:g}" for t in THRESHOLDS)
+          + " | last FID |")
     print("| --- | --- | --- | " + " | ".join("---" for _ in THRESHOLDS) + " | --- |")
     for name, seeds in found.items():
         cells = []
@@ -159,13 +163,16 @@ def report(args) -> None:
             cells.append(cell)
         last = spread([rows[-1]["fid"] for rows in seeds.values()])
         steps = sorted({r["step"] for rows in seeds.values() for r in rows})
-        print(f"| {name} | {len(seeds)} | {', '.join(map(str, steps))} | " + " | ".join(cells) + f" | {last} |")
-    print("\n| recipe | seed | step | FID of the EMA generator | of G without EMA |\n| --- | --- | --- | --- | --- |")
+        print(f"| {name} | {len(seeds)} | {', '.join(map(str, steps))} | " + " | ".join(cells)
+              + f" | {last} |")
+    print("\n| recipe | seed | step | FID of the EMA generator | of G without EMA |\n"
+          "| --- | --- | --- | --- | --- |")
     for recipe, seeds in raw.items():
         for seed, rows in seeds.items():
             ema = {r["step"]: r["fid"] for r in found[recipe][seed]}
             for r in rows:
-                print(f"| {recipe} | {seed} | {r['step']} | {ema.get(r['step'], float('nan')):.1f} | {r['fid']:.1f} |")
+                print(f"| {recipe} | {seed} | {r['step']} | {ema.get(r['step'], float('nan')):.1f} | "
+                      f"{r['fid']:.1f} |")
     plot(found, args.plots)
 
 
@@ -175,7 +182,8 @@ def plot(found: dict, prefix: Path) -> None:
     import matplotlib.pyplot as plt
     # one per recipe, in RECIPES order; strict=False: the palette may hold more colours than there are recipes
     colours = dict(zip(RECIPES, plt.get_cmap("tab10").colors, strict=False))
-    for x, label in (("wall_s", "wall-clock seconds on 2 CPU cores (training only)"), ("images", "images seen")):
+    for x, label in (("wall_s", "wall-clock seconds on 2 CPU cores (training only)"),
+                     ("images", "images seen")):
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, seeds in found.items():
             for i, rows in enumerate(seeds.values()):
@@ -200,7 +208,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=3000, help="training steps per run")
     p.add_argument("--every", type=int, default=500, help="steps between the checkpoints kept for scoring")
     p.add_argument("--n", type=int, default=1000, help="generated images per FID")
-    p.add_argument("--steps-to-score", type=int, nargs="*", default=[], help="the steps to score, in this order (default: all, in step order)")
+    p.add_argument("--steps-to-score", type=int, nargs="*", default=[],
+                   help="the steps to score, in this order (default: all, in step order)")
     p.add_argument("--raw", action="store_true", help="score: G, not its EMA, of the runs that have one")
     p.add_argument("--plots", type=Path, default=Path("docs/time_to_fid"), help="PNG prefix for report")
     args = p.parse_args()
