@@ -86,9 +86,10 @@ def tiny_args(root: Path, run_dir: Path, **extra) -> list[str]:
     The plain torch input path unless a test names another backend (tests of the cache, DALI and
     auto backends through the trainer live in test_cache.py and test_dali.py).
     """
-    args = {"data.root": root, "data.backend": "torch", "data.image_size": 32, "data.workers": 0, "model.nz": 16,
-            "model.ngf": 8, "model.ndf": 8, "train.batch_size": 8, "train.epochs": 2, "train.run_dir": run_dir,
-            "log.every": 2, "sample.every": 4, "sample.n": 16, "ckpt.every": 4, "device": "cpu"}
+    args = {"data.root": root, "data.backend": "torch", "data.image_size": 32, "data.workers": 0,
+            "model.nz": 16, "model.ngf": 8, "model.ndf": 8, "train.batch_size": 8, "train.epochs": 2,
+            "train.run_dir": run_dir, "log.every": 2, "sample.every": 4, "sample.n": 16, "ckpt.every": 4,
+            "device": "cpu"}
     args.update({k.replace("__", "."): v for k, v in extra.items()})
     return [f"{k}={v}" for k, v in args.items()]
 

@@ -26,7 +26,8 @@ def one_step(out: str, batch: int = 16) -> None:
     D0 = {k: v.clone() for k, v in D.state_dict().items()}
     # SGD: a weight moves by lr x its gradient (Adam's first step, lr x its sign, would hide a wrong size)
     opt_g, opt_d = (torch.optim.SGD(m.parameters(), lr=0.1) for m in (G, D))
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=NZ, distributed=env.world > 1, loss="hinge", r1_gamma=10.0, r1_every=1))
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=NZ, distributed=env.world > 1, loss="hinge",
+                                                  r1_gamma=10.0, r1_every=1))
     images, noise = global_inputs(batch)
     part = batch // env.world
     mine = slice(env.rank * part, (env.rank + 1) * part)

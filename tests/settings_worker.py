@@ -42,17 +42,20 @@ def main(out: str, overrides: list[str]) -> None:
     own = record(run)
     run.gan.step(next(iter(run.loader.epoch(0))))
     norms = [m for m in run.D.modules() if "Norm" in type(m).__name__]
-    shared_batch = torch.randint(0, 256, (run.cfg.train.batch_size, run.cfg.data.image_size, run.cfg.data.image_size, 3),
+    shared_batch = torch.randint(0, 256, (run.cfg.train.batch_size, run.cfg.data.image_size,
+                                          run.cfg.data.image_size, 3),
                                  dtype=torch.uint8, generator=torch.Generator().manual_seed(5))
     same = record(run)
     run.gan.step(shared_batch)
-    x = to_model_input(shared_batch, run.cfg.channels_last)  # each DiffAugment operation, as the step draws it
+    # each DiffAugment operation, as the step draws it
+    x = to_model_input(shared_batch, run.cfg.channels_last)
     per_op = {op: augment(x, (op,)) for op in AUGMENTATIONS}
     backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
     mine = {
         "lr": [run.opt_g.param_groups[0]["lr"], run.opt_d.param_groups[0]["lr"]],
         "norm_kinds": sorted({type(m).__name__ for m in norms}),
-        "running_means": [m.running_mean.clone() for m in norms if getattr(m, "running_mean", None) is not None],
+        "running_means": [m.running_mean.clone() for m in norms
+                          if getattr(m, "running_mean", None) is not None],
         "timeout_s": backend.options._timeout.total_seconds(),
         "own_batch_mean": own["d_in"][0].float().mean().item(),
         "noise": same["noise"][0], "augmented_real": same["d_in"][0], "per_op": per_op,

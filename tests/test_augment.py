@@ -22,7 +22,8 @@ def test_translate_moves_a_known_image_by_the_offset_and_fills_zeros():
     x = torch.arange(1.0, 17.0).view(1, 1, 4, 4)  # rows 1-4, 5-8, 9-12, 13-16
     down1_left2 = torch.tensor([[0, 0, 0, 0], [3, 4, 0, 0], [7, 8, 0, 0], [11, 12, 0, 0]], dtype=torch.float)
     assert torch.equal(translate(x, torch.tensor([1]), torch.tensor([-2]))[0, 0], down1_left2)
-    up1_right1 = torch.tensor([[0, 5, 6, 7], [0, 9, 10, 11], [0, 13, 14, 15], [0, 0, 0, 0]], dtype=torch.float)
+    up1_right1 = torch.tensor([[0, 5, 6, 7], [0, 9, 10, 11], [0, 13, 14, 15], [0, 0, 0, 0]],
+                              dtype=torch.float)
     assert torch.equal(translate(x, torch.tensor([-1]), torch.tensor([1]))[0, 0], up1_right1)
     # each image of a batch by its own offset, every channel alike
     three = torch.arange(1.0, 17.0).view(1, 1, 4, 4).expand(2, 3, 4, 4)
@@ -38,7 +39,8 @@ def test_random_translation_shifts_by_up_to_an_eighth_of_the_side():
     assert out.sum() == 1000  # each image keeps its pixel (a shift of 4 cannot push it out)
     where = out[:, 0].flatten(1).argmax(1)
     dy, dx = where // 32 - 16, where % 32 - 16
-    assert {(a, b) for a, b in zip(dy.tolist(), dx.tolist(), strict=True)} == {(a, b) for a in range(-4, 5) for b in range(-4, 5)}
+    assert ({(a, b) for a, b in zip(dy.tolist(), dx.tolist(), strict=True)}
+            == {(a, b) for a in range(-4, 5) for b in range(-4, 5)})
 
 
 def test_cut_out_zeroes_the_rectangle_clipped_at_the_edges():

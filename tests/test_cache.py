@@ -64,7 +64,8 @@ def test_without_dali_pil_builds_the_same_images(faces, monkeypatch, tmp_path):
     with_dali = np.load(ensure(scan(faces), 32, CPU, decoder="dali-cpu").folder / "images.npy").astype(float)
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "other-cache"))
     monkeypatch.setattr(dali, "unavailable_reason", lambda: "nvidia-dali is not importable (test)")
-    monkeypatch.setattr(nvjpeg, "decoder_missing_reason", lambda: "torchvision.io.decode_jpeg is not importable (test)")
+    monkeypatch.setattr(nvjpeg, "decoder_missing_reason",
+                        lambda: "torchvision.io.decode_jpeg is not importable (test)")
     report = ensure(scan(faces), 32, CPU, threads=1)
     assert report.built and report.decoder.startswith("PIL")
     with_pil = np.load(report.folder / "images.npy").astype(float)
@@ -81,7 +82,8 @@ def test_plain_path_box_is_torchvisions_resize_and_crop(size):
     im = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
     for s in (32, 64):
         ref = np.asarray(transforms.CenterCrop(s)(transforms.Resize(s)(im)), dtype=float)
-        ours = np.asarray(im.resize((s, s), Image.Resampling.BILINEAR, box=plain_path_box(*size, s)), dtype=float)
+        ours = np.asarray(im.resize((s, s), Image.Resampling.BILINEAR, box=plain_path_box(*size, s)),
+                          dtype=float)
         assert np.abs(ours - ref).mean() < 0.05  # rounding only; half a pixel off would be > 1
 
 

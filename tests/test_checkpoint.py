@@ -12,7 +12,8 @@ from fastdcgan import checkpoint
 
 
 def state(step, size=10):
-    return {"step": step, "epoch": 0, "config": {"a": 1}, "G": {"w": torch.full((size,), float(step))}, "D": {}}
+    return {"step": step, "epoch": 0, "config": {"a": 1}, "G": {"w": torch.full((size,), float(step))},
+            "D": {}}
 
 
 def test_save_points_latest_and_keeps_last_k(tmp_path):
@@ -133,7 +134,8 @@ def test_kill_9_at_any_moment_leaves_a_loadable_latest(tmp_path):
     for attempt in range(4):
         d = tmp_path / str(attempt)
         with _writer(d) as proc:
-            _poll(lambda d=d, attempt=attempt: _saved_step(d) >= 1 + 2 * attempt, proc)  # a few saves done, whatever import took
+            # a few saves done, whatever import took
+            _poll(lambda d=d, attempt=attempt: _saved_step(d) >= 1 + 2 * attempt, proc)
             proc.send_signal(signal.SIGKILL)
             proc.wait()
         _assert_complete(d)

@@ -39,7 +39,8 @@ def test_the_save_after_a_crash_leaves_only_complete_checkpoints_and_the_pointer
 def test_steps_past_eight_digits_still_rotate_and_fall_back_by_number(tmp_path):
     for step in (99_999_998, 99_999_999, 100_000_000):
         checkpoint.save(state(step), tmp_path, keep=2)
-    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_99999999.pt", "step_100000000.pt"]
+    assert [p.name for p in checkpoint.list_checkpoints(tmp_path)] == ["step_99999999.pt",
+                                                                       "step_100000000.pt"]
     (tmp_path / "latest").unlink()
     assert checkpoint.latest(tmp_path).name == "step_100000000.pt"
 
@@ -61,5 +62,6 @@ def test_the_pointer_names_the_last_save_even_when_a_higher_step_is_on_disk(tmp_
 
 
 def test_nothing_to_resolve_names_where_it_looked(tmp_path):
-    with pytest.raises(FileNotFoundError, match=f"no checkpoint or generator.pth found at {tmp_path / 'elsewhere'}"):
+    with pytest.raises(FileNotFoundError,
+                       match=f"no checkpoint or generator.pth found at {tmp_path / 'elsewhere'}"):
         find_weights(tmp_path / "elsewhere")

@@ -36,8 +36,8 @@ SCRIPT = REPO / "slurm" / "train.sbatch"
 TESTBED = REPO / "slurm" / "testbed.sh"
 STEPS = 300       # a run: a few hundred steps of the tiny model, 2 CPU workers x batch 8
 FIRST_ROW = 10    # log.every: the first metrics row says the run is training
-ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED", "BOOT_FAIL",
-         "DEADLINE"}
+ENDED = {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "PREEMPTED",
+         "BOOT_FAIL", "DEADLINE"}
 
 
 def poll(condition, timeout: float, what: str, interval: float = 0.2):
@@ -53,8 +53,9 @@ def poll(condition, timeout: float, what: str, interval: float = 0.2):
 def cluster():
     """The test SLURM, up and idle; stopped again afterwards if these tests started it."""
     was_up = subprocess.run(["bash", TESTBED, "status"], capture_output=True).returncode == 0
+    # installing is slurm/testbed.sh's (and CI's) job
     r = subprocess.run(["bash", TESTBED, "start"], capture_output=True, text=True, timeout=300,
-                       env={**os.environ, "NO_INSTALL": "1"})  # installing is slurm/testbed.sh's (and CI's) job
+                       env={**os.environ, "NO_INSTALL": "1"})
     if r.returncode == 3:
         pytest.skip(r.stderr.strip().splitlines()[-1])
     assert r.returncode == 0, r.stderr
@@ -81,8 +82,8 @@ def run_args(faces: Path, run: Path, **extra) -> list[str]:
 class Job:
     """A run of slurm/train.sbatch submitted with sbatch, as a CPU-only partition runs it."""
 
-    def __init__(self, cluster: list, name: str, where: Path, faces: Path, *sbatch: str, environ: dict | None = None,
-                 **extra):
+    def __init__(self, cluster: list, name: str, where: Path, faces: Path, *sbatch: str,
+                 environ: dict | None = None, **extra):
         where.mkdir(parents=True, exist_ok=True)
         self.run, self.log = where / "run", where / "job.out"
         env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM_", "SBATCH_"))}
@@ -90,8 +91,9 @@ class Job:
                    PYTHONUNBUFFERED="1", FASTDCGAN_CACHE=str(where.parent / "cache"),
                    PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         env.update(environ or {})
-        r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1", f"--job-name={name}",
-                            f"--output={self.log}", *sbatch, SCRIPT, *run_args(faces, self.run, **extra)],
+        r = subprocess.run(["sbatch", "--parsable", "--gpus-per-node=0", "--cpus-per-task=1",
+                            f"--job-name={name}", f"--output={self.log}", *sbatch, SCRIPT,
+                            *run_args(faces, self.run, **extra)],
                            capture_output=True, text=True, env=env, cwd=where, timeout=60)
         assert r.returncode == 0, r.stderr
         self.id = r.stdout.strip().split(";")[0]
@@ -101,14 +103,16 @@ class Job:
         return self.log.read_text() if self.log.exists() else ""
 
     def info(self) -> dict[str, str]:
-        r = subprocess.run(["scontrol", "show", "job", "-o", self.id], capture_output=True, text=True, timeout=60)
+        r = subprocess.run(["scontrol", "show", "job", "-o", self.id], capture_output=True, text=True,
+                           timeout=60)
         return dict(kv.split("=", 1) for kv in r.stdout.split() if "=" in kv)
 
     def state(self) -> str:
         return self.info().get("JobState", "?")
 
     def wait_end(self, timeout: float = 300) -> str:
-        return poll(lambda: (s := self.state()) in ENDED and s, timeout, f"job {self.id} ended\n{self.output()}", 0.5)
+        return poll(lambda: (s := self.state()) in ENDED and s, timeout,
+                    f"job {self.id} ended\n{self.output()}", 0.5)
 
     def logged(self, step: int) -> bool:
         path = self.run / "metrics.jsonl"
@@ -124,7 +128,8 @@ def trainer_processes(run: Path) -> list[int]:
     for proc in Path("/proc").iterdir():
         with contextlib.suppress(OSError, ValueError):
             argv = (proc / "cmdline").read_bytes().decode().split("\0")
-            if "fastdcgan.train" in argv and f"train.run_dir={run}" in argv and "torch.distributed.run" not in argv:
+            if ("fastdcgan.train" in argv and f"train.run_dir={run}" in argv
+                    and "torch.distributed.run" not in argv):
                 pids.append(int(proc.name))
     return pids
 
@@ -156,7 +161,8 @@ class BackgroundJob(Job):
         return state
 
     def wait_training(self) -> None:
-        poll(lambda: self.logged(FIRST_ROW) or self.state() in ENDED, 240, f"job {self.id} training\n{self.output()}")
+        poll(lambda: self.logged(FIRST_ROW) or self.state() in ENDED, 240,
+             f"job {self.id} training\n{self.output()}")
         assert self.state() not in ENDED, self.output()
 
 
@@ -185,8 +191,8 @@ class TimeLimitJob(BackgroundJob):
                     for pid in held:
                         os.kill(pid, signal.SIGSTOP)
                 time.sleep(0.2)
-            r = subprocess.run(["scontrol", "update", f"JobId={self.id}", "TimeLimit=10"], capture_output=True,
-                               text=True, timeout=60)
+            r = subprocess.run(["scontrol", "update", f"JobId={self.id}", "TimeLimit=10"],
+                               capture_output=True, text=True, timeout=60)
             assert r.returncode == 0, r.stderr
         finally:
             for pid in held:
@@ -210,7 +216,8 @@ def module_dir(tmp_path_factory, name: str) -> Path:
 @pytest.fixture(scope="module")
 def uninterrupted(cluster, faces, tmp_path_factory) -> BackgroundJob:
     """The same run as the interrupted ones, in one job without interruptions."""
-    return BackgroundJob(cluster, "uninterrupted", module_dir(tmp_path_factory, "uninterrupted"), faces, "--time=10")
+    return BackgroundJob(cluster, "uninterrupted", module_dir(tmp_path_factory, "uninterrupted"), faces,
+                         "--time=10")
 
 
 @pytest.fixture(scope="module")
@@ -236,7 +243,8 @@ def bad_launch(cluster, faces, tmp_path_factory) -> BackgroundJob:
 @pytest.fixture(scope="module", autouse=True)
 def background_jobs_first(request):
     """The jobs that need no test to act on them start first, and run while the other tests act on theirs."""
-    used = {name for item in request.session.items if item.module is request.module for name in item.fixturenames}
+    used = {name for item in request.session.items if item.module is request.module
+            for name in item.fixturenames}
     with contextlib.suppress(pytest.skip.Exception):  # no SLURM: the tests that need it skip, not the others
         for name in ("uninterrupted", "time_limit", "requeued", "bad_launch"):
             if name in used:
@@ -250,7 +258,8 @@ def stop_step(out: str, by: str) -> int:
 
 
 def assert_resumed(job: Job, step: int, out: str) -> None:
-    assert re.search(rf"resumed from {re.escape(str(job.run / 'checkpoints'))}/\S+ at step {step} \(", out), out
+    assert re.search(rf"resumed from {re.escape(str(job.run / 'checkpoints'))}/\S+ at step {step} \(",
+                     out), out
     assert checkpoint.load(checkpoint.latest(job.run / "checkpoints"))["step"] == STEPS
 
 
@@ -299,10 +308,11 @@ def test_two_nodes_rendezvous_train_one_run_and_it_resumes_on_one(faces, tmp_pat
     run, steps = tmp_path / "run", 60
     args = run_args(faces, run, train__max_steps=steps, log__every=5)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", "--max-restarts=1",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes"]
-    nodes = [subprocess.Popen([*node, "-m", "fastdcgan.train", *args], cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            "--max-restarts=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}",
+            "--rdzv_id=two-nodes"]
+    nodes = [subprocess.Popen([*node, "-m", "fastdcgan.train", *args], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     try:
         def training():
             assert all(p.poll() is None for p in nodes), [p.communicate()[0] for p in nodes]
@@ -371,7 +381,8 @@ def test_the_time_limit_warning_checkpoints_requeues_resumes_and_finishes(time_l
     out = job.output()
     step = stop_step(out, "STOP file")
     assert out.count(job.WARNING) == 1, out
-    assert re.search(r"run state: stopped\n.*\(restart 1\)", out, re.DOTALL) and job.info()["Restarts"] == "1", out
+    assert (re.search(r"run state: stopped\n.*\(restart 1\)", out, re.DOTALL)
+            and job.info()["Restarts"] == "1"), out
     assert_resumed(job, step, out)
     assert job.status() == ["finished", str(STEPS)] and out.rstrip().endswith("run state: finished"), out
 

@@ -15,7 +15,8 @@ def test_defaults_are_the_papers():
 
 
 def test_overrides_are_typed():
-    c = config.build(None, ["train.epochs=5", "optim.lr_d=1e-3", "channels_last=false", "data.root=/x", "precision=fp32"])
+    c = config.build(None, ["train.epochs=5", "optim.lr_d=1e-3", "channels_last=false", "data.root=/x",
+                            "precision=fp32"])
     assert c.train.epochs == 5 and c.optim.lr_d == 1e-3 and c.channels_last is False
     assert c.data.root == "/x" and c.precision == "fp32"
 
@@ -87,7 +88,8 @@ def test_diff_names_changed_keys():
     assert config.diff(a, b) == ["train.epochs: 25 -> 3"]
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "configs").glob("*.toml")))
+@pytest.mark.parametrize("name", sorted(p.name
+                                        for p in (Path(__file__).parent.parent / "configs").glob("*.toml")))
 def test_every_shipped_config_builds(name):
     """A config in configs/ with a key the code no longer has would fail its first user."""
     from fastdcgan import config as settings

@@ -14,9 +14,9 @@ def test_a_wrongly_typed_value_in_a_file_names_the_file_once_and_the_key(tmp_pat
     assert str(e.value) == f"{f}: bad value for train.epochs: 1.5 (expected int)"
 
 
-@pytest.mark.parametrize("text, value", [("true", True), ("1", True), ("yes", True), ("on", True), ("TRUE", True),
-                                         ("Yes", True), ("false", False), ("0", False), ("no", False), ("off", False),
-                                         ("OFF", False)])
+@pytest.mark.parametrize("text, value", [("true", True), ("1", True), ("yes", True), ("on", True),
+                                         ("TRUE", True), ("Yes", True), ("false", False), ("0", False),
+                                         ("no", False), ("off", False), ("OFF", False)])
 def test_every_spelling_of_a_switch_is_accepted(text, value):
     assert config.build(None, [f"data.hflip={text}"]).data.hflip is value
 
@@ -26,8 +26,8 @@ def test_every_spelling_of_a_switch_is_accepted(text, value):
     ("optim.lr_g=fast", "bad value for optim.lr_g: 'fast' (expected float)"),
     ("data.hflip=maybe", "bad value for data.hflip: 'maybe' (expected true or false)"),
     ("data.backend=gpu", "bad value for data.backend: 'gpu' (choose from auto, cache, dali, nvjpeg, torch)"),
-    ("data.augment=color,flip", "bad value for data.augment: 'color,flip' (a comma list of color, translation, "
-                                "cutout, or empty)"),
+    ("data.augment=color,flip", "bad value for data.augment: 'color,flip' (a comma list of color, "
+                                "translation, cutout, or empty)"),
 ])
 def test_a_bad_value_says_what_the_key_takes(override, message):
     with pytest.raises(UsageError) as e:
@@ -54,8 +54,10 @@ RULES = [
     (["train.loss=hinge", "train.real_label=0.9"], ["train.real_label", "train.loss=hinge"]),
     (["model.sync_bn=true"], None),
     (["train.r1_gamma=1"], None),
-    (["train.r1_gamma=1", "model.sync_bn=true"], ["train.r1_gamma", "model.sync_bn=true", "second derivative"]),
-    (["train.loss=wgan-gp", "model.sync_bn=true"], ["model.sync_bn=true", "train.loss=wgan-gp", "no BatchNorm"]),
+    (["train.r1_gamma=1", "model.sync_bn=true"],
+     ["train.r1_gamma", "model.sync_bn=true", "second derivative"]),
+    (["train.loss=wgan-gp", "model.sync_bn=true"],
+     ["model.sync_bn=true", "train.loss=wgan-gp", "no BatchNorm"]),
     (["data.augment=translation,color"], None),
     (["data.augment= cutout , color "], None),
 ]
@@ -78,9 +80,9 @@ def test_an_override_value_may_contain_equals_signs():
 
 def nondefault() -> config.Config:
     """A config with a changed value of every kind: switches both ways, text that TOML must escape."""
-    return config.build(None, ["precision=bf16", "channels_last=false", "data.hflip=true", "model.ema_warmup=false",
-                               r'data.root=C:\data\celeba "aligned"', "optim.lr_d=0.0003", "train.epochs=7",
-                               "data.augment=color,cutout"])
+    return config.build(None, ["precision=bf16", "channels_last=false", "data.hflip=true",
+                               "model.ema_warmup=false", r'data.root=C:\data\celeba "aligned"',
+                               "optim.lr_d=0.0003", "train.epochs=7", "data.augment=color,cutout"])
 
 
 def test_a_written_config_reads_back_as_the_same_config(tmp_path):
@@ -91,7 +93,8 @@ def test_a_written_config_reads_back_as_the_same_config(tmp_path):
 
 
 def test_a_stored_config_from_an_older_version_restores_what_it_has_and_defaults_the_rest():
-    """A checkpoint keeps to_dict's output; keys added since get their defaults, keys since removed are ignored."""
+    """A checkpoint keeps to_dict's output; keys added since get their defaults, keys since removed are
+    ignored."""
     stored = config.to_dict(nondefault())
     del stored["model"]["ema_warmup"], stored["fid"]
     stored["train"]["retired_key"] = 3
@@ -118,7 +121,8 @@ def test_help_gives_each_key_its_default_and_its_choices_on_one_line():
     assert by_key["data.backend"].split()[1] == '"auto"'
     assert by_key["data.backend"].endswith("[auto|cache|dali|nvjpeg|torch]")
     assert by_key["channels_last"].split()[1] == "true" and by_key["cuda_graphs"].split()[1] == "false"
-    assert by_key["train.epochs"].split()[1] == "25" and by_key["train.epochs"].endswith("passes over the dataset")
+    assert (by_key["train.epochs"].split()[1] == "25"
+            and by_key["train.epochs"].endswith("passes over the dataset"))
 
 
 def test_a_file_that_is_not_toml_is_named_with_the_parsers_reason(tmp_path):

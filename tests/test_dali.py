@@ -58,8 +58,8 @@ def test_decoding_only_the_kept_rows_changes_nothing(faces):
     for size in (32, 64):
         out = []
         for whole in (True, False):
-            pipe = build_pipeline(files, list(range(32)), regions_of([(178, 218)] * 32, size, whole), size, 32, 2, 1,
-                                  CPU)
+            pipe = build_pipeline(files, list(range(32)), regions_of([(178, 218)] * 32, size, whole), size,
+                                  32, 2, 1, CPU)
             out.append(pipe.run()[0].as_tensor())
         a, b = (torch.from_numpy(np.array(x)).float() for x in out)
         assert (a - b).abs().max() <= 1 and (a - b).abs().mean() < 0.01
@@ -87,8 +87,10 @@ def test_sizes_from_the_scan_are_the_headers(tmp_path):
     write_colors(tmp_path / "b", 2, size=(60, 30))
     images = scan(tmp_path)
     assert images.sizes == [(40, 48)] * 3 + [(60, 30)] * 2
-    assert np.array_equal(DaliLoader(Feed(images.files, 16, 1, seed=0, device=CPU, sizes=images.sizes, threads=1)).regions,
-                          DaliLoader(Feed(images.files, 16, 1, seed=0, device=CPU, threads=1)).regions)  # the same as reading headers
+    # the same as reading headers
+    assert np.array_equal(
+        DaliLoader(Feed(images.files, 16, 1, seed=0, device=CPU, sizes=images.sizes, threads=1)).regions,
+        DaliLoader(Feed(images.files, 16, 1, seed=0, device=CPU, threads=1)).regions)
 
 
 def test_wide_and_tall_images_keep_their_centre_square(tmp_path):
@@ -99,7 +101,8 @@ def test_wide_and_tall_images_keep_their_centre_square(tmp_path):
         im = Image.new("RGB", size, (0, 0, 0))
         im.paste((255, 255, 255), box)
         im.save(tmp_path / name, quality=95)
-    loader = DaliLoader(Feed([tmp_path / "wide.png", tmp_path / "tall.jpg"], 16, 1, seed=0, device=CPU, threads=1))
+    loader = DaliLoader(Feed([tmp_path / "wide.png", tmp_path / "tall.jpg"], 16, 1, seed=0, device=CPU,
+                             threads=1))
     for batch in loader.epoch(0):
         assert batch.shape == (1, 16, 16, 3)
         assert batch[0, 2:-2, 2:-2].float().mean() > 245  # the edges may blend with the cut-off border
@@ -124,7 +127,8 @@ def test_a_batch_that_is_not_the_planned_one_ends_the_run(tmp_path):
     files = write_colors(tmp_path, 16)
     loader = DaliLoader(Feed(files, 16, 4, seed=0, device=CPU, threads=1))
     list(loader.epoch(0))
-    loader.feed = dataclasses.replace(loader.feed, seed=1)  # the pipeline's list was made for seed 0: its next batch is not seed 1's
+    # the pipeline's list was made for seed 0: its next batch is not seed 1's
+    loader.feed = dataclasses.replace(loader.feed, seed=1)
     with pytest.raises(InputFailure, match="out of step"):
         list(loader.epoch(1))
 
@@ -142,7 +146,8 @@ def test_a_corrupt_file_never_reaches_dali(tmp_path):
     assert [p.name for p, _ in images.skipped] == ["0003.jpg"]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # not even the recovery path is needed
-        ids = [i for b in DaliLoader(Feed(images.files, 32, 4, seed=0, device=CPU, threads=1)).epoch(0) for i in color_ids(b)]
+        ids = [i for b in DaliLoader(Feed(images.files, 32, 4, seed=0, device=CPU, threads=1)).epoch(0)
+               for i in color_ids(b)]
     assert len(ids) == 12 and 3 not in ids
 
 
@@ -188,8 +193,9 @@ def test_a_failure_that_is_not_a_files_ends_the_epoch_with_input_failure(tmp_pat
 
     class DeadPipeline:
         def run(self):
-            raise RuntimeError("Critical error in pipeline:\nError in MIXED operator `nvidia.dali.fn.decoders.image`"
-                               "\nencountered:\nCUDA error: an illegal memory access was encountered")
+            raise RuntimeError("Critical error in pipeline:\n"
+                               "Error in MIXED operator `nvidia.dali.fn.decoders.image`\nencountered:\n"
+                               "CUDA error: an illegal memory access was encountered")
 
     loader.pipe = DeadPipeline()
     with warnings.catch_warnings():

@@ -62,7 +62,8 @@ def test_forget_finds_a_generator_channel_from_marked_seeds(G):
 def test_box_scores_only_that_part_of_the_map(G):
     z = seed_noise(range(4), G.nz)
     maps = dissect.activations(G.net, z, [-1])[2]  # 32x32 images: layer 2 is 16x16
-    assert torch.allclose(dissect.channel_means(G.net, z, -1, (0, 0, 1, 1)), dissect.channel_means(G.net, z, -1))
+    assert torch.allclose(dissect.channel_means(G.net, z, -1, (0, 0, 1, 1)),
+                          dissect.channel_means(G.net, z, -1))
     top_left = dissect.channel_means(G.net, z, -1, dissect.parse_box("0,0,0.5,0.25"))
     assert torch.allclose(top_left, maps[:, :, :4, :8].mean(dim=(2, 3)))
     for bad in ("0,0,1", "0.5,0,0.2,1", "a,b,c,d", "0,0,1,1.5"):

@@ -17,7 +17,8 @@ TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--np
 
 def torchrun(*args, extra=(), **kw):
     return subprocess.Popen([*TORCHRUN, *extra, *map(str, args)], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"}, **kw)
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            **kw)
 
 
 def workers_of(proc) -> list[int]:
@@ -103,15 +104,17 @@ def test_killed_worker_restarts_and_resumes(celeba, tmp_path):
 def test_sbatch_script_parses_and_builds_the_torchrun_command():
     script = REPO / "slurm" / "train.sbatch"
     assert subprocess.run(["bash", "-n", script]).returncode == 0
-    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "3", "SLURM_GPUS_ON_NODE": "4",
-           "SLURM_JOB_NODELIST": "gpu[10-12]", "SLURM_JOB_NAME": "faces", "PYTHON": sys.executable}
+    env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "3",
+           "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NODELIST": "gpu[10-12]", "SLURM_JOB_NAME": "faces",
+           "PYTHON": sys.executable}
     r = subprocess.run(["bash", script, "--config", "configs/celeba64.toml", "data.root=/data/celeba"],
                        capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.split()
     assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
     for part in ("--nnodes=3", "--nproc_per_node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu10:24242",
-                 "--rdzv_id=4242", "fastdcgan.train", "train.run_dir=runs/faces-4242", "data.root=/data/celeba"):
+                 "--rdzv_id=4242", "fastdcgan.train", "train.run_dir=runs/faces-4242",
+                 "data.root=/data/celeba"):
         assert part in cmd, part
     assert "device=cpu" not in cmd
 
@@ -120,10 +123,10 @@ def test_sbatch_script_on_a_cpu_only_partition():
     """sbatch --gpus-per-node=0 --cpus-per-task=8 with PROCS_PER_NODE=2: two CPU workers of 4 threads."""
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("SLURM_") and k not in ("GPUS_PER_NODE", "OMP_NUM_THREADS")}
-    env.update(DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="1", SLURM_GPUS_PER_NODE="0", SLURM_CPUS_PER_TASK="8",
-               SLURM_JOB_NODELIST="cpu1", PROCS_PER_NODE="2", PYTHON=sys.executable)
-    r = subprocess.run(["bash", REPO / "slurm" / "train.sbatch", "data.root=/data/celeba"], capture_output=True,
-                       text=True, env=env, cwd=REPO)
+    env.update(DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="1", SLURM_GPUS_PER_NODE="0",
+               SLURM_CPUS_PER_TASK="8", SLURM_JOB_NODELIST="cpu1", PROCS_PER_NODE="2", PYTHON=sys.executable)
+    r = subprocess.run(["bash", REPO / "slurm" / "train.sbatch", "data.root=/data/celeba"],
+                       capture_output=True, text=True, env=env, cwd=REPO)
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.split()
     assert cmd[cmd.index("env") + 1] == "OMP_NUM_THREADS=4"  # torchrun would give each worker 1
@@ -149,9 +152,11 @@ def test_the_readmes_dry_run_works_outside_slurm():
     assert "job id 0 stands in" in r.stderr
     cmd = r.stdout.split()
     # one worker per GPU the script's header asks for (what sbatch would give the job), not 1
-    gpus = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", (REPO / "slurm" / "train.sbatch").read_text(), re.MULTILINE)[1]
+    gpus = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", (REPO / "slurm" / "train.sbatch").read_text(),
+                     re.MULTILINE)[1]
     assert int(gpus) > 1 and f"--nproc_per_node={gpus}" in cmd
-    for part in ("--nnodes=1", "--rdzv_endpoint=localhost:20000", "train.run_dir=runs/fastdcgan-0", "data.root=/data/celeba"):
+    for part in ("--nnodes=1", "--rdzv_endpoint=localhost:20000", "train.run_dir=runs/fastdcgan-0",
+                 "data.root=/data/celeba"):
         assert part in cmd, part
     r = run({})  # a real launch still needs sbatch's job id
     assert r.returncode == 1 and "run this with sbatch" in r.stderr
@@ -161,8 +166,8 @@ def test_fid_during_two_process_training(celeba, tmp_path, tiny_fid_net):
     """Every rank evaluates its share; a new best FID checkpoints on every rank; rank 0 writes."""
     run = tmp_path / "run"
     proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__max_steps=8,
-                                                         ckpt__every=100, fid__every=3, fid__n=16, fid__batch=8,
-                                                         fid__weights=tiny_fid_net))
+                                                         ckpt__every=100, fid__every=3, fid__n=16,
+                                                         fid__batch=8, fid__weights=tiny_fid_net))
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     fids = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "fid" in r]
@@ -224,10 +229,12 @@ from fastdcgan.train import Run, parse_args
 run = Run(parse_args(sys.argv[2:])[0])
 batch = next(iter(run.loader.epoch(0)))
 run.gan.step(batch)
-stats = [b.detach().clone() for m in (run.G, run.D) for name, b in m.named_buffers() if "running_mean" in name]
+stats = [b.detach().clone() for m in (run.G, run.D) for name, b in m.named_buffers()
+         if "running_mean" in name]
 every = [None] * dist.get_world_size()
 dist.all_gather_object(every, {"stats": stats, "batch": batch.float().mean().item(),
-                               "kinds": sorted({type(m).__name__ for m in run.D.modules() if "Norm" in type(m).__name__})})
+                               "kinds": sorted({type(m).__name__ for m in run.D.modules()
+                                                if "Norm" in type(m).__name__})})
 if run.main:
     torch.save(every, sys.argv[1])
 # The Run's DDP wrappers hold the process group: free them before the group goes, so that gloo's

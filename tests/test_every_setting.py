@@ -74,11 +74,13 @@ def build(args: list[str]) -> Seen:
 def snapshot(run: Run) -> dict:
     """The tensors one step changes, before it: weights, Adam's moments, the EMA."""
     def opt_state(opt, params):
-        return [{k: v.clone() for k, v in opt.state.get(p, {}).items() if isinstance(v, torch.Tensor)} for p in params]
+        return [{k: v.clone() for k, v in opt.state.get(p, {}).items() if isinstance(v, torch.Tensor)}
+                for p in params]
     G, D = list(run.G.parameters()), list(run.D.parameters())
     return {"G": [p.detach().clone() for p in G], "D": [p.detach().clone() for p in D],
             "opt_G": opt_state(run.opt_g, G), "opt_D": opt_state(run.opt_d, D),
-            "ema": [p.detach().clone() for p in run.state.G_ema.parameters()] if run.state.G_ema is not None else None,
+            "ema": ([p.detach().clone() for p in run.state.G_ema.parameters()]
+                    if run.state.G_ema is not None else None),
             "ema_t": float(run.gan.ema_updates), "position": (run.state.epoch, run.state.batch_in_epoch)}
 
 
@@ -138,8 +140,9 @@ def dist_run(args: list[str], tmp: Path) -> Seen:
     """Two processes under torchrun (gloo), each as tests/settings_worker.py runs it."""
     out = tmp / "ranks.pt"
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(REPO / "tests" / "settings_worker.py"), str(out), *args], cwd=REPO, capture_output=True,
-                       text=True, timeout=240, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                        str(REPO / "tests" / "settings_worker.py"), str(out), *args], cwd=REPO,
+                       capture_output=True, text=True, timeout=240,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return Seen(config.build(None, args), ranks=torch.load(out, weights_only=False))
 
@@ -148,13 +151,15 @@ def dist_run(args: list[str], tmp: Path) -> Seen:
 
 STEP = {}                                           # tiny_args: 32x32, batch 8, nz 16, ngf = ndf = 8
 FIT = {"train.batch_size": 4, "train.epochs": 3}    # 4 steps an epoch, 12 steps
-LOOP = {"log.every": 3, "sample.every": 5, "sample.n": 4, "ckpt.every": 5, "ckpt.keep": 10, "log.tensorboard": True}
+LOOP = {"log.every": 3, "sample.every": 5, "sample.n": 4, "ckpt.every": 5, "ckpt.keep": 10,
+        "log.tensorboard": True}
 FID = {**FIT, "fid.every": 4, "fid.n": 16, "fid.batch": 8, "fid.weights": "{fid_net}"}
 FID_CHANGED = {"fid.every": 3, "fid.n": 12, "fid.batch": 5, "fid.weights": "{other_fid_net}"}
-DIST = {"train.batch_size": 4, "data.augment": "translation,color", "data.hflip": True, "model.d_dropout": 0.3}
+DIST = {"train.batch_size": 4, "data.augment": "translation,color", "data.hflip": True,
+        "model.d_dropout": 0.3}
 DIST_CHANGED = {**DIST, "model.sync_bn": True, "optim.scale_lr": True, "train.timeout_s": 77.0}
-RUN_FILES = ["STATUS", "checkpoints", "config.toml", "discriminator.pth", "generator.pth", "metrics.jsonl", "plan.json",
-             "plots", "samples"]
+RUN_FILES = ["STATUS", "checkpoints", "config.toml", "discriminator.pth", "generator.pth", "metrics.jsonl",
+             "plan.json", "plots", "samples"]
 PLACES: dict[str, Path] = {}  # "{name}" in a probe's settings: folders and files the `places` fixture makes
 
 
@@ -304,8 +309,11 @@ def mirrored(s: Seen) -> int:
     """How many images of the step's batch are the plain order's images mirrored."""
     from fastdcgan.data.torch import TorchLoader
     epoch, batch = s.trace["before"]["position"]
-    plain = next(iter(TorchLoader(Feed(s.run.images.files, s.cfg.data.image_size, s.cfg.train.batch_size, seed=s.cfg.train.seed, device=torch.device("cpu"), workers=0)).epoch(epoch, batch)))
-    return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b) for a, b in zip(s.trace["batch"], plain, strict=True))
+    plain = next(iter(TorchLoader(Feed(s.run.images.files, s.cfg.data.image_size, s.cfg.train.batch_size,
+                                       seed=s.cfg.train.seed, device=torch.device("cpu"), workers=0))
+                      .epoch(epoch, batch)))
+    return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b)
+               for a, b in zip(s.trace["batch"], plain, strict=True))
 
 
 def memory_format(s: Seen) -> str:
@@ -389,9 +397,11 @@ PROBES: dict[str, Probe] = {
     # top level
     "precision": Probe("bf16", equal(lambda s: str(s.trace["d_out"][0].dtype),
                                      lambda s: {"fp32": "torch.float32", "auto": "torch.float32",
-                                                "bf16": "torch.bfloat16", "fp16": "torch.float16"}[s.cfg.precision]),
+                                                "bf16": "torch.bfloat16",
+                                                "fp16": "torch.float16"}[s.cfg.precision]),
                        resume=True),
-    "compile": Probe("default", equal(lambda s: [type(m).__name__ for m in (s.run.gan.run_G, s.run.gan.run_D)],
+    "compile": Probe("default", equal(lambda s: [type(m).__name__
+                                                 for m in (s.run.gan.run_G, s.run.gan.run_D)],
                                       lambda s: ["OptimizedModule"] * 2 if s.cfg.compile != "off" else
                                       ["Generator", "Discriminator"]), stage="build"),
     "cuda_graphs": Probe(True, equal(lambda s: s.out.split("cuda_graphs ")[1].splitlines()[0],
@@ -400,24 +410,33 @@ PROBES: dict[str, Probe] = {
     "channels_last": Probe(False, equal(memory_format, lambda s: "channels_last" if s.cfg.channels_last else
                                         "contiguous"), resume=True),
     "device": Probe("cuda", equal(lambda s: s.error or str(s.run.state.device),
-                                  lambda s: "cpu" if s.cfg.device == "cpu" else "cuda:0" if torch.cuda.is_available()
+                                  lambda s: "cpu" if s.cfg.device == "cpu"
+                                  else "cuda:0" if torch.cuda.is_available()
                                   else "device=cuda but no CUDA device is available"), stage="build"),
     # data
     "data.root": Probe("{other}", equal(lambda s: (s.run.images.root, len(s.run.images.files)),
-                                        lambda s: (Path(s.cfg.data.root), 24 if "other" in s.cfg.data.root else 16)),
+                                        lambda s: (Path(s.cfg.data.root),
+                                                   24 if "other" in s.cfg.data.root else 16)),
                        stage="build"),
     "data.split": Probe("train", equal(lambda s: len(s.run.images.files),
                                        lambda s: {"all": 16, "train": 12}[s.cfg.data.split]), stage="build"),
-    "data.image_size": Probe(64, equal(lambda s: (s.trace["batch"].shape[1:3], s.trace["g_out"][0].shape[-2:]),
-                                       lambda s: ((s.cfg.data.image_size,) * 2, (s.cfg.data.image_size,) * 2))),
-    "data.backend": Probe("cache", equal(lambda s: s.run.loader.name, lambda s: s.cfg.data.backend), resume=True),
-    "data.workers": Probe(2, equal(lambda s: s.trace["workers"], lambda s: s.cfg.data.workers), stage="workers"),
-    "data.dali_threads": Probe(1, equal(lambda s: s.run.loader.pipe.num_threads, lambda s: s.cfg.data.dali_threads),
+    "data.image_size": Probe(64, equal(lambda s: (s.trace["batch"].shape[1:3],
+                                                  s.trace["g_out"][0].shape[-2:]),
+                                       lambda s: ((s.cfg.data.image_size,) * 2,
+                                                  (s.cfg.data.image_size,) * 2))),
+    "data.backend": Probe("cache", equal(lambda s: s.run.loader.name, lambda s: s.cfg.data.backend),
+                          resume=True),
+    "data.workers": Probe(2, equal(lambda s: s.trace["workers"], lambda s: s.cfg.data.workers),
+                          stage="workers"),
+    "data.dali_threads": Probe(1, equal(lambda s: s.run.loader.pipe.num_threads,
+                                        lambda s: s.cfg.data.dali_threads),
                                base={"data.backend": "dali", "data.dali_threads": 2}),
-    "data.prefetch": Probe(3, equal(lambda s: s.run.loader.pipe.prefetch_queue_depth, lambda s: s.cfg.data.prefetch),
+    "data.prefetch": Probe(3, equal(lambda s: s.run.loader.pipe.prefetch_queue_depth,
+                                    lambda s: s.cfg.data.prefetch),
                            base={"data.backend": "dali", "data.dali_threads": 1}),
-    "data.hflip": Probe(True, equal(mirrored, lambda s: int(flip_masks(2, 8, s.cfg.train.seed, s.run.state.epoch)
-                                                            [s.trace["before"]["position"][1]].sum())
+    "data.hflip": Probe(True, equal(mirrored,
+                                    lambda s: int(flip_masks(2, 8, s.cfg.train.seed, s.run.state.epoch)
+                                                  [s.trace["before"]["position"][1]].sum())
                                     if s.cfg.data.hflip else 0), resume=True),
     "data.augment": Probe("translation,cutout", equal(augmented, lambda s: (bool(s.cfg.data.augment),) * 3),
                           resume=True),
@@ -425,37 +444,45 @@ PROBES: dict[str, Probe] = {
                               stage="build", base={"data.root": "", "data.synthetic_n": 64}),
     # model
     "model.nz": Probe(8, equal(lambda s: s.trace["g_in"][0].shape[1], lambda s: s.cfg.model.nz)),
-    "model.ngf": Probe(4, equal(lambda s: [m for m in s.run.G.modules() if isinstance(m, nn.ConvTranspose2d)][-1]
-                                .in_channels, lambda s: s.cfg.model.ngf), stage="build"),
-    "model.ndf": Probe(4, equal(lambda s: [m for m in s.run.D.modules() if isinstance(m, nn.Conv2d)][0].out_channels,
+    "model.ngf": Probe(4, equal(lambda s: [m for m in s.run.G.modules()
+                                           if isinstance(m, nn.ConvTranspose2d)][-1].in_channels,
+                                lambda s: s.cfg.model.ngf), stage="build"),
+    "model.ndf": Probe(4, equal(lambda s: [m for m in s.run.D.modules()
+                                           if isinstance(m, nn.Conv2d)][0].out_channels,
                                 lambda s: s.cfg.model.ndf), stage="build"),
+    # base 0.3: 0 <-> > 0 adds layers, refused on resume
     "model.d_dropout": Probe(0.5, equal(lambda s: round(float(torch.stack(s.trace["dropped"]).mean()), 1)
                                         if s.trace["dropped"] else 0.0, lambda s: s.cfg.model.d_dropout),
-                             base={"model.d_dropout": 0.3}, resume=True),  # 0 <-> > 0 adds layers: refused on resume
+                             base={"model.d_dropout": 0.3}, resume=True),
     "model.sync_bn": Probe(True, equal(lambda s: (s.ranks[0]["norm_kinds"], all(
         torch.allclose(a, b, atol=1e-6) for a, b in zip(*rank_pair(s, "running_means"), strict=True))),
         lambda s: (["SyncBatchNorm2d"], True) if s.cfg.model.sync_bn else (["BatchNorm2d"], False)),
         stage="dist", base=DIST, changed=DIST_CHANGED),
     "model.ema": Probe(0.05, equal(ema_weight, ema_weight_expected), resume=True),
-    "model.ema_warmup": Probe(False, equal(ema_weight, ema_weight_expected), base={"model.ema": 0.99}, resume=True),
-    "model.spectral_norm": Probe(True, equal(lambda s: sum(hasattr(m, "parametrizations") for m in s.run.D.modules()),
+    "model.ema_warmup": Probe(False, equal(ema_weight, ema_weight_expected), base={"model.ema": 0.99},
+                              resume=True),
+    "model.spectral_norm": Probe(True, equal(lambda s: sum(hasattr(m, "parametrizations")
+                                                           for m in s.run.D.modules()),
                                              lambda s: 4 if s.cfg.model.spectral_norm else 0), stage="build"),
     # train
     "train.batch_size": Probe(4, equal(lambda s: (s.trace["batch"].shape[0], len(s.run.loader)),
-                                       lambda s: (s.cfg.train.batch_size, N_IMAGES // s.cfg.train.batch_size))),
-    "train.epochs": Probe(1, equal(finished, lambda s: f"finished {total_steps(s)}"), stage="fit", base=FIT,
-                          resume=True),
-    "train.max_steps": Probe(5, equal(finished, lambda s: f"finished {total_steps(s)}"), stage="fit", base=FIT,
-                             resume=True),
-    "train.seed": Probe(1, differ(lambda s: digest(s.trace["batch"], s.trace["before"]["G"][0], s.trace["g_in"][0],
-                                                   s.run.state.fixed_z))),
-    "train.run_dir": Probe("{elsewhere}", equal(lambda s: sorted(p.name for p in Path(s.cfg.train.run_dir).iterdir())
-                                                if s.cfg.train.run_dir == str(PLACES["elsewhere"]) else "base",
-                                                lambda s: RUN_FILES if s.cfg.train.run_dir == str(PLACES["elsewhere"])
-                                                else "base"), stage="fit", base={"train.max_steps": 1}),
+                                       lambda s: (s.cfg.train.batch_size,
+                                                  N_IMAGES // s.cfg.train.batch_size))),
+    "train.epochs": Probe(1, equal(finished, lambda s: f"finished {total_steps(s)}"), stage="fit",
+                          base=FIT, resume=True),
+    "train.max_steps": Probe(5, equal(finished, lambda s: f"finished {total_steps(s)}"), stage="fit",
+                             base=FIT, resume=True),
+    "train.seed": Probe(1, differ(lambda s: digest(s.trace["batch"], s.trace["before"]["G"][0],
+                                                   s.trace["g_in"][0], s.run.state.fixed_z))),
+    "train.run_dir": Probe("{elsewhere}",
+                           equal(lambda s: sorted(p.name for p in Path(s.cfg.train.run_dir).iterdir())
+                                 if s.cfg.train.run_dir == str(PLACES["elsewhere"]) else "base",
+                                 lambda s: RUN_FILES if s.cfg.train.run_dir == str(PLACES["elsewhere"])
+                                 else "base"), stage="fit", base={"train.max_steps": 1}),
     "train.resume": Probe("never", equal(lambda s: s.error or s.run.state.step,
                                          lambda s: 2 if s.cfg.train.resume == "auto" else
-                                         f"train.run_dir {s.cfg.train.run_dir} is not empty and train.resume=never"),
+                                         f"train.run_dir {s.cfg.train.run_dir} is not empty and "
+                                         "train.resume=never"),
                           stage="build", base={"train.run_dir": "{used}"}),
     "train.init": Probe("{used}", equal(lambda s: digest(*s.run.G.state_dict().values()) == PLACES["used_G"],
                                         lambda s: bool(s.cfg.train.init)), stage="build"),
@@ -465,71 +492,81 @@ PROBES: dict[str, Probe] = {
     "train.g_steps": Probe(2, equal(lambda s: updates(s, "G"), lambda s: s.cfg.train.g_steps), resume=True),
     "train.loss": Probe("hinge", both(holds(losses_match, "the losses are not those train.loss names"),
                                       differ(lambda s: s.trace["metrics"]["loss_g"])), resume=True),
-    "train.gp_lambda": Probe(20.0, ratio(penalty, "train.gp_lambda"), base={"train.loss": "wgan-gp"}, resume=True),
-    "train.r1_gamma": Probe(2.0, ratio(penalty, "train.r1_gamma"), base={"train.r1_gamma": 1.0, "train.r1_every": 1},
-                            resume=True),
-    "train.r1_every": Probe(2, ratio(penalty, "train.r1_every"), base={"train.r1_gamma": 1.0, "train.r1_every": 1},
-                            resume=True),
-    "train.timeout_s": Probe(77.0, equal(lambda s: rank_pair(s, "timeout_s"), lambda s: (s.cfg.train.timeout_s,) * 2),
+    "train.gp_lambda": Probe(20.0, ratio(penalty, "train.gp_lambda"), base={"train.loss": "wgan-gp"},
+                             resume=True),
+    "train.r1_gamma": Probe(2.0, ratio(penalty, "train.r1_gamma"),
+                            base={"train.r1_gamma": 1.0, "train.r1_every": 1}, resume=True),
+    "train.r1_every": Probe(2, ratio(penalty, "train.r1_every"),
+                            base={"train.r1_gamma": 1.0, "train.r1_every": 1}, resume=True),
+    "train.timeout_s": Probe(77.0, equal(lambda s: rank_pair(s, "timeout_s"),
+                                         lambda s: (s.cfg.train.timeout_s,) * 2),
                              stage="dist", base=DIST, changed=DIST_CHANGED),
     # optim
-    # Adam moves each weight by lr x a factor the gradients decide; D's step comes first, so lr_g leaves it alone
+    # Adam moves each weight by lr x a factor the gradients decide; D's step comes first, so lr_g leaves
+    # it alone
     "optim.lr_g": Probe(1e-4, both(ratio(lambda s: moves(s, "G").abs().max().item(), "optim.lr_g"),
                                    unchanged(lambda s: digest(moves(s, "D")))), resume=True),
     "optim.lr_d": Probe(5e-4, ratio(lambda s: moves(s, "D").abs().max().item(), "optim.lr_d"), resume=True),
     "optim.beta1": Probe(0.3, equal(lambda s: (adam_beta(s, "G", "exp_avg"), adam_beta(s, "D", "exp_avg")),
                                     lambda s: (s.cfg.optim.beta1,) * 2), resume=True),
-    "optim.beta2": Probe(0.99, equal(lambda s: (adam_beta(s, "G", "exp_avg_sq"), adam_beta(s, "D", "exp_avg_sq")),
+    "optim.beta2": Probe(0.99, equal(lambda s: (adam_beta(s, "G", "exp_avg_sq"),
+                                                adam_beta(s, "D", "exp_avg_sq")),
                                      lambda s: (s.cfg.optim.beta2,) * 2), resume=True),
     "optim.scale_lr": Probe(True, equal(lambda s: s.ranks[0]["lr"],
                                         lambda s: [s.cfg.optim.lr_g * (2 if s.cfg.optim.scale_lr else 1),
                                                    s.cfg.optim.lr_d * (2 if s.cfg.optim.scale_lr else 1)]),
                             stage="dist", base=DIST, changed=DIST_CHANGED),
     # the loop's outputs: one whole run with all of LOOP changed at once
-    "log.every": Probe(3, equal(lambda s: [r["step"] for r in rows(s, "train")], logged_steps), stage="fit", base=FIT,
-                       changed={**FIT, **LOOP}, resume=True),
+    "log.every": Probe(3, equal(lambda s: [r["step"] for r in rows(s, "train")], logged_steps), stage="fit",
+                       base=FIT, changed={**FIT, **LOOP}, resume=True),
     "log.tensorboard": Probe(True, equal(lambda s: any(s.dir.glob("tb/events.out.tfevents.*")),
-                                         lambda s: s.cfg.log.tensorboard), stage="fit", base=FIT, changed={**FIT, **LOOP},
-                             resume=True),
-    "sample.every": Probe(5, equal(lambda s: files(s, "samples/step_*.png", since=s.start), sample_steps), stage="fit", base=FIT,
-                          changed={**FIT, **LOOP}, resume=True),
+                                         lambda s: s.cfg.log.tensorboard), stage="fit", base=FIT,
+                             changed={**FIT, **LOOP}, resume=True),
+    "sample.every": Probe(5, equal(lambda s: files(s, "samples/step_*.png", since=s.start), sample_steps),
+                          stage="fit", base=FIT, changed={**FIT, **LOOP}, resume=True),
     "sample.n": Probe(4, equal(grid_size, grid_size_expected), stage="fit", base=FIT, changed={**FIT, **LOOP},
                       resume=True),
-    "ckpt.every": Probe(5, equal(lambda s: files(s, "checkpoints/step_*.pt"), checkpoint_steps), stage="fit", base=FIT,
-                        changed={**FIT, **LOOP}, resume=True),
-    "ckpt.keep": Probe(10, equal(lambda s: files(s, "checkpoints/step_*.pt"), checkpoint_steps), stage="fit", base=FIT,
-                       changed={**FIT, **LOOP}, resume=True),
+    "ckpt.every": Probe(5, equal(lambda s: files(s, "checkpoints/step_*.pt"), checkpoint_steps), stage="fit",
+                        base=FIT, changed={**FIT, **LOOP}, resume=True),
+    "ckpt.keep": Probe(10, equal(lambda s: files(s, "checkpoints/step_*.pt"), checkpoint_steps), stage="fit",
+                       base=FIT, changed={**FIT, **LOOP}, resume=True),
     # FID: one whole run with all of FID_CHANGED
     "fid.every": Probe(3, equal(lambda s: [r["step"] for r in rows(s, "fid")],
-                                lambda s: [n for n in range(s.start + 1, total_steps(s) + 1) if n % s.cfg.fid.every == 0]),
+                                lambda s: [n for n in range(s.start + 1, total_steps(s) + 1)
+                                           if n % s.cfg.fid.every == 0]),
                        stage="fit", base=FID, changed={**FID, **FID_CHANGED}, resume=True),
-    "fid.n": Probe(12, equal(lambda s: {r["fid_n"] for r in rows(s, "fid")}, lambda s: {s.cfg.fid.n}), stage="fit",
-                   base=FID, changed={**FID, **FID_CHANGED}, resume=True),
+    "fid.n": Probe(12, equal(lambda s: {r["fid_n"] for r in rows(s, "fid")}, lambda s: {s.cfg.fid.n}),
+                   stage="fit", base=FID, changed={**FID, **FID_CHANGED}, resume=True),
     "fid.weights": Probe("{other_fid_net}", equal(lambda s: {r["fid_network"] for r in rows(s, "fid")},
                                                   lambda s: {fid_network(s)}), stage="fit", base=FID,
                          changed={**FID, **FID_CHANGED}, resume=True),
-    "fid.batch": Probe(5, equal(lambda s: max(s.trace["fid_batches"]), lambda s: s.cfg.fid.batch), stage="fit",
-                       base=FID, changed={**FID, **FID_CHANGED}, resume=True),
-    "fid.target": Probe(1e9, equal(finished, lambda s: f"finished {first_fid(s) if s.cfg.fid.target else total_steps(s)}"),
+    "fid.batch": Probe(5, equal(lambda s: max(s.trace["fid_batches"]), lambda s: s.cfg.fid.batch),
+                       stage="fit", base=FID, changed={**FID, **FID_CHANGED}, resume=True),
+    "fid.target": Probe(1e9, equal(finished, lambda s: "finished "
+                                   f"{first_fid(s) if s.cfg.fid.target else total_steps(s)}"),
                         stage="fit", base=FID, resume=True),
 }
 
 RESUME_EXEMPT = {
     "compile": "test_fast_step.py resumes across every pair of modes (compiling is too slow for this table)",
     "cuda_graphs": "CUDA only: test_fast_step.py's cuda resume tests",
-    "device": "checkpoints load to the CPU and move to the launch's device: test_fast_step.py's cuda resume tests",
+    "device": "checkpoints load to the CPU and move to the launch's device: "
+              "test_fast_step.py's cuda resume tests",
     "data.root": "what a launch reads is its own scan, resumed or not (the build stage shows it)",
     "data.split": "what a launch reads is its own scan, resumed or not (the build stage shows it)",
     "data.synthetic_n": "what a launch reads is its own scan, resumed or not (the build stage shows it)",
-    "data.workers": "no state: a resumed launch starts its own workers; exact resume with workers: test_train.py",
-    "data.dali_threads": "no state: a resumed launch builds its own pipeline; exact DALI resume: test_dali.py",
+    "data.workers": "no state: a resumed launch starts its own workers; "
+                    "exact resume with workers: test_train.py",
+    "data.dali_threads": "no state: a resumed launch builds its own pipeline; "
+                         "exact DALI resume: test_dali.py",
     "data.prefetch": "no state: a resumed launch builds its own pipeline; exact DALI resume: test_dali.py",
     "train.batch_size": "the position in the epoch is converted by images seen: test_train.py's "
                         "test_a_resume_with_another_batch_size_keeps_the_images_seen",
     "train.seed": "a resume restores every random state the seed made; a new seed only reorders later epochs",
     "train.run_dir": "the run directory is what a resume resumes",
     "train.resume": "the checkpoint a launch resumes from: the probe itself resumes",
-    "train.init": "a fresh run only (a relaunch resumes its own checkpoints): test_train.py's train.init tests",
+    "train.init": "a fresh run only (a relaunch resumes its own checkpoints): "
+                  "test_train.py's train.init tests",
     "model.sync_bn": "two processes: a two-process checkpoint resumed on one is test_dist.py's",
     "optim.scale_lr": "two processes: a two-process checkpoint resumed on one is test_dist.py's",
     "train.timeout_s": "a launch's process group, nothing a checkpoint holds",
@@ -547,7 +584,8 @@ def first_fid(s: Seen) -> int:
 @pytest.fixture(scope="module")
 def places(tmp_path_factory) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("settings")
-    PLACES.update(tmp=tmp, celeba=make_celeba(tmp / "celeba", N_IMAGES), other=make_celeba(tmp / "other", 24, (48, 40)),
+    PLACES.update(tmp=tmp, celeba=make_celeba(tmp / "celeba", N_IMAGES),
+                  other=make_celeba(tmp / "other", 24, (48, 40)),
                   fid_net=write_tiny_fid_net(tmp / "fid0.pt", seed=0),
                   other_fid_net=write_tiny_fid_net(tmp / "fid1.pt", seed=1), elsewhere=tmp / "elsewhere")
     used = launch("fit", {"train.max_steps": 2})
@@ -614,9 +652,11 @@ def test_every_setting_has_a_probe():
     """A field added to config.py without a probe here fails with its name."""
     missing = [key for key in ALL_KEYS if key not in PROBES]
     assert not missing, f"config fields with no probe in tests/test_every_setting.py: {missing}"
-    assert not set(PROBES) - set(ALL_KEYS), f"probes of fields config.py no longer has: {set(PROBES) - set(ALL_KEYS)}"
+    assert not set(PROBES) - set(ALL_KEYS), (
+        f"probes of fields config.py no longer has: {set(PROBES) - set(ALL_KEYS)}")
     undecided = [k for k in ALL_KEYS if PROBES[k].resume == (k in RESUME_EXEMPT)]
-    assert not undecided, f"checked on resume, or exempt with a reason (RESUME_EXEMPT), not neither or both: {undecided}"
+    assert not undecided, (
+        f"checked on resume, or exempt with a reason (RESUME_EXEMPT), not neither or both: {undecided}")
 
 
 @pytest.mark.parametrize("key", ALL_KEYS)
@@ -667,8 +707,8 @@ def test_a_resume_applies_the_changed_setting_and_says_so(key, places):
         assert key in named
 
 
-REFUSED = {"data.image_size": 64, "model.nz": 8, "model.ngf": 16, "model.ndf": 16, "model.spectral_norm": True,
-           "train.loss": "wgan-gp", "model.d_dropout": 0.2}
+REFUSED = {"data.image_size": 64, "model.nz": 8, "model.ngf": 16, "model.ndf": 16,
+           "model.spectral_norm": True, "train.loss": "wgan-gp", "model.d_dropout": 0.2}
 
 
 def test_refused_changes_cover_the_models_layout():
@@ -683,7 +723,8 @@ def test_a_resume_that_changes_the_models_layout_is_refused_before_any_set_up(ke
     seen = build(arguments(settings, PLACES["used"]))
     old = config.get(config.to_dict(config.Config()), key) if key != "data.image_size" else 32
     old = {"model.nz": 16, "model.ngf": 8, "model.ndf": 8}.get(key, old)
-    assert seen.error.startswith(f"cannot resume from {PLACES['used'] / 'checkpoints' / 'step_00000002.pt'}: ")
+    assert seen.error.startswith(
+        f"cannot resume from {PLACES['used'] / 'checkpoints' / 'step_00000002.pt'}: ")
     assert f"{key} {old!r} in the checkpoint, {REFUSED[key]!r} now" in seen.error
     assert "\n" not in seen.error and "no-such-data" not in seen.error
 

@@ -25,7 +25,8 @@ def test_load_generator_from_every_source(tiny_run):
     assert torch.equal(gens[0].sample_seeds([5]), gens[0].sample(1, seed=5))
 
 
-@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")  # reading it as a user without fastdcgan would
+# reading it as a user without fastdcgan would
+@pytest.mark.filterwarnings("ignore:.*torch.jit.load.*:FutureWarning")
 def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
     out = tmp_path / "g.pt"
     assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 0
@@ -43,7 +44,8 @@ def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
 
 
 def test_onnx_export_refused_without_onnx(tiny_run, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr("fastdcgan.generate.export.onnx_available", lambda: False)  # as on a machine without it
+    # as on a machine without it
+    monkeypatch.setattr("fastdcgan.generate.export.onnx_available", lambda: False)
     out = tmp_path / "g.onnx"
     assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
     assert "pip install onnx" in capsys.readouterr().err and not out.exists()
@@ -82,7 +84,8 @@ def test_ema_weights_when_present_and_a_clear_error_when_not(tiny_run, tmp_path,
     state = checkpoint.load(checkpoint.latest(tiny_run / "checkpoints"))
     state["G_ema"] = {k: v * 0.5 if v.is_floating_point() else v for k, v in state["G"].items()}
     torch.save(state, tmp_path / "ema.pt")
-    plain, ema = fastdcgan.load_generator(tmp_path / "ema.pt"), fastdcgan.load_generator(tmp_path / "ema.pt", ema=True)
+    plain, ema = (fastdcgan.load_generator(tmp_path / "ema.pt"),
+                  fastdcgan.load_generator(tmp_path / "ema.pt", ema=True))
     z = seed_noise([1, 2], 16)
     assert not torch.allclose(plain(z), ema(z))
     assert torch.equal(ema.net.main[0].weight, state["G"]["main.0.weight"] * 0.5)

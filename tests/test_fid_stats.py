@@ -18,8 +18,8 @@ from torchvision.utils import save_image
 from conftest import make_celeba
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
-from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, describe, frechet_distance, generator_stats, protocol,
-                                       quantize, real_batches, real_stats, stats_key)
+from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, describe, frechet_distance, generator_stats,
+                                       protocol, quantize, real_batches, real_stats, stats_key)
 from fastdcgan.model import Generator
 
 
@@ -43,10 +43,10 @@ def test_the_protocol_line_names_what_a_score_depends_on_and_its_real_statistics
     p = protocol(ext, 500, faces, 32, "valid")
     real_stats(faces, 32, ext, batch=5)
     assert (folder.cache_dir() / "fid" / f"{p['stats']}.npz").is_file()  # "real statistics X" is that file
-    assert describe(p) == (f"FID protocol: network {ext.name}; 500 generated images against 10 real (split valid, "
-                           "decoded and cropped as in training at 32x32); bilinear to 299x299, align_corners=False, "
-                           f"no antialiasing (as pytorch-fid), generated images rounded to 8 bits first; real "
-                           f"statistics {p['stats']}")
+    assert describe(p) == (f"FID protocol: network {ext.name}; 500 generated images against 10 real "
+                           "(split valid, decoded and cropped as in training at 32x32); bilinear to 299x299, "
+                           f"align_corners=False, no antialiasing (as pytorch-fid), generated images rounded "
+                           f"to 8 bits first; real statistics {p['stats']}")
     assert protocol(ext, 500, faces, 64, "valid")["stats"] != p["stats"]
     other = extractors.Extractor(ext.net, "other-net", ext.prepare, ext.device)
     assert protocol(other, 500, faces, 32, "valid")["stats"] != p["stats"]
@@ -63,7 +63,8 @@ def test_a_damaged_cache_file_is_recomputed_and_replaced(faces, tiny_fid_net):
     assert loaded.n == 10 and isinstance(loaded.n, int) and np.array_equal(loaded.cov, first.cov)
 
 
-def test_a_cache_folder_that_cannot_be_made_only_costs_a_recomputation(faces, tiny_fid_net, monkeypatch, tmp_path):
+def test_a_cache_folder_that_cannot_be_made_only_costs_a_recomputation(faces, tiny_fid_net, monkeypatch,
+                                                                       tmp_path):
     (tmp_path / "file").write_text("a file where the cache folder should be")
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "file" / "cache"))
     ext = extractors.load(str(tiny_fid_net))
@@ -101,8 +102,10 @@ def test_the_refusal_says_which_matrix_and_how_far_off(monkeypatch):
 def test_the_tolerance_is_pytorch_fids_and_exactly_at_it_passes():
     edge = Gaussian(np.zeros(2), np.diag([1.0, -1e-6]), 10)  # sqrt(1e-6) = 1e-3, the bound itself
     assert np.allclose(edge.sqrt_cov(), np.diag([1.0, 0.0]))
-    assert Gaussian(np.zeros(0), np.zeros((0, 0)), 10).sqrt_cov().shape == (0, 0)  # no features, no eigenvalues
-    assert np.allclose(Gaussian(np.zeros(1), np.zeros((1, 1)), 10).sqrt_cov(), 0)  # an eigenvalue of exactly 0
+    # no features, no eigenvalues
+    assert Gaussian(np.zeros(0), np.zeros((0, 0)), 10).sqrt_cov().shape == (0, 0)
+    # an eigenvalue of exactly 0
+    assert np.allclose(Gaussian(np.zeros(1), np.zeros((1, 1)), 10).sqrt_cov(), 0)
 
 
 def test_non_finite_statistics_give_nan_not_an_error():
@@ -190,8 +193,9 @@ def test_two_ranks_share_the_images_and_agree_on_every_statistic(tmp_path, faces
         os.environ["FASTDCGAN_CACHE"] = str(tmp_path / f"alone-{rank}")  # nothing cached for this one
         unsharded, _ = real_stats(faces, 32, ext, batch=4, shard=False)  # this process alone, every image
         unsharded_fake = generator_stats(G, 9, ext, batch=4, shard=False)
-        return dict(real=real, cached=cached, real_seen=real_seen, cached_again=cached_again, fake_seen=fake_seen,
-                    fake=fake, n=sums.n, total=None if sums.total is None else sums.total.tolist(),
+        return dict(real=real, cached=cached, real_seen=real_seen, cached_again=cached_again,
+                    fake_seen=fake_seen, fake=fake, n=sums.n,
+                    total=None if sums.total is None else sums.total.tolist(),
                     unsharded=(unsharded.n, unsharded_fake.n, count()))
     r0, r1 = ranks(tmp_path, work)
     for r in (r0, r1):

@@ -27,7 +27,8 @@ def test_partition_rows_without_files_are_counted(celeba):
 def as_kaggle_csv(root):
     """Swap list_eval_partition.txt for the Kaggle copy's list_eval_partition.csv (header, commas)."""
     rows = [line.split() for line in (root / "list_eval_partition.txt").read_text().splitlines()]
-    (root / "list_eval_partition.csv").write_text("image_id,partition\n" + "".join(f"{n},{p}\n" for n, p in rows))
+    (root / "list_eval_partition.csv").write_text("image_id,partition\n"
+                                                  + "".join(f"{n},{p}\n" for n, p in rows))
     (root / "list_eval_partition.txt").unlink()
 
 
@@ -71,7 +72,8 @@ def test_any_folder_tree(tmp_path):
     (tmp_path / "notes.txt").write_text("not an image")
     (tmp_path / "._x.jpg").write_bytes(b"macOS resource fork")
     found = find_images(tmp_path)
-    assert [str(p.relative_to(tmp_path)) for p in found.files] == ["a/deep/y.png", "b/x.JPG", "w.bmp", "z.webp"]
+    assert [str(p.relative_to(tmp_path)) for p in found.files] == ["a/deep/y.png", "b/x.JPG", "w.bmp",
+                                                                    "z.webp"]
     assert found.layout == "folder"
     with pytest.raises(UsageError, match="data.split=train") as e:
         find_images(tmp_path, "train")
@@ -99,7 +101,8 @@ def test_bad_files_are_skipped_counted_and_named(tmp_path):
     (tmp_path / "garbage.png").write_bytes(os.urandom(500))
     found = scan(tmp_path, workers=1)
     assert sorted(f.name for f in found.files) == ["good0.jpg", "good1.jpg", "good2.jpg"]
-    assert sorted(p.name for p, _ in found.skipped) == ["empty.jpg", "garbage.png", "text.jpg", "truncated.jpg"]
+    assert sorted(p.name for p, _ in found.skipped) == ["empty.jpg", "garbage.png", "text.jpg",
+                                                         "truncated.jpg"]
     assert all(why for _, why in found.skipped)
 
 

@@ -77,7 +77,8 @@ def test_a_csv_without_a_header_keeps_its_first_row(celeba):
 
 def test_a_bad_row_of_the_txt_says_the_txt_format(celeba):
     (celeba / "list_eval_partition.txt").write_text("000001.jpg 0\n000002.jpg,0\n")
-    with pytest.raises(UsageError, match=r"list_eval_partition.txt:2: expected 'NAME PARTITION', got '000002.jpg,0'"):
+    with pytest.raises(UsageError,
+                       match=r"list_eval_partition.txt:2: expected 'NAME PARTITION', got '000002.jpg,0'"):
         folder.find_images(celeba)
 
 

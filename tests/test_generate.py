@@ -23,7 +23,8 @@ def pixels(path):
 
 def test_same_seed_same_images_other_seed_other_images(run_dir, tmp_path):
     for name, seed in (("a", 0), ("b", 0), ("c", 1)):
-        assert main(["--checkpoint", str(run_dir), "--n", "9", "--seed", str(seed), "--out", str(tmp_path / f"{name}.png")]) == 0
+        assert main(["--checkpoint", str(run_dir), "--n", "9", "--seed", str(seed),
+                     "--out", str(tmp_path / f"{name}.png")]) == 0
     a, b, c = (pixels(tmp_path / f"{n}.png") for n in "abc")
     assert a.shape == (3 * 34 + 2, 3 * 34 + 2, 3)  # 3x3 grid of 32px images, 2px padding
     assert np.array_equal(a, b) and not np.array_equal(a, c)
@@ -41,7 +42,8 @@ def test_checkpoint_file_and_generator_pth_give_the_same_images(run_dir, tmp_pat
 
 
 def test_single_writes_one_png_per_image(run_dir, tmp_path):
-    assert main(["--checkpoint", str(run_dir), "--n", "5", "--seed", "3", "--out", str(tmp_path / "faces"), "--single"]) == 0
+    assert main(["--checkpoint", str(run_dir), "--n", "5", "--seed", "3", "--out", str(tmp_path / "faces"),
+                 "--single"]) == 0
     files = sorted((tmp_path / "faces").glob("*.png"))
     assert len(files) == 5 and pixels(files[0]).shape == (32, 32, 3)
 

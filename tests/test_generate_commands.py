@@ -32,10 +32,12 @@ def test_bad_seed_list_exits_2_with_one_line(tiny_run, seeds, capsys):
 
 
 def test_grid_and_interpolate_draw_seed_5_alike(tiny_run, tmp_path):
-    assert main(["grid", "--checkpoint", str(tiny_run), "--seeds", "2,5", "--nrow", "2", "--out", str(tmp_path / "g.png")]) == 0
+    assert main(["grid", "--checkpoint", str(tiny_run), "--seeds", "2,5", "--nrow", "2",
+                 "--out", str(tmp_path / "g.png")]) == 0
     assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "5,2", "--frames", "3",
                  "--out", str(tmp_path / "w.png")]) == 0
-    assert main(["--checkpoint", str(tiny_run), "--n", "1", "--seed", "5", "--out", str(tmp_path / "p.png")]) == 0
+    assert main(["--checkpoint", str(tiny_run), "--n", "1", "--seed", "5",
+                 "--out", str(tmp_path / "p.png")]) == 0
     grid, walk, plain = (pixels(tmp_path / f"{n}.png") for n in "gwp")
     assert grid.shape == (TILE + 2, 2 * TILE + 2, 3) and walk.shape == (TILE + 2, 4 * TILE + 2, 3)
     five = tile(grid, 0, 1)
@@ -52,7 +54,8 @@ def test_grid_seeds_and_n_are_exclusive(tiny_run, capsys):
 
 def test_gif_has_one_frame_per_step(tiny_run, tmp_path):
     out = tmp_path / "walk.gif"
-    assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2,3", "--frames", "4", "--out", str(out)]) == 0
+    assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2,3", "--frames", "4",
+                 "--out", str(out)]) == 0
     with Image.open(out) as gif:
         assert gif.n_frames == 2 * 4 + 1 and gif.size == (32, 32)
     assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2,3", "--frames", "4", "--loop",
@@ -63,7 +66,8 @@ def test_gif_has_one_frame_per_step(tiny_run, tmp_path):
 
 def test_mp4_without_ffmpeg_exits_2(tiny_run, tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # an empty folder: no ffmpeg to find
-    assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2", "--out", str(tmp_path / "w.mp4")]) == 2
+    assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2",
+                 "--out", str(tmp_path / "w.mp4")]) == 2
     assert "ffmpeg" in capsys.readouterr().err and not (tmp_path / "w.mp4").exists()
 
 
@@ -101,11 +105,13 @@ def test_forget_and_features_commands(tiny_run, tmp_path, capsys):
     assert main(["forget", "--checkpoint", str(tiny_run), "--drop-channels", "0,1", "--seeds", "0-3",
                  "--out", str(out)]) == 0
     assert main(["forget", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
-    box = ["forget", "--checkpoint", str(tiny_run), "--positive", "1,5,9", "--negative", "2,3,4", "--out", str(out)]
+    box = ["forget", "--checkpoint", str(tiny_run), "--positive", "1,5,9", "--negative", "2,3,4",
+           "--out", str(out)]
     assert main(box + ["--box", "0.3,0.6,0.7,0.9", "--score", "logistic"]) == 0
     assert main(box + ["--box", "0.7,0.6,0.3,0.9"]) == 2
     feat = tmp_path / "maps.png"
-    assert main(["features", "--checkpoint", str(tiny_run), "--seeds", "5", "--layer", "0", "--out", str(feat)]) == 0
+    assert main(["features", "--checkpoint", str(tiny_run), "--seeds", "5", "--layer", "0",
+                 "--out", str(feat)]) == 0
     assert "32 maps of layer 0 (4x4)" in capsys.readouterr().out  # ngf 8 * 4 channels at 4x4
     assert Image.open(feat).size[0] > 6 * 44  # a 6x6 grid of tiles next to the face
 

@@ -16,13 +16,16 @@ REPO = Path(__file__).resolve().parents[1]
 MIN_PART_S = 20  # gpu_check.MIN_PART_S: a part is not started with less budget left
 
 
-def gpu_check(tmp_path: Path, *args: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess, Path, dict]:
-    """Run the script as the GPU session does (PYTHONPATH=., no install); its output, --out folder and parts."""
+def gpu_check(tmp_path: Path, *args: str,
+              timeout: float = 300) -> tuple[subprocess.CompletedProcess, Path, dict]:
+    """Run the script as the GPU session does (PYTHONPATH=., no install); its output, --out folder and
+    parts."""
     out = tmp_path / "gc"
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
            "FASTDCGAN_FID_WEIGHTS": ""}
-    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(out), "--work", str(tmp_path / "work"),
-                           *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(out),
+                           "--work", str(tmp_path / "work"), *args],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     results = out / "results.json"
     parts = {p["name"]: p for p in json.loads(results.read_text())["parts"]} if results.exists() else {}
     return proc, out, parts
@@ -114,8 +117,8 @@ def test_a_failing_part_fails_the_run_with_the_trainers_error(tmp_path):
 
 
 def test_list_and_unknown_parts(tmp_path):
-    listed = subprocess.run([sys.executable, "bench/gpu_check.py", "--list"], cwd=REPO, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
+    listed = subprocess.run([sys.executable, "bench/gpu_check.py", "--list"], cwd=REPO, capture_output=True,
+                            text=True, env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=60)
     assert listed.returncode == 0
     names = [line.split()[0] for line in listed.stdout.splitlines()]
     assert names == ["env", "cuda-tests", "combos", "resume", "trainer", "bench", "input", "fid", "autotune"]

@@ -44,14 +44,16 @@ def test_slerp_endpoints_and_norms():
     nz = 100
     z0, z1 = seed_noise([1, 2], nz).flatten(1)
     z1 = z1 * z0.norm() / z1.norm()  # equal norms: slerp's path stays on the sphere
-    assert torch.allclose(slerp(z0, z1, 0.0), z0, atol=1e-5) and torch.allclose(slerp(z0, z1, 1.0), z1, atol=1e-5)
+    assert (torch.allclose(slerp(z0, z1, 0.0), z0, atol=1e-5)
+            and torch.allclose(slerp(z0, z1, 1.0), z1, atol=1e-5))
     ts = torch.linspace(0, 1, 11)
     slerp_norms = torch.stack([slerp(z0, z1, t).norm() for t in ts])
     lerp_norms = torch.stack([lerp(z0, z1, t).norm() for t in ts])
     assert torch.allclose(slerp_norms, z0.norm().expand(11), rtol=1e-5)
     assert lerp_norms[5] < 0.85 * z0.norm()  # nearly orthogonal z: the straight line sags toward 0
     # equal angular steps: consecutive frames are equally far apart
-    steps = torch.stack([(slerp(z0, z1, a) - slerp(z0, z1, b)).norm() for a, b in zip(ts[:-1], ts[1:], strict=True)])
+    steps = torch.stack([(slerp(z0, z1, a) - slerp(z0, z1, b)).norm()
+                         for a, b in zip(ts[:-1], ts[1:], strict=True)])
     assert torch.allclose(steps, steps[0].expand(10), rtol=1e-4)
 
 

@@ -76,8 +76,8 @@ def test_an_abandoned_epoch_leaves_the_next_ones_whole(backend, tmp_path):
 
 def test_fewer_images_than_one_global_batch_is_a_usage_error(backend, tmp_path):
     files = write_colors(tmp_path, 7)
-    with pytest.raises(UsageError, match=r"^7 usable images are fewer than one batch \(train.batch_size=4 x 2 "
-                                         r"processes\)$"):
+    with pytest.raises(UsageError, match=r"^7 usable images are fewer than one batch "
+                                         r"\(train.batch_size=4 x 2 processes\)$"):
         loader(backend, files, 4, seed=0, world=2)
 
 

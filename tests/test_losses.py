@@ -25,8 +25,10 @@ def softplus(x: float) -> float:
 
 @pytest.mark.parametrize("kind, d, g", [
     # bce: -log sigmoid(r) = softplus(-r), -log(1 - sigmoid(f)) = softplus(f); G: softplus(-f)
-    ("bce", (softplus(-2) + softplus(1)) / 2 + (softplus(0.5) + softplus(-3)) / 2, (softplus(-0.5) + softplus(3)) / 2),
-    # lsgan: 0.5 mean((r - 1)^2) + 0.5 mean(f^2) = 0.5 (1 + 4) / 2 + 0.5 (0.25 + 9) / 2; G: 0.5 (0.25 + 16) / 2
+    ("bce", (softplus(-2) + softplus(1)) / 2 + (softplus(0.5) + softplus(-3)) / 2,
+     (softplus(-0.5) + softplus(3)) / 2),
+    # lsgan: 0.5 mean((r - 1)^2) + 0.5 mean(f^2) = 0.5 (1 + 4) / 2 + 0.5 (0.25 + 9) / 2;
+    # G: 0.5 (0.25 + 16) / 2
     ("lsgan", 1.25 + 2.3125, 4.0625),
     # hinge: mean(relu(1 - r)) + mean(relu(1 + f)) = (0 + 2) / 2 + (1.5 + 0) / 2; G: -mean(f)
     ("hinge", 1.0 + 0.75, 1.25),
@@ -48,10 +50,12 @@ def test_real_label_is_the_real_target_of_bce_and_lsgan():
 
 
 def test_reported_outputs_and_histogram_values():
-    assert torch.allclose(losses.reported("bce", REAL), torch.tensor([1 / (1 + math.exp(-2)), 1 / (1 + math.e)]))
+    assert torch.allclose(losses.reported("bce", REAL),
+                          torch.tensor([1 / (1 + math.exp(-2)), 1 / (1 + math.e)]))
     for kind in ("lsgan", "hinge", "wgan-gp"):
         assert torch.equal(losses.reported(kind, REAL), REAL)
-    assert torch.equal(losses.for_histogram("hinge", torch.tensor([-1.0, 0.0, 1.0])), torch.tensor([0.0, 0.5, 1.0]))
+    assert torch.equal(losses.for_histogram("hinge", torch.tensor([-1.0, 0.0, 1.0])),
+                       torch.tensor([0.0, 0.5, 1.0]))
     assert torch.equal(losses.for_histogram("lsgan", REAL), REAL)
 
 
@@ -81,7 +85,8 @@ def test_penalties_average_over_images():
     ones = torch.ones(1, 3, 2, 2)
     assert losses.r1_penalty(quadratic, torch.cat([ones, 0 * ones])).item() == pytest.approx(24.0)
     # between two equal images every interpolate is that image: |grad| = 2 sqrt(12)
-    assert losses.gradient_penalty(quadratic, ones, ones).item() == pytest.approx((2 * math.sqrt(12) - 1) ** 2)
+    assert losses.gradient_penalty(quadratic, ones, ones).item() == pytest.approx(
+        (2 * math.sqrt(12) - 1) ** 2)
 
 
 def test_gradient_penalty_is_taken_between_each_real_and_fake_image():
@@ -123,7 +128,8 @@ def linear_gan(**kw):
 
 
 def batch(seed=0):
-    return torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def test_wgan_gp_step_minimises_the_critic_loss_plus_lambda_times_the_penalty():
@@ -133,7 +139,8 @@ def test_wgan_gp_step_minimises_the_critic_loss_plus_lambda_times_the_penalty():
     assert len(calls) == 4  # real, fake, the penalty's interpolates, the G phase's fake
     (x_real, out_real), (x_fake, out_fake) = calls[:2]
     m = gan.read()
-    assert m["loss_d"] == pytest.approx((out_fake.mean() - out_real.mean()).item() + 10 * (2 - 1) ** 2, rel=1e-5)
+    assert m["loss_d"] == pytest.approx((out_fake.mean() - out_real.mean()).item() + 10 * (2 - 1) ** 2,
+                                        rel=1e-5)
     assert m["d_real"] == pytest.approx(out_real.mean().item(), rel=1e-5)  # the critic's raw mean
     # d/dw: mean(x_fake) - mean(x_real) + 10 * 2 (|w| - 1) w / |w| = ... + 10 w
     assert len(grads) == 1
@@ -167,7 +174,8 @@ def test_layer_norm_critic_scores_each_image_alone():
     assert torch.allclose(critic(x)[:1], critic(x[:1]), atol=1e-6)
     batch_norm = Discriminator(8, 32)
     assert not torch.allclose(batch_norm(x)[:1], batch_norm(x[:1]), atol=1e-3)
-    assert d_norm_for("wgan-gp") == "layer" and all(d_norm_for(k) == "batch" for k in ("bce", "lsgan", "hinge"))
+    assert (d_norm_for("wgan-gp") == "layer"
+            and all(d_norm_for(k) == "batch" for k in ("bce", "lsgan", "hinge")))
 
 
 def test_spectral_norm_brings_each_convs_largest_singular_value_to_1():
@@ -215,8 +223,8 @@ def train_gan(steps=4, compile="off", amp=None, device="cpu", graphs=False, spec
     D.to(device, memory_format=torch.channels_last)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=compile != "off", graphs=graphs,
                                    amp_dtype=amp)
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=True, compile=compile, amp_dtype=amp, cuda_graphs=graphs,
-                                                  **kw))
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=True, compile=compile, amp_dtype=amp,
+                                                  cuda_graphs=graphs, **kw))
     rows = []
     for k in range(steps):
         torch.manual_seed(100 + k)
@@ -302,8 +310,10 @@ def test_cuda_graphs_capture_penalties_and_augmentation_and_match_eager():
 @needs_cuda
 def test_cuda_all_switches_with_every_setting_track_eager():
     eager_rows, eager_params, _ = train_gan(device="cuda", **EVERYTHING)
-    rows, params, _ = train_gan(device="cuda", compile="default", amp=torch.bfloat16, graphs=True, **EVERYTHING)
-    assert torch.isfinite(rows).all() and ((rows - eager_rows).abs() / eager_rows.abs().clamp(min=1)).max() < 0.05
+    rows, params, _ = train_gan(device="cuda", compile="default", amp=torch.bfloat16, graphs=True,
+                                **EVERYTHING)
+    assert (torch.isfinite(rows).all()
+            and ((rows - eager_rows).abs() / eager_rows.abs().clamp(min=1)).max() < 0.05)
     assert (params - eager_params).abs().mean() < 1e-4
 
 

@@ -26,8 +26,10 @@ def test_widths_follow_the_reference_at_64():
     assert [c.out_channels for c in d_convs] == [64, 128, 256, 512, 1]
     # pytorch/examples' state_dict keys, so generator.pth files are interchangeable with the tutorial's
     conv_keys = lambda m: [k for k, v in m.state_dict().items() if v.dim() == 4]  # noqa: E731
-    assert conv_keys(G) == ["main.0.weight", "main.3.weight", "main.6.weight", "main.9.weight", "main.12.weight"]
-    assert conv_keys(D) == ["main.0.weight", "main.2.weight", "main.5.weight", "main.8.weight", "main.11.weight"]
+    assert conv_keys(G) == ["main.0.weight", "main.3.weight", "main.6.weight", "main.9.weight",
+                            "main.12.weight"]
+    assert conv_keys(D) == ["main.0.weight", "main.2.weight", "main.5.weight", "main.8.weight",
+                            "main.11.weight"]
     assert all(c.bias is None for c in g_convs + d_convs)
 
 

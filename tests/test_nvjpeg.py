@@ -108,14 +108,16 @@ def test_the_cache_built_by_it_matches_the_plain_path_in_file_order(faces, monke
     assert arr.shape == (24, 32, 32, 3)
     per_image = np.abs(arr - plain(images.files, 32).numpy()).mean(axis=(1, 2, 3))
     assert per_image.max() < 0.05  # each image is its own (measured 0.002); a neighbour would be tens
-    assert ensure(images, 32, CPU, decoder="dali-cpu" if dali.unavailable_reason() is None else "pil").folder != report.folder
+    assert ensure(images, 32, CPU, decoder="dali-cpu" if dali.unavailable_reason() is None
+                  else "pil").folder != report.folder
 
 
 def test_auto_picks_it_on_cuda_without_dali(monkeypatch):
     cuda = torch.device("cuda")
     monkeypatch.setitem(sys.modules, "nvidia.dali", None)
     monkeypatch.setattr(loaders, "memory_budget", lambda device: (1, "a tiny budget"))
-    monkeypatch.setattr(nvjpeg, "unavailable_reason", lambda device: None if device.type == "cuda" else "no CUDA")
+    monkeypatch.setattr(nvjpeg, "unavailable_reason",
+                        lambda device: None if device.type == "cuda" else "no CUDA")
     name, why = loaders.choose("auto", 1000, 64, cuda)
     assert name == "nvjpeg" and "GPU decode by torchvision" in why and "nvidia-dali is not importable" in why
     assert loaders.choose("auto", 1000, 64, CPU)[0] == "torch"

@@ -43,7 +43,8 @@ def test_a_window_reports_images_per_second_and_data_and_compute_per_step(clock)
     out = timer.read(batch_size=4)
     assert out == pytest.approx({"img_per_s": 12 / 0.030, "data_ms": 2.0, "compute_ms": 8.0})
     run_steps(timer, clock, 2, 0.010, 0.030)  # the next window starts at the read
-    assert timer.read(batch_size=4) == pytest.approx({"img_per_s": 8 / 0.080, "data_ms": 10.0, "compute_ms": 30.0})
+    assert timer.read(batch_size=4) == pytest.approx({"img_per_s": 8 / 0.080, "data_ms": 10.0,
+                                                      "compute_ms": 30.0})
 
 
 def test_a_read_with_no_step_gives_nothing_and_starts_the_window_anew(clock):
@@ -84,7 +85,8 @@ def test_the_warm_up_ends_at_the_first_step_after_the_first_that_compiles_nothin
         assert w.take_costs() == {}
         assert w.step_done() is ended
     assert perf.compiled_graphs() == start + 3
-    assert w.take_costs() == {"setup_s": 1.23, "warmup_s": 4.94, "warmup_steps": 4, "warmup_graphs": start + 3}
+    assert w.take_costs() == {"setup_s": 1.23, "warmup_s": 4.94, "warmup_steps": 4,
+                              "warmup_graphs": start + 3}
     assert w.take_costs() == {} and w.step_done() is False
 
 
@@ -128,4 +130,5 @@ def test_each_extra_update_adds_its_own_passes_and_the_models_are_left_alone():
     g_phase = f[1, 1] - d_update
     assert g_update == g_phase + counter.get_total_flops() / 2
     after = [*G.parameters(), *D.parameters()]  # counted on copies: the models are untouched
-    assert all(p.device.type == "cpu" and p.requires_grad and torch.equal(p, q) for p, q in zip(after, before, strict=True))
+    assert all(p.device.type == "cpu" and p.requires_grad and torch.equal(p, q)
+               for p, q in zip(after, before, strict=True))

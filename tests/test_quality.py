@@ -42,7 +42,8 @@ def test_fid_during_training_logs_plots_and_keeps_the_best(celeba, tiny_fid_net,
     assert info == {"step": best["step"], "fid": best["fid"], "n": 16, "ema": False}
     kept = checkpoint.load(run / "checkpoints" / "best_fid")  # a whole checkpoint, weights_only-loadable
     assert kept["step"] == best["step"] and {"G", "D", "opt_g", "config"} <= kept.keys()
-    # a new best is a regular checkpoint of its step (step 2 is the first best), best_fid that file hard-linked
+    # a new best is a regular checkpoint of its step (step 2 is the first best), best_fid that file
+    # hard-linked
     step_file = checkpoint.load(run / "checkpoints" / f"step_{best['step']:08d}.pt")
     assert all(torch.equal(kept["G"][k], v) for k, v in step_file["G"].items())
     assert [p.name for p in checkpoint.list_checkpoints(run / "checkpoints")] == [
@@ -58,7 +59,8 @@ def test_a_config_that_needs_fid_says_so_before_any_set_up(celeba, tmp_path, cap
     stops at once, saying how to fetch it, before scanning the data or building a cache."""
     monkeypatch.delenv("FASTDCGAN_FID_WEIGHTS", raising=False)
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "empty-cache"))
-    code = main(["--config", str(REPO / "configs/speedrun-cpu.toml"), f"data.root={celeba}", f"train.run_dir={tmp_path / 'run'}"])
+    code = main(["--config", str(REPO / "configs/speedrun-cpu.toml"), f"data.root={celeba}",
+                 f"train.run_dir={tmp_path / 'run'}"])
     out, err = capsys.readouterr()
     assert code == 2 and err.startswith("error: no FID feature network") and err.count("\n") == 1
     assert "python -m fastdcgan.fid --fetch" in err
@@ -92,11 +94,14 @@ def test_ema_update_is_decay_times_ema_plus_rest_times_g(warmup, decays):
     gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, ema_decay=0.2, ema_warmup=warmup), ema=ema)
     expected = [p.detach().double().clone() for p in G.parameters()]
     for k, decay in enumerate(decays):
-        gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(k)))
-        expected = [decay * e + (1 - decay) * p.detach().double() for e, p in zip(expected, G.parameters(), strict=True)]
+        gan.step(torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8,
+                               generator=torch.Generator().manual_seed(k)))
+        expected = [decay * e + (1 - decay) * p.detach().double()
+                    for e, p in zip(expected, G.parameters(), strict=True)]
         for e, q in zip(expected, ema.parameters(), strict=True):
             torch.testing.assert_close(q.double(), e, rtol=0, atol=1e-7)
-        assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), G.buffers(), strict=True))  # BatchNorm statistics copied
+        # BatchNorm statistics copied
+        assert all(torch.equal(a, b) for a, b in zip(ema.buffers(), G.buffers(), strict=True))
     lag = max((a - b).abs().max().item() for a, b in zip(ema.parameters(), G.parameters(), strict=True))
     assert lag > 1e-4 and not ema.training and not any(p.requires_grad for p in ema.parameters())
 
@@ -144,7 +149,8 @@ def ema_run(tmp_path_factory, tiny_fid_net):
     from conftest import make_celeba
     tmp = tmp_path_factory.mktemp("ema_run")
     root = make_celeba(tmp / "celeba", 48)
-    assert main(tiny_args(root, tmp / "run", train__max_steps=4, model__ema=0.9, **fid_args(tiny_fid_net, every=4))) == 0
+    assert main(tiny_args(root, tmp / "run", train__max_steps=4, model__ema=0.9,
+                          **fid_args(tiny_fid_net, every=4))) == 0
     return tmp / "run"
 
 
@@ -194,18 +200,21 @@ def test_fid_target_ends_the_run_and_the_time_to_fid_is_reported(celeba, tiny_fi
     stop = next(r["step"] for r in fids if r["fid"] <= target)
     capsys.readouterr()
     run = tmp_path / "run"
-    assert main(tiny_args(celeba, run, train__max_steps=8, fid__target=target, **fid_args(tiny_fid_net, every=2))) == 0
+    assert main(tiny_args(celeba, run, train__max_steps=8, fid__target=target,
+                          **fid_args(tiny_fid_net, every=2))) == 0
     out = capsys.readouterr().out
     assert checkpoint.latest(run / "checkpoints").name == f"step_{stop:08d}.pt"  # the end's checkpoint
     grids = {p.name for p in (run / "samples").iterdir()}  # the last step's grid (6 steps per epoch)
-    assert (run / "generator.pth").is_file() and {f"step_{stop:08d}.png", f"epoch_{stop // 6:03d}.png"} & grids
+    assert ((run / "generator.pth").is_file()
+            and {f"step_{stop:08d}.png", f"epoch_{stop // 6:03d}.png"} & grids)
     assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == stop  # no step after it
     reached = json.loads((run / "time_to_fid.json").read_text())
     assert reached["target"] == target
     first = reached["reached"][f"{target:g}"]
     assert first["step"] == stop and first["images"] == stop * 8 and first["wall_s"] > 0
     summary = f"<={target:g}: {first['wall_s']:.0f} s (step {stop})"
-    assert summary in out.strip().splitlines()[-1] and out.strip().splitlines()[-1].startswith(f"done: {stop} steps")
+    assert (summary in out.strip().splitlines()[-1]
+            and out.strip().splitlines()[-1].startswith(f"done: {stop} steps"))
     status = (run / "STATUS").read_text()
     assert status.startswith(f"finished {stop}; time to FID") and summary in status
 
@@ -223,7 +232,8 @@ def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):
     second = time.perf_counter() - t
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
     assert [r["step"] for r in rows] == [4, 8]
-    assert 1000 < rows[1]["wall_s"] < 1000 + second  # the second launch's clock starts where the checkpoint's stopped
+    # the second launch's clock starts where the checkpoint's stopped
+    assert 1000 < rows[1]["wall_s"] < 1000 + second
 
 
 def test_time_to_fid_and_the_best_fid_span_a_resume(celeba, tiny_fid_net, tmp_path):
@@ -266,5 +276,6 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
     recalibrate_batchnorm(ema, 16, torch.device("cpu"))
     fresh = sample(ema, z)
     assert not ema.training
-    error_stale, error_fresh = (stale - reference).abs().mean().item(), (fresh - reference).abs().mean().item()
+    error_stale, error_fresh = ((stale - reference).abs().mean().item(),
+                                (fresh - reference).abs().mean().item())
     assert error_fresh < 0.5 * error_stale and error_fresh < 0.02, (error_fresh, error_stale)

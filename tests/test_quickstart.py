@@ -29,5 +29,6 @@ def test_the_quickstart_settings_train_varied_faces(tmp_path):
     G = generator_from_state_dict(torch.load(run / "generator.pth", weights_only=True))
     fakes = sample(G, fixed_noise(64, G.main[0].in_channels, 1))
     files = folder.scan(synthetic.default_root()).files[:64]
-    reals = torch.stack([torch.from_numpy(decode_pil(str(f), 32)).permute(2, 0, 1) for f in files]).float() / 127.5 - 1
+    reals = torch.stack([torch.from_numpy(decode_pil(str(f), 32)).permute(2, 0, 1)
+                         for f in files]).float() / 127.5 - 1
     assert diversity(fakes, reals) > 0.7  # the old 64x64 demo, visibly collapsed: 0.62

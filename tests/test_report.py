@@ -53,7 +53,8 @@ def test_on_a_terminal_the_bar_follows_the_steps_and_the_last_line_takes_it_away
     d.print("finished", last=True)
     assert d.progress is None
     out = console.file.getvalue()
-    assert "skipped 2 files (faces/[old] x.jpg, faces/[/tmp]/y.jpg)\n" in out and out.rstrip().endswith("finished")
+    assert ("skipped 2 files (faces/[old] x.jpg, faces/[/tmp]/y.jpg)\n" in out
+            and out.rstrip().endswith("finished"))
     d.close()  # closing again is harmless
 
 

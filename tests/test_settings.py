@@ -22,7 +22,8 @@ def make_run(data, tmp_path):
 
 
 def a_batch(seed=0):
-    return torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def d_outputs(run: Run) -> list[torch.Tensor]:

@@ -12,12 +12,14 @@ def make(real_label=1.0, d_steps=1, g_steps=1, dropout=0.0):
     G, D = build_models(nz=16, ngf=8, ndf=8, image_size=32, d_dropout=dropout)
     opt_g = torch.optim.Adam(G.parameters(), lr=2e-4, betas=(0.5, 0.999))
     opt_d = torch.optim.Adam(D.parameters(), lr=2e-4, betas=(0.5, 0.999))
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, real_label=real_label, d_steps=d_steps, g_steps=g_steps))
+    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, real_label=real_label, d_steps=d_steps,
+                                                  g_steps=g_steps))
     return gan, G, D
 
 
 def batch(n=8, seed=0):
-    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+    return torch.randint(0, 256, (n, 32, 32, 3), dtype=torch.uint8,
+                         generator=torch.Generator().manual_seed(seed))
 
 
 def params(m):
@@ -128,7 +130,8 @@ def fp16_gan(d_steps=1, g_steps=1):
     G, D = build_models(nz=16, ngf=8, ndf=8, image_size=32)
     opt_g, opt_d = make_optimizers(G, D, 2e-4, 2e-4, (0.5, 0.999), compiled=False, graphs=False,
                                    amp_dtype=torch.float16)
-    return GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, amp_dtype=torch.float16, d_steps=d_steps, g_steps=g_steps)), G, D
+    return GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, amp_dtype=torch.float16, d_steps=d_steps,
+                                                   g_steps=g_steps)), G, D
 
 
 def test_fp16_with_several_updates_per_step_trains():
@@ -156,7 +159,8 @@ def test_a_step_reads_nothing_on_the_host(mode):
     else:  # fused Adam, as make_optimizers builds it on CUDA (CPU Adam reads its host-side step counter)
         torch.manual_seed(0)
         G, D = build_models(nz=16, ngf=8, ndf=8, image_size=32)
-        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True) for m in (G, D))
+        opt_g, opt_d = (torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999), fused=True)
+                        for m in (G, D))
         ema = make_ema(G) if mode == "ema" else None
         gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, d_steps=d, g_steps=g, ema_decay=0.9), ema=ema)
     gan.step(batch())  # the first step creates the optimizers' state

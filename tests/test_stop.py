@@ -24,7 +24,8 @@ NEVER = dict(train__epochs=1000, ckpt__every=100000, sample__every=100000)
 
 
 def start(root: Path, run: Path, **extra) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "fastdcgan.train", *tiny_args(root, run, **{**NEVER, **extra})],
+    return subprocess.Popen([sys.executable, "-m", "fastdcgan.train",
+                             *tiny_args(root, run, **{**NEVER, **extra})],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -69,7 +70,8 @@ def _second_ctrl_c(celeba, tmp_path, while_checkpointing: bool):
     # The first Ctrl-C is handled (its handler gives SIGINT back to the default action) ...
     poll(lambda: not catches(proc.pid, signal.SIGINT) or proc.poll() is not None, 30, "first signal handled")
     if while_checkpointing:  # ... and the stop's checkpoint is being written
-        poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60, "checkpoint started")
+        poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60,
+             "checkpoint started")
     t = time.time()
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=60)
@@ -112,7 +114,8 @@ def test_sigterm_to_every_process_of_the_run_twice_still_checkpoints(celeba, tmp
                 os.kill(pid, signal.SIGTERM)
 
     signal_all()
-    poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60, "checkpoint started")
+    poll(lambda: any((run / "checkpoints").glob("*.tmp")) or proc.poll() is not None, 60,
+         "checkpoint started")
     assert proc.poll() is None, proc.stdout.read()  # the second copy arrives while the checkpoint is written
     signal_all()
     out, _ = proc.communicate(timeout=60)

@@ -33,14 +33,15 @@ def test_prepare_says_what_is_measured_and_whether_the_real_statistics_were_cach
     t = make(setup, ema=True)
     first = t.prepare().splitlines()
     assert len(first) == 2
-    assert first[0].startswith("FID every 50 steps on 6 samples of the EMA generator; real statistics of 8 images "
-                               "computed in ") and first[0].endswith(" s and cached")
+    assert (first[0].startswith("FID every 50 steps on 6 samples of the EMA generator; "
+                                "real statistics of 8 images computed in ")
+            and first[0].endswith(" s and cached"))
     key = stats_key(setup[1], 32, t.extractor.name)
     assert first[1].startswith(f"FID protocol: network {t.extractor.name}; 6 generated images against 8 real "
                                "(split train, decoded and cropped as in training at 32x32); ")
     assert first[1].endswith(f"; real statistics {key}")
-    assert make(setup).prepare().splitlines()[0] == ("FID every 50 steps on 6 samples; real statistics of 8 images "
-                                                     "from the cache")
+    assert make(setup).prepare().splitlines()[0] == ("FID every 50 steps on 6 samples; "
+                                                     "real statistics of 8 images from the cache")
 
 
 def test_an_evaluation_is_a_metrics_row_with_the_same_noise_every_time(setup):
@@ -50,9 +51,11 @@ def test_an_evaluation_is_a_metrics_row_with_the_same_noise_every_time(setup):
     rng = torch.get_rng_state()
     row = t.evaluate(G, step=100, epoch=3)  # prepares the real statistics itself
     assert torch.equal(torch.get_rng_state(), rng)  # training's random stream is untouched
-    assert set(row) == {"step", "epoch", "fid", "fid_n", "fid_ema", "fid_s", "fid_network", "fid_stats", "time"}
+    assert set(row) == {"step", "epoch", "fid", "fid_n", "fid_ema", "fid_s", "fid_network", "fid_stats",
+                        "time"}
     assert (row["step"], row["epoch"], row["fid_n"], row["fid_ema"]) == (100, 3, 6, True)
-    assert row["fid_network"] == t.extractor.name and row["fid_stats"] == stats_key(setup[1], 32, t.extractor.name)
+    assert (row["fid_network"] == t.extractor.name
+            and row["fid_stats"] == stats_key(setup[1], 32, t.extractor.name))
     assert row["fid"] > 0 and row["fid_s"] >= 0 and row["time"] > 1.6e9
     assert t.extractor.images_seen == 8 + 6
     again = t.evaluate(G, step=200, epoch=5)
@@ -70,14 +73,17 @@ def test_best_fid_is_a_hard_link_to_the_steps_checkpoint_and_outlives_its_rotati
     saved = checkpoint.save({"step": 10, "w": torch.ones(2)}, ckpt_dir, keep=1)
     assert t.keep_if_best(first, saved, state=lambda: pytest.fail("a saved step is linked, not saved again"))
     assert os.path.samefile(ckpt_dir / "best_fid", saved)
-    assert json.loads((ckpt_dir / "best_fid.json").read_text()) == {"step": 10, "fid": 90.0, "n": 6, "ema": False}
+    assert json.loads((ckpt_dir / "best_fid.json").read_text()) == {"step": 10, "fid": 90.0, "n": 6,
+                                                                     "ema": False}
     assert not t.keep_if_best(worse, checkpoint.save({"step": 20}, ckpt_dir, keep=1), state=dict)
     assert not saved.exists() and checkpoint.load(ckpt_dir / "best_fid")["step"] == 10  # rotated away, kept
     assert json.loads((ckpt_dir / "best_fid.json").read_text())["step"] == 10
     assert t.keep_if_best(better, None, state=lambda: {"step": 30})  # no file this step: a fresh save
     assert checkpoint.load(ckpt_dir / "best_fid")["step"] == 30
-    assert json.loads((ckpt_dir / "best_fid.json").read_text()) == {"step": 30, "fid": 80.0, "n": 6, "ema": False}
-    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best_fid", "best_fid.json", "latest", "step_00000020.pt"]
+    assert json.loads((ckpt_dir / "best_fid.json").read_text()) == {"step": 30, "fid": 80.0, "n": 6,
+                                                                     "ema": False}
+    assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best_fid", "best_fid.json", "latest",
+                                                          "step_00000020.pt"]
 
 
 def test_nan_is_never_best_and_a_resumed_run_keeps_its_best(setup):

@@ -43,7 +43,8 @@ def test_short_run_writes_every_artefact(celeba, tmp_path):
 def test_resume_is_bit_identical_mid_epoch(celeba, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(tiny_args(celeba, whole, train__max_steps=9)) == 0
-    assert main(tiny_args(celeba, split, train__max_steps=5)) == 0  # stops in epoch 2, batch 5 of 6... of epoch 1
+    # stops in epoch 2, batch 5 of 6... of epoch 1
+    assert main(tiny_args(celeba, split, train__max_steps=5)) == 0
     assert main(tiny_args(celeba, split, train__max_steps=9)) == 0  # resumes from step 5
     a, b = weights(whole / "generator.pth"), weights(split / "generator.pth")
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -66,9 +67,10 @@ def test_resume_with_worker_processes_is_bit_identical(celeba, tmp_path):
 
 
 def _start(celeba, run, **extra):
-    args = tiny_args(celeba, run, **{"train__epochs": 1000, "ckpt__every": 100000, "sample__every": 100000, **extra})
-    return subprocess.Popen([sys.executable, "-m", "fastdcgan.train", *args], cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    args = tiny_args(celeba, run, **{"train__epochs": 1000, "ckpt__every": 100000, "sample__every": 100000,
+                                     **extra})
+    return subprocess.Popen([sys.executable, "-m", "fastdcgan.train", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1, signal.SIGINT])
@@ -119,8 +121,8 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(celeba, tmp_path, c
     assert main(tiny_args(celeba, run, train__max_steps=4)) == 0
     good = checkpoint.latest(run / "checkpoints")
     # an absurd learning rate blows the weights up within a few steps
-    code = main(tiny_args(celeba, run, train__max_steps=40, optim__lr_d="1e30", optim__lr_g="1e30", ckpt__every=1,
-                          log__every=1))
+    code = main(tiny_args(celeba, run, train__max_steps=40, optim__lr_d="1e30", optim__lr_g="1e30",
+                          ckpt__every=1, log__every=1))
     assert code == 3
     assert "non-finite loss" in capsys.readouterr().out
     latest = checkpoint.latest(run / "checkpoints")
@@ -262,7 +264,8 @@ def test_metrics_after_a_resume_hold_no_rows_past_its_checkpoint(celeba, tmp_pat
     else:
         raise AssertionError("every kill landed on a checkpoint step")
     end = logged[-1] + 3
-    assert main(tiny_args(celeba, run, train__epochs=1000, ckpt__every=5, log__every=1, train__max_steps=end)) == 0
+    assert main(tiny_args(celeba, run, train__epochs=1000, ckpt__every=5, log__every=1,
+                          train__max_steps=end)) == 0
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, end + 1))
 
@@ -291,9 +294,10 @@ def test_run_directory_and_console_are_as_documented(celeba, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run)) == 0
     files = sorted(str(p.relative_to(run)) for p in run.rglob("*") if p.is_file())
-    assert files == ["STATUS", "checkpoints/latest", "checkpoints/step_00000006.pt", "checkpoints/step_00000008.pt",
-                     "checkpoints/step_00000012.pt", "config.toml", "discriminator.pth", "generator.pth",
-                     "metrics.jsonl", "plan.json", "plots/d_outputs_epoch_001.png", "plots/d_outputs_epoch_002.png",
+    assert files == ["STATUS", "checkpoints/latest", "checkpoints/step_00000006.pt",
+                     "checkpoints/step_00000008.pt", "checkpoints/step_00000012.pt", "config.toml",
+                     "discriminator.pth", "generator.pth", "metrics.jsonl", "plan.json",
+                     "plots/d_outputs_epoch_001.png", "plots/d_outputs_epoch_002.png",
                      "plots/loss.png", "samples/epoch_001.png", "samples/epoch_002.png", "samples/reals.png",
                      "samples/step_00000004.png", "samples/step_00000008.png", "samples/step_00000012.png"]
     assert (run / "STATUS").read_text() == "finished 12\n"
@@ -302,10 +306,12 @@ def test_run_directory_and_console_are_as_documented(celeba, tmp_path, capsys):
     assert kinds == ["input:", "data:", "device", "batch", *["step"] * 7, "done:"], lines
     steps = [line.split()[1:4] for line in lines if line.startswith("step ")]
     # epochs counted from 1, as in epoch_001.png: steps 1-6 are epoch 1; the first step has a line of its own
-    assert steps == [["1/12", "epoch", "1"], ["2/12", "epoch", "1"], ["4/12", "epoch", "1"], ["6/12", "epoch", "1"],
-                     ["8/12", "epoch", "2"], ["10/12", "epoch", "2"], ["12/12", "epoch", "2"]]
+    assert steps == [["1/12", "epoch", "1"], ["2/12", "epoch", "1"], ["4/12", "epoch", "1"],
+                     ["6/12", "epoch", "1"], ["8/12", "epoch", "2"], ["10/12", "epoch", "2"],
+                     ["12/12", "epoch", "2"]]
     clocks = [line.split()[4:8] for line in lines if line.startswith("step ")]
-    assert all(c[0] == "elapsed" and c[2] == "eta" and c[1].endswith("s") and c[3].endswith("s") for c in clocks)
+    assert all(c[0] == "elapsed" and c[2] == "eta" and c[1].endswith("s") and c[3].endswith("s")
+               for c in clocks)
     assert lines[4].endswith("(then one every 2 steps)") and "loss_d" not in lines[4]
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 1, 1, 2, 2, 2]
@@ -316,14 +322,16 @@ def test_tensorboard_gets_the_records_grids_and_histograms(celeba, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run, log__tensorboard="true")) == 0
-    events = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "histograms": 0}).Reload()
+    events = EventAccumulator(str(run / "tb"),
+                              size_guidance={"scalars": 0, "images": 0, "histograms": 0}).Reload()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     for tag, key in (("loss/loss_d", "loss_d"), ("loss/loss_g", "loss_g"), ("D/d_real", "d_real"),
                      ("speed/img_per_s", "img_per_s")):
         want = [r for r in rows if key in r]
         got = events.Scalars(tag)
         assert [e.step for e in got] == [r["step"] for r in want], tag
-        assert [e.value for e in got] == pytest.approx([r[key] for r in want], rel=1e-6), tag  # float32 in the file
+        # float32 in the file
+        assert [e.value for e in got] == pytest.approx([r[key] for r in want], rel=1e-6), tag
     # the grids written as PNGs (steps 4, 8, 12 and the ends of epochs 1 and 2), at the same size
     grids = events.Images("samples")
     assert [e.step for e in grids] == [4, 6, 8, 12, 12]
@@ -341,8 +349,9 @@ def test_tensorboard_asked_for_without_the_package_is_a_usage_error(celeba, tmp_
             f"sys.exit(main({tiny_args(celeba, tmp_path / 'run', log__tensorboard='true')!r}))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO)
     assert out.returncode == 2, out.stderr
-    assert out.stderr.strip().splitlines()[-1] == ("error: log.tensorboard=true needs the tensorboard package: "
-                                                   "pip install -e '.[tb]' (or pip install tensorboard)")
+    assert out.stderr.strip().splitlines()[-1] == ("error: log.tensorboard=true needs the tensorboard "
+                                                   "package: pip install -e '.[tb]' "
+                                                   "(or pip install tensorboard)")
     assert not (tmp_path / "run" / "checkpoints").exists()  # nothing trained
 
 
@@ -374,7 +383,8 @@ def test_epoch_ends_draw_plots_only_when_a_log_interval_has_passed(celeba, tmp_p
     assert main(tiny_args(celeba, run, train__epochs=5, train__max_steps=27, log__every=10)) == 0
     assert sorted(p.name for p in (run / "plots").iterdir()) == [
         "d_outputs_epoch_002.png", "d_outputs_epoch_004.png", "d_outputs_epoch_005.png", "loss.png"]
-    assert [p.name for p in sorted((run / "samples").glob("epoch_*"))] == [f"epoch_00{i}.png" for i in (1, 2, 3, 4)]
+    assert ([p.name for p in sorted((run / "samples").glob("epoch_*"))]
+            == [f"epoch_00{i}.png" for i in (1, 2, 3, 4)])
 
 
 def test_the_loss_plot_draws_a_single_log_point(tmp_path):
@@ -418,13 +428,14 @@ def test_train_init_starts_a_new_run_from_another_runs_weights(celeba, tmp_path,
     torch.save(G, examples / "netG_epoch_3.pth")
     torch.save(D, examples / "netD_epoch_3.pth")
     for where in (first, first / "checkpoints" / "step_00000004.pt", examples / "netG_epoch_3.pth"):
-        run = Run(config.build(None, tiny_args(celeba, tmp_path / f"new{len(str(where))}", train__init=where)))
+        run = Run(config.build(None, tiny_args(celeba, tmp_path / f"new{len(str(where))}",
+                                               train__init=where)))
         assert run.step == 0 and not run.opt_g.state and not run.opt_d.state  # fresh optimizers, step 0
         assert all(torch.equal(v, G[k]) for k, v in run.G.state_dict().items()), where
         assert all(torch.equal(v, D[k]) for k, v in run.D.state_dict().items()), where
     assert run.fit() == 0 and run.step == 12
-    assert (f"weights from {examples / 'netG_epoch_3.pth'} and netD_epoch_3.pth (train.init); fresh optimizers, "
-            "from step 0") in capsys.readouterr().out
+    assert (f"weights from {examples / 'netG_epoch_3.pth'} and netD_epoch_3.pth (train.init); "
+            "fresh optimizers, from step 0") in capsys.readouterr().out
 
 
 def test_train_init_refuses_weights_that_do_not_fit_and_a_lone_generator(celeba, tmp_path, capsys):
@@ -432,11 +443,13 @@ def test_train_init_refuses_weights_that_do_not_fit_and_a_lone_generator(celeba,
     assert main(tiny_args(celeba, first, train__max_steps=2)) == 0
     assert main(tiny_args(celeba, tmp_path / "wider", train__init=first, model__ngf=16)) == 2
     err = capsys.readouterr().err
-    assert err.startswith(f"error: train.init: checkpoint {first / 'checkpoints'}") and "do not fit this model" in err
+    assert (err.startswith(f"error: train.init: checkpoint {first / 'checkpoints'}")
+            and "do not fit this model" in err)
     assert "size mismatch" in err and len(err.strip().splitlines()) == 1
     (first / "discriminator.pth").unlink()
     assert main(tiny_args(celeba, tmp_path / "lone", train__init=first / "generator.pth")) == 2
-    assert "holds a generator only; its discriminator (discriminator.pth) is not beside it" in capsys.readouterr().err
+    assert ("holds a generator only; its discriminator (discriminator.pth) is not beside it"
+            in capsys.readouterr().err)
 
 
 @pytest.fixture
@@ -450,7 +463,8 @@ def read_only_dir(tmp_path):
         yield folder
         folder.chmod(0o755)
         return
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)], capture_output=True, text=True)
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=1m", "tmpfs", str(folder)],
+                       capture_output=True, text=True)
     if r.returncode:
         pytest.skip(f"cannot mount a read-only tmpfs here: {r.stderr.strip()}")
     yield folder
