@@ -153,8 +153,8 @@ STEP = {}                                           # tiny_args: 32x32, batch 8,
 FIT = {"train.batch_size": 4, "train.epochs": 3}    # 4 steps an epoch, 12 steps
 LOOP = {"log.every": 3, "sample.every": 5, "sample.n": 4, "ckpt.every": 5, "ckpt.keep": 10,
         "log.tensorboard": True}
-FID = {**FIT, "fid.every": 4, "fid.n": 16, "fid.batch": 8, "fid.weights": "{fid_net}"}
-FID_CHANGED = {"fid.every": 3, "fid.n": 12, "fid.batch": 5, "fid.weights": "{other_fid_net}"}
+FID = {**FIT, "train.max_steps": 8, "fid.every": 2, "fid.n": 8, "fid.batch": 4, "fid.weights": "{fid_net}"}
+FID_CHANGED = {"fid.every": 3, "fid.n": 6, "fid.batch": 3, "fid.weights": "{other_fid_net}"}
 DIST = {"train.batch_size": 4, "data.augment": "translation,color", "data.hflip": True,
         "model.d_dropout": 0.3}
 DIST_CHANGED = {**DIST, "model.sync_bn": True, "optim.scale_lr": True, "train.timeout_s": 77.0}
@@ -535,12 +535,12 @@ PROBES: dict[str, Probe] = {
                                 lambda s: [n for n in range(s.start + 1, total_steps(s) + 1)
                                            if n % s.cfg.fid.every == 0]),
                        stage="fit", base=FID, changed={**FID, **FID_CHANGED}, resume=True),
-    "fid.n": Probe(12, equal(lambda s: {r["fid_n"] for r in rows(s, "fid")}, lambda s: {s.cfg.fid.n}),
+    "fid.n": Probe(6, equal(lambda s: {r["fid_n"] for r in rows(s, "fid")}, lambda s: {s.cfg.fid.n}),
                    stage="fit", base=FID, changed={**FID, **FID_CHANGED}, resume=True),
     "fid.weights": Probe("{other_fid_net}", equal(lambda s: {r["fid_network"] for r in rows(s, "fid")},
                                                   lambda s: {fid_network(s)}), stage="fit", base=FID,
                          changed={**FID, **FID_CHANGED}, resume=True),
-    "fid.batch": Probe(5, equal(lambda s: max(s.trace["fid_batches"]), lambda s: s.cfg.fid.batch),
+    "fid.batch": Probe(3, equal(lambda s: max(s.trace["fid_batches"]), lambda s: s.cfg.fid.batch),
                        stage="fit", base=FID, changed={**FID, **FID_CHANGED}, resume=True),
     "fid.target": Probe(1e9, equal(finished, lambda s: "finished "
                                    f"{first_fid(s) if s.cfg.fid.target else total_steps(s)}"),
