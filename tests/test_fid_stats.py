@@ -18,8 +18,9 @@ from torchvision.utils import save_image
 from conftest import make_celeba
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
-from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, describe, frechet_distance, generator_stats,
-                                       protocol, quantize, real_batches, real_stats, stats_key)
+from fastdcgan.metrics.frechet import (FeatureSums, Gaussian, describe, fid_noise, frechet_distance,
+                                       generator_stats, protocol, quantize, real_batches, real_stats,
+                                       stats_key)
 from fastdcgan.model import Generator
 
 
@@ -123,6 +124,18 @@ def test_generator_statistics_come_from_n_images_of_fixed_noise(tiny_fid_net):
     b = generator_stats(G, 7, ext, batch=3)
     c = generator_stats(G, 7, ext, batch=3, seed=1)
     assert np.array_equal(a.mean, b.mean) and not np.array_equal(a.mean, c.mean)
+
+
+def test_fid_noise_is_one_seeded_draw_of_the_generators_input_whatever_the_batch(tiny_fid_net):
+    z = fid_noise(10, 16, seed=3)
+    assert z.shape == (10, 16, 1, 1)  # G's input: a 1x1 latent image
+    assert torch.equal(fid_noise(4, 16, seed=3), z[:4]) and not torch.equal(fid_noise(10, 16, seed=4), z)
+    ext = extractors.load(str(tiny_fid_net))
+    torch.manual_seed(0)
+    G = Generator(nz=16, ngf=8, image_size=32)
+    a, b = generator_stats(G, 10, ext, batch=3), generator_stats(G, 10, ext, batch=10)
+    assert np.allclose(a.mean, b.mean, rtol=1e-5, atol=1e-6)
+    assert np.allclose(a.cov, b.cov, rtol=1e-4, atol=1e-6)
 
 
 # ----- two processes: this one is rank 0, a forked child rank 1 -----

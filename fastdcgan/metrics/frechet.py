@@ -161,7 +161,7 @@ def real_batches(files: list[Path], image_size: int, batch: int, workers: int = 
         yield b.permute(0, 3, 1, 2)
 
 
-def fid_noise(n: int, nz: int, seed: int = 0) -> torch.Tensor:
+def fid_noise(n: int, nz: int, seed: int) -> torch.Tensor:
     """The z of FID's n generated images, drawn at once from its own seeded generator (never the global
     RNG: evaluation must not change training). One draw for the whole set, so the score does not
     depend on the batch size or the number of processes that generate it."""
