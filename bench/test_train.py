@@ -96,11 +96,8 @@ def test_plain_trainer(benchmark, bench_data, bench_record, tmp_path, capsys):
 def fast_preset_claims(bench_data) -> dict:
     """What "fast preset" means on this machine: the cache when the decoded images fit its memory
     budget (README), every switch on a GPU; on CPU fp32 with compile and graphs off (configs/)."""
-    from fastdcgan.data import cache, dali, nvjpeg
-    from fastdcgan.data.loaders import memory_budget
-    fits = cache.nbytes(len(bench_data.files), bench_data.image_size) <= memory_budget(DEVICE)[0]
-    backend = ("cache" if fits else "dali" if dali.unavailable_reason() is None
-               else "nvjpeg" if nvjpeg.unavailable_reason(DEVICE) is None else "torch")
+    from fastdcgan.data.loaders import choose
+    backend = choose("auto", len(bench_data.files), bench_data.image_size, DEVICE)[0]
     bf16 = CUDA and torch.cuda.is_bf16_supported()
     return dict(backend=backend, precision="bf16" if bf16 else "fp32", compile="default" if CUDA else "off",
                 channels_last=True, graphs=CUDA)

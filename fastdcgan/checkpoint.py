@@ -9,11 +9,14 @@ them, so a checkpoint downloaded from elsewhere cannot run code.
 from __future__ import annotations
 
 import os
+import pickle
 import re
 import zipfile
 from pathlib import Path
 
 import torch
+
+from .config import UsageError
 
 LATEST = "latest"
 NAME = re.compile(r"step_(\d+)\.pt$")
@@ -78,8 +81,33 @@ def latest(ckpt_dir: str | os.PathLike) -> Path | None:
     return found[-1] if found else None
 
 
+class Unreadable(UsageError):
+    """A file that is no checkpoint or state_dict: damaged, something else, or carrying code."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.reason = reason
+
+
+def first_line(e: BaseException) -> str:
+    """What an exception says, in one line (its type's name when it says nothing)."""
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
-    return torch.load(path, map_location=map_location, weights_only=True)
+    """The dict a checkpoint or state_dict holds. Whatever else the file is (truncated, not torch's,
+    a pickle that would run code), one Unreadable naming it: torch raises many kinds for these."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+        if "Weights only load failed" in str(e):  # torch's advice here is how to load it anyway: not ours
+            raise Unreadable(path, "it holds objects other than tensors and plain values, which could run "
+                                   "code when loaded; checkpoints never do") from None
+        raise Unreadable(path, first_line(e)) from None
+    if not isinstance(state, dict):
+        raise Unreadable(path, f"holds a {type(state).__name__}, not a dict")
+    return state
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:

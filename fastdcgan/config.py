@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .augment import AUGMENTATIONS
+from .augment import parse as parse_augment  # one parser: the step's
 from .losses import LOSSES
 from .model import SIZES
 
@@ -57,19 +58,20 @@ class Data:
                        "else dali, else nvjpeg on CUDA, else torch",
                        ("auto", "cache", "dali", "nvjpeg", "torch"))
     workers: int = opt(2, "DataLoader worker processes (torch backend)", at_least=0)
-    dali_threads: int = opt(0, "DALI CPU threads (dali backend, cache build); "
-                               "0 = usable cores / ranks per node", at_least=0)
-    prefetch: int = opt(2, "batches the DALI pipeline decodes ahead (queue depth)", at_least=1)
+    dali_threads: int = opt(0, "CPU threads of the dali backend and cache build (0 = usable cores / ranks "
+                               "per node) and of nvjpeg's file reads (0 = 2)", at_least=0)
+    prefetch: int = opt(2, "batches the dali and nvjpeg backends decode ahead (queue depth)", at_least=1)
     hflip: bool = opt(False, "mirror a seeded half of each batch on the device (off in the paper)")
     augment: str = opt("", "DiffAugment of every image D sees, real and fake: a comma list of "
                        f"{', '.join(AUGMENTATIONS)} (empty = off)")
     synthetic_n: int = opt(4000, "number of built-in synthetic faces when root is empty", at_least=1)
 
     def check(self, cfg: Config) -> None:
-        names = {p.strip() for p in self.augment.split(",") if p.strip()}
-        if names - set(AUGMENTATIONS):
+        try:
+            parse_augment(self.augment)
+        except ValueError:
             raise UsageError(f"bad value for data.augment: {self.augment!r} (a comma list of "
-                             f"{', '.join(AUGMENTATIONS)}, or empty)")
+                             f"{', '.join(AUGMENTATIONS)}, or empty)") from None
 
 
 @dataclass

@@ -195,10 +195,21 @@ class FID:
         self.every, self.tracker, self.target, self.report, self.main = every, tracker, target, report, main
         self.run_dir, self.file = run_dir, run_dir.time_to_fid
         self.thresholds = sorted({*self.THRESHOLDS, *([target] if target else [])}, reverse=True)
-        try:  # a resumed run keeps the times its earlier launches reached
-            self.reached = {float(k): v for k, v in json.loads(self.file.read_text())["reached"].items()}
+        self.reached = self.read_reached(self.file)  # a resumed run keeps the times its launches reached
+
+    @staticmethod
+    def read_reached(file: Path) -> dict[float, dict]:
+        try:
+            return {float(k): v for k, v in json.loads(file.read_text())["reached"].items()}
         except (OSError, ValueError, KeyError):
-            self.reached = {}
+            return {}
+
+    @classmethod
+    def ended_at_target(cls, file: Path, target: float, step: int) -> bool:
+        """Whether the run ended at this `target` by `step` (then a relaunch has nothing to train): the
+        first score at or below it ends a run, and is kept as the time to it."""
+        at = {f"{t:g}": r for t, r in cls.read_reached(file).items()}.get(f"{target:g}")
+        return bool(target) and at is not None and at["step"] <= step
 
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0

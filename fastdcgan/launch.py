@@ -39,9 +39,8 @@ def check_resumable(path: Path, cfg: Config) -> None:
     before any set-up rather than as load_state_dict's size mismatch after the cache build."""
     try:
         saved = checkpoint.load(path).get("config", {})
-    except (RuntimeError, OSError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"cannot resume from {path}: {first}") from None
+    except checkpoint.Unreadable as e:
+        raise UsageError(f"cannot resume from {path}: {e.reason}") from None
     now, was = config.to_dict(cfg), config.to_dict(config.from_dict(saved))
     differ = []
     for key, implies in MODEL_LAYOUT.items():

@@ -108,9 +108,8 @@ def read_weights(where: str) -> tuple[dict, dict, str]:
             raise UsageError(f"train.init: {path} holds a generator only; its discriminator "
                              f"({d_path.name if d_path != path else 'discriminator.pth'}) is not beside it")
         return s, checkpoint.load(d_path), f"{path} and {d_path.name}"
-    except (RuntimeError, OSError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise UsageError(f"train.init: cannot read {path}: {first}") from None
+    except checkpoint.Unreadable as e:
+        raise UsageError(f"train.init: cannot read {e}") from None
 
 
 class TrainState:
@@ -154,6 +153,7 @@ class TrainState:
         self.peak = perf.peak_flops(device, self.precision)
         self.fixed_z = fixed_noise(cfg.sample.n, m.nz, cfg.train.seed + 1, device)
         self.step = self.epoch = self.batch_in_epoch = 0
+        self.images = 0  # trained on, all ranks and launches: steps times a global batch that may change
         self.resumed_config: dict | None = None  # the settings of the checkpoint resumed, if any
         self.calibrated_at = -1  # the step G_ema's BatchNorm statistics were last recalibrated at
         self.started = time.perf_counter()  # when this launch began (the trainer sets its own start)
@@ -190,7 +190,8 @@ class TrainState:
         self.sampling_generator()  # G_ema is saved with the statistics its samples use
         return {
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-            "config": config.to_dict(self.cfg), "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "images": self.images, "config": config.to_dict(self.cfg),
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
             "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
             "wall_s": self.wall_s(),
@@ -205,9 +206,10 @@ class TrainState:
             load_optimizer(self.opt_d, s["opt_d"])
             if self.G_ema is not None:  # a checkpoint from a run without EMA: start the average at G
                 self.G_ema.load_state_dict(s.get("G_ema", s["G"]))
-        except (RuntimeError, KeyError, OSError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UsageError(f"cannot resume from {path}: {first}") from None
+        except checkpoint.Unreadable as e:
+            raise UsageError(f"cannot resume from {path}: {e.reason}") from None
+        except (RuntimeError, KeyError) as e:  # weights that do not fit, a record it lacks
+            raise UsageError(f"cannot resume from {path}: {checkpoint.first_line(e)}") from None
         # The optimizer state carries the old hyperparameters; the config given now is the one that applies.
         o = self.cfg.optim
         set_hyperparameters(self.opt_g, o.lr_g * self.lr_scale, (o.beta1, o.beta2))
@@ -219,6 +221,7 @@ class TrainState:
         # boundaries; mid-epoch the new cut of the same permutation may repeat or skip up to a batch).
         saved_batch = s["config"]["train"]["batch_size"] * saved_world
         self.batch_in_epoch = self.batch_in_epoch * saved_batch // (self.cfg.train.batch_size * world)
+        self.images = s.get("images", self.step * saved_batch)  # a checkpoint from before the count
         if saved_world == world:
             set_rng_state(s["rng"][rank])
         else:  # the ranks' random states do not map onto another number of ranks: new noise

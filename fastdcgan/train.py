@@ -86,9 +86,13 @@ class Run:
             self.state.load(self.resume_from)
         elif cfg.train.init:  # a fresh run only: relaunched, a fine-tuning run resumes its own checkpoints
             self.init_from = self.state.init_from(cfg.train.init)
-        self.total_steps = cfg.train.epochs * len(self.loader)
+        s = self.state  # the epochs left at this launch's batch (a resume may change the global batch)
+        self.total_steps = s.step + (cfg.train.epochs - s.epoch) * len(self.loader) - s.batch_in_epoch
         if cfg.train.max_steps:
             self.total_steps = min(self.total_steps, cfg.train.max_steps)
+        if self.resume_from and cfg.fid.every and FID.ended_at_target(self.paths.time_to_fid,
+                                                                      cfg.fid.target, s.step):
+            self.total_steps = min(self.total_steps, s.step)  # launched again after it ended at fid.target
 
     # What tests and tools reach for on a Run.
     G = property(lambda self: self.state.G)
@@ -190,6 +194,7 @@ class Run:
                 s.gan.step(batch)
                 timer.step_done()
                 s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
+                s.images += images_per_step
                 step, epoch = s.step, s.epoch + 1  # epochs counted from 1 in lines and rows
                 if warmup.step_done():  # compile and capture are timed apart from img/s
                     timer.restart()
@@ -201,7 +206,7 @@ class Run:
                     means = s.gan.read()  # one host sync per log line, never per step
                     if not all(math.isfinite(v) for v in means.values()):
                         raise NonFinite(step)
-                    log.record(step, epoch, step * images_per_step, means, timer.read(images_per_step),
+                    log.record(step, epoch, s.images, means, timer.read(images_per_step),
                                warmup.take_costs(), s.wall_s())
                 why = stop.requested(step)
                 pausing = samples.due(step) or ckpts.due(step) or bool(fid and fid.due(step))
@@ -230,8 +235,7 @@ class Run:
     def _score_fid(self, step: int, epoch: int) -> bool:
         """FID now; a new best is checkpointed (best_fid links to that file). True at fid.target."""
         s, fid, ckpts = self.state, self.fid, self.checkpoints
-        row = fid.score(s.sampling_generator(), step, epoch,
-                        step * self.cfg.train.batch_size * self.env.world, s.wall_s())
+        row = fid.score(s.sampling_generator(), step, epoch, s.images, s.wall_s())
         if fid.is_best(row) and not ckpts.saved_at(step):
             ckpts.save(s)  # every rank takes part
         fid.keep(row, ckpts.latest() if self.main else None, s.state_dict)

@@ -102,7 +102,7 @@ EOF
 }
 
 start_munge() {
-    [[ -S /run/munge/munge.socket.2 ]] && munge -n </dev/null | unmunge >/dev/null 2>&1 && return 0
+    [[ -S /run/munge/munge.socket.2 ]] && munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
     if [[ ! -s /etc/munge/munge.key ]]; then
         mungekey --create --keyfile=/etc/munge/munge.key 2>/dev/null \
             || dd if=/dev/urandom of=/etc/munge/munge.key bs=1 count=1024 status=none
@@ -114,7 +114,7 @@ start_munge() {
     runuser -u munge -- munged --force
     touch "$PIDS/munged.ours"  # stop stops munged only if start started it
     for _ in $(seq 50); do
-        munge -n </dev/null | unmunge >/dev/null 2>&1 && return 0
+        munge -n </dev/null 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
         sleep 0.2
     done
     say "munged did not come up (see /var/log/munge/munged.log)"

@@ -1,5 +1,4 @@
 import contextlib
-import pickle
 import signal
 import subprocess
 import sys
@@ -71,8 +70,10 @@ def test_checkpoints_cannot_carry_code(tmp_path):
             return (print, ("ran code",))
     bad = tmp_path / "bad.pt"
     torch.save({"step": 1, "x": Evil()}, bad)
-    with pytest.raises(pickle.UnpicklingError):
+    with pytest.raises(checkpoint.Unreadable) as e:
         checkpoint.load(bad)
+    assert str(e.value) == (f"{bad}: it holds objects other than tensors and plain values, which could run "
+                            "code when loaded; checkpoints never do")
 
 
 WRITER = """

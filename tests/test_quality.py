@@ -217,6 +217,12 @@ def test_fid_target_ends_the_run_and_the_time_to_fid_is_reported(celeba, tiny_fi
             and out.strip().splitlines()[-1].startswith(f"done: {stop} steps"))
     status = (run / "STATUS").read_text()
     assert status.startswith(f"finished {stop}; time to FID") and summary in status
+    # launched again (a requeue, a user's retry): the run ended at the target, so it stays ended
+    assert main(tiny_args(celeba, run, train__max_steps=8, fid__target=target,
+                          **fid_args(tiny_fid_net, every=2))) == 0
+    assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == stop
+    assert checkpoint.latest(run / "checkpoints").name == f"step_{stop:08d}.pt"
+    assert capsys.readouterr().out.strip().splitlines()[-1].startswith(f"done: {stop} steps")
 
 
 def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):

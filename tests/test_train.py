@@ -498,3 +498,28 @@ def test_a_resume_with_another_batch_size_keeps_the_images_seen(celeba, tmp_path
     assert "at step 3 (epoch 1, after batch 6)" in out and "train.batch_size: 8 -> 4" in out
     s = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     assert (s["step"], s["epoch"], s["batch_in_epoch"]) == (10, 1, 1)
+
+
+def test_a_resume_at_another_batch_size_trains_the_epochs_asked_and_counts_the_images_seen(celeba, tmp_path):
+    """2 epochs of 48 images: 3 steps of 8 (24 images), then at batch 4 the rest of epoch 1 (6 steps) and
+    epoch 2 (12 steps): 21 steps and 96 images in all, whatever the step count would say at either batch."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=3, log__every=1)) == 0
+    assert main(tiny_args(celeba, run, train__batch_size=4, log__every=1)) == 0
+    s = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert (s["step"], s["epoch"], s["batch_in_epoch"], s["images"]) == (21, 2, 0, 96)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    images = [r["images"] for r in rows if "loss_d" in r]
+    assert images == [8, 16, 24] + [24 + 4 * i for i in range(1, 19)]
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", "list"], ids=["text", "empty", "a list"])
+def test_a_resume_file_that_is_no_checkpoint_is_one_line_and_exit_2(celeba, tmp_path, capsys, content):
+    bad = tmp_path / "bad.pt"
+    if content == "list":
+        torch.save([1, 2, 3], bad)  # torch's, but no checkpoint
+    else:
+        bad.write_bytes(content)
+    assert main(tiny_args(celeba, tmp_path / "run", train__resume=bad)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot resume from {bad}: ") and err.count("\n") == 1, err

@@ -41,7 +41,7 @@ class Feed:
     # the folder scanned (a cache names itself by it); None: the files' common folder
     root: Path | None = None
     workers: int = 0     # torch: DataLoader worker processes
-    threads: int = 0     # dali and nvjpeg: CPU threads (0: one per core, shared by the node's ranks)
+    threads: int = 0     # dali: CPU threads (0: one per core, shared by a node's ranks); nvjpeg: reads (0: 2)
     prefetch: int = 2    # dali and nvjpeg: batches decoded ahead
 
     @classmethod

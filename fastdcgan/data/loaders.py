@@ -1,15 +1,8 @@
 """Pick and build the input backend: data.backend = auto | cache | dali | nvjpeg | torch.
 
 auto: `cache` when the decoded dataset (N x S x S x 3 bytes) fits the memory budget, else `dali`
-when DALI imports, else `nvjpeg` (torchvision's GPU decode) on CUDA, else `torch`. The budget is
-where the cache would live:
-  - CUDA: half of the GPU memory free at start (torch.cuda.mem_get_info). The DCGAN's own needs are
-    small (weights, Adam state and activations of a batch-128 64x64 step are well under 1 GB), and
-    the other half leaves room for torch.compile, CUDA graphs and a larger model.
-  - CPU: a quarter of the host memory available at start (MemAvailable), divided among the ranks
-    on this node (LOCAL_WORLD_SIZE): each rank holds its own copy.
-CelebA at 64x64 is 2.5 GB: the cache on any GPU with more than 5 GB free, or a host with 10 GB
-available. The choice and the reason are returned for the trainer to print.
+when DALI imports, else `nvjpeg` (torchvision's GPU decode) on CUDA, else `torch`. The budget and
+why it is what it is: cache.memory_budget. make_loader says which backend it took and why.
 """
 from __future__ import annotations
 

@@ -103,10 +103,9 @@ def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu",
         return _load_torchscript(file, device)
     try:
         state = checkpoint.load(file)
-    except Exception as e:  # a truncated or foreign file: torch raises many kinds
-        raise GeneratorLoadError(f"{file} is not a checkpoint or state_dict torch can load ({e})") from None
-    if not isinstance(state, dict):
-        raise GeneratorLoadError(f"{file} holds a {type(state).__name__}, not a checkpoint or state_dict")
+    except checkpoint.Unreadable as e:
+        raise GeneratorLoadError(f"{file} is not a checkpoint or state_dict torch can load "
+                                 f"({e.reason})") from None
     G = generator_from_checkpoint(state, ema, str(file))
     return LoadedGenerator(G.to(device), G.nz, G.image_size, str(file))
 

