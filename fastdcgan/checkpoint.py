@@ -95,16 +95,23 @@ def first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else type(e).__name__
 
 
+def _why_unreadable(e: BaseException) -> str:
+    text = str(e)
+    if "Unsupported global" in text:  # torch's own advice here is how to load it anyway: not ours to give
+        return ("it holds objects other than tensors and plain values, which could run code when loaded; "
+                "checkpoints never do")
+    if "Weights only load failed" in text:  # not a pickle at all (text, a foreign format)
+        return "not a file torch.save wrote"
+    return "empty or cut short" if isinstance(e, EOFError) else first_line(e)
+
+
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
     """The dict a checkpoint or state_dict holds. Whatever else the file is (truncated, not torch's,
     a pickle that would run code), one Unreadable naming it: torch raises many kinds for these."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
-        if "Weights only load failed" in str(e):  # torch's advice here is how to load it anyway: not ours
-            raise Unreadable(path, "it holds objects other than tensors and plain values, which could run "
-                                   "code when loaded; checkpoints never do") from None
-        raise Unreadable(path, first_line(e)) from None
+        raise Unreadable(path, _why_unreadable(e)) from None
     if not isinstance(state, dict):
         raise Unreadable(path, f"holds a {type(state).__name__}, not a dict")
     return state

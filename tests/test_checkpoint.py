@@ -38,8 +38,9 @@ def test_crash_while_writing_leaves_the_previous_checkpoint_latest(tmp_path, mon
     monkeypatch.undo()
     assert checkpoint.latest(tmp_path).name == "step_00000001.pt"
     assert checkpoint.load(checkpoint.latest(tmp_path))["step"] == 1
+    assert len(list(tmp_path.iterdir())) == 3  # step 1, latest, and the partial file of step 2
     checkpoint.save(state(3), tmp_path, keep=3)  # the next save clears the stray temp file
-    assert not list(tmp_path.glob("*.tmp"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["latest", "step_00000001.pt", "step_00000003.pt"]
 
 
 def test_stale_or_missing_pointer_falls_back_to_newest_complete(tmp_path):

@@ -1,9 +1,10 @@
-"""Checkpoint folders at their edges: a save into a folder not made yet, what a crash leaves behind,
-step numbers past the zero padding, a pointer to an older step, and the error for nothing found."""
+"""Checkpoint folders at their edges: a save into a folder not made yet, step numbers past the zero
+padding, a pointer to an older step, the error for nothing found, and files that are no checkpoint."""
 import pytest
 import torch
 
 from fastdcgan import checkpoint
+from fastdcgan.config import UsageError
 from fastdcgan.rundir import find_weights
 
 
@@ -11,29 +12,9 @@ def state(step):
     return {"step": step, "G": {"w": torch.full((3,), float(step))}}
 
 
-def names(d):
-    return sorted(p.name for p in d.iterdir())
-
-
 def test_a_save_makes_the_whole_path_to_its_folder(tmp_path):
     path = checkpoint.save(state(1), tmp_path / "runs" / "new" / "checkpoints", keep=2)
     assert checkpoint.load(path)["step"] == 1
-
-
-def test_the_save_after_a_crash_leaves_only_complete_checkpoints_and_the_pointer(tmp_path, monkeypatch):
-    checkpoint.save(state(1), tmp_path, keep=3)
-
-    def dies_halfway(obj, f):
-        f.write(b"PK\x03\x04 half a checkpoint")
-        raise KeyboardInterrupt("power cut")
-
-    monkeypatch.setattr(torch, "save", dies_halfway)
-    with pytest.raises(KeyboardInterrupt):
-        checkpoint.save(state(2), tmp_path, keep=3)
-    monkeypatch.undo()
-    assert len(names(tmp_path)) == 3  # step 1, latest, and the partial file of step 2
-    checkpoint.save(state(3), tmp_path, keep=3)
-    assert names(tmp_path) == ["latest", "step_00000001.pt", "step_00000003.pt"]
 
 
 def test_steps_past_eight_digits_still_rotate_and_fall_back_by_number(tmp_path):
@@ -65,3 +46,18 @@ def test_nothing_to_resolve_names_where_it_looked(tmp_path):
     with pytest.raises(FileNotFoundError,
                        match=f"no checkpoint or generator.pth found at {tmp_path / 'elsewhere'}"):
         find_weights(tmp_path / "elsewhere")
+
+
+@pytest.mark.parametrize("write, reason", [
+    (lambda p: p.write_bytes(b"not a checkpoint\n"), "not a file torch.save wrote"),
+    (lambda p: p.write_bytes(b""), "empty or cut short"),
+    (lambda p: torch.save([1, 2, 3], p), "holds a list, not a dict"),
+    (lambda p: p.write_bytes(b"PK\x03\x04 half a checkpoint"), "PytorchStreamReader failed reading zip"),
+], ids=["text", "empty", "a list", "a cut zip"])
+def test_a_file_that_is_no_checkpoint_is_one_unreadable_naming_it_and_why(tmp_path, write, reason):
+    bad = tmp_path / "bad.pt"
+    write(bad)
+    with pytest.raises(checkpoint.Unreadable) as e:
+        checkpoint.load(bad)
+    assert e.value.reason.startswith(reason) and str(e.value) == f"{bad}: {e.value.reason}"
+    assert "\n" not in str(e.value) and isinstance(e.value, UsageError)
