@@ -84,8 +84,10 @@ def test_sigterm_to_one_worker_stops_all_with_one_checkpoint(celeba, tmp_path):
     # which a busy machine lets the run reach before the signal lands
     assert saved[-1] == int(step) and all(s % 6 == 0 for s in saved[:-1]), saved
     
-    # ... and that 2-process checkpoint resumes in one process (fresh launch: the stale STOP is cleared)
-    assert main(tiny_args(celeba, run, train__batch_size=4, train__max_steps=int(step) + 4)) == 0
+    # ... and that 2-process checkpoint resumes in one process (fresh launch: the stale STOP is cleared),
+    # with the first launch's epochs (tiny_args' 2 may be done by then: the run would have ended)
+    assert main(tiny_args(celeba, run, train__batch_size=4, train__epochs=1000,
+                          train__max_steps=int(step) + 4)) == 0
     assert (run / "STATUS").read_text().split() == ["finished", str(int(step) + 4)]
 
 
