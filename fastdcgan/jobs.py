@@ -123,8 +123,15 @@ class Plots:
                  main: bool):
         self.min_steps, self.run_dir, self.axis, self.report, self.main = (
             min_steps, run_dir, losses.HISTOGRAM_AXIS[loss], report, main)
-        # the step and the last whole epoch drawn (at start: where this launch begins)
+        # the step and the last whole epoch drawn: where this launch begins, unless a checkpoint says
+        # (load_state_dict: the drawings' pace then spans the launches, as if never stopped)
         self.drawn = (step, epoch)
+
+    def state_dict(self) -> dict:
+        return {"drawn": list(self.drawn)}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.drawn = tuple(state["drawn"])
 
     def due_at_epoch_end(self, step: int) -> bool:
         return step - self.drawn[0] >= self.min_steps
@@ -146,11 +153,20 @@ class Plots:
 
 class Checkpoints:
     """checkpoints/step_N.pt every `every` steps, at each epoch's end, on a stop and at the end, where
-    the last `keep` stay; at the end also the weights users load (generator.pth, discriminator.pth)."""
+    the last `keep` stay; at the end also the weights users load (generator.pth, discriminator.pth).
 
-    def __init__(self, every: int, folder: Path, keep: int, last_saved: int, main: bool):
+    A checkpoint holds the TrainState and, under "jobs", the records of the side jobs in `jobs` (by
+    name; each has state_dict and load_state_dict): what a job keeps that must span a resume."""
+
+    def __init__(self, every: int, folder: Path, keep: int, last_saved: int, main: bool,
+                 jobs: dict | None = None):
         self.every, self.folder, self.keep, self.main = every, folder, keep, main
         self.last_saved = last_saved  # the step of the latest checkpoint this launch has (-1: none)
+        self.jobs = jobs or {}
+
+    def contents(self, state) -> dict:
+        """What a checkpoint of `state` holds. A collective (TrainState.state_dict): every rank calls it."""
+        return state.state_dict() | {"jobs": {name: job.state_dict() for name, job in self.jobs.items()}}
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -167,7 +183,7 @@ class Checkpoints:
         barrier after keeps other ranks from exiting, and a launcher from killing rank 0, mid-write."""
         if not state.gan.finite():
             raise NonFinite(state.step)
-        contents = state.state_dict()
+        contents = self.contents(state)
         path = (checkpoint.save(contents, self.folder, self.keep) if self.main
                 else self.folder / checkpoint.LATEST)
         dist.barrier()
@@ -191,11 +207,17 @@ class FID:
     the run ends, as if finished."""
     THRESHOLDS = (200.0, 100.0, 50.0, 30.0, 20.0, 10.0)
 
-    def __init__(self, every: int, tracker, target: float, run_dir: RunDir, report: Report, main: bool):
+    def __init__(self, every: int, tracker, target: float, run_dir: RunDir, report: Report, main: bool,
+                 start: int):
         self.every, self.tracker, self.target, self.report, self.main = every, tracker, target, report, main
         self.run_dir, self.file = run_dir, run_dir.time_to_fid
         self.thresholds = sorted({*self.THRESHOLDS, *([target] if target else [])}, reverse=True)
-        self.reached = self.read_reached(self.file)  # a resumed run keeps the times its launches reached
+        # A resumed run keeps the times its launches reached by `start`, the step it resumes at; later
+        # ones (a launch that ended after its last checkpoint) are reached again, on this run's clock.
+        found = self.read_reached(self.file)
+        self.reached = {t: r for t, r in found.items() if r["step"] <= start}
+        if main and self.reached != found:
+            self._write()
 
     @staticmethod
     def read_reached(file: Path) -> dict[float, dict]:
@@ -221,19 +243,17 @@ class FID:
     def is_best(self, row: dict) -> bool:
         return self.tracker.is_best(row)
 
-    def keep(self, row: dict, saved: Path | None, state_dict) -> None:
+    def keep(self, row: dict, saved: Path | None, contents) -> None:
         """Record the score: best_fid (a link to `saved`, this step's checkpoint, when there is one),
         the thresholds it reaches for the first time, the metrics row, the plot and a line."""
-        best = self.tracker.keep_if_best(row, saved, state_dict, write=self.main)
+        best = self.tracker.keep_if_best(row, saved, contents, write=self.main)
         new = [t for t in self.thresholds if row["fid"] <= t and t not in self.reached]
         for t in new:
             self.reached[t] = {k: row[k] for k in ("step", "images", "wall_s", "fid")}
         if not self.main:
             return
         if new:
-            reached = {f"{t:g}": v for t, v in sorted(self.reached.items(), reverse=True)}
-            data = json.dumps({"target": self.target or None, "reached": reached}, indent=1).encode()
-            checkpoint.atomic_write(self.file, lambda f: f.write(data))
+            self._write()
         self.report.record(row)
         plots.plot_fid(self.run_dir.metrics, self.run_dir.plots / "fid.png")
         self.report.print(f"step {row['step']}  FID {row['fid']:.2f} on {row['fid_n']} samples "
@@ -241,6 +261,11 @@ class FID:
         if self.target_reached(row):
             self.report.print(f"fid.target {self.target:g} reached at step {row['step']}, "
                               f"{row['wall_s']:.0f} s into the run")
+
+    def _write(self) -> None:
+        reached = {f"{t:g}": v for t, v in sorted(self.reached.items(), reverse=True)}
+        data = json.dumps({"target": self.target or None, "reached": reached}, indent=1).encode()
+        checkpoint.atomic_write(self.file, lambda f: f.write(data))
 
     def target_reached(self, row: dict) -> bool:
         return bool(self.target) and row["fid"] <= self.target

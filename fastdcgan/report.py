@@ -60,12 +60,16 @@ class Display:
 
 
 class MetricsFile:
-    """RUN_DIR/metrics.jsonl: one JSON object per log point or FID evaluation, appended as they come."""
+    """RUN_DIR/metrics.jsonl: one JSON object per log point or FID evaluation, appended as they come.
 
-    def __init__(self, path: Path, resumed_at: int | None):
-        if resumed_at is not None:  # forget rows from steps the checkpoint does not contain: they are redone
-            rows = [r for r in plots.read_metrics(path) if r["step"] <= resumed_at]
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    A launch starts at `start`, the step of the checkpoint it resumes (0 without one): rows of later
+    steps, from a launch that ended after its last checkpoint (kill -9, a node lost; or before its
+    first), are forgotten, since this launch does those steps again."""
+
+    def __init__(self, path: Path, start: int):
+        rows = plots.read_metrics(path)
+        if any(r["step"] > start for r in rows):
+            path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
         self.path = path
         self.file = open(path, "a")
 
@@ -86,9 +90,11 @@ class MetricsFile:
 class TensorBoard:
     """RUN_DIR/tb/: the same records as scalars, the fixed-noise grids, the D-output histograms."""
 
-    def __init__(self, log_dir: Path):
+    def __init__(self, log_dir: Path, start: int):
         from torch.utils.tensorboard import SummaryWriter  # check_tensorboard has seen the package
-        self.writer = SummaryWriter(str(log_dir))
+        # TensorBoard hides earlier launches' events after `start` (this launch redoes those steps), as
+        # MetricsFile forgets those rows; else a run killed past its last checkpoint shows them twice.
+        self.writer = SummaryWriter(str(log_dir), purge_step=start + 1)
 
     def record(self, row: dict) -> None:
         for key, value in row.items():
@@ -121,14 +127,14 @@ class TensorBoard:
 class Report:
     """The console, and the record sinks (metrics.jsonl, TensorBoard) on rank 0."""
 
-    def __init__(self, run_dir: Path, main: bool, total: int, start: int, resumed: bool, tensorboard: bool):
+    def __init__(self, run_dir: Path, main: bool, total: int, start: int, tensorboard: bool):
         self.dir, self.main = run_dir, main
         self.display = Display(total, start, enabled=main)
         self.sinks = []
         if main:
-            self.sinks.append(MetricsFile(RunDir(run_dir).metrics, start if resumed else None))
+            self.sinks.append(MetricsFile(RunDir(run_dir).metrics, start))
             if tensorboard:
-                self.sinks.append(TensorBoard(RunDir(run_dir).tensorboard))
+                self.sinks.append(TensorBoard(RunDir(run_dir).tensorboard, start))
 
     def print(self, line: str, last: bool = False) -> None:
         self.display.print(line, last)

@@ -155,6 +155,7 @@ class TrainState:
         self.step = self.epoch = self.batch_in_epoch = 0
         self.images = 0  # trained on, all ranks and launches: steps times a global batch that may change
         self.resumed_config: dict | None = None  # the settings of the checkpoint resumed, if any
+        self.job_records: dict = {}  # the side jobs' records in the checkpoint resumed (jobs.Checkpoints)
         self.calibrated_at = -1  # the step G_ema's BatchNorm statistics were last recalibrated at
         self.started = time.perf_counter()  # when this launch began (the trainer sets its own start)
         self.wall_before = 0.0              # seconds of the launches before it (from the checkpoint)
@@ -227,6 +228,7 @@ class TrainState:
         else:  # the ranks' random states do not map onto another number of ranks: new noise
             torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + self.step)
         self.resumed_config = s["config"]
+        self.job_records = s.get("jobs", {})
         self.wall_before = s.get("wall_s", 0.0)
 
     def init_from(self, where: str) -> str:

@@ -121,10 +121,14 @@ class Run:
         self.log = Log(cfg.log.every, self.total_steps, report, s.flops, s.peak)
         self.samples = Samples(cfg.sample.every, s.fixed_z, self.paths.samples, report, main)
         self.plots = Plots(cfg.log.every, s.step, s.epoch, self.paths, cfg.train.loss, report, main)
+        kept = {"plots": self.plots}  # the jobs whose records a checkpoint holds
+        for name, job in kept.items():
+            if name in s.job_records:  # resumed: as the checkpoint left them
+                job.load_state_dict(s.job_records[name])
         self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep,
-                                       last_saved=s.step if self.resume_from else -1, main=main)
+                                       last_saved=s.step if self.resume_from else -1, main=main, jobs=kept)
         self.stop = Stop(self.paths.stop, self.env, s.step)
-        self.fid = (FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main)
+        self.fid = (FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main, s.step)
                     if self.tracker else None)
 
     def fit(self) -> int:
@@ -133,7 +137,7 @@ class Run:
         if self.main:
             self.paths.config.write_text(config.to_toml(self.cfg))
         self.report = Report(self.dir, self.main, self.total_steps, self.state.step,
-                             resumed=self.resume_from is not None, tensorboard=self.cfg.log.tensorboard)
+                             tensorboard=self.cfg.log.tensorboard)
         self._make_jobs()
         code = None
         try:
@@ -215,7 +219,7 @@ class Run:
                         samples.save(s.sampling_generator(), f"step_{step:08d}", step)
                     if why:
                         raise StopRequested(why)
-                    if ckpts.due(step):
+                    if ckpts.due(step) and s.batch_in_epoch < len(self.loader):  # else the epoch's end saves
                         ckpts.save(s)
                     if fid and fid.due(step) and self._score_fid(step, epoch):
                         self.total_steps = step  # fid.target reached: the run ends here, as if finished
@@ -238,7 +242,7 @@ class Run:
         row = fid.score(s.sampling_generator(), step, epoch, s.images, s.wall_s())
         if fid.is_best(row) and not ckpts.saved_at(step):
             ckpts.save(s)  # every rank takes part
-        fid.keep(row, ckpts.latest() if self.main else None, s.state_dict)
+        fid.keep(row, ckpts.latest() if self.main else None, lambda: ckpts.contents(s))
         return fid.target_reached(row)
 
     def _finish(self) -> None:

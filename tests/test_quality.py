@@ -285,3 +285,20 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
     error_stale, error_fresh = ((stale - reference).abs().mean().item(),
                                 (fresh - reference).abs().mean().item())
     assert error_fresh < 0.5 * error_stale and error_fresh < 0.02, (error_fresh, error_stale)
+
+
+def test_time_to_fid_forgets_what_a_launch_reached_after_the_checkpoint_it_resumes(celeba, tiny_fid_net,
+                                                                                   tmp_path):
+    """A launch killed after its last checkpoint may have reached a threshold in steps the next launch
+    does again: that time belongs to no run the checkpoints hold, and the run's record is the redone one."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4, **fid_args(tiny_fid_net, every=2))) == 0
+    record = json.loads((run / "time_to_fid.json").read_text())
+    kept = dict(record["reached"])
+    # reached after step 4's checkpoint, by a launch that died before its next
+    record["reached"]["10"] = {"step": 6, "images": 48, "wall_s": 999.0, "fid": 9.0}
+    (run / "time_to_fid.json").write_text(json.dumps(record))
+    assert main(tiny_args(celeba, run, train__max_steps=8, **fid_args(tiny_fid_net, every=2))) == 0
+    # the tiny network never scores 10: the redone steps do not reach it again
+    assert json.loads((run / "time_to_fid.json").read_text())["reached"] == kept
+    assert "<=10:" not in (run / "STATUS").read_text()

@@ -75,20 +75,22 @@ def test_each_plain_line_is_flushed_at_once_for_a_batch_jobs_log(monkeypatch):
     assert log.flushed == "step 1\n"
 
 
-def test_metrics_rows_are_on_disk_as_they_come_and_a_resume_forgets_the_steps_it_redoes(tmp_path):
+def test_metrics_rows_are_on_disk_as_they_come_and_a_launch_forgets_the_steps_it_redoes(tmp_path):
     path = tmp_path / "metrics.jsonl"
-    m = report.MetricsFile(path, resumed_at=None)
+    m = report.MetricsFile(path, start=0)
     for step in (2, 4, 6):
         m.record({"step": step, "loss_d": step / 10})
         assert json.loads(path.read_text().splitlines()[-1])["step"] == step  # flushed at once
     m.close()
-    m = report.MetricsFile(path, resumed_at=4)  # the checkpoint was at step 4: step 6 is done again
+    m = report.MetricsFile(path, start=4)  # the checkpoint was at step 4: step 6 is done again
     assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [2, 4]
     m.record({"step": 6, "loss_d": 0.7})
     m.close()
     assert [json.loads(x)["loss_d"] for x in path.read_text().splitlines()] == [0.2, 0.4, 0.7]
-    report.MetricsFile(path, resumed_at=None).close()  # a fresh launch appends, forgets nothing
+    report.MetricsFile(path, start=7).close()  # a launch at a later step forgets nothing
     assert len(path.read_text().splitlines()) == 3
+    report.MetricsFile(path, start=0).close()  # no checkpoint left: every step is done again
+    assert path.read_text() == ""
 
 
 def tensorboard_events(log_dir):
@@ -104,7 +106,7 @@ ROW = {"step": 10, "epoch": 1, "images": 80, "time": 1.7e9, "fid_n": 100, "fid_m
 
 
 def test_report_sends_every_record_to_metrics_jsonl_and_tensorboard(tmp_path):
-    r = report.Report(tmp_path, main=True, total=20, start=0, resumed=False, tensorboard=True)
+    r = report.Report(tmp_path, main=True, total=20, start=0, tensorboard=True)
     r.record(ROW)
     r.image("samples", torch.rand(3, 10, 18), 10)
     r.histogram("D/real", torch.tensor([1, 3, 0, 4]), 10)
@@ -135,25 +137,25 @@ def test_report_sends_every_record_to_metrics_jsonl_and_tensorboard(tmp_path):
 
 
 def test_status_says_the_word_the_step_and_anything_more(tmp_path):
-    r = report.Report(tmp_path, main=True, total=20, start=0, resumed=False, tensorboard=False)
+    r = report.Report(tmp_path, main=True, total=20, start=0, tensorboard=False)
     r.status("finished", 20, "FID 80.5 at step 20")
     assert (tmp_path / "STATUS").read_text() == "finished 20; FID 80.5 at step 20\n"
     r.close()
     assert not (tmp_path / "tb").exists()
 
 
-def test_a_resumed_report_trims_metrics_to_its_start_and_a_fresh_one_appends(tmp_path):
+def test_a_report_trims_metrics_to_its_start(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (5, 10, 15)))
-    report.Report(tmp_path, main=True, total=20, start=10, resumed=True, tensorboard=False).close()
+    report.Report(tmp_path, main=True, total=20, start=10, tensorboard=False).close()
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [5, 10]
-    report.Report(tmp_path, main=True, total=20, start=0, resumed=False, tensorboard=False).close()
+    report.Report(tmp_path, main=False, total=20, start=0, tensorboard=False).close()  # rank 1 writes nothing
     assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_on_a_terminal_the_reports_bar_counts_from_the_resumed_step_to_the_total(tmp_path, monkeypatch):
     console = terminal()
     monkeypatch.setattr("rich.console.Console", lambda: console)
-    r = report.Report(tmp_path, main=True, total=30, start=12, resumed=True, tensorboard=False)
+    r = report.Report(tmp_path, main=True, total=30, start=12, tensorboard=False)
     task = r.display.progress.tasks[0]
     assert (task.total, task.completed) == (30, 12)
     r.print("step 12 [x]")
@@ -165,14 +167,14 @@ def test_on_a_terminal_the_reports_bar_counts_from_the_resumed_step_to_the_total
 
 
 def test_the_main_reports_lines_reach_the_console(tmp_path, capsys):
-    r = report.Report(tmp_path, main=True, total=20, start=0, resumed=False, tensorboard=False)
+    r = report.Report(tmp_path, main=True, total=20, start=0, tensorboard=False)
     r.print("step 3  loss 1.0")
     r.close()
     assert capsys.readouterr().out == "step 3  loss 1.0\n"
 
 
 def test_other_ranks_write_no_file(tmp_path, capsys):
-    r = report.Report(tmp_path, main=False, total=20, start=0, resumed=False, tensorboard=True)
+    r = report.Report(tmp_path, main=False, total=20, start=0, tensorboard=True)
     r.record(ROW)
     r.image("samples", torch.rand(3, 4, 4), 1)
     r.histogram("D/real", torch.ones(4), 1)

@@ -523,3 +523,16 @@ def test_a_resume_file_that_is_no_checkpoint_is_one_line_and_exit_2(celeba, tmp_
     assert main(tiny_args(celeba, tmp_path / "run", train__resume=bad)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot resume from {bad}: ") and err.count("\n") == 1, err
+
+
+def test_each_checkpoint_is_written_once(celeba, tmp_path, monkeypatch):
+    """ckpt.every falling on an epoch's last batch: one write, by the epoch's end (a checkpoint that says
+    the epoch is done), not a second one at the same step just before it."""
+    written = []
+    save = checkpoint.save
+    monkeypatch.setattr(checkpoint, "save",
+                        lambda state, *a, **k: written.append(state["step"]) or save(state, *a, **k))
+    assert main(tiny_args(celeba, tmp_path / "run", ckpt__every=3)) == 0  # 6 steps per epoch
+    assert written == [3, 6, 9, 12]
+    s = checkpoint.load(tmp_path / "run" / "checkpoints" / "step_00000006.pt")
+    assert (s["epoch"], s["batch_in_epoch"]) == (1, 0)

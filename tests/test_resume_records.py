@@ -1,0 +1,135 @@
+"""Every record a run writes spans its launches: a run stopped three times (with no checkpoint left, and
+with its newest checkpoint lost, as a kill -9 leaves it; and by a signal) and launched again each time
+leaves the same run directory as the run that was never stopped.
+
+By construction: every file of the uninterrupted run is compared with the interrupted run's, by its
+contents; only what is a clock, and the checkpoints a stop adds, are set aside, each named below
+with its reason. A record added later is held to this without a change here.
+"""
+import json
+import os
+import signal
+
+import pytest
+import torch
+
+from conftest import tiny_args
+from fastdcgan import checkpoint, jobs
+from fastdcgan.train import main
+
+# What may differ, and why. Keys of metrics rows and time_to_fid entries that are clocks:
+CLOCKS = {"time", "img_per_s", "data_ms", "compute_ms", "mfu", "setup_s", "warmup_s", "warmup_steps", "fid_s",
+          "wall_s"}
+# Files: each stop adds a checkpoint the uninterrupted run has not (the latest and best_fid are compared);
+# TensorBoard's files are named by time and host (their events are compared); STATUS ends with
+# time to FID in seconds (its word and step are compared).
+SET_ASIDE = ("checkpoints/step_", "tb/", "STATUS")
+
+# 48 images, batch 8: 6 steps per epoch; 3 epochs. Every side job on, at periods that do not line up
+# with the epochs or the stops: log rows every 5 (and plots drawn at an epoch end 5 steps after the
+# last drawing), grids every 4, checkpoints every 4, FID every 3.
+# Each launch but the last stops at a step, and loses the checkpoints named: the first, every one (the
+# second starts afresh, with rows, grids, a FID score and time_to_fid.json on disk); the second, its
+# stop's (the third resumes at 8, with the same after it on disk); the third, none.
+LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (14, None)]
+
+
+def settings(celeba, run, fid_net):
+    return tiny_args(celeba, run, train__epochs=3, log__every=5, sample__every=4, ckpt__every=4,
+                     ckpt__keep=2, model__ema=0.9, data__augment="color,translation", data__hflip="true",
+                     fid__every=3, fid__n=16, fid__batch=8, fid__weights=fid_net, log__tensorboard="true")
+
+
+def stop_at(monkeypatch, step):
+    """A real SIGUSR1 to this process as the loop reaches `step`: the trainer's own stop path follows."""
+    progress = jobs.Log.progress
+
+    def progress_then_signal(self, at, epoch, wall_s):
+        progress(self, at, epoch, wall_s)
+        if at == step:
+            os.kill(os.getpid(), signal.SIGUSR1)
+    monkeypatch.setattr(jobs.Log, "progress", progress_then_signal)
+
+
+def files(run):
+    return {p.relative_to(run).as_posix(): p for p in run.rglob("*") if p.is_file()}
+
+
+def rows(path):
+    return [{k: v for k, v in json.loads(line).items() if k not in CLOCKS}
+            for line in path.read_text().splitlines()]
+
+
+def tensorboard(run):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    scalars = {t: [(e.step, e.value) for e in acc.Scalars(t)]
+               for t in tags["scalars"] if t.split("/")[-1] not in CLOCKS}
+    images = {t: [(e.step, e.encoded_image_string) for e in acc.Images(t)] for t in tags["images"]}
+    histograms = {t: [(e.step, e.histogram_value.bucket) for e in acc.Histograms(t)]
+                  for t in tags["histograms"]}
+    return scalars, images, histograms
+
+
+def differences(a, b, where=""):
+    """Where two checkpoint trees differ: tensors bit for bit, the rest by ==."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if a.keys() != b.keys():
+            return [f"{where}: keys {sorted(a.keys() ^ b.keys())}"]
+        return [d for k in a for d in differences(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in differences(x, y, f"{where}[{i}]")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        same = a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    else:
+        same = type(a) is type(b) and a == b
+    return [] if same else [where]
+
+
+def same_checkpoint(a, b, run_dirs):
+    sa, sb = checkpoint.load(a), checkpoint.load(b)
+    for s, run in zip((sa, sb), run_dirs, strict=True):
+        assert s.pop("config")["train"].pop("run_dir") == str(run)
+        s.pop("wall_s")  # a clock
+    assert differences(sa, sb) == []
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_a_twice_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(celeba, tiny_fid_net,
+                                                                                   tmp_path, monkeypatch):
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    assert main(settings(celeba, whole, tiny_fid_net)) == 0
+
+    for step, lost in LAUNCHES:
+        with monkeypatch.context() as m:
+            stop_at(m, step)
+            assert main(settings(celeba, split, tiny_fid_net)) == 75
+        for path in (split / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
+            path.unlink()  # killed before it was written
+    assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
+    assert main(settings(celeba, split, tiny_fid_net)) == 0
+
+    a, b = files(whole), files(split)
+    kept = lambda names: {n for n in names if not n.startswith(SET_ASIDE)}  # noqa: E731
+    assert kept(a) == kept(b), "files only one of the runs has"
+    for name in sorted(kept(a)):
+        if name.endswith((".jsonl", "time_to_fid.json")):
+            got, want = (rows(b[name]) if name.endswith("l") else json.loads(b[name].read_text()),
+                         rows(a[name]) if name.endswith("l") else json.loads(a[name].read_text()))
+            if name.endswith("time_to_fid.json"):
+                for entries in (got, want):
+                    entries["reached"] = {t: {k: v for k, v in r.items() if k not in CLOCKS}
+                                          for t, r in entries["reached"].items()}
+            assert got == want, name
+        elif name in ("checkpoints/best_fid", "checkpoints/latest"):
+            continue  # below: the files they name
+        else:  # config.toml names its own run directory
+            assert b[name].read_bytes().replace(bytes(split), bytes(whole)) == a[name].read_bytes(), name
+    same_checkpoint(checkpoint.latest(whole / "checkpoints"), checkpoint.latest(split / "checkpoints"),
+                    (whole, split))
+    same_checkpoint(whole / "checkpoints" / "best_fid", split / "checkpoints" / "best_fid", (whole, split))
+    assert (split / "STATUS").read_text().split(";")[0] == (whole / "STATUS").read_text().split(";")[0]
+    assert tensorboard(split) == tensorboard(whole)
