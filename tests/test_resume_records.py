@@ -34,10 +34,21 @@ SET_ASIDE = ("checkpoints/step_", "tb/", "STATUS")
 LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (14, None)]
 
 
-def settings(celeba, run, fid_net):
+# The stateful parts on, in two sets: the paper's loss with EMA, augmentation and flips on the torch
+# input; and another loss with lazy R1 (its own step counter), dropout, spectral norm, two D updates
+# a step and smoothed labels, on the decoded cache.
+VARIANTS = {
+    "bce-ema-augment": dict(model__ema=0.9, data__augment="color,translation", data__hflip="true"),
+    "lsgan-r1-cache": dict(train__loss="lsgan", train__r1_gamma=1.0, train__r1_every=4, model__d_dropout=0.2,
+                           model__spectral_norm="true", train__d_steps=2, train__real_label=0.9,
+                           data__backend="cache"),
+}
+
+
+def settings(celeba, run, fid_net, variant):
     return tiny_args(celeba, run, train__epochs=3, log__every=5, sample__every=4, ckpt__every=4,
-                     ckpt__keep=2, model__ema=0.9, data__augment="color,translation", data__hflip="true",
-                     fid__every=3, fid__n=16, fid__batch=8, fid__weights=fid_net, log__tensorboard="true")
+                     ckpt__keep=2, fid__every=3, fid__n=16, fid__batch=8, fid__weights=fid_net,
+                     log__tensorboard="true", **VARIANTS[variant])
 
 
 def stop_at(monkeypatch, step):
@@ -98,19 +109,20 @@ def same_checkpoint(a, b, run_dirs):
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
-def test_a_twice_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(celeba, tiny_fid_net,
-                                                                                   tmp_path, monkeypatch):
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(celeba, tiny_fid_net, tmp_path,
+                                                                             monkeypatch, variant):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(settings(celeba, whole, tiny_fid_net)) == 0
+    assert main(settings(celeba, whole, tiny_fid_net, variant)) == 0
 
     for step, lost in LAUNCHES:
         with monkeypatch.context() as m:
             stop_at(m, step)
-            assert main(settings(celeba, split, tiny_fid_net)) == 75
+            assert main(settings(celeba, split, tiny_fid_net, variant)) == 75
         for path in (split / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
             path.unlink()  # killed before it was written
     assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
-    assert main(settings(celeba, split, tiny_fid_net)) == 0
+    assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
 
     a, b = files(whole), files(split)
     kept = lambda names: {n for n in names if not n.startswith(SET_ASIDE)}  # noqa: E731
