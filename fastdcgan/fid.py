@@ -33,7 +33,7 @@ from .metrics.frechet import describe, frechet_distance, generator_stats, protoc
 from .rundir import RunDir
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastdcgan.fid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", help="run directory, checkpoint file or generator.pth")
@@ -51,6 +51,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="noise seed (default 0, as during training)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="default: cuda when available")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     if not args.fetch and not args.checkpoint:
         p.error("--checkpoint is required (or --fetch)")

@@ -26,7 +26,7 @@ def _choices(name: str) -> tuple:
     return next(f.metadata["choices"] for f in dataclasses.fields(Data) if f.name == name)
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastdcgan.prepare", description=__doc__.split("\n\n")[0],
                                 epilog="The cache lives under $FASTDCGAN_CACHE, else "
                                        "$XDG_CACHE_HOME/fastdcgan, else ~/.cache/fastdcgan. "
@@ -39,7 +39,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="decode with DALI on the GPU (cuda) or CPU threads; auto = cuda when available")
     p.add_argument("--threads", type=int, default=0, help="DALI threads or PIL processes (0 = usable cores)")
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    return parser().parse_args(argv)
 
 
 def _summary(images: folder.ImageList, report: cache.BuildReport, image_size: int,

