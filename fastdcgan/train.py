@@ -39,7 +39,7 @@ EXIT_CODES = ("exit codes: 0 finished, 1 input pipeline failure (after a checkpo
               "(run again to resume; under torchrun 0, with STATUS 'stopped N')")
 
 
-def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m fastdcgan.train",
         description="Train a DCGAN (Radford et al. 2015) on a folder of images.",
@@ -47,7 +47,11 @@ def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
     p.add_argument("--config", help="TOML file of settings (overrides on the command line win)")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("overrides", nargs="*", metavar="section.key=value")
-    args = p.parse_intermixed_args(argv)  # overrides may come before or after --config
+    return p
+
+
+def parse_args(argv: list[str] | None) -> tuple[Config, bool]:
+    args = parser().parse_intermixed_args(argv)  # overrides may come before or after --config
     return config.build(args.config, args.overrides), args.dry_run
 
 
