@@ -729,11 +729,22 @@ def test_a_resume_that_changes_the_models_layout_is_refused_before_any_set_up(ke
     assert "\n" not in seen.error and "no-such-data" not in seen.error
 
 
-def test_randomness_differs_per_rank(places):
+@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "resumed"])
+def test_randomness_differs_per_rank(places, resumed):
     """Noise, each DiffAugment operation's draws, dropout masks and hflip's choices come from per-rank state:
     on one batch that is the same on both ranks, the ranks still draw apart (the same draws on every
     rank would train on one set of fakes and augmentations copied world-size times)."""
-    r0, r1 = launch("dist", DIST).ranks
+    if resumed:  # from a two-process checkpoint: each rank must get its own random state back
+        folder = PLACES["tmp"] / "dist-resumed"
+        args = arguments(DIST, folder)
+        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                            "--nproc_per_node=2", "-m", "fastdcgan.train", *args, "train.max_steps=2"],
+                           cwd=REPO, capture_output=True, text=True, timeout=240,
+                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        assert r.returncode == 0 and (folder / "checkpoints" / "step_00000002.pt").is_file(), r.stderr[-3000:]
+        r0, r1 = dist_run(args, folder).ranks
+    else:
+        r0, r1 = launch("dist", DIST).ranks
     assert r0["own_batch_mean"] != r1["own_batch_mean"]  # each rank trained on its own images first
     assert not torch.equal(r0["noise"], r1["noise"])
     assert not torch.equal(r0["augmented_real"], r1["augmented_real"])
