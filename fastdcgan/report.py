@@ -6,6 +6,10 @@ import json
 from pathlib import Path
 
 import torch
+# At import, before a run seeds its generators: rich draws from Python's global one as it loads
+# (rich/style.py), which would put every launch's saved state one draw apart.
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from . import checkpoint, plots
 from .config import UsageError
@@ -22,12 +26,10 @@ class Display:
     """A rich progress bar on a terminal; plain log lines in batch jobs and pipes."""
 
     def __init__(self, total: int, start: int, enabled: bool = True, console=None):
-        from rich.console import Console
         self.console = console or Console()
         self.progress = None
         self.enabled = enabled  # only rank 0 shows anything
         if enabled and self.console.is_terminal:
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
             self.progress = Progress(TextColumn("epoch {task.fields[epoch]}"), BarColumn(),
                                      MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                                      TimeRemainingColumn(), console=self.console)

@@ -53,6 +53,15 @@ def rng_state() -> dict:
     }
 
 
+def seed_all(seed: int) -> None:
+    """torch's, numpy's and Python's global generators from one seed. The step draws from torch's alone,
+    but a checkpoint holds all three: seeded, they are the same in every run with this seed, and
+    anything that draws from numpy or random later stays reproducible."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 def set_rng_state(state: dict) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] is not None and torch.cuda.is_available():
@@ -91,6 +100,14 @@ def recalibrate_batchnorm(G: nn.Module, nz: int, device: torch.device, batches: 
         G.train(was_training)
 
 
+def rank_share(ranks: list[dict], rank: int, world: int) -> dict:
+    """This rank's running sums from a checkpoint's, which holds every rank's: its own, or at another
+    number of ranks the totals on rank 0 (zeros elsewhere), so that the sums over ranks stay right."""
+    if len(ranks) == world:
+        return ranks[rank]
+    return {k: sum(r[k] for r in ranks) * (rank == 0) for k in ranks[0]}
+
+
 def read_weights(where: str) -> tuple[dict, dict, str]:
     """G's and D's weights from a run directory (its latest checkpoint, else its generator.pth and
     discriminator.pth), a checkpoint file, or a generator file with its discriminator beside it
@@ -125,12 +142,12 @@ class TrainState:
             # Compiled code is per run. Entries left by earlier runs in this process (a notebook, a
             # sweep) count toward dynamo's recompile limit, past which it silently runs eager.
             torch._dynamo.reset()
-        torch.manual_seed(cfg.train.seed)
+        seed_all(cfg.train.seed)
         m = cfg.model
         self.G, self.D = build_models(m.nz, m.ngf, m.ndf, cfg.data.image_size, m.d_dropout,
                                       d_norm=d_norm_for(cfg.train.loss), spectral_norm=m.spectral_norm)
         if env.rank:  # same initial weights everywhere, different noise per rank
-            torch.manual_seed(cfg.train.seed + 1_000_003 * env.rank)
+            seed_all(cfg.train.seed + 1_000_003 * env.rank)
         if m.sync_bn and env.world > 1:
             self.G = dist.convert_sync_batchnorm(self.G, device)
             self.D = dist.convert_sync_batchnorm(self.D, device)
@@ -193,10 +210,22 @@ class TrainState:
             "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
             "images": self.images, "config": config.to_dict(self.cfg),
             "G": self.G.state_dict(), "D": self.D.state_dict(),
-            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan.state_dict(),
+            "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan_state(),
             "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
             "wall_s": self.wall_s(),
         } | ({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})
+
+    def gan_state(self) -> dict:
+        """The step's state. Its running sums (the log's means, the D-output histograms) are each rank's
+        own, summed over the ranks when read: a checkpoint keeps every rank's (a collective)."""
+        s = self.gan.state_dict()
+        own = {k: s.pop(k) for k in ("sums", "hist")}
+        return s | {"ranks": dist.all_gather(own)}
+
+    def load_gan_state(self, s: dict) -> None:
+        s = dict(s)
+        ranks = s.pop("ranks", None) or [{"sums": s.pop("sums"), "hist": s.pop("hist")}]  # older: rank 0's
+        self.gan.load_state_dict(s | rank_share(ranks, self.env.rank, self.env.world))
 
     def load(self, path: Path) -> None:
         try:
@@ -215,7 +244,7 @@ class TrainState:
         o = self.cfg.optim
         set_hyperparameters(self.opt_g, o.lr_g * self.lr_scale, (o.beta1, o.beta2))
         set_hyperparameters(self.opt_d, o.lr_d * self.lr_scale, (o.beta1, o.beta2))
-        self.gan.load_state_dict(s["gan"])
+        self.load_gan_state(s["gan"])
         self.step, self.epoch, self.batch_in_epoch = s["step"], s["epoch"], s["batch_in_epoch"]
         saved_world, rank, world = s.get("world", 1), self.env.rank, self.env.world
         # Another global batch (batch size or processes): keep the images seen this epoch (exact at epoch
@@ -226,7 +255,7 @@ class TrainState:
         if saved_world == world:
             set_rng_state(s["rng"][rank])
         else:  # the ranks' random states do not map onto another number of ranks: new noise
-            torch.manual_seed(self.cfg.train.seed + 1_000_003 * rank + self.step)
+            seed_all(self.cfg.train.seed + 1_000_003 * rank + self.step)
         self.resumed_config = s["config"]
         self.job_records = s.get("jobs", {})
         self.wall_before = s.get("wall_s", 0.0)

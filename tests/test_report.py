@@ -154,7 +154,7 @@ def test_a_report_trims_metrics_to_its_start(tmp_path):
 
 def test_on_a_terminal_the_reports_bar_counts_from_the_resumed_step_to_the_total(tmp_path, monkeypatch):
     console = terminal()
-    monkeypatch.setattr("rich.console.Console", lambda: console)
+    monkeypatch.setattr(report, "Console", lambda: console)
     r = report.Report(tmp_path, main=True, total=30, start=12, tensorboard=False)
     task = r.display.progress.tasks[0]
     assert (task.total, task.completed) == (30, 12)

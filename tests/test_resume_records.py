@@ -9,12 +9,15 @@ with its reason. A record added later is held to this without a change here.
 import json
 import os
 import signal
+import subprocess
+import sys
 
 import pytest
 import torch
 
-from conftest import tiny_args
+from conftest import REPO, tiny_args
 from fastdcgan import checkpoint, jobs
+from fastdcgan.state import rank_share
 from fastdcgan.train import main
 
 # What may differ, and why. Keys of metrics rows and time_to_fid entries that are clocks:
@@ -108,22 +111,55 @@ def same_checkpoint(a, b, run_dirs):
     assert differences(sa, sb) == []
 
 
+def lose(run, lost):
+    """The checkpoints a launch killed before it wrote them would not have left."""
+    for path in (run / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
+        path.unlink()
+
+
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(celeba, tiny_fid_net, tmp_path,
                                                                              monkeypatch, variant):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(settings(celeba, whole, tiny_fid_net, variant)) == 0
-
     for step, lost in LAUNCHES:
         with monkeypatch.context() as m:
             stop_at(m, step)
             assert main(settings(celeba, split, tiny_fid_net, variant)) == 75
-        for path in (split / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
-            path.unlink()  # killed before it was written
+        lose(split, lost)
     assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
     assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
+    same_run_directories(whole, split)
 
+
+def two_processes(stop: int, args: list[str]) -> None:
+    """A two-process launch (gloo) of the trainer, stopped by SIGUSR1 on every rank at `stop` (0: not)."""
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                        "--nproc_per_node=2", str(REPO / "tests" / "records_worker.py"), str(stop), *args],
+                       cwd=REPO, timeout=240, capture_output=True, text=True,
+                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]  # under torchrun a stop exits 0 too
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_two_processes_interrupted_leave_the_run_directory_of_two_uninterrupted(celeba, tiny_fid_net,
+                                                                               tmp_path):
+    """The same under DDP: every rank's random state, its share of the data and of the FID samples, the
+    histograms summed over ranks. The ranks agree on a stop at the epoch's end after the signal (or at
+    a paced check before it); its checkpoint is lost, so the next launch resumes at the one before."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    args = lambda run: settings(celeba, run, tiny_fid_net, "bce-ema-augment") + ["train.batch_size=4"]  # noqa: E731
+    two_processes(0, args(whole))
+    two_processes(7, args(split))
+    stopped = checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"]
+    assert 7 <= stopped <= 12 and (split / "STATUS").read_text().startswith(f"stopped {stopped}")
+    lose(split, f"step_{stopped:08d}.pt")
+    two_processes(0, args(split))
+    same_run_directories(whole, split)
+
+
+def same_run_directories(whole, split):
     a, b = files(whole), files(split)
     kept = lambda names: {n for n in names if not n.startswith(SET_ASIDE)}  # noqa: E731
     assert kept(a) == kept(b), "files only one of the runs has"
@@ -145,3 +181,35 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     same_checkpoint(whole / "checkpoints" / "best_fid", split / "checkpoints" / "best_fid", (whole, split))
     assert (split / "STATUS").read_text().split(";")[0] == (whole / "STATUS").read_text().split(";")[0]
     assert tensorboard(split) == tensorboard(whole)
+
+
+def test_the_steps_running_sums_resume_per_rank_or_as_totals_on_rank_0():
+    """Each rank's part of the log's means and histograms since the last read (summed over the ranks
+    when read) comes back to that rank; at another number of ranks, rank 0 carries the totals on."""
+    ranks = [{"sums": torch.tensor([1.0, 2.0]), "hist": torch.tensor([3, 4])},
+             {"sums": torch.tensor([10.0, 20.0]), "hist": torch.tensor([30, 40])}]
+    for rank in range(2):
+        assert rank_share(ranks, rank, 2) is ranks[rank]
+    for world in (1, 3):
+        shares = [rank_share(ranks, rank, world) for rank in range(world)]
+        assert torch.equal(shares[0]["sums"], torch.tensor([11.0, 22.0]))
+        assert torch.equal(shares[0]["hist"], torch.tensor([33, 44]))
+        assert all(not s["sums"].any() and not s["hist"].any() for s in shares[1:])
+
+
+def test_a_checkpoint_holds_each_ranks_running_sums():
+    from fastdcgan import config, dist
+    from fastdcgan.state import TrainState
+    cfg = config.build(None, ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.image_size=32",
+                              "device=cpu"])
+    s = TrainState(cfg, dist.Env(), torch.device("cpu"))
+    s.gan.metrics.sums.fill_(2.0)
+    saved = s.gan_state()
+    assert set(saved) >= {"ranks", "steps", "scaler"} and "sums" not in saved and len(saved["ranks"]) == 1
+    fresh = TrainState(cfg, dist.Env(), torch.device("cpu"))
+    fresh.load_gan_state(saved)
+    assert torch.equal(fresh.gan.metrics.sums, s.gan.metrics.sums)
+    older = {k: v for k, v in saved.items() if k != "ranks"} | saved["ranks"][0]  # before per-rank sums
+    fresh.gan.metrics.sums.zero_()
+    fresh.load_gan_state(older)
+    assert torch.equal(fresh.gan.metrics.sums, s.gan.metrics.sums)
