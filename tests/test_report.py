@@ -144,6 +144,20 @@ def test_status_says_the_word_the_step_and_anything_more(tmp_path):
     assert not (tmp_path / "tb").exists()
 
 
+def test_a_launch_hides_the_tensorboard_events_after_its_start(tmp_path):
+    """TensorBoard's record of a run killed past its last checkpoint: the next launch starts at the
+    checkpoint's step (10) and does the steps after it again; the earlier events after 10 are hidden."""
+    first = report.Report(tmp_path, main=True, total=20, start=0, tensorboard=True)
+    for step in (9, 10, 11, 12):
+        first.record({"step": step, "loss_d": float(step)})
+    first.close()
+    again = report.Report(tmp_path, main=True, total=20, start=10, tensorboard=True)
+    again.record({"step": 11, "loss_d": -11.0})
+    again.close()
+    events = [(e.step, e.value) for e in tensorboard_events(tmp_path / "tb").Scalars("loss/loss_d")]
+    assert events == [(9, 9.0), (10, 10.0), (11, -11.0)]
+
+
 def test_a_report_trims_metrics_to_its_start(tmp_path):
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps({"step": s}) + "\n" for s in (5, 10, 15)))
     report.Report(tmp_path, main=True, total=20, start=10, tensorboard=False).close()
