@@ -114,6 +114,7 @@ def test_sbatch_script_parses_and_builds_the_torchrun_command():
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.split()
     assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
+    assert cmd[cmd.index("-m") + 1] == "fastdcgan.torchrun"  # torchrun, without a traceback when scancelled
     for part in ("--nnodes=3", "--nproc_per_node=4", "--rdzv_backend=c10d", "--rdzv_endpoint=gpu10:24242",
                  "--rdzv_id=4242", "fastdcgan.train", "train.run_dir=runs/faces-4242",
                  "data.root=/data/celeba"):
