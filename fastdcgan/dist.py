@@ -43,6 +43,8 @@ def parse_device(name: str, what: str = "device") -> torch.device:
         raise UsageError(f"{what}: unknown device {name!r} (use auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"{what}={name} but no CUDA device is available")
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise UsageError(f"{what}={name} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

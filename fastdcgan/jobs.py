@@ -97,7 +97,13 @@ class Samples:
 
     def __init__(self, every: int, fixed_z: torch.Tensor, folder: Path, report: Report, main: bool):
         self.every, self.fixed_z, self.folder, self.report, self.main = every, fixed_z, folder, report, main
-        self.last = -1  # the step of the latest grid
+        self.last = -1  # the step of the latest grid (a checkpoint keeps it)
+
+    def state_dict(self) -> dict:
+        return {"last": self.last}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.last = state["last"]
 
     def due(self, step: int) -> bool:
         return step % self.every == 0
@@ -162,6 +168,7 @@ class Checkpoints:
                  jobs: dict | None = None):
         self.every, self.folder, self.keep, self.main = every, folder, keep, main
         self.last_saved = last_saved  # the step of the latest checkpoint this launch has (-1: none)
+        self.last_path: Path | None = None  # and its file (rank 0's; the trainer sets the one it resumed)
         self.jobs = jobs or {}
 
     def contents(self, state) -> dict:
@@ -187,7 +194,7 @@ class Checkpoints:
         path = (checkpoint.save(contents, self.folder, self.keep) if self.main
                 else self.folder / checkpoint.LATEST)
         dist.barrier()
-        self.last_saved = state.step
+        self.last_saved, self.last_path = state.step, path
         return path
 
     def write_weights(self, state, run_dir: RunDir) -> None:
@@ -216,6 +223,7 @@ class FID:
         # ones (a launch that ended after its last checkpoint) are reached again, on this run's clock.
         found = self.read_reached(self.file)
         self.reached = {t: r for t, r in found.items() if r["step"] <= start}
+        self.scored = -1  # the step this launch last scored
         if main and self.reached != found:
             self._write()
 
@@ -236,8 +244,17 @@ class FID:
     def due(self, step: int) -> bool:
         return self.every > 0 and step % self.every == 0
 
+    def pending(self, step: int) -> bool:
+        """Due, and not scored yet by this launch (a resumed epoch's end may come at the step it began)."""
+        return self.due(step) and self.scored != step
+
+    def recorded(self, step: int) -> bool:
+        """Whether metrics.jsonl holds a score of this step (rank 0 reads it)."""
+        return any(r["step"] == step and "fid" in r for r in plots.read_metrics(self.run_dir.metrics))
+
     def score(self, G: torch.nn.Module, step: int, epoch: int, images: int, wall_s: float) -> dict:
         """FID of G now (every rank scores its share: the same score on every rank), as a metrics row."""
+        self.scored = step
         return self.tracker.evaluate(G, step, epoch) | {"images": images, "wall_s": round(wall_s, 2)}
 
     def is_best(self, row: dict) -> bool:

@@ -32,11 +32,18 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
+    """The rows of a metrics.jsonl; a line that does not parse (cut short by a kill mid-write) is left out."""
     try:
         lines = Path(path).read_text().splitlines()
     except FileNotFoundError:
         return []
-    return [json.loads(line) for line in lines if line.strip()]
+    rows = []
+    for line in lines:
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            continue
+    return [r for r in rows if isinstance(r, dict) and "step" in r]
 
 
 def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:

@@ -66,13 +66,13 @@ class MetricsFile:
 
     A launch starts at `start`, the step of the checkpoint it resumes (0 without one): rows of later
     steps, from a launch that ended after its last checkpoint (kill -9, a node lost; or before its
-    first), are forgotten, since this launch does those steps again."""
+    first), are forgotten, since this launch does those steps again; so is a line a kill cut short."""
 
     def __init__(self, path: Path, start: int):
         rows = plots.read_metrics(path)
-        if any(r["step"] > start for r in rows):
-            path.write_text("".join(json.dumps(r) + "\n" for r in rows if r["step"] <= start))
-        self.path = path
+        kept = [r for r in rows if r["step"] <= start]
+        if path.exists() and len(kept) != len(path.read_text().splitlines()):  # also a line cut short
+            path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(path, "a")
 
     def record(self, row: dict) -> None:

@@ -211,7 +211,7 @@ class TrainState:
             "images": self.images, "config": config.to_dict(self.cfg),
             "G": self.G.state_dict(), "D": self.D.state_dict(),
             "opt_g": self.opt_g.state_dict(), "opt_d": self.opt_d.state_dict(), "gan": self.gan_state(),
-            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 1,
+            "rng": dist.all_gather(rng_state()), "world": self.env.world, "version": 2,
             "wall_s": self.wall_s(),
         } | ({"G_ema": self.G_ema.state_dict()} if self.G_ema is not None else {})
 

@@ -125,12 +125,13 @@ class Run:
         self.log = Log(cfg.log.every, self.total_steps, report, s.flops, s.peak)
         self.samples = Samples(cfg.sample.every, s.fixed_z, self.paths.samples, report, main)
         self.plots = Plots(cfg.log.every, s.step, s.epoch, self.paths, cfg.train.loss, report, main)
-        kept = {"plots": self.plots}  # the jobs whose records a checkpoint holds
+        kept = {"plots": self.plots, "samples": self.samples}  # the jobs whose records a checkpoint holds
         for name, job in kept.items():
             if name in s.job_records:  # resumed: as the checkpoint left them
                 job.load_state_dict(s.job_records[name])
         self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep,
                                        last_saved=s.step if self.resume_from else -1, main=main, jobs=kept)
+        self.checkpoints.last_path = self.resume_from
         self.stop = Stop(self.paths.stop, self.env, s.step)
         self.fid = (FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main, s.step)
                     if self.tracker else None)
@@ -193,6 +194,13 @@ class Run:
         warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs, time.perf_counter() - self.t_created)
         images_per_step = self.cfg.train.batch_size * self.env.world  # every rank's images count
         log.start(s.step)
+        if fid and self.resume_from and s.step and fid.pending(s.step):
+            # A launch that stopped (or was killed) at a step FID was due at, after that step's checkpoint
+            # and before its score: the score comes first here, of the same weights, so none is skipped.
+            if not self._on_main(lambda: fid.recorded(s.step)):
+                with timer.paused():
+                    if self._score_fid(s.step, s.epoch + (1 if s.batch_in_epoch else 0)):
+                        self.total_steps = s.step
         while s.step < self.total_steps:
             for batch in self.loader.epoch(s.epoch, s.batch_in_epoch):
                 if s.step == 0:
@@ -223,10 +231,11 @@ class Run:
                         samples.save(s.sampling_generator(), f"step_{step:08d}", step)
                     if why:
                         raise StopRequested(why)
-                    if ckpts.due(step) and s.batch_in_epoch < len(self.loader):  # else the epoch's end saves
-                        ckpts.save(s)
-                    if fid and fid.due(step) and self._score_fid(step, epoch):
-                        self.total_steps = step  # fid.target reached: the run ends here, as if finished
+                    if s.batch_in_epoch < len(self.loader):  # an epoch's last step: its end does these
+                        if ckpts.due(step):
+                            ckpts.save(s)
+                        if fid and fid.pending(step) and self._score_fid(step, epoch):
+                            self.total_steps = step  # fid.target reached: the run ends here, as if finished
                 if step >= self.total_steps:
                     break
             if s.batch_in_epoch >= len(self.loader):  # a whole epoch: its end's jobs
@@ -239,6 +248,8 @@ class Run:
                     if why:
                         raise StopRequested(why)
                     ckpts.save(s)
+                    if fid and fid.pending(s.step) and self._score_fid(s.step, s.epoch):
+                        self.total_steps = s.step
 
     def _score_fid(self, step: int, epoch: int) -> bool:
         """FID now; a new best is checkpointed (best_fid links to that file). True at fid.target."""
@@ -246,7 +257,7 @@ class Run:
         row = fid.score(s.sampling_generator(), step, epoch, s.images, s.wall_s())
         if fid.is_best(row) and not ckpts.saved_at(step):
             ckpts.save(s)  # every rank takes part
-        fid.keep(row, ckpts.latest() if self.main else None, lambda: ckpts.contents(s))
+        fid.keep(row, ckpts.last_path if self.main else None, lambda: ckpts.contents(s))
         return fid.target_reached(row)
 
     def _finish(self) -> None:

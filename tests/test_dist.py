@@ -6,10 +6,12 @@ import signal
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import REPO, tiny_args, wait_for_step
 from fastdcgan import checkpoint, dist
+from fastdcgan.config import UsageError
 from fastdcgan.train import main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -89,6 +91,38 @@ def test_sigterm_to_one_worker_stops_all_with_one_checkpoint(celeba, tmp_path):
     assert main(tiny_args(celeba, run, train__batch_size=4, train__epochs=1000,
                           train__max_steps=int(step) + 4)) == 0
     assert (run / "STATUS").read_text().split() == ["finished", str(int(step) + 4)]
+
+
+def test_sigterm_to_the_agent_of_fastdcgan_torchrun_says_so_in_one_line(celeba, tmp_path):
+    """What scancel and scontrol requeue do (slurm/train.sbatch launches fastdcgan.torchrun): torchrun's
+    agent signalled, it stops the workers, which checkpoint; one line, no SignalException traceback."""
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "fastdcgan.torchrun", "--standalone", "--nproc_per_node=2",
+                             "-m", "fastdcgan.train", *map(str, tiny_args(celeba, run, train__batch_size=4,
+                                                                          train__epochs=1000))],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    wait_for_step(run, 3, proc)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "torchrun: SIGTERM: the workers were told to stop" in out, out
+    assert "Traceback" not in out and "SignalException" not in out, out
+    state, step = (run / "STATUS").read_text().split()
+    assert state == "stopped" and checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == int(step)
+
+
+def test_a_device_is_checked_where_it_is_named():
+    """One line naming the setting or flag, before anything is built: a name torch does not know, CUDA
+    where there is none, a CUDA index past the machine's devices (an error deep inside torch later)."""
+    cuda7 = "CUDA device(s)" if torch.cuda.device_count() > 0 else "no CUDA device is available"
+    for name, says in (("tpu:0", "unknown device 'tpu:0'"), ("cuda:7", cuda7), ("cuda:99", cuda7)):
+        if name == "cuda:7" and torch.cuda.device_count() > 7:
+            continue
+        with pytest.raises(UsageError) as e:
+            dist.parse_device(name, "--device")
+        assert str(e.value).startswith("--device") and says in str(e.value), str(e.value)
+    assert dist.parse_device("cpu").type == "cpu"
 
 
 def test_killed_worker_restarts_and_resumes(celeba, tmp_path):

@@ -13,6 +13,7 @@ import shlex
 from dataclasses import dataclass
 
 import pytest
+import torch
 
 from conftest import make_celeba, tiny_args, write_tiny_fid_net
 from fastdcgan import fid, prepare, train
@@ -31,12 +32,19 @@ def flags(build) -> list[str]:
 @dataclass(frozen=True)
 class Probe:
     base: str       # the command's arguments, with {run}, {other}, {ema}, {out}, {data}... filled in below
-    changed: str    # the same with the flag changed
+    changed: str    # the same with the flag changed: it must succeed, unless
+    refused: str = ""  # what it must say, with exit code 2, when the flag's value is refused here
+
+
+# --device: no CUDA here, so the flag is read if asking for it is refused (on a GPU machine the two
+# commands may give the same bytes; these probes skip there).
+NO_CUDA = "but no CUDA device is available"
 
 
 def changes(tool: str, base: str, values: dict[str, str]) -> dict[tuple[str, str], Probe]:
     """A probe per flag: the base command, and the base command with that flag set to its value."""
-    return {(tool, flag): Probe(base, f"{base} {flag} {value}") for flag, value in values.items()}
+    return {(tool, flag): Probe(base, f"{base} {flag} {value}", NO_CUDA if flag == "--device" else "")
+            for flag, value in values.items()}
 
 
 def shared(tool: str, base: str, out: str, truncation: bool = True) -> dict[tuple[str, str], Probe]:
@@ -46,7 +54,6 @@ def shared(tool: str, base: str, out: str, truncation: bool = True) -> dict[tupl
         (tool, "--checkpoint"): Probe(mine, f"--checkpoint {{other}} {base}"),
         (tool, "--out"): Probe(f"{mine} --out {{out}}/{out}", f"{mine} --out {{out}}/elsewhere/{out}"),
         (tool, "--ema"): Probe(f"--checkpoint {{ema}} {base}", f"--checkpoint {{ema}} {base} --ema"),
-        # no CUDA here: the flag is read if asking for it is refused (on a GPU the images may not differ)
         **changes(tool, mine, {"--device": "cuda:7"}),
     }
     return probes | (changes(tool, mine, {"--truncation": "0.3"}) if truncation else {})
@@ -84,7 +91,9 @@ PROBES: dict[tuple[str, str], Probe] = {
     **shared("generate forget", FORGET, "f.png"),
     **changes("generate forget", run(FORGET),
               {"--layer": "1", "--positive": "3,4", "--negative": "5,6,7", "--k": "1", "--score": "logistic",
-               "--box": "0.2,0.2,0.6,0.6", "--drop-channels": "1,2", "--seeds": "3,4"}),
+               "--box": "0.2,0.2,0.6,0.6", "--seeds": "3,4"}),
+    ("generate forget", "--drop-channels"): Probe(run("--drop-channels 1 --seeds 1,2 --out {out}/f.png"),
+                                                  run("--drop-channels 2,5 --seeds 1,2 --out {out}/f.png")),
 
     **shared("generate features", FEATURES, "features.png"),
     **changes("generate features", run(FEATURES), {"--seeds": "1", "--layer": "1", "--tile": "64"}),
@@ -137,7 +146,8 @@ def places(tmp_path_factory):
 
 def outcome(tool: str, args: str, places: dict, folder, monkeypatch, capsys):
     """What the user gets from one command: its exit code and, by tool, the files it wrote (bytes), the
-    score and what it was computed from (not the record's echo of the flags), or the cache's images."""
+    score and what it was computed from (not the record's echo of the flags), or the cache's images;
+    then what it said on stderr (not compared: a refusal's reason)."""
     folder.mkdir()
     argv = shlex.split(args.format(**places, out=folder))
     if tool.startswith("generate"):
@@ -146,7 +156,7 @@ def outcome(tool: str, args: str, places: dict, folder, monkeypatch, capsys):
         except SystemExit as e:
             code = e.code
         return code, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-                      if p.is_file()}
+                      if p.is_file()}, capsys.readouterr().err
     if tool == "fid":
         code = fid.main(argv)
         log = [p / "fid.jsonl" for p in (places["run"], places["other"], places["ema"])]
@@ -154,15 +164,19 @@ def outcome(tool: str, args: str, places: dict, folder, monkeypatch, capsys):
         for f in log:
             f.unlink(missing_ok=True)
         assert len(records) == (code == 0)
-        return code, [{k: r[k] for k in ("fid", "step", "network", "stats")} for r in records]
+        return code, [{k: r[k] for k in ("fid", "step", "network", "stats")} for r in records], \
+            capsys.readouterr().err
     if tool == "train":
         code = train.main(argv)
-        printed = capsys.readouterr().out.replace(str(folder), "{out}")
+        printed = capsys.readouterr()
         written = sorted(p.name for p in (folder / "run").glob("*"))
-        return code, written, printed if "--dry-run" in argv else ""  # a run's lines hold clocks
+        # a run's lines hold clocks: the dry run's printed config, the run's files
+        return code, (written, printed.out.replace(str(folder), "{out}") if "--dry-run" in argv else ""), \
+            printed.err
     monkeypatch.setenv("FASTDCGAN_CACHE", str(folder / "cache"))
     code = prepare.main(argv)
-    return code, {p.parent.name: p.read_bytes() for p in (folder / "cache").rglob("images.npy")}
+    return code, {p.parent.name: p.read_bytes() for p in (folder / "cache").rglob("images.npy")}, \
+        capsys.readouterr().err
 
 
 def test_every_flag_has_a_probe():
@@ -174,9 +188,17 @@ def test_every_flag_has_a_probe():
 @pytest.mark.parametrize("tool, flag", sorted(PROBES), ids=lambda x: x.replace(" ", "-"))
 def test_the_flag_governs_what_it_names(tool, flag, places, tmp_path, monkeypatch, capsys):
     probe = PROBES[(tool, flag)]
-    base = outcome(tool, probe.base, places, tmp_path / "base", monkeypatch, capsys)
-    changed = outcome(tool, probe.changed, places, tmp_path / "changed", monkeypatch, capsys)
-    assert base[0] == 0 and any(base[1:]), f"the base command failed or gave nothing: {base[0]}"
+    if probe.refused == NO_CUDA and torch.cuda.is_available():
+        pytest.skip("this probe reads a refusal of CUDA, which a machine with CUDA does not give")
+    code, base, err = outcome(tool, probe.base, places, tmp_path / "base", monkeypatch, capsys)
+    assert code == 0 and base, f"the base command failed or gave nothing: {code} {err}"
     again = outcome(tool, probe.base, places, tmp_path / "again", monkeypatch, capsys)
-    assert again == base, "the base command is not deterministic: this probe could not see a difference"
-    assert changed != base, f"{tool} {flag}: nothing the user gets changed"
+    again = again[:2]
+    assert again == (code, base), "the base command is not deterministic: this probe could not see a change"
+    changed_code, changed, err = outcome(tool, probe.changed, places, tmp_path / "changed", monkeypatch,
+                                         capsys)
+    if probe.refused:
+        assert changed_code == 2 and probe.refused in err, (changed_code, err)
+    else:
+        assert changed_code == 0, f"the changed command failed ({changed_code}): {err}"
+        assert changed != base, f"{tool} {flag}: nothing the user gets changed"

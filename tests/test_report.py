@@ -10,7 +10,7 @@ import pytest
 import torch
 from rich.console import Console
 
-from fastdcgan import report
+from fastdcgan import plots, report
 from fastdcgan.config import UsageError
 
 
@@ -206,3 +206,14 @@ def test_tensorboard_asked_for_without_the_package_is_refused_before_anything_ru
     with pytest.raises(UsageError) as e:
         report.check_tensorboard(True)
     assert str(e.value) == f"log.tensorboard=true needs the tensorboard package: {report.TB_INSTALL}"
+
+
+def test_a_line_cut_short_by_a_kill_is_dropped_not_fatal(tmp_path):
+    """kill -9 in the middle of a row's write: the next launch (fresh or resumed) drops the torn line."""
+    path = tmp_path / "metrics.jsonl"
+    path.write_text(json.dumps({"step": 2, "loss_d": 0.5}) + "\n" + '{"step": 4, "los')
+    assert plots.read_metrics(path) == [{"step": 2, "loss_d": 0.5}]
+    m = report.MetricsFile(path, start=4)
+    m.record({"step": 6, "loss_d": 0.7})
+    m.close()
+    assert [json.loads(x)["step"] for x in path.read_text().splitlines()] == [2, 6]

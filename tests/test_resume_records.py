@@ -1,6 +1,6 @@
-"""Every record a run writes spans its launches: a run stopped three times (with no checkpoint left, and
-with its newest checkpoint lost, as a kill -9 leaves it; and by a signal) and launched again each time
-leaves the same run directory as the run that was never stopped.
+"""Every record a run writes spans its launches: a run stopped four times (with no checkpoint left, and
+with its newest checkpoint lost, as a kill -9 leaves it; on an epoch's last step; where FID was due)
+and launched again each time leaves the same run directory as the run that was never stopped.
 
 By construction: every file of the uninterrupted run is compared with the interrupted run's, by its
 contents; only what is a clock, and the checkpoints a stop adds, are set aside, each named below
@@ -28,13 +28,15 @@ CLOCKS = {"time", "img_per_s", "data_ms", "compute_ms", "mfu", "setup_s", "warmu
 # time to FID in seconds (its word and step are compared).
 SET_ASIDE = ("checkpoints/step_", "tb/", "STATUS")
 
-# 48 images, batch 8: 6 steps per epoch; 3 epochs. Every side job on, at periods that do not line up
-# with the epochs or the stops: log rows every 5 (and plots drawn at an epoch end 5 steps after the
-# last drawing), grids every 4, checkpoints every 4, FID every 3.
+# 48 images, batch 8: 6 steps per epoch; 3 epochs. Every side job on, at periods that line up with
+# the epochs and the stops in some places and not in others: log rows every 5 (and plots drawn at an
+# epoch end 5 steps after the last drawing), grids every 4, checkpoints every 4, FID every 3.
 # Each launch but the last stops at a step, and loses the checkpoints named: the first, every one (the
 # second starts afresh, with rows, grids, a FID score and time_to_fid.json on disk); the second, its
-# stop's (the third resumes at 8, with the same after it on disk); the third, none.
-LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (14, None)]
+# stop's (the third resumes at 8, with the same after it on disk); the third stops on an epoch's last
+# step, before the epoch's end and its FID score; the fourth at a step where FID is due, after the
+# step's checkpoint and before its score.
+LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (12, None), (15, None)]
 
 
 # The stateful parts on, in two sets: the paper's loss with EMA, augmentation and flips on the torch

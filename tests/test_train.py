@@ -525,14 +525,24 @@ def test_a_resume_file_that_is_no_checkpoint_is_one_line_and_exit_2(celeba, tmp_
     assert err.startswith(f"error: cannot resume from {bad}: ") and err.count("\n") == 1, err
 
 
-def test_each_checkpoint_is_written_once(celeba, tmp_path, monkeypatch):
+@pytest.mark.parametrize("best_fid", [False, True], ids=["", "every-fid-a-new-best"])
+def test_each_checkpoint_is_written_once(celeba, tmp_path, monkeypatch, tiny_fid_net, best_fid):
     """ckpt.every falling on an epoch's last batch: one write, by the epoch's end (a checkpoint that says
-    the epoch is done), not a second one at the same step just before it."""
+    the epoch is done), not a second one at the same step just before it; also when FID is due there
+    and scores a new best (best_fid then links to that one checkpoint)."""
     written = []
     save = checkpoint.save
     monkeypatch.setattr(checkpoint, "save",
                         lambda state, *a, **k: written.append(state["step"]) or save(state, *a, **k))
-    assert main(tiny_args(celeba, tmp_path / "run", ckpt__every=3)) == 0  # 6 steps per epoch
+    extra = {}
+    if best_fid:
+        from fastdcgan.metrics.tracker import FIDTracker
+        monkeypatch.setattr(FIDTracker, "is_best", lambda self, row: True)
+        extra = dict(fid__every=3, fid__n=8, fid__batch=8, fid__weights=tiny_fid_net)
+    assert main(tiny_args(celeba, tmp_path / "run", ckpt__every=3, **extra)) == 0  # 6 steps per epoch
     assert written == [3, 6, 9, 12]
     s = checkpoint.load(tmp_path / "run" / "checkpoints" / "step_00000006.pt")
     assert (s["epoch"], s["batch_in_epoch"]) == (1, 0)
+    if best_fid:
+        best = checkpoint.load(tmp_path / "run" / "checkpoints" / "best_fid")
+        assert (best["step"], best["epoch"], best["batch_in_epoch"]) == (12, 2, 0)
