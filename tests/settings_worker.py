@@ -37,6 +37,30 @@ def flips(run: Run) -> list[bool]:
             for a, b in zip(x, y, strict=True)]
 
 
+def resumed(run: Run, out: str) -> dict:
+    """A checkpoint of this state (as if taken after batch 1 of epoch 0, at step 2), loaded back after the
+    random state moved on: loaded as saved (the same number of processes: each rank its own random
+    state, the same position) and as if saved by one process at the same batch size (another number of
+    processes: each rank new noise of its own; the position converted by the images seen). What each
+    rank draws next and where it is, against what it would have drawn uninterrupted."""
+    s = run.state
+    s.step, s.epoch, s.batch_in_epoch, s.images = 2, 0, 1, 2 * run.cfg.train.batch_size * run.env.world
+    rng = torch.get_rng_state()
+    state = s.state_dict()  # a collective: every rank's random state, gathered
+    seen = {"uninterrupted": torch.randn(8)}
+    torch.set_rng_state(rng)
+    paths = {"same_world": f"{out}.rank{run.env.rank}.pt", "one_process": f"{out}.rank{run.env.rank}.one.pt"}
+    torch.save(state, paths["same_world"])
+    torch.save(state | {"world": 1, "rng": state["rng"][:1]}, paths["one_process"])
+    for kind, path in paths.items():
+        torch.manual_seed(12345)  # the random state moved on since the save
+        s.load(path)
+        seen[kind] = torch.randn(8)
+        seen[f"{kind}_position"] = (s.step, s.epoch, s.batch_in_epoch, s.images)
+    torch.set_rng_state(rng)
+    return seen
+
+
 def main(out: str, overrides: list[str]) -> None:
     run = Run(parse_args(overrides)[0])
     own = record(run)
@@ -61,6 +85,7 @@ def main(out: str, overrides: list[str]) -> None:
         "noise": same["noise"][0], "augmented_real": same["d_in"][0], "per_op": per_op,
         "dropped": same["dropped"][0] if same["dropped"] else None,
         "flips": flips(run),
+        "resumed": resumed(run, out),
     }
     every = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)

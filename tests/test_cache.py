@@ -160,6 +160,26 @@ def test_auto_through_the_trainer_says_what_it_picked(celeba, tmp_path, capsys):
     assert "input: cache built: 48 images" in out
 
 
+def test_the_cpu_cache_budget_is_shared_by_a_nodes_ranks(monkeypatch):
+    """Each rank on a node holds its own copy of the cache in RAM: the budget is the host's share divided
+    among them (LOCAL_WORLD_SIZE, set by torchrun), and the reason printed says so."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    one, _ = cache.memory_budget(CPU)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    four, what = cache.memory_budget(CPU)
+    assert four == pytest.approx(one / 4, rel=0.05) and what.endswith(" / 4 ranks")
+
+
+def test_the_trainer_reuses_the_cache_prepare_built(celeba, tmp_path, capsys):
+    """What README promises of prepare: decode once ahead, and the trainer's cache backend finds it (the
+    same images, size, decoder and data folder make the same cache)."""
+    from fastdcgan.prepare import main as prepare
+    assert prepare([str(celeba), "--image-size", "32", "--device", "cpu"]) == 0
+    assert "cache built" in capsys.readouterr().out
+    assert main(tiny_args(celeba, tmp_path / "run", data__backend="cache", train__max_steps=1)) == 0
+    assert "input: cache reused: 48 images" in capsys.readouterr().out
+
+
 def test_prepare_builds_reuses_and_reports(faces):
     (faces / "img_align_celeba" / "000003.jpg").write_bytes(b"")
     write_colors(faces / "tiny", 1, size=(16, 16))[0].rename(faces / "img_align_celeba" / "000005.jpg")

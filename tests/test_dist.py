@@ -46,10 +46,13 @@ def test_two_processes_train_and_only_rank_0_writes(celeba, tmp_path):
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     assert out.count("global batch 8") == 1 and out.count("done: 8 steps") == 1  # one display
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
-    assert steps == [2, 4, 6, 8]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [2, 4, 6, 8]
+    # images seen count every rank's: a step of 2 processes at batch 4 is 8 images
+    assert [r["images"] for r in rows] == [16, 32, 48, 64]
     assert (run / "STATUS").read_text().split() == ["finished", "8"]
-    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["world"] == 2
+    last = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert (last["world"], last["images"]) == (2, 64)
     assert (run / "generator.pth").is_file()
 
 
@@ -209,6 +212,7 @@ def test_fid_during_two_process_training(celeba, tmp_path, tiny_fid_net):
     assert proc.returncode == 0, out
     fids = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "fid" in r]
     assert [r["step"] for r in fids] == [3, 6]
+    assert [r["images"] for r in fids] == [24, 48]  # both ranks' images: 3 steps of 2 x 4
     best = json.loads((run / "checkpoints" / "best_fid.json").read_text())
     assert best["fid"] == min(r["fid"] for r in fids)
     assert checkpoint.load(run / "checkpoints" / "best_fid")["step"] == best["step"]

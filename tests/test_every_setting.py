@@ -296,13 +296,14 @@ def ema_weight_expected(s: Seen) -> float | None:
     return round(max(9 / (10 + t), 1 - m.ema) if m.ema_warmup else 1 - m.ema, 4)
 
 
-def augmented(s: Seen) -> tuple[bool, bool, bool]:
-    """Whether the reals, the detached fakes and the G phase's fakes reached D altered."""
+def augmented(s: Seen) -> tuple[bool, ...]:
+    """Whether the reals, the detached fakes, the reals of each penalty's D call (R1, in the probe's base)
+    and the G phase's fakes reached D altered."""
     t = s.trace
     real = to_model_input(t["batch"], s.cfg.channels_last)
     fake = t["g_out"][0]
     return (not torch.equal(t["d_in"][0], real), not torch.equal(t["d_in"][1], fake),
-            not torch.equal(t["d_in"][-1], fake))
+            *(not torch.equal(x, real) for x in t["d_in"][2:-1]), not torch.equal(t["d_in"][-1], fake))
 
 
 def mirrored(s: Seen) -> int:
@@ -438,8 +439,8 @@ PROBES: dict[str, Probe] = {
                                     lambda s: int(flip_masks(2, 8, s.cfg.train.seed, s.run.state.epoch)
                                                   [s.trace["before"]["position"][1]].sum())
                                     if s.cfg.data.hflip else 0), resume=True),
-    "data.augment": Probe("translation,cutout", equal(augmented, lambda s: (bool(s.cfg.data.augment),) * 3),
-                          resume=True),
+    "data.augment": Probe("translation,cutout", equal(augmented, lambda s: (bool(s.cfg.data.augment),) * 4),
+                          base={"train.r1_gamma": 1.0, "train.r1_every": 1}, resume=True),
     "data.synthetic_n": Probe(80, equal(lambda s: len(s.run.images.files), lambda s: s.cfg.data.synthetic_n),
                               stage="build", base={"data.root": "", "data.synthetic_n": 64}),
     # model
@@ -472,8 +473,10 @@ PROBES: dict[str, Probe] = {
                           base=FIT, resume=True),
     "train.max_steps": Probe(5, equal(finished, lambda s: f"finished {total_steps(s)}"), stage="fit",
                              base=FIT, resume=True),
-    "train.seed": Probe(1, differ(lambda s: digest(s.trace["batch"], s.trace["before"]["G"][0],
-                                                   s.trace["g_in"][0], s.run.state.fixed_z))),
+    # each thing the seed decides changes with it, not only some of them
+    "train.seed": Probe(1, both(*(differ(lambda s, seeded=seeded: digest(seeded(s))) for seeded in (
+        lambda s: s.trace["batch"], lambda s: s.trace["before"]["G"][0], lambda s: s.trace["g_in"][0],
+        lambda s: s.run.state.fixed_z)))),
     "train.run_dir": Probe("{elsewhere}",
                            equal(lambda s: sorted(p.name for p in Path(s.cfg.train.run_dir).iterdir())
                                  if s.cfg.train.run_dir == str(PLACES["elsewhere"]) else "base",
@@ -484,8 +487,11 @@ PROBES: dict[str, Probe] = {
                                          f"train.run_dir {s.cfg.train.run_dir} is not empty and "
                                          "train.resume=never"),
                           stage="build", base={"train.run_dir": "{used}"}),
-    "train.init": Probe("{used}", equal(lambda s: digest(*s.run.G.state_dict().values()) == PLACES["used_G"],
-                                        lambda s: bool(s.cfg.train.init)), stage="build"),
+    # G and the EMA that follows it both start from the weights read (base: model.ema on)
+    "train.init": Probe("{used}", equal(lambda s: [digest(*G.state_dict().values()) == PLACES["used_G"]
+                                                   for G in (s.run.G, s.run.state.G_ema)],
+                                        lambda s: [bool(s.cfg.train.init)] * 2), stage="build",
+                        base={"model.ema": 0.9}),
     "train.real_label": Probe(0.8, both(holds(losses_match, "the losses are not those of train.real_label"),
                                         differ(lambda s: s.trace["metrics"]["loss_d"])), resume=True),
     "train.d_steps": Probe(2, equal(lambda s: updates(s, "D"), lambda s: s.cfg.train.d_steps), resume=True),
@@ -517,8 +523,11 @@ PROBES: dict[str, Probe] = {
                                                    s.cfg.optim.lr_d * (2 if s.cfg.optim.scale_lr else 1)]),
                             stage="dist", base=DIST, changed=DIST_CHANGED),
     # the loop's outputs: one whole run with all of LOOP changed at once
-    "log.every": Probe(3, equal(lambda s: [r["step"] for r in rows(s, "train")], logged_steps), stage="fit",
-                       base=FIT, changed={**FIT, **LOOP}, resume=True),
+    # each row at its step, with that step's epoch (counted from 1) and images seen
+    "log.every": Probe(3, equal(lambda s: [(r["step"], r["epoch"], r["images"]) for r in rows(s, "train")],
+                                lambda s: [(n, (n - 1) // (N_IMAGES // s.cfg.train.batch_size) + 1,
+                                            n * s.cfg.train.batch_size) for n in logged_steps(s)]),
+                       stage="fit", base=FIT, changed={**FIT, **LOOP}, resume=True),
     "log.tensorboard": Probe(True, equal(lambda s: any(s.dir.glob("tb/events.out.tfevents.*")),
                                          lambda s: s.cfg.log.tensorboard), stage="fit", base=FIT,
                              changed={**FIT, **LOOP}, resume=True),
@@ -729,22 +738,11 @@ def test_a_resume_that_changes_the_models_layout_is_refused_before_any_set_up(ke
     assert "\n" not in seen.error and "no-such-data" not in seen.error
 
 
-@pytest.mark.parametrize("resumed", [False, True], ids=["fresh", "resumed"])
-def test_randomness_differs_per_rank(places, resumed):
+def test_randomness_differs_per_rank(places):
     """Noise, each DiffAugment operation's draws, dropout masks and hflip's choices come from per-rank state:
     on one batch that is the same on both ranks, the ranks still draw apart (the same draws on every
     rank would train on one set of fakes and augmentations copied world-size times)."""
-    if resumed:  # from a two-process checkpoint: each rank must get its own random state back
-        folder = PLACES["tmp"] / "dist-resumed"
-        args = arguments(DIST, folder)
-        r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                            "--nproc_per_node=2", "-m", "fastdcgan.train", *args, "train.max_steps=2"],
-                           cwd=REPO, capture_output=True, text=True, timeout=240,
-                           env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        assert r.returncode == 0 and (folder / "checkpoints" / "step_00000002.pt").is_file(), r.stderr[-3000:]
-        r0, r1 = dist_run(args, folder).ranks
-    else:
-        r0, r1 = launch("dist", DIST).ranks
+    r0, r1 = launch("dist", DIST).ranks
     assert r0["own_batch_mean"] != r1["own_batch_mean"]  # each rank trained on its own images first
     assert not torch.equal(r0["noise"], r1["noise"])
     assert not torch.equal(r0["augmented_real"], r1["augmented_real"])
@@ -752,3 +750,18 @@ def test_randomness_differs_per_rank(places, resumed):
         assert not torch.equal(r0["per_op"][op], r1["per_op"][op]), op
     assert r0["dropped"] is not None and not torch.equal(r0["dropped"], r1["dropped"])
     assert len(r0["flips"]) == len(r1["flips"]) == 8 and r0["flips"] != r1["flips"] and any(r0["flips"])
+
+
+def test_a_resume_under_ddp_keeps_each_ranks_own_random_state_and_position(places):
+    """Resumed with the same number of processes, each rank draws on from its own saved random state
+    (the noise it would have drawn uninterrupted) at the saved position; resumed from a checkpoint of
+    another number of processes, each rank still draws noise of its own, at the position the images
+    seen give (a global batch of 4 images seen by one process is half of two processes' first batch)."""
+    ranks = [r["resumed"] for r in launch("dist", DIST).ranks]
+    for r in ranks:
+        assert torch.equal(r["same_world"], r["uninterrupted"])
+        assert r["same_world_position"] == (2, 0, 1, 16)
+        assert r["one_process_position"] == (2, 0, 0, 16)
+    r0, r1 = ranks
+    assert not torch.equal(r0["uninterrupted"], r1["uninterrupted"])
+    assert not torch.equal(r0["one_process"], r1["one_process"])

@@ -164,7 +164,7 @@ def test_fid_cli_scores_a_run_as_training_did_and_records_it(ema_run):
     assert value == pytest.approx(logged["fid"], rel=1e-6)
     record = json.loads((run / "fid.jsonl").read_text().splitlines()[-1])
     assert record["step"] == 4 and record["ema"] is True and record["n"] == 16 and record["seed"] == 0
-    assert record["batch"] == 8
+    assert record["batch"] == 8 and logged["fid_ema"] is True  # training scored the EMA generator too
     assert record["fid"] == pytest.approx(value, abs=1e-4)
     # the same protocol as training's score, printed with it: the same network, real statistics and n
     assert (record["network"], record["stats"]) == (logged["fid_network"], logged["fid_stats"])
@@ -174,6 +174,21 @@ def test_fid_cli_scores_a_run_as_training_did_and_records_it(ema_run):
     assert fid_main(["--checkpoint", str(run / "checkpoints" / "best_fid"), "--n", "16", "--batch", "8"]) == 0
     records = (run / "fid.jsonl").read_text().splitlines()
     assert len(records) == 2 and json.loads(records[-1])["fid"] != pytest.approx(value, rel=1e-6)
+
+
+def test_fid_cli_seed_and_split_reach_the_score(ema_run, capsys):
+    """--seed draws other noise; --split scores against that partition's real images (38 of 48 train)."""
+    base = ["--checkpoint", str(ema_run), "--n", "16", "--ema"]
+    scores = {}
+    for extra in ([], ["--seed", "1"], ["--split", "train"]):
+        assert fid_main(base + extra) == 0
+        out = capsys.readouterr().out
+        record = json.loads((ema_run / "fid.jsonl").read_text().splitlines()[-1])
+        scores[" ".join(extra)] = record["fid"]
+        assert record["seed"] == (1 if "--seed" in extra else 0)
+        real = "38 real (split train" if "--split" in extra else "48 real (split all"
+        assert f"16 generated images against {real}" in out, out
+    assert len({round(v, 6) for v in scores.values()}) == 3, scores
 
 
 def test_fid_cli_errors_are_one_line_and_exit_2(ema_run, tiny_fid_net, tmp_path, capsys):
@@ -240,6 +255,17 @@ def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):
     assert [r["step"] for r in rows] == [4, 8]
     # the second launch's clock starts where the checkpoint's stopped
     assert 1000 < rows[1]["wall_s"] < 1000 + second
+
+
+def test_the_runs_clock_counts_its_set_up(tmp_path):
+    """The wall clock (time to FID, wall_s in rows and checkpoints) is what a user waits: it starts when
+    the launch does, so the set-up before the models (here: making 72 synthetic faces, a few hundred
+    ms, this test's own) counts."""
+    from fastdcgan.train import Run
+    t0 = time.perf_counter()
+    run = Run(config.build(None, tiny_args("", tmp_path / "run", data__synthetic_n=72)))
+    took = time.perf_counter() - t0
+    assert run.state.wall_s() >= took - 0.005
 
 
 def test_time_to_fid_and_the_best_fid_span_a_resume(celeba, tiny_fid_net, tmp_path):

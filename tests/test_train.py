@@ -57,6 +57,64 @@ def test_resume_is_bit_identical_mid_epoch(celeba, tmp_path):
     assert steps == sorted(set(steps))  # no duplicated log rows after the resume
 
 
+def same_state(a, b, where: str = "") -> list[str]:
+    """Where two checkpoints' contents differ (tensors bit for bit); the wall clock, the host's numpy and
+    Python generators (the trainer draws nothing from them; a test process moves them) and the run's
+    own place and resume setting left out."""
+    if where in ("/wall_s", "/config/train/run_dir", "/config/train/resume") \
+            or where.startswith(("/rng/0/numpy", "/rng/0/python")):
+        return []
+    if isinstance(a, dict) and isinstance(b, dict):
+        if set(a) != set(b):
+            return [f"{where}: keys {sorted(set(a) ^ set(b), key=str)}"]
+        return [d for k in a for d in same_state(a[k], b[k], f"{where}/{k}")]
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} != {len(b)}"]
+        pairs = enumerate(zip(a, b, strict=True))
+        return [d for i, (x, y) in pairs for d in same_state(x, y, f"{where}/{i}")]
+    if isinstance(a, torch.Tensor):
+        return [] if isinstance(b, torch.Tensor) and torch.equal(a, b) else [where]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def test_a_resume_from_any_checkpoint_continues_every_record_as_if_uninterrupted(celeba, tmp_path):
+    """Resumed from a checkpoint taken mid-launch (mid-epoch, between log lines, with the EMA on), a
+    run ends with the uninterrupted run's checkpoint in every record it holds (counters, images seen,
+    the step's running sums and histograms, optimizers, EMA, random state), logs the same rows, and
+    draws the same sample grids and D-output histograms: nothing a checkpoint should carry is lost."""
+    whole, split = tmp_path / "whole", tmp_path / "split"
+    common = dict(train__max_steps=9, ckpt__every=2, ckpt__keep=10, log__every=3, model__ema=0.9)
+    assert main(tiny_args(celeba, whole, **common)) == 0
+    start = whole / "checkpoints" / "step_00000002.pt"  # logged at 3: the sums of steps 1-2 are in it
+    assert main(tiny_args(celeba, split, train__resume=start, **common)) == 0
+    end = "checkpoints/step_00000009.pt"
+    assert same_state(checkpoint.load(whole / end), checkpoint.load(split / end)) == []
+
+    def rows(run):
+        keys = ("step", "epoch", "images", "loss_d", "loss_g", "d_real", "d_fake")
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+        return [{k: r[k] for k in keys} for r in map(json.loads, lines)]
+    assert rows(split) == rows(whole) and [r["step"] for r in rows(whole)] == [3, 6, 9]
+    drawn = [p.relative_to(split) for p in sorted((split / "plots").glob("d_outputs_*.png"))]
+    drawn += [p.relative_to(split) for p in sorted((split / "samples").glob("*_*.png"))]
+    assert len(drawn) >= 5
+    for name in drawn:
+        assert (split / name).read_bytes() == (whole / name).read_bytes(), name
+
+
+def test_a_resumed_launch_gives_its_first_step_a_line_of_its_own(celeba, tmp_path, capsys):
+    """Without a progress bar, a launch's first step has a line (and its ETA this launch's pace) however
+    far away the first log step is: resumed at step 4, that is step 5."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4, log__every=4)) == 0
+    capsys.readouterr()
+    assert main(tiny_args(celeba, run, train__max_steps=8, log__every=4)) == 0
+    steps = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    assert [line.split()[1] for line in steps] == ["5/8", "8/8"]
+    assert steps[0].endswith("(then one every 4 steps)")
+
+
 def test_resume_with_worker_processes_is_bit_identical(celeba, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(tiny_args(celeba, whole, train__max_steps=8, data__workers=2)) == 0
@@ -385,6 +443,43 @@ def test_epoch_ends_draw_plots_only_when_a_log_interval_has_passed(celeba, tmp_p
         "d_outputs_epoch_002.png", "d_outputs_epoch_004.png", "d_outputs_epoch_005.png", "loss.png"]
     assert ([p.name for p in sorted((run / "samples").glob("epoch_*"))]
             == [f"epoch_00{i}.png" for i in (1, 2, 3, 4)])
+
+
+def test_an_epoch_end_plot_covers_the_epochs_since_the_last_drawing_of_this_launch(tmp_path):
+    """Plots at epoch ends: due once log.every steps have passed since the last drawing, or since where
+    the launch began (a resume); each histogram's title names the epochs it covers (drawn alike here by
+    plots.plot_d_outputs, compared byte for byte)."""
+    from fastdcgan import losses, plots
+    from fastdcgan.jobs import Plots
+    from fastdcgan.report import Report
+    from fastdcgan.rundir import RunDir
+
+    def check(job: Plots, step: int, epoch: int, first: int) -> None:
+        hist = torch.arange(100.0).view(2, 50) % (epoch + 3)
+        job.draw(hist, step, epoch)
+        expected = tmp_path / "expected.png"
+        plots.plot_d_outputs(hist, epoch, expected, losses.HISTOGRAM_AXIS["bce"], first=first)
+        drawn = tmp_path / "run" / "plots" / f"d_outputs_epoch_{epoch:03d}.png"
+        assert drawn.read_bytes() == expected.read_bytes(), (step, epoch, first)
+
+    (tmp_path / "run").mkdir()
+    report = Report(tmp_path / "run", True, 60, 0, tensorboard=False)
+    fresh = Plots(10, 0, 0, RunDir(tmp_path / "run"), "bce", report, True)  # 6-step epochs, log.every 10
+    assert not fresh.due_at_epoch_end(6) and fresh.due_at_epoch_end(12)
+    check(fresh, 12, 2, first=1)  # epochs 1-2
+    assert not fresh.due_at_epoch_end(18) and fresh.due_at_epoch_end(24)
+    check(fresh, 24, 4, first=3)  # epochs 3-4
+    # resumed at step 20, epoch 4, from a checkpoint without the job's record (an older one)
+    resumed = Plots(10, 20, 3, RunDir(tmp_path / "run"), "bce", report, True)
+    assert not resumed.due_at_epoch_end(24) and resumed.due_at_epoch_end(30)
+    check(resumed, 30, 5, first=4)  # epochs 4-5
+    assert resumed.undrawn(31) and not resumed.undrawn(30)
+    # from a checkpoint that holds it: the pace of the launch that wrote it goes on
+    kept = Plots(10, 20, 3, RunDir(tmp_path / "run"), "bce", report, True)
+    kept.load_state_dict(fresh.state_dict())  # last drawn at step 24, epoch 4
+    assert not kept.due_at_epoch_end(30) and kept.due_at_epoch_end(36)
+    check(kept, 36, 6, first=5)
+    report.close()
 
 
 def test_the_loss_plot_draws_a_single_log_point(tmp_path):
