@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -113,6 +114,14 @@ def same_checkpoint(a, b, run_dirs):
     assert differences(sa, sb) == []
 
 
+def next_second() -> None:
+    """Until the clock's second changes. TensorBoard reads a folder's event files in name order, and a
+    name starts with the second its file was made, then the process, then a count kept as text (9 sorts
+    after 10): two launches of one process in one second, which only a test makes, can be read in the
+    wrong order, and the earlier one's purge then hides the later one's events."""
+    time.sleep(1 - time.time() % 1 + 0.01)
+
+
 def lose(run, lost):
     """The checkpoints a launch killed before it wrote them would not have left."""
     for path in (run / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
@@ -126,11 +135,13 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(settings(celeba, whole, tiny_fid_net, variant)) == 0
     for step, lost in LAUNCHES:
+        next_second()
         with monkeypatch.context() as m:
             stop_at(m, step)
             assert main(settings(celeba, split, tiny_fid_net, variant)) == 75
         lose(split, lost)
     assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
+    next_second()
     assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
     same_run_directories(whole, split)
 
