@@ -162,14 +162,18 @@ class Checkpoints:
     the last `keep` stay; at the end also the weights users load (generator.pth, discriminator.pth).
 
     A checkpoint holds the TrainState and, under "jobs", the records of the side jobs in `jobs` (by
-    name; each has state_dict and load_state_dict): what a job keeps that must span a resume."""
+    name; each has state_dict and load_state_dict): what a job keeps that must span a resume. `records`:
+    those of the checkpoint resumed, given back to the jobs here."""
 
-    def __init__(self, every: int, folder: Path, keep: int, last_saved: int, main: bool,
-                 jobs: dict | None = None):
+    def __init__(self, every: int, folder: Path, keep: int, main: bool, jobs: dict | None = None,
+                 resumed: Path | None = None, step: int = 0, records: dict | None = None):
         self.every, self.folder, self.keep, self.main = every, folder, keep, main
-        self.last_saved = last_saved  # the step of the latest checkpoint this launch has (-1: none)
-        self.last_path: Path | None = None  # and its file (rank 0's; the trainer sets the one it resumed)
+        # the latest checkpoint this launch has: its step (-1: none) and file (rank 0's)
+        self.last_saved, self.last_path = (step, resumed) if resumed else (-1, None)
         self.jobs = jobs or {}
+        for name, job in self.jobs.items():
+            if name in (records or {}):
+                job.load_state_dict(records[name])
 
     def contents(self, state) -> dict:
         """What a checkpoint of `state` holds. A collective (TrainState.state_dict): every rank calls it."""

@@ -32,11 +32,16 @@ def save_grid(images: torch.Tensor, path: str | os.PathLike, nrow: int | None = 
 
 
 def read_metrics(path: str | os.PathLike) -> list[dict]:
-    """The rows of a metrics.jsonl; a line that does not parse (cut short by a kill mid-write) is left out."""
+    """The rows of a metrics.jsonl (none if it is not there)."""
     try:
-        lines = Path(path).read_text().splitlines()
+        return parse_metrics(Path(path).read_text().splitlines())
     except FileNotFoundError:
         return []
+
+
+def parse_metrics(lines: list[str]) -> list[dict]:
+    """metrics.jsonl's lines as rows; a line that does not parse (cut short by a kill mid-write) is left
+    out."""
     rows = []
     for line in lines:
         try:

@@ -69,9 +69,9 @@ class MetricsFile:
     first), are forgotten, since this launch does those steps again; so is a line a kill cut short."""
 
     def __init__(self, path: Path, start: int):
-        rows = plots.read_metrics(path)
-        kept = [r for r in rows if r["step"] <= start]
-        if path.exists() and len(kept) != len(path.read_text().splitlines()):  # also a line cut short
+        lines = path.read_text().splitlines() if path.exists() else []
+        kept = [r for r in plots.parse_metrics(lines) if r["step"] <= start]
+        if len(kept) != len(lines):  # also a line cut short
             path.write_text("".join(json.dumps(r) + "\n" for r in kept))
         self.file = open(path, "a")
 

@@ -187,6 +187,12 @@ class TrainState:
                            compile=self.compile, cuda_graphs=self.cuda_graphs,
                            distributed=self.env.world > 1)
 
+    @property
+    def epoch_label(self) -> int:
+        """The epoch as lines, rows and file names count it (from 1): the one under way, or at an epoch's
+        end (no batch of the next taken yet) the one just done."""
+        return self.epoch + (1 if self.batch_in_epoch else 0)
+
     def wall_s(self) -> float:
         """Wall-clock seconds the run has taken, all launches together: set-up, cache build, compile,
         capture and pauses included (what a user waits, the time-to-FID clock)."""

@@ -125,13 +125,9 @@ class Run:
         self.log = Log(cfg.log.every, self.total_steps, report, s.flops, s.peak)
         self.samples = Samples(cfg.sample.every, s.fixed_z, self.paths.samples, report, main)
         self.plots = Plots(cfg.log.every, s.step, s.epoch, self.paths, cfg.train.loss, report, main)
-        kept = {"plots": self.plots, "samples": self.samples}  # the jobs whose records a checkpoint holds
-        for name, job in kept.items():
-            if name in s.job_records:  # resumed: as the checkpoint left them
-                job.load_state_dict(s.job_records[name])
-        self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep,
-                                       last_saved=s.step if self.resume_from else -1, main=main, jobs=kept)
-        self.checkpoints.last_path = self.resume_from
+        self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep, main,
+                                       jobs={"plots": self.plots, "samples": self.samples},
+                                       resumed=self.resume_from, step=s.step, records=s.job_records)
         self.stop = Stop(self.paths.stop, self.env, s.step)
         self.fid = (FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main, s.step)
                     if self.tracker else None)
@@ -199,7 +195,7 @@ class Run:
             # and before its score: the score comes first here, of the same weights, so none is skipped.
             if not self._on_main(lambda: fid.recorded(s.step)):
                 with timer.paused():
-                    if self._score_fid(s.step, s.epoch + (1 if s.batch_in_epoch else 0)):
+                    if self._score_fid(s.step, s.epoch_label):
                         self.total_steps = s.step
         while s.step < self.total_steps:
             for batch in self.loader.epoch(s.epoch, s.batch_in_epoch):
@@ -211,7 +207,7 @@ class Run:
                 timer.step_done()
                 s.step, s.batch_in_epoch = s.step + 1, s.batch_in_epoch + 1
                 s.images += images_per_step
-                step, epoch = s.step, s.epoch + 1  # epochs counted from 1 in lines and rows
+                step, epoch = s.step, s.epoch_label
                 if warmup.step_done():  # compile and capture are timed apart from img/s
                     timer.restart()
                     self.report.print(f"compile/capture warm-up: {warmup.costs['warmup_s']:.1f} s, "
@@ -268,7 +264,7 @@ class Run:
             if self.samples.last != s.step:  # stopped mid-epoch (max_steps): every run ends with a grid
                 self.samples.save(s.sampling_generator(), f"step_{s.step:08d}", s.step)
             if self.plots.undrawn(s.step):
-                self.plots.draw(s.gan.take_histograms(), s.step, s.epoch + (1 if s.batch_in_epoch else 0))
+                self.plots.draw(s.gan.take_histograms(), s.step, s.epoch_label)
             if not self.checkpoints.saved_at(s.step):
                 self.checkpoints.save(s)
             self.checkpoints.write_weights(s, self.paths)
