@@ -264,10 +264,10 @@ class FID:
     def is_best(self, row: dict) -> bool:
         return self.tracker.is_best(row)
 
-    def keep(self, row: dict, saved: Path | None, contents) -> None:
-        """Record the score: best_fid (a link to `saved`, this step's checkpoint, when there is one),
-        the thresholds it reaches for the first time, the metrics row, the plot and a line."""
-        best = self.tracker.keep_if_best(row, saved, contents, write=self.main)
+    def keep(self, row: dict, saved: Path | None) -> None:
+        """Record the score: best_fid (a link to `saved`, this step's checkpoint, on rank 0), the
+        thresholds it reaches for the first time, the metrics row, the plot and a line."""
+        best = self.tracker.keep_if_best(row, saved, write=self.main)
         new = [t for t in self.thresholds if row["fid"] <= t and t not in self.reached]
         for t in new:
             self.reached[t] = {k: row[k] for k in ("step", "images", "wall_s", "fid")}

@@ -253,7 +253,7 @@ class Run:
         row = fid.score(s.sampling_generator(), step, epoch, s.images, s.wall_s())
         if fid.is_best(row) and not ckpts.saved_at(step):
             ckpts.save(s)  # every rank takes part
-        fid.keep(row, ckpts.last_path if self.main else None, lambda: ckpts.contents(s))
+        fid.keep(row, ckpts.last_path if self.main else None)
         return fid.target_reached(row)
 
     def _finish(self) -> None:

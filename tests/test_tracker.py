@@ -71,25 +71,25 @@ def test_best_fid_is_a_hard_link_to_the_steps_checkpoint_and_outlives_its_rotati
     ckpt_dir = setup[2]
     first, worse, better = rows(90.0, 95.0, 80.0)
     saved = checkpoint.save({"step": 10, "w": torch.ones(2)}, ckpt_dir, keep=1)
-    assert t.keep_if_best(first, saved, state=lambda: pytest.fail("a saved step is linked, not saved again"))
+    assert t.keep_if_best(first, saved)
     assert os.path.samefile(ckpt_dir / "best_fid", saved)
     assert json.loads((ckpt_dir / "best_fid.json").read_text()) == {"step": 10, "fid": 90.0, "n": 6,
                                                                      "ema": False}
-    assert not t.keep_if_best(worse, checkpoint.save({"step": 20}, ckpt_dir, keep=1), state=dict)
+    assert not t.keep_if_best(worse, checkpoint.save({"step": 20}, ckpt_dir, keep=1))
     assert not saved.exists() and checkpoint.load(ckpt_dir / "best_fid")["step"] == 10  # rotated away, kept
     assert json.loads((ckpt_dir / "best_fid.json").read_text())["step"] == 10
-    assert t.keep_if_best(better, None, state=lambda: {"step": 30})  # no file this step: a fresh save
+    assert t.keep_if_best(better, checkpoint.save({"step": 30}, ckpt_dir, keep=1))
     assert checkpoint.load(ckpt_dir / "best_fid")["step"] == 30
     assert json.loads((ckpt_dir / "best_fid.json").read_text()) == {"step": 30, "fid": 80.0, "n": 6,
                                                                      "ema": False}
     assert sorted(p.name for p in ckpt_dir.iterdir()) == ["best_fid", "best_fid.json", "latest",
-                                                          "step_00000020.pt"]
+                                                          "step_00000030.pt"]
 
 
 def test_nan_is_never_best_and_a_resumed_run_keeps_its_best(setup):
     t = make(setup)
     assert not t.is_best({"fid": float("nan")}) and t.is_best({"fid": 1e9})
-    t.keep_if_best(rows(70.0)[0], None, state=lambda: {"step": 10})
+    t.keep_if_best(rows(70.0)[0], checkpoint.save({"step": 10}, setup[2], keep=1))
     resumed = make(setup)
     assert resumed.best == 70.0
     assert not resumed.is_best({"fid": 75.0}) and resumed.is_best({"fid": 65.0})
@@ -99,7 +99,7 @@ def test_nan_is_never_best_and_a_resumed_run_keeps_its_best(setup):
 
 def test_only_the_writing_rank_touches_files_but_every_rank_agrees_on_the_best(setup):
     t = make(setup)
-    assert t.keep_if_best(rows(50.0)[0], None, state=lambda: pytest.fail("rank 1 saves nothing"), write=False)
+    assert t.keep_if_best(rows(50.0)[0], None, write=False)
     assert t.best == 50.0 and not setup[2].exists()
 
 
@@ -112,7 +112,7 @@ def test_without_hard_links_best_fid_is_a_copy(setup, monkeypatch):
     def no_links(src, dst):
         raise OSError("operation not permitted")
     monkeypatch.setattr(os, "link", no_links)
-    assert t.keep_if_best(rows(90.0)[0], saved, state=dict)
+    assert t.keep_if_best(rows(90.0)[0], saved)
     assert not os.path.samefile(ckpt_dir / "best_fid", saved)
     assert (ckpt_dir / "best_fid").read_bytes() == saved.read_bytes()
     assert not (ckpt_dir / "best_fid.link").exists()
@@ -164,7 +164,7 @@ def test_the_score_is_the_one_fastdcgan_fid_gives_for_the_same_generator(setup, 
 def test_an_equal_score_is_no_new_best(setup):
     t = make(setup)
     ckpt_dir = setup[2]
-    assert t.keep_if_best(rows(60.0)[0], None, state=lambda: {"step": 10})
+    assert t.keep_if_best(rows(60.0)[0], checkpoint.save({"step": 10}, ckpt_dir, keep=2))
     again = {"step": 20, "fid": 60.0, "fid_n": 6, "fid_ema": False}
-    assert not t.keep_if_best(again, None, state=lambda: {"step": 20})
+    assert not t.keep_if_best(again, checkpoint.save({"step": 20}, ckpt_dir, keep=2))
     assert json.loads((ckpt_dir / "best_fid.json").read_text())["step"] == 10

@@ -12,10 +12,8 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from .. import checkpoint
@@ -65,28 +63,24 @@ class FIDTracker:
     def is_best(self, row: dict) -> bool:
         return row["fid"] < self.best  # NaN never wins
 
-    def keep_if_best(self, row: dict, saved: Path | None, state: Callable[[], dict],
-                     write: bool = True) -> bool:
-        """If row's FID is the lowest yet, make checkpoints/best_fid this step's checkpoint: a hard link
-        to `saved` (this step's step_*.pt) when there is one, else a fresh save of `state()`.
-        Every rank calls it (so all agree on the best); only the one with write=True touches files."""
+    def keep_if_best(self, row: dict, saved: Path | None, write: bool = True) -> bool:
+        """If row's FID is the lowest yet, make checkpoints/best_fid `saved`, this step's checkpoint (the
+        trainer checkpoints a step whose score is a new best), as a hard link: no copy, and it outlives
+        the step file's rotation. Every rank calls it (so all agree on the best); only the one with
+        write=True touches files."""
         if not self.is_best(row):
             return False
         self.best = row["fid"]
         if not write:
             return True
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         best = self.ckpt_dir / BEST
-        if saved is not None:
-            tmp = best.with_name(BEST + ".link")
-            tmp.unlink(missing_ok=True)
-            try:
-                os.link(saved, tmp)  # no copy; survives the step file's rotation; replaced atomically below
-            except OSError:  # a filesystem without hard links
-                shutil.copyfile(saved, tmp)
-            os.replace(tmp, best)
-        else:
-            checkpoint.atomic_write(best, lambda fh: torch.save(state(), fh))
+        tmp = best.with_name(BEST + ".link")
+        tmp.unlink(missing_ok=True)
+        try:
+            os.link(saved, tmp)
+        except OSError:  # a filesystem without hard links
+            shutil.copyfile(saved, tmp)
+        os.replace(tmp, best)
         info = {k: row[k] for k in ("step", "fid")} | {"n": row["fid_n"], "ema": row["fid_ema"]}
         checkpoint.atomic_write(self.ckpt_dir / BEST_JSON,
                                 lambda fh: fh.write((json.dumps(info) + "\n").encode()))
