@@ -61,6 +61,22 @@ def resumed(run: Run, out: str) -> dict:
     return seen
 
 
+OWN_BUFFERS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def shared(run: Run) -> dict:
+    """What DDP keeps the same on every rank, gradients being averaged: a checkpoint's contents (the
+    weights, the EMA, the optimizers' moments and rates, the step's counters) less what is each rank's own
+    by design (its random state, its running sums, BatchNorm's statistics of its own batches without
+    sync_bn, the clock), and the plan the rank built from the settings."""
+    s = run.state.state_dict()  # a collective
+    del s["rng"], s["wall_s"], s["gan"]["ranks"]
+    for net in ("G", "D", "G_ema"):
+        if net in s:
+            s[net] = {k: v for k, v in s[net].items() if not k.endswith(OWN_BUFFERS)}
+    return s | {"plan": run.state.plan(run.loader.name)}
+
+
 def main(out: str, overrides: list[str]) -> None:
     run = Run(parse_args(overrides)[0])
     own = record(run)
@@ -75,7 +91,9 @@ def main(out: str, overrides: list[str]) -> None:
     x = to_model_input(shared_batch, run.cfg.channels_last)
     per_op = {op: augment(x, (op,)) for op in AUGMENTATIONS}
     backend = dist.distributed_c10d._get_default_group()._get_backend(torch.device("cpu"))
+    agree = shared(run)
     mine = {
+        "shared": agree,
         "lr": [run.opt_g.param_groups[0]["lr"], run.opt_d.param_groups[0]["lr"]],
         "norm_kinds": sorted({type(m).__name__ for m in norms}),
         "running_means": [m.running_mean.clone() for m in norms

@@ -157,7 +157,8 @@ FID = {**FIT, "train.max_steps": 8, "fid.every": 2, "fid.n": 8, "fid.batch": 4, 
 FID_CHANGED = {"fid.every": 3, "fid.n": 6, "fid.batch": 3, "fid.weights": "{other_fid_net}"}
 DIST = {"train.batch_size": 4, "data.augment": "translation,color", "data.hflip": True,
         "model.d_dropout": 0.3}
-DIST_CHANGED = {**DIST, "model.sync_bn": True, "optim.scale_lr": True, "train.timeout_s": 77.0}
+DIST_CHANGED = {**DIST, "model.sync_bn": True, "optim.scale_lr": True, "train.timeout_s": 77.0,
+                "train.loss": "hinge"}  # the loss for test_every_rank_applies_the_settings_alike
 RUN_FILES = ["STATUS", "checkpoints", "config.toml", "discriminator.pth", "generator.pth", "metrics.jsonl",
              "plan.json", "plots", "samples"]
 PLACES: dict[str, Path] = {}  # "{name}" in a probe's settings: folders and files the `places` fixture makes
@@ -750,6 +751,52 @@ def test_randomness_differs_per_rank(places):
         assert not torch.equal(r0["per_op"][op], r1["per_op"][op]), op
     assert r0["dropped"] is not None and not torch.equal(r0["dropped"], r1["dropped"])
     assert len(r0["flips"]) == len(r1["flips"]) == 8 and r0["flips"] != r1["flips"] and any(r0["flips"])
+
+
+def every_step_setting() -> tuple[dict, list[str]]:
+    """DIST with every step-stage probe's changed value at once (on the settings its probe builds on,
+    where no earlier value sets them), and the keys left out: those config's rules refuse beside the
+    values taken before them."""
+    merged, refused = dict(DIST), []
+    for key, probe in PROBES.items():
+        if probe.stage != "step" or probe.base.get("data.backend") == "dali":
+            continue
+        wanted = probe.base | merged | {key: probe.value}
+        try:
+            config.build(None, [f"{k}={v}" for k, v in wanted.items()])
+            merged = wanted
+        except config.UsageError:
+            refused.append(key)
+    return merged, refused
+
+
+DIST_STEP, NOT_IN_DIST_STEP = every_step_setting()
+
+
+def differences(a, b, path="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return ([f"{path}{k}: on one rank only" for k in a.keys() ^ b.keys()]
+                + [d for k in a.keys() & b.keys() for d in differences(a[k], b[k], f"{path}{k}.")])
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True))
+                for d in differences(x, y, f"{path}{i}.")]
+    if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
+        return [] if a.shape == b.shape and torch.equal(a, b) else [path.rstrip(".")]
+    return [] if a == b else [f"{path.rstrip('.')}: {a!r} against {b!r}"]
+
+
+@pytest.mark.parametrize("settings", ["DIST", "DIST_CHANGED", "DIST_STEP"])
+def test_every_rank_applies_the_settings_alike(settings, places):
+    """Under DDP the ranks average their gradients, so ranks that apply every setting alike keep the same
+    weights, EMA, optimizer moments and rates, step counters and plan, bit for bit. A setting honoured on
+    rank 0 only (a rate, the EMA, a penalty's pace, a layout or loss in the plan) sets them apart. One run
+    has every step-stage setting of the table changed at once, so a new setting is checked here too."""
+    # refused beside train.real_label (bce and lsgan only): the loss is DIST_CHANGED's; gp_lambda is wgan-gp's
+    assert NOT_IN_DIST_STEP == ["train.loss", "train.gp_lambda"], NOT_IN_DIST_STEP
+    r0, r1 = launch("dist", globals()[settings]).ranks
+    assert r0["shared"]["opt_g"]["state"] and r0["shared"]["opt_d"]["state"]  # it trained
+    apart = differences(r0["shared"], r1["shared"])
+    assert not apart, f"rank 0 and rank 1 differ in {len(apart)} places: {sorted(apart)[:6]}"
 
 
 def test_a_resume_under_ddp_keeps_each_ranks_own_random_state_and_position(places):
