@@ -24,15 +24,18 @@ def _fresh_dynamo():
     torch._dynamo.reset()  # each test's compiled optimizers start with their own cache entries
 
 
-def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=False, noise_seed=100):
+def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=False, noise_seed=100,
+          d_dropout=0.0, **options):
+    """STEPS steps of the tiny models on fixed batches; options: the step's other StepOptions fields."""
     torch.manual_seed(0)
-    G, D = build_models(16, 8, 8, 32)
+    G, D = build_models(16, 8, 8, 32, d_dropout)
+    ema = make_ema(G) if "ema_decay" in options else None
     fmt = torch.channels_last if channels_last else torch.preserve_format
     G.to(device, memory_format=fmt)
     D.to(device, memory_format=fmt)
     opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=compile != "off", graphs=graphs)
     gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=channels_last, compile=compile,
-                                                  amp_dtype=amp, cuda_graphs=graphs))
+                                                  amp_dtype=amp, cuda_graphs=graphs, **options), ema=ema)
     losses = []
     for k in range(STEPS):
         batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8,
@@ -41,7 +44,8 @@ def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=Fal
         gan.step(batch.to(device))
         m = gan.read()
         losses.append([m["loss_d"], m["loss_g"]])
-    params = torch.cat([p.detach().float().flatten().cpu() for p in [*G.parameters(), *D.parameters()]])
+    nets = [G, D, *([ema] if ema is not None else [])]
+    params = torch.cat([p.detach().float().flatten().cpu() for net in nets for p in net.parameters()])
     train.last = gan  # for tests that look inside (the fp16 scaler)
     return torch.tensor(losses), params
 
@@ -84,6 +88,37 @@ def test_bf16_tracks_eager(eager):
 def test_all_cpu_switches_together_track_eager(eager):
     check(train(channels_last=True, compile="default", amp=torch.bfloat16), eager, loss_tol=1e-2,
           param_mean=LR / 2)
+
+
+# Every StepOptions field that says what the step computes, changed from its default at once (two sets:
+# the losses' own fields exclude each other); the others choose how it runs: the switches under test.
+HOW_IT_RUNS = {"nz", "amp_dtype", "channels_last", "compile", "cuda_graphs", "distributed"}
+EVERY_OPTION = [
+    {"loss": "lsgan", "real_label": 0.9, "d_steps": 2, "g_steps": 2, "r1_gamma": 1.0, "r1_every": 2,
+     "augment": "translation,cutout", "ema_decay": 0.9, "ema_warmup": False, "d_dropout": 0.3},
+    {"loss": "wgan-gp", "gp_lambda": 5.0, "augment": "color", "ema_decay": 0.5},
+]
+
+
+def test_every_option_is_in_the_switch_comparison():
+    """A step option added without a place here fails by name: the switches must be compared with it on."""
+    from dataclasses import fields
+    changed = {k for opts in EVERY_OPTION for k in opts} - {"d_dropout"}
+    assert {f.name for f in fields(StepOptions)} - HOW_IT_RUNS == changed
+
+
+@pytest.mark.parametrize("options", EVERY_OPTION, ids=lambda o: o["loss"])
+def test_the_cpu_switches_keep_every_option(options):
+    """Each switch, with every option changed from its default, trains what eager trains with the
+    same options: a switch whose path dropped an option (a loss, a penalty's pace, the EMA, dropout)
+    lands far off. Inductor draws dropout's masks with eager's generator here, as eager does."""
+    import torch._inductor.config
+    reference = train(**options)
+    assert (reference[1] - train(**options, noise_seed=7)[1]).abs().max() > 1e-4  # the options train
+    check(train(channels_last=True, **options), reference, loss_tol=1e-4, param_max=5e-5)
+    with torch._inductor.config.patch(fallback_random=True):
+        check(train(compile="default", **options), reference, loss_tol=1e-4, param_max=5e-5)
+    check(train(amp=torch.bfloat16, **options), reference, loss_tol=5e-2, param_mean=LR / 2)
 
 
 def test_fp16_tracks_eager_within_its_skipped_steps(eager):
@@ -204,6 +239,15 @@ def test_cuda_all_switches_track_eager_cuda():
     ref = train(device="cuda")
     check(train(device="cuda", channels_last=True, compile="default", amp=torch.bfloat16, graphs=True), ref,
           loss_tol=1e-2, param_mean=LR / 2)
+
+
+@needs_cuda
+@pytest.mark.parametrize("options", EVERY_OPTION, ids=lambda o: o["loss"])
+def test_cuda_graphs_keep_every_option(options):
+    """The captured step (both kinds, with lazy R1's penalty and without) with every option changed
+    trains what eager CUDA trains with the same options."""
+    reference = train(device="cuda", **options)
+    check(train(device="cuda", graphs=True, **options), reference, loss_tol=1e-4, param_max=5e-5)
 
 
 MODES = {"eager": {}, "compile": {"compile": "default"}, "fp16": {"precision": "fp16"},
