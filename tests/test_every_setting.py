@@ -518,9 +518,11 @@ PROBES: dict[str, Probe] = {
     "optim.beta2": Probe(0.99, equal(lambda s: (adam_beta(s, "G", "exp_avg_sq"),
                                                 adam_beta(s, "D", "exp_avg_sq")),
                                      lambda s: (s.cfg.optim.beta2,) * 2), resume=True),
-    "optim.scale_lr": Probe(True, equal(lambda s: s.ranks[0]["lr"],
-                                        lambda s: [s.cfg.optim.lr_g * (2 if s.cfg.optim.scale_lr else 1),
-                                                   s.cfg.optim.lr_d * (2 if s.cfg.optim.scale_lr else 1)]),
+    # fresh, and resumed from a checkpoint of two processes and of one (settings_worker.py's resumed())
+    "optim.scale_lr": Probe(True, equal(lambda s: [s.ranks[0]["lr"], s.ranks[0]["resumed"]["same_world_lr"],
+                                                   s.ranks[0]["resumed"]["one_process_lr"]],
+                                        lambda s: [[lr * (2 if s.cfg.optim.scale_lr else 1)
+                                                    for lr in (s.cfg.optim.lr_g, s.cfg.optim.lr_d)]] * 3),
                             stage="dist", base=DIST, changed=DIST_CHANGED),
     # the loop's outputs: one whole run with all of LOOP changed at once
     # each row at its step, with that step's epoch (counted from 1) and images seen
@@ -577,7 +579,8 @@ RESUME_EXEMPT = {
     "train.init": "a fresh run only (a relaunch resumes its own checkpoints): "
                   "test_train.py's train.init tests",
     "model.sync_bn": "two processes: a two-process checkpoint resumed on one is test_dist.py's",
-    "optim.scale_lr": "two processes: a two-process checkpoint resumed on one is test_dist.py's",
+    "optim.scale_lr": "resumed in its own two-process stage: settings_worker.py loads a checkpoint of two "
+                      "processes and of one, and the probe reads the learning rates after each",
     "train.timeout_s": "a launch's process group, nothing a checkpoint holds",
     **{key: "the weights' shape: refused on resume, test_a_resume_that_changes_the_models_shape_is_refused"
        for key in MODEL_LAYOUT if key not in ("train.loss", "model.d_dropout")},
