@@ -276,6 +276,16 @@ def updates(s: Seen, net: str) -> int:
     return int(opt.state[next(iter(opt.state))]["step"] - before)
 
 
+def noises(s: Seen) -> int:
+    """How many different noise batches G was given in the step."""
+    return len({digest(z) for z in s.trace["g_in"]})
+
+
+def noises_expected(s: Seen) -> int:
+    """Fresh noise for each D update and each G update but the first, which reuses the D phase's fakes."""
+    return s.cfg.train.d_steps + s.cfg.train.g_steps - 1
+
+
 def ema_weight(s: Seen) -> float | None:
     """The EMA's weight on G this step: ema' = ema + w (G - ema), solved for w."""
     if s.run.state.G_ema is None:
@@ -494,8 +504,11 @@ PROBES: dict[str, Probe] = {
                         base={"model.ema": 0.9}),
     "train.real_label": Probe(0.8, both(holds(losses_match, "the losses are not those of train.real_label"),
                                         differ(lambda s: s.trace["metrics"]["loss_d"])), resume=True),
-    "train.d_steps": Probe(2, equal(lambda s: updates(s, "D"), lambda s: s.cfg.train.d_steps), resume=True),
-    "train.g_steps": Probe(2, equal(lambda s: updates(s, "G"), lambda s: s.cfg.train.g_steps), resume=True),
+    # each update on noise of its own (noises_expected), as README says of extra D updates
+    "train.d_steps": Probe(2, equal(lambda s: (updates(s, "D"), noises(s)),
+                                    lambda s: (s.cfg.train.d_steps, noises_expected(s))), resume=True),
+    "train.g_steps": Probe(2, equal(lambda s: (updates(s, "G"), noises(s)),
+                                    lambda s: (s.cfg.train.g_steps, noises_expected(s))), resume=True),
     "train.loss": Probe("hinge", both(holds(losses_match, "the losses are not those train.loss names"),
                                       differ(lambda s: s.trace["metrics"]["loss_g"])), resume=True),
     "train.gp_lambda": Probe(20.0, ratio(penalty, "train.gp_lambda"), base={"train.loss": "wgan-gp"},
