@@ -608,6 +608,17 @@ def test_a_resume_at_another_batch_size_trains_the_epochs_asked_and_counts_the_i
     assert images == [8, 16, 24] + [24 + 4 * i for i in range(1, 19)]
 
 
+def test_the_images_seen_count_on_over_two_changes_of_batch_size(celeba, tmp_path):
+    """The count a checkpoint holds is carried on, not rebuilt from its step and batch: after one change
+    the two agree (steps at the first batch), after a second they do not (2 x 8 + 3 x 4 = 28, not 5 x 4)."""
+    run = tmp_path / "run"
+    for batch, last in ((8, 2), (4, 5), (8, 7)):
+        assert main(tiny_args(celeba, run, train__batch_size=batch, train__max_steps=last, log__every=1)) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in rows if "loss_d" in r] == [8, 16, 20, 24, 28, 36, 44]
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["images"] == 44
+
+
 @pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", "list"], ids=["text", "empty", "a list"])
 def test_a_resume_file_that_is_no_checkpoint_is_one_line_and_exit_2(celeba, tmp_path, capsys, content):
     bad = tmp_path / "bad.pt"
