@@ -156,6 +156,8 @@ def two_processes(stop: int, args: list[str]) -> None:
                        cwd=REPO, timeout=240, capture_output=True, text=True,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]  # under torchrun a stop exits 0 too
+    run = next(a.split("=", 1)[1] for a in args if a.startswith("train.run_dir="))
+    assert json.loads(open(f"{run}.writes.rank1.json").read()) == [], "rank 1 wrote into the run directory"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
