@@ -754,6 +754,21 @@ def test_a_resume_that_changes_the_models_layout_is_refused_before_any_set_up(ke
     assert "\n" not in seen.error and "no-such-data" not in seen.error
 
 
+# The settings that name a file or folder, each naming one that is not there.
+MISSING = {"data.root": "{tmp}/nowhere", "train.resume": "{tmp}/nowhere.pt", "train.init": "{tmp}/nowhere",
+           "fid.weights": "{tmp}/nowhere.pt"}
+
+
+@pytest.mark.parametrize("key", MISSING)
+def test_a_setting_that_names_a_missing_file_stops_the_launch_naming_it(key, places):
+    """Not a fresh start that ignores it (a resume or fine-tuning lost without a word), nor a crash later:
+    a UsageError (exit 2) in one line that names the setting and the path."""
+    settings = {key: MISSING[key], **({"fid.every": 2} if key == "fid.weights" else {})}
+    seen = build(arguments(settings, PLACES["tmp"] / f"missing-{key}"))
+    path = MISSING[key].format(**PLACES)
+    assert seen.error.startswith(key) and path in seen.error and "\n" not in seen.error, seen.error
+
+
 def test_randomness_differs_per_rank(places):
     """Noise, each DiffAugment operation's draws, dropout masks and hflip's choices come from per-rank state:
     on one batch that is the same on both ranks, the ranks still draw apart (the same draws on every
