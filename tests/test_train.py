@@ -667,3 +667,17 @@ def test_each_checkpoint_is_written_once(celeba, tmp_path, monkeypatch, tiny_fid
     if best_fid:
         best = checkpoint.load(tmp_path / "run" / "checkpoints" / "best_fid")
         assert (best["step"], best["epoch"], best["batch_in_epoch"]) == (12, 2, 0)
+
+
+def test_the_weights_files_hold_the_last_checkpoints_networks(celeba, tmp_path):
+    """generator.pth, discriminator.pth and generator_ema.pth are G, D and G_ema as the last checkpoint
+    holds them: generator.pth is G's own weights also with model.ema on (the average is
+    generator_ema.pth, which generate --ema reads from a checkpoint)."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=3, model__ema=0.5)) == 0
+    last = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert any(not torch.equal(last["G"][k], last["G_ema"][k]) for k in last["G"])  # told apart
+    for name, key in (("generator.pth", "G"), ("discriminator.pth", "D"), ("generator_ema.pth", "G_ema")):
+        saved = weights(run / name)
+        assert saved.keys() == last[key].keys(), name
+        assert all(torch.equal(saved[k], last[key][k]) for k in saved), f"{name} is not {key}"
