@@ -234,18 +234,22 @@ class TrainState:
         self.gan.load_state_dict(s | rank_share(ranks, self.env.rank, self.env.world))
 
     def load(self, path: Path) -> None:
+        """Resume from the checkpoint at path. A file that is no checkpoint, weights that do not fit, a
+        record it lacks (a checkpoint stripped of its optimizers to share it): one UsageError (exit 2)."""
         try:
-            s = checkpoint.load(path)
-            self.G.load_state_dict(s["G"])
-            self.D.load_state_dict(s["D"])
-            load_optimizer(self.opt_g, s["opt_g"])  # keeps the flags this run's mode built
-            load_optimizer(self.opt_d, s["opt_d"])
-            if self.G_ema is not None:  # a checkpoint from a run without EMA: start the average at G
-                self.G_ema.load_state_dict(s.get("G_ema", s["G"]))
+            self._load(checkpoint.load(path))
         except checkpoint.Unreadable as e:
             raise UsageError(f"cannot resume from {path}: {e.reason}") from None
         except (RuntimeError, KeyError) as e:  # weights that do not fit, a record it lacks
             raise UsageError(f"cannot resume from {path}: {checkpoint.first_line(e)}") from None
+
+    def _load(self, s: dict) -> None:
+        self.G.load_state_dict(s["G"])
+        self.D.load_state_dict(s["D"])
+        load_optimizer(self.opt_g, s["opt_g"])  # keeps the flags this run's mode built
+        load_optimizer(self.opt_d, s["opt_d"])
+        if self.G_ema is not None:  # a checkpoint from a run without EMA: start the average at G
+            self.G_ema.load_state_dict(s.get("G_ema", s["G"]))
         # The optimizer state carries the old hyperparameters; the config given now is the one that applies.
         o = self.cfg.optim
         set_hyperparameters(self.opt_g, o.lr_g * self.lr_scale, (o.beta1, o.beta2))

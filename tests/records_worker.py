@@ -3,8 +3,11 @@
     python -m torch.distributed.run --standalone --nproc_per_node=2 tests/records_worker.py STEP key=value ...
 
 `python -m fastdcgan.train key=value ...`, with a real SIGUSR1 sent to every rank as its loop reaches
-STEP (0: none): the trainer's own stop path follows, where the ranks agree on it.
+STEP (0: none): the trainer's own stop path follows, where the ranks agree on it. Every rank but 0
+lists what it wrote into the run directory (watch_writes): nothing, when it works.
 """
+import atexit
+import json
 import os
 import signal
 import sys
@@ -23,6 +26,32 @@ def stop_at(step: int) -> None:
     jobs.Log.progress = progress_then_signal
 
 
+def watch_writes(run_dir: str) -> None:
+    """On every rank but 0: each write into the run directory (a file opened for writing, a file or
+    folder made, renamed or removed), kept in RUN_DIR.writes.rankN.json when the process exits. Rank 0
+    alone writes there; a record another rank writes too is a race that the last writer wins."""
+    rank = int(os.environ["RANK"])
+    if rank == 0:
+        return
+    root, seen = os.path.realpath(run_dir) + os.sep, []
+
+    def hook(event: str, args: tuple) -> None:
+        if event == "open":
+            path, mode, flags = args
+            writing = any(c in mode for c in "wax+") if isinstance(mode, str) else \
+                bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
+        elif event in ("os.rename", "os.remove", "os.mkdir", "os.rmdir"):
+            path, writing = args[0], True
+        else:
+            return
+        if writing and isinstance(path, (str, bytes, os.PathLike)) and \
+                os.path.realpath(os.fsdecode(path)).startswith(root):
+            seen.append(f"{event} {os.fsdecode(path)}")
+    sys.addaudithook(hook)
+    atexit.register(lambda: open(f"{run_dir}.writes.rank{rank}.json", "w").write(json.dumps(seen)))
+
+
 if __name__ == "__main__":
     stop_at(int(sys.argv[1]))
+    watch_writes(next(a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("train.run_dir=")))
     sys.exit(main(sys.argv[2:]))

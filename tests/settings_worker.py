@@ -57,6 +57,7 @@ def resumed(run: Run, out: str) -> dict:
         s.load(path)
         seen[kind] = torch.randn(8)
         seen[f"{kind}_position"] = (s.step, s.epoch, s.batch_in_epoch, s.images)
+        seen[f"{kind}_lr"] = [run.opt_g.param_groups[0]["lr"], run.opt_d.param_groups[0]["lr"]]
     torch.set_rng_state(rng)
     return seen
 

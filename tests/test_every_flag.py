@@ -134,13 +134,17 @@ def write_toml(path):
 def places(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("flags")
     celeba = make_celeba(tmp / "celeba", 24)
+    net = write_tiny_fid_net(tmp / "net0.pt", seed=0)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("FASTDCGAN_CACHE", str(tmp / "cache"))
-        for name, extra in {"run": {}, "other": {"train__seed": 1}, "ema": {"model__ema": 0.5}}.items():
+        # "run" records its own settings where a flag may override them (fid.weights for fid --weights):
+        # a flag that loses to the run's setting is a flag ignored, and must fail its probe
+        for name, extra in {"run": {"fid__weights": net}, "other": {"train__seed": 1},
+                            "ema": {"model__ema": 0.5}}.items():
             assert train_main(tiny_args(celeba, tmp / name, train__max_steps=3, **extra)) == 0
     return {"run": tmp / "run", "other": tmp / "other", "ema": tmp / "ema", "celeba": celeba,
             "data": make_celeba(tmp / "data", 30), "tmp": tmp,
-            "toml": write_toml(tmp / "small.toml"), "net": write_tiny_fid_net(tmp / "net0.pt", seed=0),
+            "toml": write_toml(tmp / "small.toml"), "net": net,
             "other_net": write_tiny_fid_net(tmp / "net1.pt", seed=1)}
 
 

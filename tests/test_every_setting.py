@@ -277,6 +277,16 @@ def updates(s: Seen, net: str) -> int:
     return int(opt.state[next(iter(opt.state))]["step"] - before)
 
 
+def noises(s: Seen) -> int:
+    """How many different noise batches G was given in the step."""
+    return len({digest(z) for z in s.trace["g_in"]})
+
+
+def noises_expected(s: Seen) -> int:
+    """Fresh noise for each D update and each G update but the first, which reuses the D phase's fakes."""
+    return s.cfg.train.d_steps + s.cfg.train.g_steps - 1
+
+
 def ema_weight(s: Seen) -> float | None:
     """The EMA's weight on G this step: ema' = ema + w (G - ema), solved for w."""
     if s.run.state.G_ema is None:
@@ -495,8 +505,11 @@ PROBES: dict[str, Probe] = {
                         base={"model.ema": 0.9}),
     "train.real_label": Probe(0.8, both(holds(losses_match, "the losses are not those of train.real_label"),
                                         differ(lambda s: s.trace["metrics"]["loss_d"])), resume=True),
-    "train.d_steps": Probe(2, equal(lambda s: updates(s, "D"), lambda s: s.cfg.train.d_steps), resume=True),
-    "train.g_steps": Probe(2, equal(lambda s: updates(s, "G"), lambda s: s.cfg.train.g_steps), resume=True),
+    # each update on noise of its own (noises_expected), as README says of extra D updates
+    "train.d_steps": Probe(2, equal(lambda s: (updates(s, "D"), noises(s)),
+                                    lambda s: (s.cfg.train.d_steps, noises_expected(s))), resume=True),
+    "train.g_steps": Probe(2, equal(lambda s: (updates(s, "G"), noises(s)),
+                                    lambda s: (s.cfg.train.g_steps, noises_expected(s))), resume=True),
     "train.loss": Probe("hinge", both(holds(losses_match, "the losses are not those train.loss names"),
                                       differ(lambda s: s.trace["metrics"]["loss_g"])), resume=True),
     "train.gp_lambda": Probe(20.0, ratio(penalty, "train.gp_lambda"), base={"train.loss": "wgan-gp"},
@@ -519,9 +532,11 @@ PROBES: dict[str, Probe] = {
     "optim.beta2": Probe(0.99, equal(lambda s: (adam_beta(s, "G", "exp_avg_sq"),
                                                 adam_beta(s, "D", "exp_avg_sq")),
                                      lambda s: (s.cfg.optim.beta2,) * 2), resume=True),
-    "optim.scale_lr": Probe(True, equal(lambda s: s.ranks[0]["lr"],
-                                        lambda s: [s.cfg.optim.lr_g * (2 if s.cfg.optim.scale_lr else 1),
-                                                   s.cfg.optim.lr_d * (2 if s.cfg.optim.scale_lr else 1)]),
+    # fresh, and resumed from a checkpoint of two processes and of one (settings_worker.py's resumed())
+    "optim.scale_lr": Probe(True, equal(lambda s: [s.ranks[0]["lr"], s.ranks[0]["resumed"]["same_world_lr"],
+                                                   s.ranks[0]["resumed"]["one_process_lr"]],
+                                        lambda s: [[lr * (2 if s.cfg.optim.scale_lr else 1)
+                                                    for lr in (s.cfg.optim.lr_g, s.cfg.optim.lr_d)]] * 3),
                             stage="dist", base=DIST, changed=DIST_CHANGED),
     # the loop's outputs: one whole run with all of LOOP changed at once
     # each row at its step, with that step's epoch (counted from 1) and images seen
@@ -578,7 +593,8 @@ RESUME_EXEMPT = {
     "train.init": "a fresh run only (a relaunch resumes its own checkpoints): "
                   "test_train.py's train.init tests",
     "model.sync_bn": "two processes: a two-process checkpoint resumed on one is test_dist.py's",
-    "optim.scale_lr": "two processes: a two-process checkpoint resumed on one is test_dist.py's",
+    "optim.scale_lr": "resumed in its own two-process stage: settings_worker.py loads a checkpoint of two "
+                      "processes and of one, and the probe reads the learning rates after each",
     "train.timeout_s": "a launch's process group, nothing a checkpoint holds",
     **{key: "the weights' shape: refused on resume, test_a_resume_that_changes_the_models_shape_is_refused"
        for key in MODEL_LAYOUT if key not in ("train.loss", "model.d_dropout")},
@@ -737,6 +753,21 @@ def test_a_resume_that_changes_the_models_layout_is_refused_before_any_set_up(ke
         f"cannot resume from {PLACES['used'] / 'checkpoints' / 'step_00000002.pt'}: ")
     assert f"{key} {old!r} in the checkpoint, {REFUSED[key]!r} now" in seen.error
     assert "\n" not in seen.error and "no-such-data" not in seen.error
+
+
+# The settings that name a file or folder, each naming one that is not there.
+MISSING = {"data.root": "{tmp}/nowhere", "train.resume": "{tmp}/nowhere.pt", "train.init": "{tmp}/nowhere",
+           "fid.weights": "{tmp}/nowhere.pt"}
+
+
+@pytest.mark.parametrize("key", MISSING)
+def test_a_setting_that_names_a_missing_file_stops_the_launch_naming_it(key, places):
+    """Not a fresh start that ignores it (a resume or fine-tuning lost without a word), nor a crash later:
+    a UsageError (exit 2) in one line that names the setting and the path."""
+    settings = {key: MISSING[key], **({"fid.every": 2} if key == "fid.weights" else {})}
+    seen = build(arguments(settings, PLACES["tmp"] / f"missing-{key}"))
+    path = MISSING[key].format(**PLACES)
+    assert seen.error.startswith(key) and path in seen.error and "\n" not in seen.error, seen.error
 
 
 def test_randomness_differs_per_rank(places):

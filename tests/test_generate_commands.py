@@ -201,3 +201,35 @@ def test_arithmetic_result_is_mean_a_minus_mean_b_plus_mean_c(vivid, tmp_path):
     assert contains(picture, rendered(G, a - b + c)[0])
     for swapped in (b - a + c, a + b - c):  # the minus on another term
         assert not contains(picture, rendered(G, swapped)[0])
+
+
+# Each sub-command that draws z, with arguments that make it draw several images.
+DRAWING = {"grid": ["--seeds", "0-3"], "interpolate": ["--seeds", "1,2", "--frames", "2"],
+           "arithmetic": ["--a", "1,2", "--b", "3", "--c", "4", "--n", "3"],
+           "forget": ["--drop-channels", "1", "--seeds", "1,2"], "features": ["--seeds", "0,1"]}
+
+
+def test_every_sub_command_with_truncation_is_listed():
+    from fastdcgan.generate.cli import COMMANDS
+    truncating = {name for name, (build, _) in COMMANDS.items()
+                  if any("--truncation" in a.option_strings for a in build()._actions)}
+    assert truncating == set(DRAWING)
+
+
+@pytest.mark.parametrize("command", DRAWING)
+def test_truncation_reaches_every_image_a_sub_command_draws(tiny_run, tmp_path, monkeypatch, command):
+    """Every z the generator draws an image from is clipped to --truncation T (norm <= T sqrt(nz)): the
+    concept faces and the results of arithmetic, the walk, the grids before and after forget. A flag that
+    reaches some of the images still changes the picture, which is all test_every_flag.py can see."""
+    from fastdcgan.generate import cli
+    norms, load = [], cli.load_generator
+
+    def observed(*args, **kw):  # the real generator, with a hook that only reads what it is given
+        G = load(*args, **kw)
+        G.register_forward_pre_hook(lambda m, inputs: norms.append(inputs[0].detach().flatten(1).norm(dim=1)))
+        return G
+    monkeypatch.setattr(cli, "load_generator", observed)
+    assert main([command, "--checkpoint", str(tiny_run), *DRAWING[command], "--truncation", "0.3",
+                 "--out", str(tmp_path / "out.png")]) == 0
+    drawn = torch.cat(norms)
+    assert len(drawn) >= 2 and float(drawn.max()) <= 0.3 * 16 ** 0.5 * (1 + 1e-5)  # tiny_run: nz 16

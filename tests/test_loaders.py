@@ -6,12 +6,13 @@ GPU decoders) are in test_dali.py, test_cache.py and test_nvjpeg.py."""
 import pytest
 import torch
 
-from conftest import color_ids, write_colors
+from conftest import color_ids, make_celeba, write_colors
+from fastdcgan import config
 from fastdcgan.config import UsageError
 from fastdcgan.data.base import Feed
 from fastdcgan.data.folder import scan
-from fastdcgan.data.loaders import BACKENDS
-from fastdcgan.data.order import epoch_batches
+from fastdcgan.data.loaders import BACKENDS, make_loader
+from fastdcgan.data.order import epoch_batches, flip_masks
 
 CPU = torch.device("cpu")
 
@@ -95,3 +96,24 @@ def test_a_file_broken_or_removed_after_the_scan_is_replaced_by_the_next(backend
         assert got == [i + 1 if i in (5, 9) else i for i in want]
     with pytest.warns(UserWarning, match="skipping"):
         assert len(list(one.epoch(1))) == 4  # and the epochs after it go on
+
+
+def test_hflip_mirrors_the_seeded_half_of_every_backends_batches(backend, tmp_path):
+    """data.hflip works with every backend (README): the trainer's make_loader gives, on each, that
+    backend's own batches with flip_masks' choice of images mirrored, whichever backend a run picks."""
+    if BACKENDS[backend].unavailable(CPU):  # the trainer's own choice refuses it here (nvjpeg: CUDA only)
+        pytest.skip(BACKENDS[backend].unavailable(CPU))
+    images = scan(make_celeba(tmp_path / "faces", 16))  # a gradient and an ellipse: mirrored, they differ
+
+    def batches(hflip: bool) -> list[torch.Tensor]:
+        cfg = config.build(None, [f"data.backend={backend}", f"data.hflip={str(hflip).lower()}",
+                                  "data.image_size=32", "train.batch_size=4", "data.workers=0",
+                                  "data.dali_threads=1", "train.seed=3"])
+        return list(make_loader(cfg, images, CPU, say=lambda line: None).epoch(1))
+
+    plain, flipped = batches(False), batches(True)
+    masks = flip_masks(len(plain), 4, 3, 1)
+    assert masks.any() and not masks.all()
+    for mask, p, f in zip(masks, plain, flipped, strict=True):
+        assert torch.equal(f, torch.where(mask.view(-1, 1, 1, 1), p.flip(2), p))
+    assert not torch.equal(torch.stack(plain), torch.stack(flipped))

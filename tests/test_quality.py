@@ -328,3 +328,18 @@ def test_time_to_fid_forgets_what_a_launch_reached_after_the_checkpoint_it_resum
     # the tiny network never scores 10: the redone steps do not reach it again
     assert json.loads((run / "time_to_fid.json").read_text())["reached"] == kept
     assert "<=10:" not in (run / "STATUS").read_text()
+
+
+def test_time_to_fid_keeps_what_was_reached_at_the_step_it_resumes(celeba, tiny_fid_net, tmp_path):
+    """The other side of that line: a threshold first reached by the score at the checkpoint's own step
+    belongs to the run the checkpoint holds. The next launch resumes after that score and does not take
+    it again, so it must keep it (in time_to_fid.json and STATUS)."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4, **fid_args(tiny_fid_net, every=2))) == 0
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"] == 4
+    record = json.loads((run / "time_to_fid.json").read_text())
+    record["reached"]["10"] = {"step": 4, "images": 32, "wall_s": 9.0, "fid": 9.0}  # as if step 4 scored 9
+    (run / "time_to_fid.json").write_text(json.dumps(record))
+    assert main(tiny_args(celeba, run, train__max_steps=8, **fid_args(tiny_fid_net, every=2))) == 0
+    assert json.loads((run / "time_to_fid.json").read_text())["reached"] == record["reached"]
+    assert "<=10: 9 s (step 4)" in (run / "STATUS").read_text()

@@ -1,6 +1,7 @@
 """Every record a run writes spans its launches: a run stopped four times (with no checkpoint left, and
 with its newest checkpoint lost, as a kill -9 leaves it; on an epoch's last step; where FID was due)
-and launched again each time leaves the same run directory as the run that was never stopped.
+and launched again each time leaves the same run directory as the run that was never stopped; launched
+once more after it finished, it changes nothing.
 
 By construction: every file of the uninterrupted run is compared with the interrupted run's, by its
 contents; only what is a clock, and the checkpoints a stop adds, are set aside, each named below
@@ -143,6 +144,8 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
     next_second()
     assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
+    next_second()  # once more after it finished (a requeued job, a rerun script): nothing changes
+    assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
     same_run_directories(whole, split)
 
 
@@ -153,6 +156,8 @@ def two_processes(stop: int, args: list[str]) -> None:
                        cwd=REPO, timeout=240, capture_output=True, text=True,
                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]  # under torchrun a stop exits 0 too
+    run = next(a.split("=", 1)[1] for a in args if a.startswith("train.run_dir="))
+    assert json.loads(open(f"{run}.writes.rank1.json").read()) == [], "rank 1 wrote into the run directory"
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")

@@ -608,6 +608,17 @@ def test_a_resume_at_another_batch_size_trains_the_epochs_asked_and_counts_the_i
     assert images == [8, 16, 24] + [24 + 4 * i for i in range(1, 19)]
 
 
+def test_the_images_seen_count_on_over_two_changes_of_batch_size(celeba, tmp_path):
+    """The count a checkpoint holds is carried on, not rebuilt from its step and batch: after one change
+    the two agree (steps at the first batch), after a second they do not (2 x 8 + 3 x 4 = 28, not 5 x 4)."""
+    run = tmp_path / "run"
+    for batch, last in ((8, 2), (4, 5), (8, 7)):
+        assert main(tiny_args(celeba, run, train__batch_size=batch, train__max_steps=last, log__every=1)) == 0
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in rows if "loss_d" in r] == [8, 16, 20, 24, 28, 36, 44]
+    assert checkpoint.load(checkpoint.latest(run / "checkpoints"))["images"] == 44
+
+
 @pytest.mark.parametrize("content", [b"not a checkpoint\n", b"", "list"], ids=["text", "empty", "a list"])
 def test_a_resume_file_that_is_no_checkpoint_is_one_line_and_exit_2(celeba, tmp_path, capsys, content):
     bad = tmp_path / "bad.pt"
@@ -618,6 +629,21 @@ def test_a_resume_file_that_is_no_checkpoint_is_one_line_and_exit_2(celeba, tmp_
     assert main(tiny_args(celeba, tmp_path / "run", train__resume=bad)) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: cannot resume from {bad}: ") and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("lost", [("opt_g", "opt_d"), ("gan",), ("rng",)], ids=["optimizers", "step", "rng"])
+def test_a_checkpoint_stripped_of_a_record_is_refused_in_one_line(celeba, tmp_path, capsys, lost):
+    """Checkpoints shared for their weights often lose the optimizers (or more) to save space. Resuming
+    one cannot be exact: it stops in one line naming the file, exit 2, not with a traceback (train.init
+    takes weights alone)."""
+    assert main(tiny_args(celeba, tmp_path / "run", train__max_steps=1)) == 0
+    state = checkpoint.load(checkpoint.latest(tmp_path / "run" / "checkpoints"))
+    stripped = tmp_path / "stripped.pt"
+    torch.save({k: v for k, v in state.items() if k not in lost}, stripped)
+    capsys.readouterr()
+    assert main(tiny_args(celeba, tmp_path / "again", train__resume=stripped)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: cannot resume from {stripped}: ") and err.count("\n") == 1, err
 
 
 @pytest.mark.parametrize("best_fid", [False, True], ids=["", "every-fid-a-new-best"])
@@ -641,3 +667,17 @@ def test_each_checkpoint_is_written_once(celeba, tmp_path, monkeypatch, tiny_fid
     if best_fid:
         best = checkpoint.load(tmp_path / "run" / "checkpoints" / "best_fid")
         assert (best["step"], best["epoch"], best["batch_in_epoch"]) == (12, 2, 0)
+
+
+def test_the_weights_files_hold_the_last_checkpoints_networks(celeba, tmp_path):
+    """generator.pth, discriminator.pth and generator_ema.pth are G, D and G_ema as the last checkpoint
+    holds them: generator.pth is G's own weights also with model.ema on (the average is
+    generator_ema.pth, which generate --ema reads from a checkpoint)."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=3, model__ema=0.5)) == 0
+    last = checkpoint.load(checkpoint.latest(run / "checkpoints"))
+    assert any(not torch.equal(last["G"][k], last["G_ema"][k]) for k in last["G"])  # told apart
+    for name, key in (("generator.pth", "G"), ("discriminator.pth", "D"), ("generator_ema.pth", "G_ema")):
+        saved = weights(run / name)
+        assert saved.keys() == last[key].keys(), name
+        assert all(torch.equal(saved[k], last[key][k]) for k in saved), f"{name} is not {key}"
