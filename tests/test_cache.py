@@ -99,6 +99,19 @@ def test_a_changed_file_builds_a_new_cache(faces):
     assert ensure(scan(faces), 32, CPU).images == 23
 
 
+def test_a_file_rewritten_at_the_same_size_builds_a_new_cache(faces):
+    """An edited picture often keeps its size (a retouch, a re-export at the same quality): the key
+    holds each file's modification time too, or the run would train on the stale pixels."""
+    old = ensure(scan(faces), 32, CPU)
+    f = faces / "img_align_celeba" / "000004.jpg"
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF  # inside the entropy-coded data before the EOI marker: still a JPEG, other pixels
+    f.write_bytes(bytes(data))
+    os.utime(f, ns=(f.stat().st_atime_ns, f.stat().st_mtime_ns + 10**9))  # a later second, whatever the clock
+    new = ensure(scan(faces), 32, CPU)
+    assert new.built and new.folder != old.folder
+
+
 def test_an_interrupted_build_never_looks_complete(faces):
     # A build killed (SIGKILL) after its first chunk, in another process.
     code = ("import os, signal, torch; from fastdcgan.data import cache, folder; cache.CHUNK = 8; "
