@@ -760,6 +760,18 @@ MISSING = {"data.root": "{tmp}/nowhere", "train.resume": "{tmp}/nowhere.pt", "tr
            "fid.weights": "{tmp}/nowhere.pt"}
 
 
+# The other settings of free text (a string with no choices), each with why a missing path is not an error.
+NOT_A_FILE = {"data.augment": "a DiffAugment policy, checked against augment.py's operations",
+              "train.run_dir": "made when missing (tested: a run directory that cannot be written)"}
+
+
+def test_every_free_text_setting_is_a_file_checked_here_or_says_why_not():
+    """A setting added as a free string is a path until said otherwise: it joins MISSING, or NOT_A_FILE."""
+    free = {key for key, obj, f in config.iter_keys(config.Config())
+            if isinstance(getattr(obj, f.name), str) and not f.metadata.get("choices")}
+    assert free == set(MISSING) | set(NOT_A_FILE), free
+
+
 @pytest.mark.parametrize("key", MISSING)
 def test_a_setting_that_names_a_missing_file_stops_the_launch_naming_it(key, places):
     """Not a fresh start that ignores it (a resume or fine-tuning lost without a word), nor a crash later:
