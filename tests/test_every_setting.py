@@ -782,11 +782,13 @@ def test_a_setting_that_names_a_missing_file_stops_the_launch_naming_it(key, pla
     assert seen.error.startswith(key) and path in seen.error and "\n" not in seen.error, seen.error
 
 
-def test_randomness_differs_per_rank(places):
+@pytest.mark.parametrize("settings", ["DIST", "DIST_STEP"])
+def test_randomness_differs_per_rank(settings, places):
     """Noise, each DiffAugment operation's draws, dropout masks and hflip's choices come from per-rank state:
     on one batch that is the same on both ranks, the ranks still draw apart (the same draws on every
-    rank would train on one set of fakes and augmentations copied world-size times)."""
-    r0, r1 = launch("dist", DIST).ranks
+    rank would train on one set of fakes and augmentations copied world-size times). DIST_STEP: with
+    every step setting changed, on the cache backend."""
+    r0, r1 = launch("dist", globals()[settings]).ranks
     assert r0["own_batch_mean"] != r1["own_batch_mean"]  # each rank trained on its own images first
     assert not torch.equal(r0["noise"], r1["noise"])
     assert not torch.equal(r0["augmented_real"], r1["augmented_real"])
