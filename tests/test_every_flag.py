@@ -9,6 +9,7 @@ fails its probe. What is compared is what the user gets: the files written (byte
 the score's record in fid.jsonl (clock aside), the cache's images.
 """
 import json
+from pathlib import Path
 import shlex
 from dataclasses import dataclass
 
@@ -19,6 +20,7 @@ from conftest import make_celeba, tiny_args, write_tiny_fid_net
 from fastdcgan import fid, prepare, train
 from fastdcgan.generate.cli import COMMANDS
 from fastdcgan.generate.cli import main as generate_main
+from fastdcgan.generate.export import load_generator
 from fastdcgan.train import main as train_main
 
 PARSERS = {f"generate {name}": build for name, (build, _) in COMMANDS.items()}
@@ -142,7 +144,11 @@ def places(tmp_path_factory):
         for name, extra in {"run": {"fid__weights": net}, "other": {"train__seed": 1},
                             "ema": {"model__ema": 0.5}}.items():
             assert train_main(tiny_args(celeba, tmp / name, train__max_steps=3, **extra)) == 0
+    # in the run directory: fid appends its record there, as for the run's other files
+    assert generate_main(["export", "--checkpoint", str(tmp / "run"), "--out", str(tmp / "run" / "g.pt")]) \
+        == 0
     return {"run": tmp / "run", "other": tmp / "other", "ema": tmp / "ema", "celeba": celeba,
+            "exported": tmp / "run" / "g.pt",
             "data": make_celeba(tmp / "data", 30), "tmp": tmp,
             "toml": write_toml(tmp / "small.toml"), "net": net,
             "other_net": write_tiny_fid_net(tmp / "net1.pt", seed=1)}
@@ -206,3 +212,44 @@ def test_the_flag_governs_what_it_names(tool, flag, places, tmp_path, monkeypatc
     else:
         assert changed_code == 0, f"the changed command failed ({changed_code}): {err}"
         assert changed != base, f"{tool} {flag}: nothing the user gets changed"
+
+
+# The forms --checkpoint takes (README), each holding the same generator: the run of 3 steps ends with
+# its step-3 checkpoint, generator.pth and (from it) the export.
+FORMS = {"run directory": "{run}", "checkpoint": "{run}/checkpoints/step_00000003.pt",
+         "generator.pth": "{run}/generator.pth", "export": "{exported}"}
+# forget and features read the layers (an export is one traced graph); export refuses to export an export
+NO_EXPORT = {"generate forget", "generate features", "generate export"}
+
+
+def drawn_by(exported: Path) -> torch.Tensor:
+    """The images an exported file draws (its bytes also name the file it came from)."""
+    return load_generator(exported)(torch.randn(4, 16, 1, 1, generator=torch.Generator().manual_seed(0)))
+
+
+@pytest.mark.parametrize("tool", [t for t in PARSERS if "--checkpoint" in flags(PARSERS[t])],
+                         ids=lambda t: t.replace(" ", "-"))
+def test_every_form_of_a_checkpoint_gives_the_same_output(tool, places, tmp_path, monkeypatch, capsys):
+    """A tool that read one form of --checkpoint otherwise (another network of it, another step, its EMA)
+    would give other output from the same generator. fid is given --data: a generator.pth or an export
+    holds no config to find it."""
+    base = PROBES[(tool, "--checkpoint")].base + (" --data {celeba}" if tool == "fid" else "")
+    assert base.startswith("--checkpoint {run} ")
+    got = {}
+    for form, where in FORMS.items():
+        if form == "export" and tool in NO_EXPORT:
+            continue
+        code, out, err = outcome(tool, base.replace("{run}", where, 1), places, tmp_path / form.split()[0],
+                                 monkeypatch, capsys)
+        assert code == 0, f"{tool} --checkpoint {form}: exit {code}: {err}"
+        if tool == "fid":
+            got[form] = [r["fid"] for r in out]  # the record's step: what the form holds
+        elif tool == "generate export":
+            got[form] = drawn_by(tmp_path / form.split()[0] / "g.pt")
+        else:
+            got[form] = out
+    first = next(iter(got.values()))
+    assert len(first), "nothing to compare"
+    same = {form: torch.equal(v, first) if isinstance(v, torch.Tensor) else v == first
+            for form, v in got.items()}
+    assert all(same.values()), same
