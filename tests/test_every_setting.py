@@ -329,9 +329,13 @@ def mirrored(s: Seen) -> int:
 
 
 def memory_format(s: Seen) -> str:
-    x = s.trace["d_in"][0]
-    return "channels_last" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous() \
-        else "contiguous"
+    """The memory format of what D is given and of every convolution weight of G and D: one word when
+    they agree (a network left contiguous runs the other's format through conversions at every layer,
+    at a cost on a GPU and with nothing to see in the losses)."""
+    convs = [p for net in (s.run.G, s.run.D) for p in net.parameters() if p.dim() == 4]
+    kinds = {"channels_last" if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+             else "contiguous" for x in [s.trace["d_in"][0], *convs]}
+    return kinds.pop() if len(kinds) == 1 else f"mixed: {sorted(kinds)}"
 
 
 def digest(*tensors: torch.Tensor) -> str:
