@@ -43,12 +43,13 @@ LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (12, None), (15, None)]
 
 # The stateful parts on, in two sets: the paper's loss with EMA, augmentation and flips on the torch
 # input; and another loss with lazy R1 (its own step counter), dropout, spectral norm, two D updates
-# a step and smoothed labels, on the decoded cache.
+# a step and smoothed labels, on the decoded cache, in fp16 (the GradScaler: its scale and its count of
+# clean steps towards the next growth).
 VARIANTS = {
     "bce-ema-augment": dict(model__ema=0.9, data__augment="color,translation", data__hflip="true"),
-    "lsgan-r1-cache": dict(train__loss="lsgan", train__r1_gamma=1.0, train__r1_every=4, model__d_dropout=0.2,
-                           model__spectral_norm="true", train__d_steps=2, train__real_label=0.9,
-                           data__backend="cache"),
+    "lsgan-r1-cache-fp16": dict(train__loss="lsgan", train__r1_gamma=1.0, train__r1_every=4,
+                                model__d_dropout=0.2, model__spectral_norm="true", train__d_steps=2,
+                                train__real_label=0.9, data__backend="cache", precision="fp16"),
 }
 
 
