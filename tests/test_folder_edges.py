@@ -2,6 +2,7 @@
 write them, transparency in every form a PNG has, the parallel check of a large folder, and the
 verdict cache's keys."""
 import os
+import re
 
 import pytest
 from PIL import Image
@@ -80,6 +81,21 @@ def test_a_bad_row_of_the_txt_says_the_txt_format(celeba):
     with pytest.raises(UsageError,
                        match=r"list_eval_partition.txt:2: expected 'NAME PARTITION', got '000002.jpg,0'"):
         folder.find_images(celeba)
+
+
+@pytest.mark.parametrize("name, rows, expected", [
+    ("list_eval_partition.txt", "000001.jpg 0\n000002.jpg 0 1\n",
+     "expected 'NAME PARTITION', got '000002.jpg 0 1'"),
+    # a spreadsheet that saved an empty third column: a trailing comma on every row
+    ("list_eval_partition.csv", "image_id,partition,\n000001.jpg,0,\n",
+     "expected 'NAME,PARTITION', got '000001.jpg,0,'"),
+])
+def test_a_row_with_a_field_too_many_is_refused_by_its_line(celeba, name, rows, expected):
+    """Not Python's 'too many values to unpack' as a traceback from the trainer: one line, exit 2."""
+    (celeba / "list_eval_partition.txt").unlink()
+    (celeba / name).write_text(rows)
+    with pytest.raises(UsageError, match=re.escape(f"{name}:2: {expected}")):
+        folder.find_images(celeba, "train")
 
 
 def test_a_file_given_as_root_is_refused_by_name(tmp_path):
