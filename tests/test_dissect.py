@@ -48,6 +48,23 @@ def test_scores_find_the_channel_that_marks_the_positives():
         assert dissect.top_channels(dissect.score_channels(pos, neg, method), 1) == [7]
 
 
+def test_a_map_that_never_changes_is_never_dropped_however_large_k():
+    """A dead map (zero for every seed: common after ReLU) scores exactly 0 by either method: it does
+    not mark the feature, and dropping it would change nothing while forget's caption counted it among
+    the maps dropped. Only positive scores are taken, even when --k asks for more."""
+    g = torch.Generator().manual_seed(0)
+    neg = torch.randn(40, 6, generator=g)
+    pos = torch.randn(5, 6, generator=g)
+    pos[:, 2] += 3.0  # the feature's map
+    pos[:, 4] -= 3.0  # a map of its absence
+    neg[:, 0] = pos[:, 0] = 0.0  # dead
+    for method in dissect.SCORES:
+        score = dissect.score_channels(pos, neg, method)
+        assert score[0] == 0
+        chosen = dissect.top_channels(score, 6)
+        assert chosen[0] == 2 and 0 not in chosen and 4 not in chosen, (method, chosen)
+
+
 def test_forget_finds_a_generator_channel_from_marked_seeds(G):
     """Mark the seeds where one feature map is strongest: scoring must point back at that map."""
     seeds = list(range(200))
