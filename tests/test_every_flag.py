@@ -253,3 +253,34 @@ def test_every_form_of_a_checkpoint_gives_the_same_output(tool, places, tmp_path
     same = {form: torch.equal(v, first) if isinstance(v, torch.Tensor) else v == first
             for form, v in got.items()}
     assert all(same.values()), same
+
+
+# A value out of a flag's range is refused with exit code 2, before any work, and the error's last line
+# names what to mend; never accepted and used (a negative process count), never a traceback. The
+# command, with the value that must be refused, and what the message must contain.
+REFUSED = {
+    ("prepare", "--threads"): (PREPARE.replace("--threads 1", "--threads -1"),
+                               "--threads must be at least 0"),
+    ("fid", "--n"): (f"{run(FID)} --n 1", "--n must be at least 2"),
+    ("fid", "--batch"): (f"{run(FID)} --batch 0", "--batch at least 1"),
+    ("generate grid", "--n"): (f"{run(GRID)} --n 0", "--n must be at least 1"),
+    ("generate grid", "--truncation"): (f"{run(GRID)} --truncation -1", "--truncation"),
+    ("generate interpolate", "--frames"): (f"{run(WALK)} --frames 0", "--frames"),
+    ("generate interpolate", "--seeds"): (f"{run(WALK)} --seeds 1", "at least two seeds"),
+    ("generate arithmetic", "--n"): (f"{run(ARITH)} --n 0", "--n"),
+    ("generate forget", "--k"): (f"{run(FORGET)} --k 0", "--k"),
+    ("generate forget", "--box"): (f"{run(FORGET)} --box 0.6,0.6,0.2,0.2", "bad box"),
+    ("generate forget", "--layer"): (f"{run(FORGET)} --layer 9", "layer 9 does not exist"),
+    ("generate features", "--tile"): (f"{run(FEATURES)} --tile 0", "--tile"),
+}
+
+
+@pytest.mark.parametrize("tool, flag", sorted(REFUSED), ids=lambda x: x.replace(" ", "-"))
+def test_a_value_out_of_range_is_refused_with_exit_2(tool, flag, places, tmp_path, monkeypatch, capsys):
+    args, says = REFUSED[(tool, flag)]
+    try:
+        code, made, err = outcome(tool, args, places, tmp_path / "out", monkeypatch, capsys)
+    except SystemExit as e:  # fid's and prepare's argparse
+        code, made, err = e.code, None, capsys.readouterr().err
+    assert code == 2 and not made, (code, err)
+    assert "Traceback" not in err and says in err.strip().splitlines()[-1], err
