@@ -13,7 +13,7 @@ import scipy.linalg
 import torch
 import torch.nn.functional as F
 
-from conftest import REPO, fake_wheel, make_celeba, write_tiny_fid_net
+from conftest import REPO, fake_wheel, make_celeba, tiny_args, write_tiny_fid_net
 from fastdcgan.config import UsageError
 from fastdcgan.data import folder
 from fastdcgan.metrics import extractors
@@ -345,3 +345,17 @@ def test_the_score_does_not_depend_on_the_batch_size(tiny_fid_net):
     np.testing.assert_allclose(a.mean, b.mean, rtol=1e-5)
     np.testing.assert_allclose(a.cov, b.cov, rtol=1e-4, atol=1e-7 * np.abs(b.cov).max())
     assert ext.batches == 3 + 1
+
+
+def test_a_run_on_the_synthetic_faces_is_scored_against_its_own_set(tmp_path, tiny_fid_net, capsys):
+    """data.root empty: the run trained on data.synthetic_n built-in faces, and fid without --data must
+    score it against those, not against the default number of them (another set, another score)."""
+    from fastdcgan import fid
+    from fastdcgan.train import main as train
+    run = tmp_path / "run"
+    assert train(tiny_args("", run, data__synthetic_n=40, train__max_steps=1)) == 0
+    n, root = capsys.readouterr().out.split("data: ")[1].split(" (")[0].split(" images in ")
+    assert n == "40"
+    assert fid.main(["--checkpoint", str(run), "--weights", str(tiny_fid_net), "--n", "8", "--batch", "4",
+                     "--device", "cpu"]) == 0
+    assert f"; 40 real images in {root} at 32x32" in capsys.readouterr().out
