@@ -9,7 +9,7 @@ from PIL import Image
 import fastdcgan
 from fastdcgan.generate import dissect
 from fastdcgan.generate.cli import main
-from fastdcgan.generate.latent import seed_noise
+from fastdcgan.generate.latent import seed_noise, typical_length
 
 TILE = 32 + 2  # a 32px image and its 2px padding in a grid
 
@@ -201,6 +201,11 @@ def test_arithmetic_result_is_mean_a_minus_mean_b_plus_mean_c(vivid, tmp_path):
     assert contains(picture, rendered(G, a - b + c)[0])
     for swapped in (b - a + c, a + b - c):  # the minus on another term
         assert not contains(picture, rendered(G, swapped)[0])
+    # each concept's mean face beside its seeds' faces, at a z's typical length: a mean of two z is
+    # about 0.7 times as long, and G draws a washed-out face from it
+    for mean in (a, b, c):
+        assert contains(picture, rendered(G, typical_length(mean))[0])
+        assert not contains(picture, rendered(G, mean)[0])
 
 
 # Each sub-command that draws z, with arguments that make it draw several images.
