@@ -272,7 +272,29 @@ REFUSED = {
     ("generate forget", "--box"): (f"{run(FORGET)} --box 0.6,0.6,0.2,0.2", "bad box"),
     ("generate forget", "--layer"): (f"{run(FORGET)} --layer 9", "layer 9 does not exist"),
     ("generate features", "--tile"): (f"{run(FEATURES)} --tile 0", "--tile"),
+    ("generate features", "--layer"): (f"{run(FEATURES)} --layer 9", "layer 9 does not exist"),
+    ("generate grid", "--nrow"): (f"{run(GRID)} --nrow -2", "--nrow"),
+    ("generate interpolate", "--fps"): (f"{run(WALK)} --fps 0", "--fps"),
+    ("generate arithmetic", "--noise"): (f"{run(ARITH)} --noise -0.5", "--noise"),
+    ("prepare", "--image-size"): (PREPARE.replace("--image-size 32", "--image-size 33"), "--image-size"),
+    **{(tool, "--truncation"): (f"{run(base)} --truncation 0", "--truncation")
+       for tool, base in (("generate interpolate", WALK), ("generate arithmetic", ARITH),
+                          ("generate forget", FORGET), ("generate features", FEATURES))},
 }
+# Numbers any value of which is meaningful.
+ANY_VALUE = {("generate grid", "--seed"): "a seed: every integer names a draw",
+             ("generate arithmetic", "--noise-seed"): "a seed: every integer names a draw",
+             ("fid", "--seed"): "a seed: every integer names a draw"}
+NUMBER_TYPES = ("int", "float", "positive_int", "positive_float", "non_negative_int", "non_negative_float")
+
+
+def test_every_numeric_flag_is_refused_out_of_range_or_takes_any_value():
+    """A number flag added later is either checked here with a value it must refuse, or said to take any
+    value: never a count of -2 that ends in a traceback, or a scale of -1 used as given."""
+    numeric = {(tool, a.option_strings[0]) for tool, build in PARSERS.items() for a in build()._actions
+               if getattr(a.type, "__name__", "") in NUMBER_TYPES}
+    assert sorted(numeric - REFUSED.keys() - ANY_VALUE.keys()) == []
+    assert not REFUSED.keys() & ANY_VALUE.keys()
 
 
 @pytest.mark.parametrize("tool, flag", sorted(REFUSED), ids=lambda x: x.replace(" ", "-"))

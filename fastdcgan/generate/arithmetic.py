@@ -6,7 +6,7 @@ import argparse
 import torch
 
 from ..plots import compose, grid_image, save_picture
-from . import Parser, new_parser, positive_int, seeds_arg
+from . import Parser, new_parser, non_negative_float, positive_int, seeds_arg
 from .export import LoadedGenerator
 from .latent import arithmetic, jitter, seed_noise, truncate, typical_length
 
@@ -22,7 +22,7 @@ def arithmetic_parser() -> Parser:
     p.add_argument("--c", type=seeds_arg, required=True, help="seeds showing concept c, added")
     p.add_argument("--n", type=positive_int, default=9,
                    help="result images, the exact one in the middle (default 9)")
-    p.add_argument("--noise", type=float, default=0.25,
+    p.add_argument("--noise", type=non_negative_float, default=0.25,
                    help="uniform noise scale around the result (default 0.25)")
     p.add_argument("--noise-seed", type=int, default=0, help="seed of that noise (default 0)")
     return p

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from ..model import fixed_noise
 from ..plots import save_grid
-from . import USAGE, Parser, UsageError, new_parser, seeds_arg
+from . import USAGE, Parser, UsageError, new_parser, non_negative_int, seeds_arg
 from .export import LoadedGenerator
 from .latent import seed_noise, truncate
 
@@ -17,7 +17,7 @@ def grid_parser() -> Parser:
     p.add_argument("--seeds", type=seeds_arg, default=None, help="one image per seed: 0-63, 1,5,9 or 1,4-6")
     p.add_argument("--n", type=int, default=None, help="number of images from --seed (default 64)")
     p.add_argument("--seed", type=int, default=None, help="noise seed for --n images (default 0)")
-    p.add_argument("--nrow", type=int, default=0, help="images per grid row (default: square)")
+    p.add_argument("--nrow", type=non_negative_int, default=0, help="images per grid row (default: square)")
     p.add_argument("--single", action="store_true", help="write one PNG per image into the --out folder")
     return p
 
