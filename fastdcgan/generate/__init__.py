@@ -46,44 +46,24 @@ def seeds_arg(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}")
-    return value
+def _number(name: str, kind: type, low: float, words: str, strict: bool = False):
+    """An argparse type: a `kind` at least `low` (above it when strict), else "expected {words}"."""
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not (value > low if strict else value >= low):  # NaN fails both
+            raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
+        return value
+    parse.__name__ = name  # what a flag's type is called (tests/test_every_flag.py reads it)
+    return parse
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
-    return value
-
-
-def non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:  # NaN too
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
-    return value
+positive_float = _number("positive_float", float, 0, "a positive number", strict=True)
+positive_int = _number("positive_int", int, 1, "a whole number >= 1")
+non_negative_int = _number("non_negative_int", int, 0, "a whole number >= 0")
+non_negative_float = _number("non_negative_float", float, 0, "a number >= 0")
 
 
 def new_parser(command: str, summary: str, out: str, sampling: bool = True) -> Parser:
