@@ -4,10 +4,9 @@ import math
 import pytest
 import torch
 
-from fastdcgan.generate.latent import (arithmetic, interpolation_path, lerp, parse_seeds, seed_noise, slerp,
-                                       truncate, typical_length)
+from fastdcgan.generate.latent import (MAX_SEEDS, arithmetic, interpolation_path, jitter, lerp, parse_seeds,
+                                       seed_noise, slerp, truncate, typical_length)
 from fastdcgan.model import fixed_noise
-
 
 
 def test_seed_lists_and_ranges():
@@ -17,6 +16,19 @@ def test_seed_lists_and_ranges():
     for bad in ("", "a", "5-3", "1,,2", "1-2-3", "-1", "0-99999999"):
         with pytest.raises(ValueError, match="bad seed list"):
             parse_seeds(bad)
+
+
+@pytest.mark.parametrize("text, reason", [
+    ("1,x", "'x' is not a seed"), ("4-2", "range '4-2' runs backwards"), ("0--1", "non-negative"),
+    (f"0-{MAX_SEEDS}", f"more than {MAX_SEEDS} seeds"), (f"7,0-{MAX_SEEDS - 1}", f"more than {MAX_SEEDS}")])
+def test_a_bad_seed_list_is_refused_with_its_reason(text, reason):
+    with pytest.raises(ValueError, match=f"bad seed list {text!r}: .*{reason}"):
+        parse_seeds(text)
+
+
+def test_the_seed_limit_is_inclusive_and_no_seeds_is_an_empty_batch():
+    assert len(parse_seeds(f"0-{MAX_SEEDS - 1}")) == len(parse_seeds(f"7,1-{MAX_SEEDS - 1}")) == MAX_SEEDS
+    assert seed_noise([], 16).shape == (0, 16, 1, 1)
 
 
 def test_seed_vector_is_the_same_everywhere():
@@ -37,7 +49,19 @@ def test_truncation_clips_norms_and_keeps_directions():
     assert 0 < short.sum() < len(z) and torch.equal(t[short], z[short])
     cos = torch.nn.functional.cosine_similarity(t.flatten(1), z.flatten(1))
     assert torch.allclose(cos, torch.ones_like(cos), atol=1e-5)
-    assert torch.equal(truncate(z, None), z)
+    assert torch.equal(truncate(z, None), z) and torch.equal(truncate(z, 0), z)
+    with pytest.raises(ValueError, match="positive"):
+        truncate(z, -0.5)
+
+
+def test_truncation_and_typical_length_act_on_each_z_of_any_shape():
+    lengths = torch.tensor([[0.1], [1], [2], [3], [4], [5]])
+    z = torch.randn(6, 16, generator=torch.Generator().manual_seed(1)) * lengths
+    for shape in ((6, 16), (6, 16, 1, 1)):
+        zs = z.view(shape)
+        assert torch.allclose(typical_length(zs).flatten(1).norm(dim=1), torch.full((6,), 4.0))
+        t = truncate(zs, 0.5).flatten(1).norm(dim=1)  # limit 0.5 * 4 = 2: the three longest are cut
+        assert torch.allclose(t, torch.minimum(z.norm(dim=1), torch.tensor(2.0)))
 
 
 def test_slerp_endpoints_and_norms():
@@ -57,20 +81,56 @@ def test_slerp_endpoints_and_norms():
     assert torch.allclose(steps, steps[0].expand(10), rtol=1e-4)
 
 
+def test_slerp_keeps_the_norm_at_any_angle_and_is_lerp_for_parallel_z():
+    z0 = seed_noise([1], 64).flatten()
+    other = seed_noise([2], 64).flatten()
+    other = other - (other @ z0) / (z0 @ z0) * z0  # orthogonal to z0
+    for degrees in (10, 45, 90, 170):
+        a = math.radians(degrees)
+        z1 = math.cos(a) * z0 + math.sin(a) * other * z0.norm() / other.norm()
+        mid = slerp(z0, z1, 0.5)
+        assert math.isclose(float(mid.norm()), float(z0.norm()), rel_tol=1e-4), degrees
+        assert math.isclose(float(torch.nn.functional.cosine_similarity(mid, z0, dim=0)), math.cos(a / 2),
+                            abs_tol=1e-4), degrees
+    for k in range(20):  # parallel: arccos of a cosine that rounds above 1 must not give NaN
+        z = seed_noise([k], 64).flatten()
+        assert torch.allclose(slerp(z, 3 * z, 0.25), lerp(z, 3 * z, 0.25)), k
+
+
 def test_interpolation_path_passes_through_every_seed():
     z = seed_noise([1, 2, 3], 16)
     path = interpolation_path(z, 5)
     assert len(path) == 11
     for k in range(3):
         assert torch.allclose(path[5 * k], z[k], atol=1e-6)
+    assert torch.allclose(path[7], slerp(z[1], z[2], 0.4))  # the frames between are evenly spaced in t
+    linear = interpolation_path(z, 4, "linear")
+    assert torch.allclose(linear[1], 0.75 * z[0] + 0.25 * z[1])
+    assert torch.equal(interpolation_path(z, 1), z)  # one step a segment: the seeds themselves
+    with pytest.raises(ValueError, match="frames must be at least 1"):
+        interpolation_path(z, 0)
+    with pytest.raises(ValueError, match="at least two z"):
+        interpolation_path(z[:1], 4)
+
+
+def test_jitter_is_z_then_seeded_uniform_copies_within_the_scale():
+    z = seed_noise([3], 16)
+    j = jitter(z, 8, 0.25, seed=1)
+    assert j.shape == (8, 16, 1, 1) and torch.equal(j[0], z[0])
+    noise = j[1:] - z
+    assert noise.abs().max() <= 0.25 and noise.min() < -0.2 and noise.max() > 0.2  # both signs, whole range
+    assert len({tuple(n.flatten().tolist()) for n in noise}) == 7  # each copy its own noise
+    assert torch.equal(jitter(z, 8, 0.25, seed=1), j) and not torch.equal(jitter(z, 8, 0.25, seed=2), j)
 
 
 def test_arithmetic_semantics():
     a, b, c = seed_noise([1, 2], 16), seed_noise([3, 4, 5], 16), seed_noise([6], 16)
     assert torch.allclose(arithmetic(a, b, c), a.mean(0) - b.mean(0) + c.mean(0))
+    assert arithmetic(a, b, c).shape == arithmetic(a, b[:0], c).shape == (1, 16, 1, 1)  # one z, as G takes it
     assert torch.allclose(arithmetic(a, b[:0], a), a.mean(0, keepdim=True))  # a = c, b empty: a
     assert torch.allclose(arithmetic(a, b[:0], c), (a.mean(0) + c.mean(0)) / 2)
-    with pytest.raises(ValueError):
-        arithmetic(a[:0], b, c)
+    for empty in ((a[:0], b, c), (a, b, c[:0])):
+        with pytest.raises(ValueError, match="at least one seed for a and for c"):
+            arithmetic(*empty)
     m = typical_length(a.mean(0, keepdim=True))
     assert math.isclose(float(m.norm()), 4.0, rel_tol=1e-5)  # sqrt(16)
