@@ -5,7 +5,7 @@ import torch
 
 from fastdcgan import checkpoint
 from fastdcgan.config import UsageError
-from fastdcgan.rundir import find_weights
+from fastdcgan.rundir import RunDir, find_weights
 
 
 def state(step):
@@ -40,6 +40,15 @@ def test_the_pointer_names_the_last_save_even_when_a_higher_step_is_on_disk(tmp_
     checkpoint.save(state(6), tmp_path, keep=3)
     assert checkpoint.latest(tmp_path).name == "step_00000006.pt"
     assert find_weights(tmp_path).name == "step_00000006.pt"
+
+
+def test_a_checkpoint_or_a_weights_file_belongs_to_its_run_directory(tmp_path):
+    """RunDir.of is where `fid` records a score for the file it was given."""
+    run = tmp_path / "run"
+    assert RunDir.of(run / "checkpoints" / "step_00000006.pt").root == run
+    assert RunDir.of(str(run / "generator.pth")).root == run
+    assert RunDir.of(tmp_path / "elsewhere" / "g.pt").metrics == tmp_path / "elsewhere" / "metrics.jsonl"
+    assert RunDir(str(run)) == RunDir(run) and RunDir(str(run)).status == run / "STATUS"
 
 
 def test_nothing_to_resolve_names_where_it_looked(tmp_path):
