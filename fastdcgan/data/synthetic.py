@@ -51,6 +51,9 @@ def _jitter(rng: np.random.Generator, c, amount: int) -> tuple[int, ...]:
     return tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
 
 
+# Not mutated (docs/mutation.md): its shapes and colours are the demo's look, not logic a test could
+# pin without restating them. test_synthetic.py checks what users rely on: determinism and the attributes.
+# pragma: no mutate start
 def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
     """One face (178x218 RGB) and its attributes, determined by ``(seed, index)`` alone."""
     rng = np.random.default_rng([seed, index])
@@ -210,6 +213,7 @@ def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
     noisy = np.asarray(img, np.int16) + rng.integers(-4, 5, (H, W, 3), dtype=np.int16)
     img = Image.fromarray(noisy.clip(0, 255).astype(np.uint8))
     return img, attrs
+# pragma: no mutate end
 
 
 def _write_range(root: str, start: int, stop: int, seed: int) -> list[dict[str, bool]]:
