@@ -583,6 +583,22 @@ def test_the_clock_on_a_log_line_gives_elapsed_and_the_eta_at_this_launchs_pace(
     assert log.clock(110, wall_s=3725) == "elapsed 1h02m  eta 1m40s"
 
 
+def test_mfu_is_against_the_peak_of_every_device_whose_images_img_per_s_counts(tmp_path):
+    """img/s counts every process's images (test_dist.py checks it), so MFU divides by all their devices'
+    peak: against one device's, 8 GPUs at 40% each read 320%."""
+    from fastdcgan.jobs import Log
+    from fastdcgan.report import Report
+    means = {"loss_d": 1.0, "loss_g": 1.0, "d_real": 0.5, "d_fake": 0.5}
+    timing = {"img_per_s": 800.0, "data_ms": 1.0, "compute_ms": 9.0}
+    for devices, mfu in ((1, 0.8), (2, 0.4), (8, 0.1)):
+        (tmp_path / f"run{devices}").mkdir()
+        report = Report(tmp_path / f"run{devices}", main=True, total=10, start=0, tensorboard=False)
+        log = Log(10, total=10, report=report, flops_per_image=1e9, peak=1e12, devices=devices)
+        log.start(0)
+        assert log.record(10, 1, 80, means, timing, {}, wall_s=1.0)["mfu"] == pytest.approx(mfu)
+        report.close()
+
+
 def test_a_resume_with_another_batch_size_keeps_the_images_seen(celeba, tmp_path, capsys):
     """48 images: 3 steps of 8 are 24 images seen; resumed at batch 4 that is batch 6 of 12, so the
     epoch ends 6 steps later (not 9 from batch 3, nor 12 from batch 0)."""
