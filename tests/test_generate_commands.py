@@ -199,6 +199,25 @@ def test_interpolate_method_sets_the_path(vivid, tmp_path, method):
     assert not close(got, rendered(G, middle[other][None])[0])
 
 
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_truncation_clips_each_frame_of_the_walk_it_does_not_change_the_walk(vivid, tmp_path, method):
+    """interpolate --truncation T: each frame is the walk's z clipped, as grid clips each seed's z; not a
+    walk between clipped seeds, whose middle frames are shorter and paler (linear: by the angle between
+    the seeds) or point elsewhere (slerp between clipped seeds of unequal length)."""
+    from fastdcgan.generate.latent import interpolation_path, truncate
+    G = fastdcgan.load_generator(vivid)
+    z = seed_noise([1, 2], 16)
+    walk = truncate(interpolation_path(z, 2, method), 0.5)
+    between_clipped = interpolation_path(truncate(z, 0.5), 2, method)
+    out = tmp_path / "walk.png"
+    assert main(["interpolate", "--checkpoint", str(vivid), "--seeds", "1,2", "--frames", "2",
+                 "--method", method, "--truncation", "0.5", "--out", str(out)]) == 0
+    strip = pixels(out)
+    for k in range(3):
+        assert close(tile(strip, 0, k), rendered(G, walk[k:k + 1])[0])
+    assert not close(tile(strip, 0, 1), rendered(G, between_clipped[1:2])[0])
+
+
 def contains(picture, face):
     """Whether the picture holds this 32x32 face (within one rounding step) anywhere."""
     h, w = face.shape[:2]
