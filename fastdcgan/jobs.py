@@ -44,9 +44,12 @@ class Log:
     and an ETA at this launch's pace, and the launch's first step gets a line of its own, however far
     away the first `every` is."""
 
-    def __init__(self, every: int, total: int, report: Report, flops_per_image: float, peak: float | None):
+    def __init__(self, every: int, total: int, report: Report, flops_per_image: float, peak: float | None,
+                 devices: int = 1):
+        """peak: one device's FLOP/s; devices: the run's processes, each on its own device. img/s counts
+        every process's images, so MFU is measured against every device's peak."""
         self.every, self.total, self.report = every, total, report
-        self.flops_per_image, self.peak = flops_per_image, peak
+        self.flops_per_image, self.peak = flops_per_image, peak * devices if peak else peak
         self.started: tuple[int, float] | None = None  # this launch's first step, and when its loop began
 
     def due(self, step: int) -> bool:

@@ -122,7 +122,7 @@ class Run:
     def _make_jobs(self) -> None:
         """The side jobs, each given what it works on. The loop calls them by name."""
         cfg, s, report, main = self.cfg, self.state, self.report, self.main
-        self.log = Log(cfg.log.every, self.total_steps, report, s.flops, s.peak)
+        self.log = Log(cfg.log.every, self.total_steps, report, s.flops, s.peak, devices=self.env.world)
         self.samples = Samples(cfg.sample.every, s.fixed_z, self.paths.samples, report, main)
         self.plots = Plots(cfg.log.every, s.step, s.epoch, self.paths, cfg.train.loss, report, main)
         self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep, main,

@@ -13,7 +13,7 @@ from fastdcgan.data import cache, dali, loaders, nvjpeg
 from fastdcgan.data.base import Feed
 from fastdcgan.data.cache import CacheLoader, ensure
 from fastdcgan.data.dali import DaliLoader
-from fastdcgan.data.folder import scan
+from fastdcgan.data.folder import ImageList, scan
 from fastdcgan.data.order import HFlip, epoch_batches
 from fastdcgan.data.synthetic import make_faces
 from fastdcgan.data.torch import ImageFiles
@@ -118,6 +118,35 @@ def test_corrupt_files_are_left_out(faces):
     assert report.images == 23 and "img_align_celeba/000002.jpg" not in [f[0] for f in index["files"]]
 
 
+CPU_DECODERS = [kind for kind in ("torchvision-cpu", "dali-cpu", "pil")
+                if kind != "dali-cpu" or dali.unavailable_reason() is None]
+
+
+@pytest.mark.parametrize("decoder", CPU_DECODERS)
+def test_files_that_break_after_the_scan_are_left_out_of_the_build_and_named_on_reuse(faces, decoder):
+    """A file that passed the scan and fails when the cache is built (rewritten; or unreadable, an I/O
+    error: here a folder where the file was, IsADirectoryError, an OSError that is not FileNotFoundError)
+    is left out and named, with every decoder. The other images keep their order: each row is the image
+    a cache of the good files alone holds (the corrupt-file test above breaks its file before the scan,
+    which never reaches the build). A reuse names the same files."""
+    images = scan(faces)
+    broken = [images.files[2], images.files[9]]
+    broken[0].write_bytes(b"not an image any more")
+    broken[1].unlink()
+    broken[1].mkdir()
+    report = ensure(images, 32, CPU, threads=1, decoder=decoder)
+    names = [str(f.relative_to(images.root)) for f in broken]
+    assert report.built and report.images == 22 and [name for name, _ in report.skipped] == names
+    good = [k for k, f in enumerate(images.files) if f not in broken]
+    alone = ensure(ImageList(images.root, [images.files[k] for k in good], "folder",
+                             sizes=[images.sizes[k] for k in good]), 32, CPU, threads=1, decoder=decoder)
+    got, want = (np.load(r.folder / "images.npy").astype(np.float32) for r in (report, alone))
+    # a chunk DALI fails on is decoded by PIL: a fraction of a grey level apart; another image is tens
+    assert got.shape == want.shape and np.abs(got - want).mean(axis=(1, 2, 3)).max() < 2.0
+    again = ensure(images, 32, CPU, threads=1, decoder=decoder)
+    assert not again.built and again.skipped == report.skipped
+
+
 def test_hflip_mirrors_a_seeded_half_and_resumes_exactly(faces):
     folder = ensure(scan(faces), 32, CPU).folder
     feed = Feed(scan(faces).files, 32, 8, seed=0, device=CPU)
@@ -167,6 +196,35 @@ def test_the_cpu_cache_budget_is_shared_by_a_nodes_ranks(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     four, what = cache.memory_budget(CPU)
     assert four == pytest.approx(one / 4, rel=0.05) and what.endswith(" / 4 ranks")
+
+
+def test_a_nodes_cores_are_shared_by_its_ranks(faces, monkeypatch):
+    """As the memory budget is: data.dali_threads=0 (and a cache build's threads=0) is one thread per core
+    this process may use, divided among the node's ranks, which each start their own threads."""
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    feed = Feed(scan(faces).files, 32, 4, device=CPU, threads=0)
+    for ranks, threads in ((None, 8), ("1", 8), ("2", 4), ("4", 2), ("16", 1)):
+        if ranks is None:
+            monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+        else:
+            monkeypatch.setenv("LOCAL_WORLD_SIZE", ranks)
+        assert dali.default_threads() == threads
+        if dali.unavailable_reason() is None:
+            assert DaliLoader(feed).threads == threads
+    assert ensure(scan(faces), 32, CPU, decoder="pil").decoder.startswith("PIL, 1 processes")  # 16 ranks
+
+
+def test_auto_weighs_the_cache_at_the_image_size_trained(monkeypatch):
+    """data.backend=auto: the cache when N x S x S x 3 bytes fit the budget, with S the size trained at
+    (a 128px CelebA is 4 times a 64px one) and N the images scanned."""
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    budget = cache.nbytes(1000, 64)
+    monkeypatch.setattr(cache, "_host_available", lambda: int(budget / cache.HOST_FRACTION))
+    assert cache.memory_budget(CPU)[0] == budget
+    picked = {(n, size): loaders.choose("auto", n, size, CPU)[0] == "cache"
+              for n, size in ((1000, 64), (1000, 32), (1000, 128), (1001, 64), (250, 128))}
+    assert picked == {(1000, 64): True, (1000, 32): True, (1000, 128): False, (1001, 64): False,
+                      (250, 128): True}
 
 
 def test_the_trainer_reuses_the_cache_prepare_built(celeba, tmp_path, capsys):

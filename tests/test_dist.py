@@ -12,6 +12,7 @@ import torch
 from conftest import REPO, tiny_args, wait_for_step
 from fastdcgan import checkpoint, dist
 from fastdcgan.config import UsageError
+from fastdcgan.model import generator_from_state_dict
 from fastdcgan.train import main
 
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
@@ -46,14 +47,26 @@ def test_two_processes_train_and_only_rank_0_writes(celeba, tmp_path):
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
     assert out.count("global batch 8") == 1 and out.count("done: 8 steps") == 1  # one display
+    # every line the run prints is rank 0's alone: none comes twice (the input backend's included)
+    lines = [line for line in out.splitlines() if line.strip()]
+    assert len(lines) == len(set(lines)) and out.count("input: backend") == 1, out
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [2, 4, 6, 8]
     # images seen count every rank's: a step of 2 processes at batch 4 is 8 images
     assert [r["images"] for r in rows] == [16, 32, 48, 64]
+    # ... and so does img/s: the global batch over each step's time (data wait + compute; the log line
+    # between steps makes the rate a little lower). Counting one rank's images would halve it.
+    pace = sorted(r["img_per_s"] * (r["data_ms"] + r["compute_ms"]) / (8 * 1000) for r in rows)
+    assert 0.7 < pace[len(pace) // 2] <= 1.01, pace
     assert (run / "STATUS").read_text().split() == ["finished", "8"]
     last = checkpoint.load(checkpoint.latest(run / "checkpoints"))
     assert (last["world"], last["images"]) == (2, 64)
-    assert (run / "generator.pth").is_file()
+    # the weights files are the plain networks' (no DDP "module." prefix): they load as the tutorial's
+    for name, net in (("generator.pth", "G"), ("discriminator.pth", "D")):
+        weights = torch.load(run / name, weights_only=True)
+        assert weights.keys() == last[net].keys()
+        assert all(torch.equal(v, last[net][k]) for k, v in weights.items())
+    generator_from_state_dict(torch.load(run / "generator.pth", weights_only=True))
 
 
 def test_sync_bn_two_half_batches_equal_one_whole_batch(tmp_path):

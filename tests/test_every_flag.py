@@ -11,6 +11,7 @@ the score's record in fid.jsonl (clock aside), the cache's images.
 import json
 from pathlib import Path
 import shlex
+import tomllib
 from dataclasses import dataclass
 
 import pytest
@@ -306,3 +307,19 @@ def test_a_value_out_of_range_is_refused_with_exit_2(tool, flag, places, tmp_pat
         code, made, err = e.code, None, capsys.readouterr().err
     assert code == 2 and not made, (code, err)
     assert "Traceback" not in err and says in err.strip().splitlines()[-1], err
+
+
+@pytest.mark.parametrize("order", ["before", "after", "around", "between"])
+def test_trains_overrides_may_come_anywhere_among_its_flags(order, tmp_path, capsys):
+    """python -m fastdcgan.train's settings (section.key=value) before, after, around and between its flags,
+    as its help says ("overrides may come before or after --config"): each one reaches the run, over the
+    TOML file's. A parser that takes them only in one block refuses the rest as unrecognized (exit 2)."""
+    toml = write_toml(tmp_path / "c.toml")  # train.seed = 7
+    a, b, c = "model.ngf=4", "model.ndf=5", "train.seed=9"
+    argv = {"before": [a, b, c, "--config", str(toml), "--dry-run"],
+            "after": ["--config", str(toml), "--dry-run", a, b, c],
+            "around": [a, "--config", str(toml), b, "--dry-run", c],
+            "between": ["--dry-run", a, b, "--config", str(toml), c]}[order]
+    assert train_main(argv) == 0
+    settings = tomllib.loads(capsys.readouterr().out)
+    assert (settings["model"]["ngf"], settings["model"]["ndf"], settings["train"]["seed"]) == (4, 5, 9)

@@ -37,12 +37,13 @@ from PIL import Image
 from torch import nn
 
 from conftest import REPO, make_celeba, tiny_args, write_tiny_fid_net
-from fastdcgan import config, losses
+from fastdcgan import config, losses, perf
 from fastdcgan.config import UsageError
 from fastdcgan.data.base import Feed
 from fastdcgan.data.order import flip_masks
 from fastdcgan.step import to_model_input
 from fastdcgan.launch import MODEL_LAYOUT
+from fastdcgan.model import build_models
 from fastdcgan.train import Run
 
 N_IMAGES = 16  # 2 steps an epoch at the tiny batch of 8; 4 steps at the fit runs' batch of 4
@@ -287,6 +288,15 @@ def noises_expected(s: Seen) -> int:
     return s.cfg.train.d_steps + s.cfg.train.g_steps - 1
 
 
+def flops_expected(s: Seen) -> float:
+    """The FLOPs per image of a step of this run's settings (what the log's GFLOP and MFU count): its
+    updates of each network, counted on fresh networks of its shapes (perf.py's count is
+    test_perf_accounting.py's)."""
+    m, d, t = s.cfg.model, s.cfg.data, s.cfg.train
+    G, D = build_models(m.nz, m.ngf, m.ndf, d.image_size)
+    return perf.step_flops(G, D, m.nz, d.image_size, t.d_steps, t.g_steps)
+
+
 def ema_weight(s: Seen) -> float | None:
     """The EMA's weight on G this step: ema' = ema + w (G - ema), solved for w."""
     if s.run.state.G_ema is None:
@@ -510,10 +520,12 @@ PROBES: dict[str, Probe] = {
     "train.real_label": Probe(0.8, both(holds(losses_match, "the losses are not those of train.real_label"),
                                         differ(lambda s: s.trace["metrics"]["loss_d"])), resume=True),
     # each update on noise of its own (noises_expected), as README says of extra D updates
-    "train.d_steps": Probe(2, equal(lambda s: (updates(s, "D"), noises(s)),
-                                    lambda s: (s.cfg.train.d_steps, noises_expected(s))), resume=True),
-    "train.g_steps": Probe(2, equal(lambda s: (updates(s, "G"), noises(s)),
-                                    lambda s: (s.cfg.train.g_steps, noises_expected(s))), resume=True),
+    "train.d_steps": Probe(2, equal(lambda s: (updates(s, "D"), noises(s), s.run.state.flops),
+                                    lambda s: (s.cfg.train.d_steps, noises_expected(s), flops_expected(s))),
+                           resume=True),
+    "train.g_steps": Probe(2, equal(lambda s: (updates(s, "G"), noises(s), s.run.state.flops),
+                                    lambda s: (s.cfg.train.g_steps, noises_expected(s), flops_expected(s))),
+                           resume=True),
     "train.loss": Probe("hinge", both(holds(losses_match, "the losses are not those train.loss names"),
                                       differ(lambda s: s.trace["metrics"]["loss_g"])), resume=True),
     "train.gp_lambda": Probe(20.0, ratio(penalty, "train.gp_lambda"), base={"train.loss": "wgan-gp"},

@@ -1,4 +1,5 @@
 """The sub-commands of python -m fastdcgan.generate, run as a user runs them, on a tiny trained run."""
+import math
 import shutil
 
 import numpy as np
@@ -57,11 +58,29 @@ def test_gif_has_one_frame_per_step(tiny_run, tmp_path):
     assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2,3", "--frames", "4",
                  "--out", str(out)]) == 0
     with Image.open(out) as gif:
-        assert gif.n_frames == 2 * 4 + 1 and gif.size == (32, 32)
+        # an endlessly looping GIF (the NETSCAPE loop extension, count 0): without it a viewer plays it once
+        assert gif.n_frames == 2 * 4 + 1 and gif.size == (32, 32) and gif.info.get("loop") == 0
     assert main(["interpolate", "--checkpoint", str(tiny_run), "--seeds", "1,2,3", "--frames", "4", "--loop",
                  "--out", str(out)]) == 0
     with Image.open(out) as gif:
-        assert gif.n_frames == 3 * 4  # back to seed 1, without repeating it at the end
+        assert gif.n_frames == 3 * 4 and gif.info.get("loop") == 0  # back to seed 1, not repeating it
+
+
+@pytest.mark.parametrize("n", range(2, 11))  # one image is itself, unpadded (make_grid)
+def test_every_figure_holds_each_image_it_is_given_in_a_square_ish_grid(n):
+    """The figure helpers: sample_grid (training's grids, generate grid), grid_image (the faces of forget,
+    features and arithmetic) and labeled_tiles (features' channel maps). Each of the n images gets a
+    place of its own, none cut off by a last row that is not full, and sample_grid is as square as n
+    allows: sqrt(n) rounded columns (8 images: 3 x 3 with one empty, not 2 x 4)."""
+    from fastdcgan import plots
+    cols = math.floor(math.sqrt(n) + 0.5)
+    white = plots.sample_grid(torch.ones(n, 3, 4, 4))  # on black padding
+    assert white.shape == (3, math.ceil(n / cols) * 6 + 2, cols * 6 + 2)
+    assert int((white == 1).all(0).sum()) == n * 16
+    faces = np.asarray(plots.grid_image(-torch.ones(n, 3, 4, 4), nrow=3))  # black on white
+    assert int((faces == 0).all(-1).sum()) == n * 16
+    maps = np.asarray(plots.labeled_tiles(torch.zeros(n, 4, 4), [""] * n, tile=8, nrow=3))  # 8x8 tiles
+    assert int((maps == 0).all(-1).sum()) == n * 64
 
 
 def test_mp4_without_ffmpeg_exits_2(tiny_run, tmp_path, monkeypatch, capsys):
@@ -178,6 +197,25 @@ def test_interpolate_method_sets_the_path(vivid, tmp_path, method):
     other = "linear" if method == "slerp" else "slerp"
     assert close(got, rendered(G, middle[method][None])[0])
     assert not close(got, rendered(G, middle[other][None])[0])
+
+
+@pytest.mark.parametrize("method", ["slerp", "linear"])
+def test_truncation_clips_each_frame_of_the_walk_it_does_not_change_the_walk(vivid, tmp_path, method):
+    """interpolate --truncation T: each frame is the walk's z clipped, as grid clips each seed's z; not a
+    walk between clipped seeds, whose middle frames are shorter and paler (linear: by the angle between
+    the seeds) or point elsewhere (slerp between clipped seeds of unequal length)."""
+    from fastdcgan.generate.latent import interpolation_path, truncate
+    G = fastdcgan.load_generator(vivid)
+    z = seed_noise([1, 2], 16)
+    walk = truncate(interpolation_path(z, 2, method), 0.5)
+    between_clipped = interpolation_path(truncate(z, 0.5), 2, method)
+    out = tmp_path / "walk.png"
+    assert main(["interpolate", "--checkpoint", str(vivid), "--seeds", "1,2", "--frames", "2",
+                 "--method", method, "--truncation", "0.5", "--out", str(out)]) == 0
+    strip = pixels(out)
+    for k in range(3):
+        assert close(tile(strip, 0, k), rendered(G, walk[k:k + 1])[0])
+    assert not close(tile(strip, 0, 1), rendered(G, between_clipped[1:2])[0])
 
 
 def contains(picture, face):

@@ -90,10 +90,12 @@ def test_a_file_broken_or_removed_after_the_scan_is_replaced_by_the_next(backend
     good = files[5].read_bytes()
     files[5].write_bytes(good[: len(good) // 3])  # truncated while "training"
     files[9].unlink()
+    files[12].unlink()  # unreadable: an I/O error (an OSError, not FileNotFoundError), here a folder
+    files[12].mkdir()
     with pytest.warns(UserWarning, match="skipping"):
         batches = [color_ids(b) for b in one.epoch(0)]
     for got, want in zip(batches, epoch_batches(16, 4, 0, 0).tolist(), strict=True):
-        assert got == [i + 1 if i in (5, 9) else i for i in want]
+        assert got == [i + 1 if i in (5, 9, 12) else i for i in want]
     with pytest.warns(UserWarning, match="skipping"):
         assert len(list(one.epoch(1))) == 4  # and the epochs after it go on
 

@@ -168,6 +168,8 @@ def test_two_processes_interrupted_leave_the_run_directory_of_two_uninterrupted(
     histograms summed over ranks. The ranks agree on a stop at the epoch's end after the signal (or at
     a paced check before it); its checkpoint is lost, so the next launch resumes at the one before."""
     whole, split = tmp_path / "whole", tmp_path / "split"
+    # a file that does not decode: skipped_files.txt is a record too, rank 0's alone to write
+    (celeba / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
     args = lambda run: settings(celeba, run, tiny_fid_net, "bce-ema-augment") + ["train.batch_size=4"]  # noqa: E731
     two_processes(0, args(whole))
     two_processes(7, args(split))

@@ -189,11 +189,39 @@ def test_nonfinite_loss_stops_and_keeps_last_good_checkpoint(celeba, tmp_path, c
     assert latest.name >= good.name
 
 
+def test_weights_gone_non_finite_between_log_lines_are_never_checkpointed(celeba, tmp_path, capsys):
+    """The same blow-up with a log line only at the end: the checkpoints in between are the only check.
+    The run stops with exit 3 at the first checkpoint whose weights are not all finite, and every
+    checkpoint left (the latest: what a relaunch resumes) is finite."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4, ckpt__keep=100)) == 0
+    code = main(tiny_args(celeba, run, train__max_steps=40, optim__lr_d="1e30", optim__lr_g="1e30",
+                          ckpt__every=1, ckpt__keep=100, log__every=1000))
+    assert code == 3 and "non-finite loss" in capsys.readouterr().out
+    saved = checkpoint.list_checkpoints(run / "checkpoints")
+    assert checkpoint.load(saved[-1])["step"] < 40
+    for path in saved:
+        s = checkpoint.load(path)
+        assert all(torch.isfinite(v).all() for net in ("G", "D") for v in s[net].values()
+                   if v.is_floating_point()), path.name
+
+
 def test_resume_never_refuses_a_used_run_dir(celeba, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
     assert main(tiny_args(celeba, run, train__resume="never")) == 2
     assert "train.resume=never" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("made", [False, True])
+def test_resume_never_trains_a_new_run_dir_and_an_empty_one(celeba, tmp_path, made):
+    """never refuses only a run dir with something in it: a new one (which the launch makes before it
+    looks) and an empty one that is there already train from step 0."""
+    run = tmp_path / "run"
+    if made:
+        run.mkdir()
+    assert main(tiny_args(celeba, run, train__max_steps=2, train__resume="never")) == 0
+    assert (run / "STATUS").read_text().split() == ["finished", "2"]
 
 
 def test_resume_from_explicit_path_and_mismatched_model(celeba, tmp_path, capsys):
@@ -581,6 +609,22 @@ def test_the_clock_on_a_log_line_gives_elapsed_and_the_eta_at_this_launchs_pace(
     log = Log(10, total=160, report=None, flops_per_image=0.0, peak=None)
     log.started = (100, time.perf_counter() - 20)  # resumed at step 100; 10 steps in 20 s
     assert log.clock(110, wall_s=3725) == "elapsed 1h02m  eta 1m40s"
+
+
+def test_mfu_is_against_the_peak_of_every_device_whose_images_img_per_s_counts(tmp_path):
+    """img/s counts every process's images (test_dist.py checks it), so MFU divides by all their devices'
+    peak: against one device's, 8 GPUs at 40% each read 320%."""
+    from fastdcgan.jobs import Log
+    from fastdcgan.report import Report
+    means = {"loss_d": 1.0, "loss_g": 1.0, "d_real": 0.5, "d_fake": 0.5}
+    timing = {"img_per_s": 800.0, "data_ms": 1.0, "compute_ms": 9.0}
+    for devices, mfu in ((1, 0.8), (2, 0.4), (8, 0.1)):
+        (tmp_path / f"run{devices}").mkdir()
+        report = Report(tmp_path / f"run{devices}", main=True, total=10, start=0, tensorboard=False)
+        log = Log(10, total=10, report=report, flops_per_image=1e9, peak=1e12, devices=devices)
+        log.start(0)
+        assert log.record(10, 1, 80, means, timing, {}, wall_s=1.0)["mfu"] == pytest.approx(mfu)
+        report.close()
 
 
 def test_a_resume_with_another_batch_size_keeps_the_images_seen(celeba, tmp_path, capsys):
