@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from fastdcgan.model import (Discriminator, Generator, build_models, fixed_noise, generator_from_state_dict,
-                             sample)
+from fastdcgan.model import (Discriminator, Generator, build_models, d_norm_for, fixed_noise,
+                             generator_from_state_dict, sample)
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
@@ -87,3 +87,22 @@ def test_fixed_noise_is_repeatable_and_leaves_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
     assert torch.equal(a, fixed_noise(4, 10, seed=3))
     assert not torch.equal(a, fixed_noise(4, 10, seed=4))
+
+
+@pytest.mark.parametrize("loss", ["bce", "wgan-gp"])
+def test_the_papers_layers_and_the_losss_normalisation_reach_the_built_models(loss):
+    """G: ReLU blocks, Tanh out; D: LeakyReLU(0.2) after every conv but the last, normalised from its
+    second block on, with BatchNorm, or one-group GroupNorm (layer norm) for a WGAN-GP critic, whose
+    penalty is per image (d_norm_for); spectral_norm reaches every D conv."""
+    G, D = build_models(nz=8, ngf=4, ndf=4, image_size=64, d_norm=d_norm_for(loss))
+    kinds = lambda m: [type(x).__name__ for x in m.main]  # noqa: E731
+    assert kinds(G) == ["ConvTranspose2d", "BatchNorm2d", "ReLU"] * 4 + ["ConvTranspose2d", "Tanh"]
+    norm = "BatchNorm2d" if loss == "bce" else "GroupNorm"
+    assert kinds(D) == ["Conv2d", "LeakyReLU"] + ["Conv2d", norm, "LeakyReLU"] * 3 + ["Conv2d"]
+    assert {m.negative_slope for m in D.modules() if isinstance(m, nn.LeakyReLU)} == {0.2}
+    assert all(m.num_groups == 1 for m in D.modules() if isinstance(m, nn.GroupNorm))
+    x = torch.randn(2, 3, 64, 64)
+    assert torch.equal(D(x), D.main(x).flatten())
+    _, Dsn = build_models(nz=8, ngf=4, ndf=4, image_size=64, spectral_norm=True)
+    convs = [m for m in Dsn.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 5 and all(hasattr(c, "parametrizations") for c in convs)

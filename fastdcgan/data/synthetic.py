@@ -39,6 +39,10 @@ HAIR_P = (0.3, 0.3, 0.2, 0.1, 0.1)
 IRIS = ((92, 56, 30), (60, 40, 25), (70, 110, 160), (80, 120, 80))
 
 
+# Not mutated (docs/mutation.md): the drawing's shapes and colours are the demo's look, not logic a test
+# could pin without restating them. test_synthetic.py checks what users rely on: determinism, the
+# attributes and the layout.
+# pragma: no mutate start
 def _shade(c, k: float) -> tuple[int, ...]:
     return tuple(int(min(255, max(0, v * k))) for v in c)
 
@@ -51,9 +55,6 @@ def _jitter(rng: np.random.Generator, c, amount: int) -> tuple[int, ...]:
     return tuple(int(v) for v in np.clip(np.asarray(c) + rng.integers(-amount, amount + 1, 3), 0, 255))
 
 
-# Not mutated (docs/mutation.md): its shapes and colours are the demo's look, not logic a test could
-# pin without restating them. test_synthetic.py checks what users rely on: determinism and the attributes.
-# pragma: no mutate start
 def draw_face(index: int, seed: int = 0) -> tuple[Image.Image, dict[str, bool]]:
     """One face (178x218 RGB) and its attributes, determined by ``(seed, index)`` alone."""
     rng = np.random.default_rng([seed, index])
