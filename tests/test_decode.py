@@ -6,7 +6,9 @@ import pytest
 from PIL import Image
 from torchvision import transforms
 
-from fastdcgan.data.decode import decode_pil, decode_region, plain_path_box
+import torch
+
+from fastdcgan.data.decode import decode_pil, decode_pil_many, decode_region, plain_path_box, resize_crop_many
 
 # CelebA's aligned crops both ways, small, square, and odd sizes where a rounding of the crop offset
 # or of the resized length shows (218 * 32 / 178 = 39.2; 301 * 64 / 97 = 198.6).
@@ -65,3 +67,15 @@ def test_pil_draft_decode_keeps_the_plain_paths_picture(tmp_path, size):
         # measured 0.64 at most (0 where the image is under 4x the size: no draft); drafting down to the
         # size itself (a 1/4 scale for 178x218 -> 32), as libjpeg allows, measured 1.0-6.9
         assert np.abs(ours.astype(float) - plain(full, s)).mean() < 0.8, s
+
+
+def test_each_file_decodes_or_says_why_in_its_place(tmp_path):
+    good, broken = tmp_path / "good.jpg", tmp_path / "broken.jpg"
+    smooth_image(178, 218).save(good, quality=90)
+    broken.write_bytes(good.read_bytes()[:300])
+    out = decode_pil_many([str(good), str(broken), str(tmp_path / "gone.jpg"), str(good)], 32)
+    assert np.array_equal(out[0], decode_pil(str(good), 32)) and np.array_equal(out[3], out[0])
+    assert out[1].startswith("OSError: ") and out[2].startswith("FileNotFoundError: ")
+    with pytest.raises(ValueError, match="no images"):
+        resize_crop_many([], 32)
+    assert resize_crop_many([torch.zeros(3, 20, 30, dtype=torch.uint8)], 8).shape == (1, 8, 8, 3)

@@ -11,6 +11,7 @@ from fastdcgan.model import fixed_noise
 
 def test_seed_lists_and_ranges():
     assert parse_seeds("0-3") == [0, 1, 2, 3]
+    assert parse_seeds("0") == parse_seeds("0-0") == [0]  # seed 0 is a seed
     assert parse_seeds("1,5,9") == [1, 5, 9]
     assert parse_seeds("7, 1,4-6") == [7, 1, 4, 5, 6]
     for bad in ("", "a", "5-3", "1,,2", "1-2-3", "-1", "0-99999999"):
@@ -62,6 +63,10 @@ def test_truncation_and_typical_length_act_on_each_z_of_any_shape():
         assert torch.allclose(typical_length(zs).flatten(1).norm(dim=1), torch.full((6,), 4.0))
         t = truncate(zs, 0.5).flatten(1).norm(dim=1)  # limit 0.5 * 4 = 2: the three longest are cut
         assert torch.allclose(t, torch.minimum(z.norm(dim=1), torch.tensor(2.0)))
+    # short z (norms under 1, as a strong truncation leaves them) scale along: no unit floor anywhere
+    short = seed_noise([1, 2], 16) * 0.05
+    assert torch.allclose(truncate(short, 0.02), truncate(short * 20, 0.4) / 20)
+    assert torch.allclose(slerp(short[0], short[1], 0.3), slerp(20 * short[0], 20 * short[1], 0.3) / 20)
 
 
 def test_slerp_endpoints_and_norms():
