@@ -108,6 +108,9 @@ def test_parallel_equals_in_process(tmp_path):
     serial = _files(make_faces(tmp_path / "serial", n=24, seed=5, workers=1))
     parallel = _files(make_faces(tmp_path / "parallel", n=24, seed=5, workers=2))
     assert serial == parallel and len(serial) == 26
+    # 80% / 10% / 10% of 24, rounded down: 19 train, 2 valid, 3 test
+    split = [int(line.split()[1]) for line in serial["list_eval_partition.txt"].decode().splitlines()]
+    assert [split.count(k) for k in (0, 1, 2)] == [19, 2, 3]
 
 
 def test_default_root_builds_once_and_reuses(tmp_path, monkeypatch):
@@ -135,7 +138,7 @@ def test_default_root_builds_once_and_reuses(tmp_path, monkeypatch):
 
 
 def test_default_root_says_when_it_makes_the_faces_and_only_then(tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path))
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "home" / "cache"))  # made, with its parents
     root = default_root(n=8, seed=0)
     assert capsys.readouterr().out == f"making 8 synthetic faces in {root} (once, ~1 s)\n"
     default_root(n=8, seed=0)
