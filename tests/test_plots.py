@@ -102,7 +102,9 @@ def test_the_d_output_histogram_shows_each_rows_fractions_at_its_bins(tmp_path, 
     hist = torch.tensor([[0.0, 1.0, 3.0, 4.0], [6.0, 2.0, 0.0, 0.0]])
     plots.plot_d_outputs(hist, 3, tmp_path / "r" / "plots" / "d.png", axis="critic output", first=1)
     plots.plot_d_outputs(torch.zeros(2, 4), 5, tmp_path / "e.png", first=5)  # no rows: no division by 0
-    (ax,), (empty,) = figures
+    plots.plot_d_outputs(hist, 3, tmp_path / "f.png")  # first = 0: that epoch alone
+    (ax,), (empty,), (alone,) = figures
+    assert alone["title"] == "Discriminator outputs, epoch 3"
     assert png_size(tmp_path / "e.png") == (800, 450)
     real, fake = ax["bars"]
     assert [round(h, 6) for _, h, _ in real] == [0.0, 0.125, 0.375, 0.5]
@@ -152,6 +154,7 @@ def test_grid_image_is_save_grids_layout_on_white(tmp_path):
         y, x = 1 + (k // 3) * 5, 1 + (k % 3) * 5
         assert (pic[y:y + 4, x:x + 4] == plots.to_uint8(images[k:k + 1])[0, 0, 0].numpy()).all(), k
     assert (pic[6:10, 11:15] == 255).all() and (pic[0] == 255).all()  # the empty place and the padding
+    assert (np.asarray(plots.grid_image(-torch.ones(1, 3, 2, 2), nrow=1)) == 0).all()  # black is 0
 
 
 def test_a_gif_has_every_frame_at_the_rate_asked_and_loops(tmp_path):
