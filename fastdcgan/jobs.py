@@ -49,7 +49,7 @@ class Log:
         """peak: one device's FLOP/s; devices: the run's processes, each on its own device. img/s counts
         every process's images, so MFU is measured against every device's peak."""
         self.every, self.total, self.report = every, total, report
-        self.flops_per_image, self.peak = flops_per_image, peak * devices if peak else peak
+        self.flops_per_image, self.peak = flops_per_image, peak * devices if peak else None
         self.started: tuple[int, float] | None = None  # this launch's first step, and when its loop began
 
     def due(self, step: int) -> bool:
