@@ -313,3 +313,29 @@ def test_sync_bn_reaches_the_trainers_models(celeba, tmp_path):
     assert "BatchNorm2d" not in rank0["kinds"]  # every BatchNorm of D was converted
     assert len(rank0["stats"]) >= 4
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(rank0["stats"], rank1["stats"], strict=True))
+
+
+KNOWN_PEAK = """import sys
+from fastdcgan import perf, train
+perf.peak_flops = lambda device, precision: 1e12  # a device with a known peak, as a listed GPU has
+sys.exit(train.main(sys.argv[1:]))
+"""
+
+
+def test_the_trainer_gives_mfu_against_the_peak_of_every_process_it_runs(celeba, tmp_path):
+    """The trainer's side of Log's `devices`: with a known peak, MFU per img/s halves from one process
+    to two, since img/s counts both processes' images and their two devices' peaks add up."""
+    script = tmp_path / "known_peak.py"
+    script.write_text(KNOWN_PEAK)
+    args = tiny_args(celeba, tmp_path / "one", train__batch_size=4, train__max_steps=4)
+    assert subprocess.run([sys.executable, str(script), *args], cwd=REPO, capture_output=True).returncode == 0
+    proc = torchrun(script, *tiny_args(celeba, tmp_path / "two", train__batch_size=4, train__max_steps=4))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+
+    def mfu_per_image_per_s(run):
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        return {r["mfu"] / r["img_per_s"] for r in rows if "mfu" in r}
+    one, two = mfu_per_image_per_s(tmp_path / "one"), mfu_per_image_per_s(tmp_path / "two")
+    assert len(one) >= 1 and len(two) >= 1
+    assert max(two) == pytest.approx(min(one) / 2, rel=1e-6) and max(one) == pytest.approx(min(one), rel=1e-6)
