@@ -67,19 +67,23 @@ def test_decoding_only_the_kept_rows_changes_nothing(faces):
         assert hi[0] - lo[0] < 218  # fewer rows than the image has: the point of it
 
 
-def test_images_of_several_sizes_in_one_batch(tmp_path, faces):
+def test_images_of_several_sizes_in_one_batch(tmp_path, faces, monkeypatch):
     """Sizes that differ reach DALI per sample (an external_source of regions beside the reader), in
-    step with the reader's files: each image still matches the plain path."""
+    step with the reader's files: each image still matches the plain path, across the ends of the
+    pipeline's file lists too (the reader reads ahead past a list's end, and so must the regions)."""
     from PIL import Image
     files = []
     for i, (w, h) in enumerate([(178, 218), (100, 130), (218, 178), (64, 64), (150, 90), (178, 218)] * 2):
         files.append(tmp_path / f"{i:02d}.jpg")
         Image.open(faces[i]).resize((w, h)).save(files[-1], quality=92)
+    monkeypatch.setattr(dali, "LIST_SAMPLES", 24)  # a list: 2 epochs of 12 images
     loader = DaliLoader(Feed(files, 32, 4, seed=0, device=CPU, threads=2))
     plain = ImageFiles(files, 32)
-    for b, batch in enumerate(loader.epoch(0)):
-        ref = torch.stack([plain[i] for i in epoch_batches(12, 4, 0, 0)[b].tolist()])
-        assert (batch.float() - ref.float()).abs().mean() < 0.3
+    for e in range(5):
+        for b, batch in enumerate(loader.epoch(e)):
+            ref = torch.stack([plain[i] for i in epoch_batches(12, 4, 0, e)[b].tolist()])
+            assert (batch.float() - ref.float()).abs().mean() < 0.3, (e, b)
+    assert loader.builds == 3
 
 
 def test_sizes_from_the_scan_are_the_headers(tmp_path):
