@@ -6,7 +6,8 @@ Each flag their parsers define has a probe here (a command, and the same command
 changed: what the flag governs must change) or an exemption with its reason. A flag added later
 without a probe fails `test_every_flag_has_a_probe` by name; a flag a tool parses and then ignores
 fails its probe. What is compared is what the user gets: the files written (bytes), the exit code,
-the score's record in fid.jsonl (clock aside), the cache's images.
+the score's record in fid.jsonl (clock aside) and the largest batch the FID network was given, the
+cache's images.
 """
 import json
 from pathlib import Path
@@ -19,6 +20,7 @@ import torch
 
 from conftest import make_celeba, tiny_args, write_tiny_fid_net
 from fastdcgan import fid, prepare, train
+from fastdcgan.metrics import extractors
 from fastdcgan.generate.cli import COMMANDS
 from fastdcgan.generate.cli import main as generate_main
 from fastdcgan.generate.export import load_generator
@@ -108,6 +110,8 @@ PROBES: dict[tuple[str, str], Probe] = {
                                 "--weights": "{other_net}", "--device": "cuda"}),
     ("fid", "--checkpoint"): Probe(run(FID), f"--checkpoint {{other}} {FID}"),
     ("fid", "--ema"): Probe(f"--checkpoint {{ema}} {FID}", f"--checkpoint {{ema}} {FID} --ema"),
+    # the score is the same at any batch (one draw of noise; test_fid_stats.py), the memory it takes not
+    ("fid", "--batch"): Probe(f"--checkpoint {{run}} {FID}", f"--checkpoint {{run}} {FID} --batch 2"),
 
     # prepare: the cache it builds
     **changes("prepare", PREPARE, {"--image-size": "64", "--split": "valid", "--device": "cuda"}),
@@ -122,8 +126,6 @@ PROBES: dict[tuple[str, str], Probe] = {
 EXEMPT = {
     ("fid", "--fetch"): "a download, not a score: tests/test_fid.py fetches from a local wheel, in and out "
                         "of process, and checks where the network lands",
-    ("fid", "--batch"): "speed and memory only: the score is the same at any batch (one draw of noise; "
-                        "tests/test_fid_stats.py checks it), and the record's batch only echoes the flag",
     ("prepare", "--threads"): "speed only: the cache holds the same images with any number of threads",
 }
 
@@ -169,14 +171,19 @@ def outcome(tool: str, args: str, places: dict, folder, monkeypatch, capsys):
         return code, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
                       if p.is_file()}, capsys.readouterr().err
     if tool == "fid":
-        code = fid.main(argv)
+        # the largest batch the feature network was given (what bounds the memory a score takes)
+        fed, call = [], extractors.Extractor.__call__
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(extractors.Extractor, "__call__",
+                       lambda self, images: fed.append(len(images)) or call(self, images))
+            code = fid.main(argv)
         log = [p / "fid.jsonl" for p in (places["run"], places["other"], places["ema"])]
         records = [json.loads(line) for f in log if f.exists() for line in f.read_text().splitlines()]
         for f in log:
             f.unlink(missing_ok=True)
         assert len(records) == (code == 0)
-        return code, [{k: r[k] for k in ("fid", "step", "network", "stats")} for r in records], \
-            capsys.readouterr().err
+        return code, [{k: r[k] for k in ("fid", "step", "network", "stats")} | {"fed": max(fed, default=0)}
+                      for r in records], capsys.readouterr().err
     if tool == "train":
         code = train.main(argv)
         printed = capsys.readouterr()
