@@ -46,6 +46,13 @@ def test_single_writes_one_png_per_image(run_dir, tmp_path):
                  "--single"]) == 0
     files = sorted((tmp_path / "faces").glob("*.png"))
     assert len(files) == 5 and pixels(files[0]).shape == (32, 32, 3)
+    assert [f.name for f in files] == [f"seed3_{i:05d}.png" for i in range(5)]
+    # --seeds: each file is named by its seed, and holds that seed's face whatever list it came in
+    for name, seeds in (("pair", "7,3"), ("alone", "7")):
+        out = str(tmp_path / name)
+        assert main(["--checkpoint", str(run_dir), "--seeds", seeds, "--out", out, "--single"]) == 0
+    assert sorted(f.name for f in (tmp_path / "pair").glob("*.png")) == ["seed3.png", "seed7.png"]
+    assert np.array_equal(pixels(tmp_path / "pair" / "seed7.png"), pixels(tmp_path / "alone" / "seed7.png"))
 
 
 def test_loaded_generator_is_in_eval_mode(run_dir):
