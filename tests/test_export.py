@@ -39,6 +39,9 @@ def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
     net = torch.jit.load(str(out), _extra_files=extra)  # without fastdcgan: the sizes are in the file
     meta = json.loads(extra["fastdcgan.json"])
     assert (meta["nz"], meta["image_size"], net.nz, net.image_size) == (16, 32, 16, 32)
+    # as loaded by torch.jit.load alone (C++ too): in eval mode, so BatchNorm uses its running statistics
+    # and an image does not depend on the others in its batch
+    assert not net.training and torch.allclose(net(z), eager(z), atol=1e-6)
     assert main(["grid", "--checkpoint", str(out), "--seeds", "0-3", "--out", str(tmp_path / "g.png")]) == 0
     assert main(["features", "--checkpoint", str(out), "--out", str(tmp_path / "f.png")]) == 2
 
