@@ -182,6 +182,25 @@ def test_files_that_break_after_the_scan_are_left_out_of_the_build_and_named_on_
     assert not again.built and again.skipped == report.skipped
 
 
+def test_a_build_that_leaves_files_out_counts_every_file_read_and_warns_on_every_reuse(faces):
+    """The progress bar ends at the number of files read, skipped ones included; the warning that names
+    the files left out is said by the build and again by each launch that reuses the cache (a resumed
+    run's console must still say its data is short)."""
+    images = scan(faces)
+    images.files[5].write_bytes(b"not an image any more")
+    done, said = [], []
+    cache.build_cache(images, 32, CPU, 1, said.append)
+    assert cache.ensure(images, 32, CPU, 1, progress=done.append, decoder="pil").built
+    assert done == sorted(done) and done[-1] == 24
+    cache.build_cache(images, 32, CPU, 1, said.append)
+    first = images.files[5].relative_to(images.root)
+    warning = f"warning: 1 files did not decode while building the cache and are left out (first: {first}"
+    assert [line.startswith(warning) for line in said] == [False, True, False, True], said
+    assert said[0].startswith("input: cache built: 23 images")
+    assert said[2].startswith("input: cache reused: 23 images")
+    assert "refused" not in said[0]  # a file nothing decodes is not one "decoded with PIL"
+
+
 def test_hflip_mirrors_a_seeded_half_and_resumes_exactly(faces):
     folder = ensure(scan(faces), 32, CPU).folder
     feed = Feed(scan(faces).files, 32, 8, seed=0, device=CPU)

@@ -167,7 +167,7 @@ def _build(index: dict, images: ImageList, folder: Path, device: torch.device, t
         del arr
         seconds = time.perf_counter() - t0
         if stats.get("cpu_fallbacks"):
-            decoder += f"; {stats['cpu_fallbacks']} files the GPU decoder refused decoded on the CPU"
+            decoder += f"; {stats['cpu_fallbacks']} files torchvision's JPEG decoder refused decoded with PIL"
         if stats.get("pil_chunks"):
             decoder += f"; {stats['pil_chunks']} chunks DALI refused decoded with PIL"
         meta = {**index, "files": kept, "skipped": skipped, "shape": [rows, size, size, 3],

@@ -88,7 +88,7 @@ def _pil(data: bytes) -> torch.Tensor:
 class BatchDecoder:
     """Encoded files -> uint8 (k, S, S, 3) on `device`, with the files nothing could decode named.
 
-    `fallbacks` counts the files decoded on the CPU because the device decoder refused them.
+    `fallbacks` counts the files PIL decoded on the CPU because the JPEG decoder refused them.
     """
 
     def __init__(self, image_size: int, device: torch.device):
@@ -102,8 +102,9 @@ class BatchDecoder:
             except RuntimeError as e:
                 if _is_device_error(e):
                     raise InputFailure(f"GPU JPEG decode failed: {e}") from e
-        self.fallbacks += 1
-        return _pil(data).to(self.device, non_blocking=True)
+        image = _pil(data).to(self.device, non_blocking=True)
+        self.fallbacks += 1  # counted once decoded: a file nothing decodes is a failure, not a fallback
+        return image
 
     def decode(self, datas: list[bytes | str]) -> tuple[list[torch.Tensor | None], dict[int, str]]:
         """Each file as a (3, H, W) uint8 image on the device, or None where it does not decode
@@ -146,7 +147,7 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
     On a GPU one thread decodes (the device does the work) while `threads` threads read the next
     chunks' files; on CPU each of `threads` threads reads and decodes chunks of its own
     (torchvision's decode and resize release the GIL). stats["cpu_fallbacks"] counts the files the
-    device decoder refused."""
+    JPEG decoder refused and PIL decoded."""
     decoder = BatchDecoder(image_size, device)
     starts = list(range(0, len(files), chunk))
 
