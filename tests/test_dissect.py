@@ -48,6 +48,20 @@ def test_scores_find_the_channel_that_marks_the_positives():
         assert dissect.top_channels(dissect.score_channels(pos, neg, method), 1) == [7]
 
 
+def test_diff_is_the_mean_difference_over_the_std_of_all_samples():
+    """diff's scale is the channel's spread over positives and negatives together, as its docstring and
+    --score's help say: one marked seed (no spread of its own) still scores, and a channel whose
+    positives agree is not blown up by their small spread."""
+    pos = torch.tensor([[2.0, 3.0], [4.0, 3.0]])
+    neg = torch.tensor([[0.0, 0.0], [0.0, 1.0]])
+    pooled = torch.tensor([[2.0, 4.0, 0.0, 0.0], [3.0, 3.0, 0.0, 1.0]]).std(1, unbiased=False)
+    want = torch.tensor([3.0, 2.5]) / pooled
+    torch.testing.assert_close(dissect.score_channels(pos, neg, "diff"), want)
+    one = dissect.score_channels(pos[:1], neg, "diff")
+    torch.testing.assert_close(one, torch.tensor([2.0, 2.5]) / torch.tensor(
+        [[2.0, 0.0, 0.0], [3.0, 0.0, 1.0]]).std(1, unbiased=False))
+
+
 def test_a_map_that_never_changes_is_never_dropped_however_large_k():
     """A dead map (zero for every seed: common after ReLU) scores exactly 0 by either method: it does
     not mark the feature, and dropping it would change nothing while forget's caption counted it among
