@@ -100,3 +100,70 @@ def test_box_scores_only_that_part_of_the_map(G):
     for bad in ("0,0,1", "0.5,0,0.2,1", "a,b,c,d", "0,0,1,1.5"):
         with pytest.raises(ValueError, match="bad box"):
             dissect.parse_box(bad)
+
+
+def test_a_box_anywhere_scores_the_rows_and_columns_it_covers_and_at_least_one(G):
+    """A box's edges fall inside a map's pixels: it covers every pixel it touches, from the one its
+    top-left corner is in, and a box thinner than a pixel still covers the one it is in."""
+    z = seed_noise(range(3), G.nz)
+    maps = dissect.activations(G.net, z, [-1])[2]  # 16x16
+    for box, rows, cols in (("0.3,0.65,0.7,0.9", slice(10, 15), slice(4, 12)),  # the mouth of the help
+                            ("0.25,0.5,1,1", slice(8, 16), slice(4, 16)),
+                            ("0.5,0.5,0.52,0.52", slice(8, 9), slice(8, 9))):  # under a pixel: that pixel
+        got = dissect.channel_means(G.net, z, -1, dissect.parse_box(box))
+        assert torch.equal(got, maps[:, :, rows, cols].mean(dim=(2, 3))), box
+
+
+def test_box_edges_one_may_touch_the_border_and_none_may_be_empty():
+    assert dissect.parse_box("0.2,0.3,1,1") == (0.2, 0.3, 1.0, 1.0)
+    for empty in ("0.5,0,0.5,1", "0,0.5,1,0.5"):
+        with pytest.raises(ValueError, match="need 0 <= x0 < x1 <= 1"):
+            dissect.parse_box(empty)
+
+
+def test_layers_count_from_either_end_and_the_error_names_the_range(G):
+    n = len(dissect.hidden_layers(G.net))
+    assert [dissect.layer_index(G.net, i) for i in (-n, -1, 0, n - 1)] == [0, n - 1, 0, n - 1]
+    for bad in (n, -n - 1):
+        with pytest.raises(ValueError, match=rf"layer {bad} does not exist: this generator has hidden layers "
+                                             rf"0\.\.{n - 1} \(or -{n}\.\.-1 from the top\)"):
+            dissect.layer_index(G.net, bad)
+
+
+def test_scoring_takes_one_sample_a_side_and_refuses_none_or_an_unknown_method():
+    pos, neg = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, 1.0]])
+    assert dissect.score_channels(pos, neg).tolist() == [2.0, -2.0]  # (1 - 0) / a spread of 0.5
+    for p, n in ((pos[:0], neg), (pos, neg[:0])):
+        with pytest.raises(ValueError, match="at least one positive and one negative"):
+            dissect.score_channels(p, n)
+    with pytest.raises(ValueError, match="unknown score 'mean': choose one of diff, logistic"):
+        dissect.score_channels(pos, neg, "mean")
+
+
+def test_top_channels_takes_any_positive_score_best_first_ties_in_channel_order():
+    score = torch.tensor([0.5, 0.0, 0.5, 2.0, -1.0, 0.01])
+    assert dissect.top_channels(score, 6) == [3, 0, 2, 5]
+    assert dissect.top_channels(score, 2) == [3, 0]
+
+
+def test_logistic_weights_minimise_the_class_balanced_l2_regularised_loss():
+    """At the weights returned, the loss the docstring names (each class weighing one half, whatever
+    its size, plus 0.01 |w|^2) has no slope left in w or in the bias it fits beside them."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
+    x[:5, 1] += 1.5  # 5 positives against 25 negatives
+    w = dissect._logistic_weights(x, 5)
+    y = torch.zeros(30, dtype=torch.float64)
+    y[:5] = 1
+
+    def loss(w, b):
+        bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")
+        return bce[:5].mean() / 2 + bce[5:].mean() / 2 + 0.01 * w.pow(2).sum()
+
+    # the bias is not returned: the best one for these weights, then no slope in w either
+    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([b], max_iter=100, line_search_fn="strong_wolfe")
+    opt.step(lambda: (opt.zero_grad(), loss(w, b).backward(), loss(w, b))[2])
+    w = w.clone().requires_grad_()
+    grad_w, = torch.autograd.grad(loss(w, b.detach()), w)
+    assert grad_w.abs().max() < 1e-5 and w[1] > 0.5

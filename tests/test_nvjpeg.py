@@ -178,14 +178,69 @@ def test_resume_mid_epoch_with_nvjpeg_is_bit_identical(celeba, tmp_path):
 
 
 def test_pil_fallback_reads_any_mode(tmp_path):
-    """Grayscale, palette and alpha images reach the batch as RGB (as folder.open_rgb makes them)."""
+    """Grayscale, palette and alpha images reach the batch as RGB (as folder.open_rgb makes them), and
+    so does a grayscale JPEG, which the JPEG decoder itself reads (asked for RGB)."""
     rgb = Image.new("RGB", (20, 24), (200, 30, 30))
     datas = []
-    for mode in ("L", "P", "RGBA"):
+    for mode, kind in (("L", "PNG"), ("P", "PNG"), ("RGBA", "PNG"), ("L", "JPEG")):
         buf = io.BytesIO()
-        rgb.convert(mode).save(buf, "PNG")
+        rgb.convert(mode).save(buf, kind)
         datas.append(buf.getvalue())
+    decoder = BatchDecoder(8, CPU)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
-        batch, failed = BatchDecoder(8, CPU)(datas)
-    assert not failed and batch.shape == (3, 8, 8, 3)
+        batch, failed = decoder(datas)
+    assert not failed and batch.shape == (4, 8, 8, 3) and decoder.fallbacks == 3
+    grey = batch[3].float()
+    assert torch.equal(grey[..., 0], grey[..., 1]) and torch.equal(grey[..., 0], grey[..., 2])
+    assert (grey - batch[0].float()).abs().mean() < 2  # the same grey as the PNG's, to JPEG's loss
+
+
+def test_a_batch_of_which_nothing_decodes_names_every_file():
+    batch, failed = BatchDecoder(8, CPU)([b"not an image", "FileNotFoundError: gone"])
+    assert batch is None and failed[0].startswith("UnidentifiedImageError: ") and failed[1] == \
+        "FileNotFoundError: gone"
+
+
+def test_a_device_error_on_a_files_own_decode_ends_the_run_not_the_file(faces, monkeypatch):
+    """The batched call fails because of a file; decoding file by file then meets a CUDA error: that
+    ends the run (InputFailure), it is not one more file skipped."""
+    from torchvision import io as tvio
+
+    def failing(data, **kw):
+        if isinstance(data, list):
+            raise RuntimeError("nvjpegDecode failed: NVJPEG_STATUS_JPEG_NOT_SUPPORTED")
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(tvio, "decode_jpeg", failing)
+    with pytest.raises(InputFailure, match="GPU JPEG decode failed: CUDA error: an illegal memory access"):
+        BatchDecoder(32, CPU)([f.read_bytes() for f in faces[:4]])
+
+
+def test_on_cuda_it_needs_only_torchvisions_decoder():
+    assert nvjpeg.unavailable_reason(torch.device("cuda")) == nvjpeg.decoder_missing_reason()
+    assert nvjpeg.unavailable_reason(CPU) == "it decodes on a CUDA device and there is none"
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_reading_ahead_as_on_a_gpu_gives_the_chunks_decoding_on_threads_gives(faces, tmp_path, threads):
+    """The cache build's two ways (on a GPU: the pool reads ahead, one thread decodes; on CPU: each
+    thread reads and decodes) give the same chunks, in file order, with the same failures and count of
+    files PIL decoded; both are what one decoder call on every file gives."""
+    png = tmp_path / "x.png"
+    Image.open(faces[3]).save(png)
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(b"not an image")
+    files = [*faces[:11], png, broken, tmp_path / "gone.jpg", *faces[11:]]  # 27 files: chunks of 5, then 2
+    whole, failed = BatchDecoder(32, CPU)([nvjpeg.read(f) for f in files])
+    want = iter(whole.numpy())
+    want = [failed[i] if i in failed else next(want) for i in range(len(files))]
+    for read_ahead in (False, True):
+        stats = {}
+        chunks = list(nvjpeg.decode_chunks(files, 32, CPU, threads, 5, stats, read_ahead=read_ahead))
+        assert [len(c) for c in chunks] == [5, 5, 5, 5, 5, 2] and stats == {"cpu_fallbacks": 1}
+        got = [x for c in chunks for x in c]
+        assert [k for k, x in enumerate(got) if isinstance(x, str)] == [12, 13]
+        # a reason names the error and the file (PIL's names the BytesIO it read, which differs each time)
+        assert all(g.split(":")[0] == w.split(":")[0] if isinstance(w, str) else np.array_equal(g, w)
+                   for g, w in zip(got, want, strict=True))

@@ -141,13 +141,17 @@ class BatchDecoder:
 
 
 def decode_chunks(files: list[Path], image_size: int, device: torch.device, threads: int, chunk: int,
-                  stats: dict | None = None) -> Iterator[list[np.ndarray | str]]:
+                  stats: dict | None = None, read_ahead: bool | None = None
+                  ) -> Iterator[list[np.ndarray | str]]:
     """For the cache build: chunks of decoded images (or why a file does not decode), in file order.
 
-    On a GPU one thread decodes (the device does the work) while `threads` threads read the next
-    chunks' files; on CPU each of `threads` threads reads and decodes chunks of its own
-    (torchvision's decode and resize release the GIL). stats["cpu_fallbacks"] counts the files the
-    JPEG decoder refused and PIL decoded."""
+    read_ahead (default: on a GPU): one thread decodes (the device does the work) while `threads`
+    threads read the next chunks' files; else each of `threads` threads reads and decodes chunks of
+    its own (torchvision's decode and resize release the GIL: the way on CPU). Either way runs on CPU,
+    which is how the tests check the GPU's way. stats["cpu_fallbacks"] counts the files the JPEG
+    decoder refused and PIL decoded."""
+    if read_ahead is None:
+        read_ahead = device.type != "cpu"
     decoder = BatchDecoder(image_size, device)
     starts = list(range(0, len(files), chunk))
 
@@ -155,7 +159,7 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
         return [read(f) for f in files[s:s + chunk]]
 
     def decode_chunk(s: int) -> list[np.ndarray | str]:
-        datas = read_chunk(s) if device.type == "cpu" else reads_of[s].result()
+        datas = reads_of[s].result() if read_ahead else read_chunk(s)
         batch, failed = decoder(datas)
         arrays = iter(batch.cpu().numpy() if batch is not None else ())
         return [failed[i] if i in failed else next(arrays) for i in range(len(datas))]
@@ -165,7 +169,7 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
         reads_of = {}
         pending: deque[Future] = deque()
         for k, s in enumerate(starts):
-            if device.type != "cpu":  # read ahead on the pool, decode here
+            if read_ahead:  # read ahead on the pool, decode here
                 for t in starts[k:k + ahead]:
                     if t not in reads_of:
                         reads_of[t] = pool.submit(read_chunk, t)
