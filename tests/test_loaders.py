@@ -92,12 +92,28 @@ def test_a_file_broken_or_removed_after_the_scan_is_replaced_by_the_next(backend
     files[9].unlink()
     files[12].unlink()  # unreadable: an I/O error (an OSError, not FileNotFoundError), here a folder
     files[12].mkdir()
-    with pytest.warns(UserWarning, match="skipping"):
+    with pytest.warns(UserWarning, match="skipping") as said:
         batches = [color_ids(b) for b in one.epoch(0)]
     for got, want in zip(batches, epoch_batches(16, 4, 0, 0).tolist(), strict=True):
         assert got == [i + 1 if i in (5, 9, 12) else i for i in want]
+    # each skip says why: the removed file's warning carries the OS's own reason
+    assert any("0009.jpg" in str(w.message) and "No such file or directory" in str(w.message) for w in said)
     with pytest.warns(UserWarning, match="skipping"):
         assert len(list(one.epoch(1))) == 4  # and the epochs after it go on
+    # a whole batch broken: each of its files is replaced by the next one that decodes
+    lost = epoch_batches(16, 4, 0, 2)[1].tolist()
+    for i in lost:
+        files[i].write_bytes(b"not an image any more")
+    broken = {5, 9, 12, *lost}
+
+    def stand_in(i):
+        while i % 16 in broken:
+            i += 1
+        return i % 16
+
+    with pytest.warns(UserWarning, match="skipping"):
+        batches = [color_ids(b) for b in one.epoch(2)]
+    assert batches[1] == [stand_in(i) for i in lost]
 
 
 def test_hflip_mirrors_the_seeded_half_of_every_backends_batches(backend, tmp_path):

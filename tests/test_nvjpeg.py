@@ -194,6 +194,12 @@ def test_pil_fallback_reads_any_mode(tmp_path):
     grey = batch[3].float()
     assert torch.equal(grey[..., 0], grey[..., 1]) and torch.equal(grey[..., 0], grey[..., 2])
     assert (grey - batch[0].float()).abs().mean() < 2  # the same grey as the PNG's, to JPEG's loss
+    alone, _ = BatchDecoder(8, CPU)(datas[3:])  # a batch of grey JPEGs only: nothing to broadcast against
+    assert torch.equal(alone, batch[3:])
+
+
+def test_a_file_that_cannot_be_read_says_why():
+    assert nvjpeg.read("/nonexistent/x.jpg").startswith("FileNotFoundError: ")
 
 
 def test_a_batch_of_which_nothing_decodes_names_every_file():
@@ -244,3 +250,6 @@ def test_reading_ahead_as_on_a_gpu_gives_the_chunks_decoding_on_threads_gives(fa
         # a reason names the error and the file (PIL's names the BytesIO it read, which differs each time)
         assert all(g.split(":")[0] == w.split(":")[0] if isinstance(w, str) else np.array_equal(g, w)
                    for g, w in zip(got, want, strict=True))
+        # a chunk of which nothing decodes
+        assert list(nvjpeg.decode_chunks(files[12:14], 32, CPU, threads, 2, read_ahead=read_ahead))[0][1] \
+            .startswith("FileNotFoundError: ")
