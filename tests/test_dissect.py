@@ -114,9 +114,9 @@ def test_a_box_anywhere_scores_the_rows_and_columns_it_covers_and_at_least_one(G
         assert torch.equal(got, maps[:, :, rows, cols].mean(dim=(2, 3))), box
 
 
-def test_box_edges_one_may_touch_the_border_and_none_may_be_empty():
+def test_box_edges_may_touch_the_border_not_cross_it_and_no_box_is_empty():
     assert dissect.parse_box("0.2,0.3,1,1") == (0.2, 0.3, 1.0, 1.0)
-    for empty in ("0.5,0,0.5,1", "0,0.5,1,0.5"):
+    for empty in ("0.5,0,0.5,1", "0,0.5,1,0.5", "0,0,1.5,1"):
         with pytest.raises(ValueError, match="need 0 <= x0 < x1 <= 1"):
             dissect.parse_box(empty)
 
@@ -144,21 +144,27 @@ def test_top_channels_takes_any_positive_score_best_first_ties_in_channel_order(
     score = torch.tensor([0.5, 0.0, 0.5, 2.0, -1.0, 0.01])
     assert dissect.top_channels(score, 6) == [3, 0, 2, 5]
     assert dissect.top_channels(score, 2) == [3, 0]
+    # a 64x64 generator's first layer has 512 maps: many equal scores still come in channel order
+    many = torch.randint(1, 4, (512,), generator=torch.Generator().manual_seed(0)).float()
+    top = dissect.top_channels(many, 512)
+    assert top == sorted(range(512), key=lambda c: (-many[c].item(), c))
 
 
 def test_logistic_weights_minimise_the_class_balanced_l2_regularised_loss():
     """At the weights returned, the loss the docstring names (each class weighing one half, whatever
     its size, plus 0.01 |w|^2) has no slope left in w or in the bias it fits beside them."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randn(30, 4, generator=g, dtype=torch.float64)
-    x[:5, 1] += 1.5  # 5 positives against 25 negatives
-    w = dissect._logistic_weights(x, 5)
-    y = torch.zeros(30, dtype=torch.float64)
-    y[:5] = 1
+    x = torch.randn(72, 64, generator=g, dtype=torch.float64)  # as forget scores a layer of 64 maps
+    x[:, 32:] += x[:, :32]  # correlated maps, as a layer's are
+    x[:8, 1] += 1.5  # 8 positives against the 64 reference seeds
+    x = (x - x.mean(0)) / x.std(0, unbiased=False)
+    w = dissect._logistic_weights(x, 8)
+    y = torch.zeros(72, dtype=torch.float64)
+    y[:8] = 1
 
     def loss(w, b):
         bce = torch.nn.functional.binary_cross_entropy_with_logits(x @ w + b, y, reduction="none")
-        return bce[:5].mean() / 2 + bce[5:].mean() / 2 + 0.01 * w.pow(2).sum()
+        return bce[:8].mean() / 2 + bce[8:].mean() / 2 + 0.01 * w.pow(2).sum()
 
     # the bias is not returned: the best one for these weights, then no slope in w either
     b = torch.zeros((), dtype=torch.float64, requires_grad=True)
