@@ -52,6 +52,10 @@ def resumed(run: Run, out: str) -> dict:
     paths = {"same_world": f"{out}.rank{run.env.rank}.pt", "one_process": f"{out}.rank{run.env.rank}.one.pt"}
     torch.save(state, paths["same_world"])
     torch.save(state | {"world": 1, "rng": state["rng"][:1]}, paths["one_process"])
+    # the same, as if saved two steps later: a resume at another step must draw other noise, not replay
+    # what an earlier one (or the run's start) drew
+    paths["one_process_later"] = f"{out}.rank{run.env.rank}.later.pt"
+    torch.save(state | {"world": 1, "rng": state["rng"][:1], "step": 4}, paths["one_process_later"])
     for kind, path in paths.items():
         torch.manual_seed(12345)  # the random state moved on since the save
         s.load(path)
@@ -59,6 +63,21 @@ def resumed(run: Run, out: str) -> dict:
         seen[f"{kind}_position"] = (s.step, s.epoch, s.batch_in_epoch, s.images)
         seen[f"{kind}_lr"] = [run.opt_g.param_groups[0]["lr"], run.opt_d.param_groups[0]["lr"]]
     torch.set_rng_state(rng)
+    return seen
+
+
+def readings(run: Run) -> dict:
+    """What the loop reads from the step's running sums (the log's means, the non-finite check, the
+    epoch's D-output histograms) when each rank has summed one step of values of its own (rank + 1), and
+    rank 1 a NaN for the check."""
+    m, r = run.gan.metrics, run.env.rank
+    m.sums.fill_(r + 1.0)
+    m.sums[-1] = 1.0  # the count of steps
+    m.hist.fill_(r + 1.0)
+    seen = {"means": run.gan.read(), "histograms": run.gan.take_histograms()}
+    m.sums[0] = float("nan") if r == 1 else 0.0
+    seen["finite"] = run.gan.finite()
+    m.sums.zero_()
     return seen
 
 
@@ -106,6 +125,7 @@ def main(out: str, overrides: list[str]) -> None:
         "flips": flips(run),
         "resumed": resumed(run, out),
     }
+    mine["readings"] = readings(run)  # last: it overwrites the running sums
     every = [None] * dist.get_world_size()
     dist.all_gather_object(every, mine)
     if run.main:

@@ -65,6 +65,20 @@ def test_find_weights_takes_a_run_dir_its_checkpoints_a_file_or_a_generator_pth(
         find_weights(tmp_path / "elsewhere")
 
 
+def test_every_form_of_a_run_with_several_checkpoints_means_its_latest(tmp_path):
+    """A run keeps several checkpoints: the run directory and its checkpoints/ folder each mean the one
+    `latest` names, and without the pointer the newest, never another that happens to be there."""
+    from fastdcgan.rundir import find_weights
+    folder = tmp_path / "checkpoints"
+    for step in (4, 8, 12):
+        newest = checkpoint.save(state(step), folder, keep=3)
+    for lost_pointer in (False, True):
+        if lost_pointer:
+            (folder / "latest").unlink()
+        for where in (tmp_path, folder, str(folder) + "/"):
+            assert find_weights(where) == newest, (where, lost_pointer)
+
+
 def test_checkpoints_cannot_carry_code(tmp_path):
     class Evil:
         def __reduce__(self):

@@ -173,6 +173,28 @@ def test_sbatch_script_parses_and_builds_the_torchrun_command():
     assert "device=cpu" not in cmd
 
 
+def test_a_requeued_job_launches_the_same_run_under_the_same_rendezvous():
+    """scontrol requeue (the time-limit warning, a preemption) starts the job again under its id. What
+    SLURM changes then (the restart count, the nodes, the time it started) must change nothing in the
+    command but the first node's address: the run directory is the one the job resumes in (another
+    would start the run afresh), the rendezvous id the one the job's nodes meet under."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(DRY_RUN="1", SLURM_JOB_ID="4242", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4",
+               SLURM_JOB_NODELIST="gpu[10-11]", SLURM_JOB_NAME="faces", PYTHON=sys.executable)
+
+    def command(**changed) -> list[str]:
+        r = subprocess.run(["bash", REPO / "slurm" / "train.sbatch", "data.root=/data/celeba"],
+                           capture_output=True, text=True, env={**env, **changed}, cwd=REPO)
+        assert r.returncode == 0, r.stderr
+        return [a for a in r.stdout.split() if not a.startswith("--rdzv_endpoint=")]
+    first = command()
+    assert "train.run_dir=runs/faces-4242" in first and "--rdzv_id=4242" in first
+    for requeued in ({"SLURM_RESTART_COUNT": "1"},
+                     {"SLURM_RESTART_COUNT": "3", "SLURM_JOB_NODELIST": "gpu[20,31]",
+                      "SLURMD_NODENAME": "gpu20", "SLURM_JOB_START_TIME": "1796567890"}):
+        assert command(**requeued) == first, requeued
+
+
 def test_sbatch_script_on_a_cpu_only_partition():
     """sbatch --gpus-per-node=0 --cpus-per-task=8 with PROCS_PER_NODE=2: two CPU workers of 4 threads."""
     env = {k: v for k, v in os.environ.items()

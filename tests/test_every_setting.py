@@ -41,7 +41,7 @@ from fastdcgan import config, losses, perf
 from fastdcgan.config import UsageError
 from fastdcgan.data.base import Feed
 from fastdcgan.data.order import flip_masks
-from fastdcgan.step import to_model_input
+from fastdcgan.step import METRICS, to_model_input
 from fastdcgan.launch import MODEL_LAYOUT
 from fastdcgan.model import build_models
 from fastdcgan.train import Run
@@ -873,3 +873,20 @@ def test_a_resume_under_ddp_keeps_each_ranks_own_random_state_and_position(place
     r0, r1 = ranks
     assert not torch.equal(r0["uninterrupted"], r1["uninterrupted"])
     assert not torch.equal(r0["one_process"], r1["one_process"])
+    # new noise for each resume: one at another step draws other noise than this one (not the same
+    # stream again, as the run's start and every other resume at another number of processes would)
+    for r in ranks:
+        assert not torch.equal(r["one_process_later"], r["one_process"])
+
+
+def test_every_reading_of_the_steps_running_sums_spans_the_ranks(places):
+    """The log's means, the non-finite check and the epoch's D-output histograms come from sums each
+    rank keeps of its own steps: every rank must read the sums over all ranks. A rank that read its own
+    would log and plot its share of the images alone; one that checked its own would checkpoint weights
+    another rank found non-finite. Each rank holds one step of values of its own (rank + 1: the mean over
+    both is 1.5, the histograms' sum 3) and rank 1 a NaN."""
+    for rank in launch("dist", DIST).ranks:
+        seen = rank["readings"]
+        assert seen["means"] == {key: 1.5 for key in METRICS}, seen["means"]
+        assert torch.equal(seen["histograms"], torch.full_like(seen["histograms"], 3.0))
+        assert seen["finite"] is False

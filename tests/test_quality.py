@@ -343,3 +343,19 @@ def test_time_to_fid_keeps_what_was_reached_at_the_step_it_resumes(celeba, tiny_
     assert main(tiny_args(celeba, run, train__max_steps=8, **fid_args(tiny_fid_net, every=2))) == 0
     assert json.loads((run / "time_to_fid.json").read_text())["reached"] == record["reached"]
     assert "<=10: 9 s (step 4)" in (run / "STATUS").read_text()
+
+
+def test_a_resumed_launch_rewrites_time_to_fid_on_rank_0_only(tmp_path):
+    """A launch resumed before what time_to_fid.json holds (its checkpoint was lost) forgets those
+    entries: rank 0 rewrites the file; every other rank reads it and writes nothing (rank 0 alone writes
+    the run's files; two writers of one file on a shared filesystem race)."""
+    from fastdcgan import jobs
+    from fastdcgan.rundir import RunDir
+    run = RunDir(tmp_path)
+    entry = {"step": 6, "images": 48, "wall_s": 1.0, "fid": 40.0}
+    text = json.dumps({"target": None, "reached": {"200": entry, "100": entry, "50": entry}}, indent=1)
+    run.time_to_fid.write_text(text)
+    other = jobs.FID(3, None, 0.0, run, None, main=False, start=3)
+    assert run.time_to_fid.read_text() == text and other.reached == {}
+    jobs.FID(3, None, 0.0, run, None, main=True, start=3)
+    assert jobs.FID.read_reached(run.time_to_fid) == {}

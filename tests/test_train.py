@@ -318,6 +318,29 @@ def test_an_input_failure_checkpoints_and_exits_1(celeba, tmp_path, monkeypatch,
     assert (run / "STATUS").read_text() == "finished 12\n"
 
 
+@pytest.mark.parametrize("world", [1, 2])
+def test_an_input_failure_under_ddp_calls_no_collective_on_the_failing_rank(tmp_path, world, capsys):
+    """Under DDP the rank whose input failed cannot checkpoint: a save is a collective (the ranks' random
+    states, a barrier) the other ranks, inside a step, are not in; it would hang there until
+    train.timeout_s instead of exiting, which makes the launcher end the others at once. It names the
+    latest checkpoint instead. One process saves the steps done."""
+    from types import SimpleNamespace
+
+    from fastdcgan.data import InputFailure
+    from fastdcgan.train import EXIT_FAILED, Run
+    saved = []
+    latest = tmp_path / "checkpoints" / "step_00000004.pt"
+    fake = SimpleNamespace(
+        state=SimpleNamespace(step=6), env=SimpleNamespace(world=world),
+        checkpoints=SimpleNamespace(save=lambda state: saved.append(state.step) or tmp_path / "step_6.pt",
+                                    saved_at=lambda step: False, latest=lambda: latest),
+        report=SimpleNamespace(print=lambda line, last=False: print(line)))
+    assert Run._input_failed(fake, InputFailure("the DALI pipeline failed")) == EXIT_FAILED
+    out = capsys.readouterr().out
+    assert saved == ([6] if world == 1 else []), saved
+    assert f"checkpoint {tmp_path / 'step_6.pt' if world == 1 else latest}" in out, out
+
+
 def test_fp16_scaler_state_survives_a_resume(celeba, tmp_path):
     """fp16 on CPU: the loss scale backs off from 65536 within the first steps; a resume that lost the
     scaler would start again at 65536, skip steps on overflow and end with other weights."""
@@ -459,6 +482,21 @@ def test_a_run_that_ends_mid_epoch_ends_with_a_grid_and_plots(celeba, tmp_path):
     assert main(tiny_args(celeba, run, train__max_steps=3, log__every=5)) == 0  # one log point: the last step
     assert sorted(p.name for p in (run / "samples").iterdir()) == ["reals.png", "step_00000003.png"]
     assert sorted(p.name for p in (run / "plots").iterdir()) == ["d_outputs_epoch_001.png", "loss.png"]
+
+
+@pytest.mark.parametrize("steps", [3, 6, 8])
+def test_the_grids_are_the_sample_schedules_and_one_at_the_end(celeba, tmp_path, steps):
+    """A grid every sample.every steps, one at each epoch's end, and one at the last step where neither
+    drew one: each once (6-step epochs, sample.every 4: a run that ends mid-epoch off the schedule, at an
+    epoch's end off it, and mid-epoch on it)."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=steps, log__every=5)) == 0
+    per_epoch, every = 6, 4
+    want = ({"reals.png"} | {f"step_{s:08d}.png" for s in range(every, steps + 1, every)}
+            | {f"epoch_{e:03d}.png" for e in range(1, steps // per_epoch + 1)})
+    if steps % every and steps % per_epoch:
+        want.add(f"step_{steps:08d}.png")
+    assert sorted(p.name for p in (run / "samples").iterdir()) == sorted(want)
 
 
 def test_epoch_ends_draw_plots_only_when_a_log_interval_has_passed(celeba, tmp_path):
