@@ -276,9 +276,8 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
         # decode, crashes DALI 2.4's CPU decoder (a segfault, not an error; tests/test_cache.py).
         batch = chunk if n - done >= chunk else n - done
         end = done + (n - done) // batch * batch
-        order = list(range(done, end))
-        pipe = build_pipeline([paths[i] for i in order], order, regions[order], image_size, batch, threads,
-                              2, device)
+        pipe = build_pipeline(paths[done:end], list(range(done, end)), regions[done:end], image_size, batch,
+                              threads, 2, device)
         try:
             while done < end:
                 images, _ = pipe.run()
