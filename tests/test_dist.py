@@ -154,14 +154,26 @@ def test_killed_worker_restarts_and_resumes(celeba, tmp_path):
     assert (run / "STATUS").read_text().split() == ["finished", "30"]
 
 
+SBATCH = REPO / "slurm" / "train.sbatch"
+
+
+def outside_slurm(*drop: str, **env: str) -> dict[str, str]:
+    """This process's environment without SLURM's variables (and `drop`), with `env` and PYTHON set."""
+    kept = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_") and k not in drop}
+    return {**kept, "PYTHON": sys.executable, **env}
+
+
+def sbatch(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """slurm/train.sbatch run by bash (with DRY_RUN=1 it prints the command it would launch)."""
+    return subprocess.run(["bash", SBATCH, *args], capture_output=True, text=True, env=env, cwd=REPO)
+
+
 def test_sbatch_script_parses_and_builds_the_torchrun_command():
-    script = REPO / "slurm" / "train.sbatch"
-    assert subprocess.run(["bash", "-n", script]).returncode == 0
+    assert subprocess.run(["bash", "-n", SBATCH]).returncode == 0
     env = {**os.environ, "DRY_RUN": "1", "SLURM_JOB_ID": "4242", "SLURM_NNODES": "3",
            "SLURM_GPUS_ON_NODE": "4", "SLURM_JOB_NODELIST": "gpu[10-12]", "SLURM_JOB_NAME": "faces",
            "PYTHON": sys.executable}
-    r = subprocess.run(["bash", script, "--config", "configs/celeba64.toml", "data.root=/data/celeba"],
-                       capture_output=True, text=True, env=env, cwd=REPO)
+    r = sbatch(env, "--config", "configs/celeba64.toml", "data.root=/data/celeba")
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.split()
     assert cmd[:2] == ["srun", "--kill-on-bad-exit=1"]
@@ -178,13 +190,11 @@ def test_a_requeued_job_launches_the_same_run_under_the_same_rendezvous():
     SLURM changes then (the restart count, the nodes, the time it started) must change nothing in the
     command but the first node's address: the run directory is the one the job resumes in (another
     would start the run afresh), the rendezvous id the one the job's nodes meet under."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
-    env.update(DRY_RUN="1", SLURM_JOB_ID="4242", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4",
-               SLURM_JOB_NODELIST="gpu[10-11]", SLURM_JOB_NAME="faces", PYTHON=sys.executable)
+    env = outside_slurm(DRY_RUN="1", SLURM_JOB_ID="4242", SLURM_NNODES="2", SLURM_GPUS_ON_NODE="4",
+                        SLURM_JOB_NODELIST="gpu[10-11]", SLURM_JOB_NAME="faces")
 
     def command(**changed) -> list[str]:
-        r = subprocess.run(["bash", REPO / "slurm" / "train.sbatch", "data.root=/data/celeba"],
-                           capture_output=True, text=True, env={**env, **changed}, cwd=REPO)
+        r = sbatch({**env, **changed}, "data.root=/data/celeba")
         assert r.returncode == 0, r.stderr
         return [a for a in r.stdout.split() if not a.startswith("--rdzv_endpoint=")]
     first = command()
@@ -197,39 +207,32 @@ def test_a_requeued_job_launches_the_same_run_under_the_same_rendezvous():
 
 def test_sbatch_script_on_a_cpu_only_partition():
     """sbatch --gpus-per-node=0 --cpus-per-task=8 with PROCS_PER_NODE=2: two CPU workers of 4 threads."""
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("GPUS_PER_NODE", "OMP_NUM_THREADS")}
-    env.update(DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="1", SLURM_GPUS_PER_NODE="0",
-               SLURM_CPUS_PER_TASK="8", SLURM_JOB_NODELIST="cpu1", PROCS_PER_NODE="2", PYTHON=sys.executable)
-    r = subprocess.run(["bash", REPO / "slurm" / "train.sbatch", "data.root=/data/celeba"],
-                       capture_output=True, text=True, env=env, cwd=REPO)
+    env = outside_slurm("GPUS_PER_NODE", "OMP_NUM_THREADS", DRY_RUN="1", SLURM_JOB_ID="7", SLURM_NNODES="1",
+                        SLURM_GPUS_PER_NODE="0", SLURM_CPUS_PER_TASK="8", SLURM_JOB_NODELIST="cpu1",
+                        PROCS_PER_NODE="2")
+    r = sbatch(env, "data.root=/data/celeba")
     assert r.returncode == 0, r.stderr
     cmd = r.stdout.split()
     assert cmd[cmd.index("env") + 1] == "OMP_NUM_THREADS=4"  # torchrun would give each worker 1
     assert "--nproc_per_node=2" in cmd
     assert cmd.index("device=cpu") < cmd.index("data.root=/data/celeba")  # an argument to sbatch wins
-    r = subprocess.run(["bash", REPO / "slurm" / "train.sbatch"], capture_output=True, text=True, cwd=REPO,
-                       env={**env, "PROCS_PER_NODE": ""})
+    r = sbatch({**env, "PROCS_PER_NODE": ""})
     assert "--nproc_per_node=1" in r.stdout.split() and "OMP_NUM_THREADS=8" in r.stdout.split()
 
 
 
 def test_the_readmes_dry_run_works_outside_slurm():
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith("SLURM_") and k not in ("DRY_RUN", "GPUS_PER_NODE", "PROCS_PER_NODE")}
-    env["PYTHON"] = sys.executable
+    env = outside_slurm("DRY_RUN", "GPUS_PER_NODE", "PROCS_PER_NODE")
 
     def run(extra):
-        return subprocess.run(["bash", REPO / "slurm" / "train.sbatch", "data.root=/data/celeba"],
-                              capture_output=True, text=True, env={**env, **extra}, cwd=REPO)
+        return sbatch({**env, **extra}, "data.root=/data/celeba")
 
     r = run({"DRY_RUN": "1"})
     assert r.returncode == 0, r.stderr
     assert "job id 0 stands in" in r.stderr
     cmd = r.stdout.split()
     # one worker per GPU the script's header asks for (what sbatch would give the job), not 1
-    gpus = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", (REPO / "slurm" / "train.sbatch").read_text(),
-                     re.MULTILINE)[1]
+    gpus = re.search(r"^#SBATCH --gpus-per-node=(\d+)$", SBATCH.read_text(), re.MULTILINE)[1]
     assert int(gpus) > 1 and f"--nproc_per_node={gpus}" in cmd
     for part in ("--nnodes=1", "--rdzv_endpoint=localhost:20000", "train.run_dir=runs/fastdcgan-0",
                  "data.root=/data/celeba"):
