@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -353,26 +354,36 @@ class GANStep:
                 tensors += [v for v in state.values() if isinstance(v, torch.Tensor)]
         return tensors
 
+    def _undoing(self, warm_up: Callable[[], None]) -> None:
+        """Run `warm_up` (steps), then undo its effect: every tensor a step changes as it was before, and
+        state the warm-up created (Adam's moments) at zero, as a fresh optimizer's. The capture's part
+        that runs on any device (tests/test_fast_step.py checks it on CPU)."""
+        before = {id(t): (t, t.clone()) for t in self._training_state()}  # t kept so its id stays unique
+        warm_up()
+        with torch.no_grad():
+            for t in self._training_state():
+                if id(t) in before:
+                    t.copy_(before[id(t)][1])
+                else:
+                    t.zero_()
+
     def _capture(self, batch_u8: torch.Tensor, r1: bool) -> torch.cuda.CUDAGraph:
         """Warm up on a side stream (compiles, allocates grads and optimizer state), undo the warm-up's
         effect on every tensor and the RNG, then capture one step (with R1 or without) into a CUDA graph."""
         if self.static_batch is None:
             self.static_batch = torch.empty_like(batch_u8)
         self.static_batch.copy_(batch_u8)
-        before = {id(t): (t, t.clone()) for t in self._training_state()}  # t kept so its id stays unique
         rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):
-                self._step(self.static_batch, r1)
-        torch.cuda.current_stream().wait_stream(side)
-        with torch.no_grad():
-            for t in self._training_state():
-                if id(t) in before:
-                    t.copy_(before[id(t)][1])
-                else:  # state the warm-up created (Adam's moments) starts at zero, as a fresh optimizer's
-                    t.zero_()
+
+        def warm_up() -> None:
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._step(self.static_batch, r1)
+            torch.cuda.current_stream().wait_stream(side)
+
+        self._undoing(warm_up)
         torch.cuda.set_rng_state(rng)
         graph = torch.cuda.CUDAGraph()
         # thread_local: CUDA calls from other threads (the DataLoader's pin-memory thread, DALI's

@@ -24,9 +24,9 @@ def _fresh_dynamo():
     torch._dynamo.reset()  # each test's compiled optimizers start with their own cache entries
 
 
-def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=False, noise_seed=100,
-          d_dropout=0.0, **options):
-    """STEPS steps of the tiny models on fixed batches; options: the step's other StepOptions fields."""
+def build_step(device="cpu", channels_last=False, compile="off", amp=None, graphs=False, d_dropout=0.0,
+               **options) -> GANStep:
+    """The tiny models' step, from seed 0; options: the step's other StepOptions fields."""
     torch.manual_seed(0)
     G, D = build_models(16, 8, 8, 32, d_dropout)
     ema = make_ema(G) if "ema_decay" in options else None
@@ -34,8 +34,15 @@ def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=Fal
     G.to(device, memory_format=fmt)
     D.to(device, memory_format=fmt)
     opt_g, opt_d = make_optimizers(G, D, LR, LR, (0.5, 0.999), compiled=compile != "off", graphs=graphs)
-    gan = GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=channels_last, compile=compile,
-                                                  amp_dtype=amp, cuda_graphs=graphs, **options), ema=ema)
+    return GANStep(G, D, opt_g, opt_d, StepOptions(nz=16, channels_last=channels_last, compile=compile,
+                                                   amp_dtype=amp, cuda_graphs=graphs, **options), ema=ema)
+
+
+def train(device="cpu", channels_last=False, compile="off", amp=None, graphs=False, noise_seed=100,
+          d_dropout=0.0, **options):
+    """STEPS steps of the tiny models on fixed batches; options: the step's other StepOptions fields."""
+    gan = build_step(device, channels_last, compile, amp, graphs, d_dropout, **options)
+    G, D, ema = gan.G, gan.D, gan.ema
     losses = []
     for k in range(STEPS):
         batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8,
@@ -119,6 +126,73 @@ def test_the_cpu_switches_keep_every_option(options):
     with torch._inductor.config.patch(fallback_random=True):
         check(train(compile="default", **options), reference, loss_tol=1e-4, param_max=5e-5)
     check(train(amp=torch.bfloat16, **options), reference, loss_tol=5e-2, param_mean=LR / 2)
+
+
+def every_tensor(gan: GANStep) -> dict[str, torch.Tensor]:
+    """Every tensor a step holds, by where it is: its modules' weights and buffers, its optimizers' state,
+    and each tensor in its attributes and theirs (the log's sums, the histograms, the EMA's count), found
+    by walking them: a tensor added to the step is compared with no change here."""
+    found, seen = {}, set()
+
+    def walk(x, path):
+        if id(x) in seen:
+            return
+        seen.add(id(x))
+        if isinstance(x, torch.Tensor):
+            found[path] = x
+        elif isinstance(x, torch.nn.Module):
+            for k, v in x.state_dict(keep_vars=True).items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(x, torch.optim.Optimizer):
+            params = [p for group in x.param_groups for p in group["params"]]
+            for i, p in enumerate(params):
+                walk(x.state.get(p, {}), f"{path}.state[{i}]")
+        elif isinstance(x, dict):
+            for i, (k, v) in enumerate(x.items()):
+                walk(v, f"{path}[{k if isinstance(k, str) else i}]")
+        elif isinstance(x, (list, tuple)):
+            for i, v in enumerate(x):
+                walk(v, f"{path}[{i}]")
+        elif type(x).__module__.startswith("fastdcgan") and hasattr(x, "__dict__"):
+            for k, v in vars(x).items():
+                walk(v, f"{path}.{k}")
+
+    walk(gan, "step")
+    return found
+
+
+def differing(a: GANStep, b: GANStep) -> list[str]:
+    ta, tb = every_tensor(a), every_tensor(b)
+    assert ta.keys() == tb.keys()
+    return [k for k in ta if not torch.equal(ta[k], tb[k])]
+
+
+@pytest.mark.parametrize("options", [{}, *EVERY_OPTION], ids=lambda o: o.get("loss", "defaults"))
+def test_the_capture_undoes_its_warm_up_in_every_tensor_the_step_holds(options):
+    """A CUDA graph is captured after three warm-up steps, whose effect must be undone or the captured run
+    starts three steps ahead: its weights, Adam's moments, the EMA and its warm-up count, the log's sums,
+    the D-output histograms. The undoing (GANStep._undoing) runs on CPU here: after it, a step must leave
+    every tensor the step holds as the same step from a fresh start does (a tensor left out of
+    _training_state keeps the warm-up's changes)."""
+    r1 = options.get("r1_gamma", 0) > 0
+    batch = torch.randint(0, 256, (16, 32, 32, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    warmed, fresh, not_undone = (build_step(**options) for _ in range(3))
+    torch.manual_seed(5)
+    warmed._undoing(lambda: [warmed._step(batch, r1) for _ in range(3)])
+    torch.manual_seed(5)
+    for _ in range(3):
+        not_undone._step(batch, r1)
+    for gan in (warmed, fresh, not_undone):
+        torch.manual_seed(100)
+        gan._step(batch, r1)
+    assert differing(warmed, fresh) == []
+    # the comparison sees the warm-up wherever it acts: every kind of tensor the step holds differs
+    # without the undoing (the EMA's count moves only with its warm-up on)
+    kinds = {k.split(".")[1].split("[")[0] for k in every_tensor(fresh)}
+    if fresh.ema is None or not fresh.options.ema_warmup:
+        kinds.remove("ema_updates")
+    assert {k.split(".")[1].split("[")[0] for k in differing(not_undone, fresh)} == kinds
 
 
 def test_fp16_tracks_eager_within_its_skipped_steps(eager):
