@@ -246,6 +246,32 @@ def test_arithmetic_result_is_mean_a_minus_mean_b_plus_mean_c(vivid, tmp_path):
         assert not contains(picture, rendered(G, mean)[0])
 
 
+def where(picture, face):
+    """The top-left corner of this 32x32 face (within one rounding step) in the picture, or None."""
+    h, w = face.shape[:2]
+    for y, x in np.argwhere(np.abs(picture[: 1 - h or None, : 1 - w or None] - face[0, 0]).max(-1) <= 1):
+        if np.abs(picture[y: y + h, x: x + w] - face).max() <= 1:
+            return int(y), int(x)
+    return None
+
+
+def test_arithmetic_shows_the_exact_result_in_the_middle_of_its_seeded_neighbours(vivid, tmp_path):
+    """The paper's layout: the exact result in the middle of the grid, the noisy copies around it in the
+    order --noise-seed draws them (reading order: copies 1-4, the result, copies 5-8)."""
+    from fastdcgan.generate.latent import arithmetic, jitter
+    G = fastdcgan.load_generator(vivid)
+    z = jitter(arithmetic(*(seed_noise(s, 16) for s in ([1, 2], [3], [4]))), 9, 0.5, 3)
+    out = tmp_path / "sum.png"
+    assert main(["arithmetic", "--checkpoint", str(vivid), "--a", "1,2", "--b", "3", "--c", "4", "--n", "9",
+                 "--noise", "0.5", "--noise-seed", "3", "--out", str(out)]) == 0
+    picture = pixels(out)
+    found = [where(picture, face) for face in rendered(G, z)]
+    assert None not in found
+    reading_order = sorted(range(9), key=lambda k: found[k])
+    assert reading_order == [1, 2, 3, 4, 0, 5, 6, 7, 8]
+    assert len({y for y, _ in found}) == len({x for _, x in found}) == 3  # a 3x3 grid
+
+
 # Each sub-command that draws z, with arguments that make it draw several images.
 DRAWING = {"grid": ["--seeds", "0-3"], "interpolate": ["--seeds", "1,2", "--frames", "2"],
            "arithmetic": ["--a", "1,2", "--b", "3", "--c", "4", "--n", "3"],
