@@ -46,6 +46,26 @@ def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
     assert main(["features", "--checkpoint", str(out), "--out", str(tmp_path / "f.png")]) == 2
 
 
+def test_an_export_that_does_not_match_the_original_is_refused_and_not_kept(tiny_run, tmp_path, capsys,
+                                                                            monkeypatch):
+    """export draws seeds 0-3 from the file it wrote and from the original: an export that scripted other
+    weights (here the last layer's 0.1 larger) ends with exit 2, the difference named, no file left."""
+    from fastdcgan.generate import export
+    copy = export._cpu_copy
+
+    def off(net):
+        net = copy(net)
+        with torch.no_grad():
+            list(net.parameters())[-1].add_(0.1)  # the last layer's weights
+        return net
+    monkeypatch.setattr(export, "_cpu_copy", off)
+    out = tmp_path / "g.pt"
+    assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "differs from the original by" in err and "not kept" in err and len(err.splitlines()) == 1
+    assert not out.exists()
+
+
 def test_onnx_export_refused_without_onnx(tiny_run, tmp_path, capsys, monkeypatch):
     # as on a machine without it
     monkeypatch.setattr("fastdcgan.generate.export.onnx_available", lambda: False)

@@ -14,7 +14,8 @@ has its own --help. --checkpoint takes a run directory (its latest checkpoint, e
 generator.pth), a training checkpoint or a plain generator state_dict (an exported .pt too, except
 for forget and features). Seed s always gives the same face in every sub-command; --n/--seed draw n
 vectors from the one seed s, as before. --truncation T clips each z's norm to T * sqrt(nz).
-Exit code 2: a usage error or an unloadable checkpoint, with one line saying which.
+Exit code 2: a usage error, an unloadable checkpoint or an export that does not match its original, with
+one line saying which.
 """  # noqa: E501 (--help prints this docstring as laid out)
 # The package: cli.py reads the command line and runs one sub-command, each in the module named for
 # it (grid.py, interpolate.py, arithmetic.py, forget.py: forget and features, export.py); latent.py,

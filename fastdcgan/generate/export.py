@@ -33,6 +33,7 @@ from .latent import seed_noise, truncate
 
 META = "fastdcgan.json"
 FORMAT = 1
+MATCH = 1e-4  # the largest difference an export may show on seeds 0-3 (images in [-1, 1]; seen: 0 on CPU)
 
 
 class GeneratorLoadError(UsageError):
@@ -217,6 +218,10 @@ def run_export(G: LoadedGenerator, args: argparse.Namespace) -> None:
         loaded = load_generator(args.out, G.device)
         seeds = list(range(4))
         diff = float((loaded.sample_seeds(seeds) - G.sample_seeds(seeds)).abs().max())
+        if not diff <= MATCH:  # NaN too
+            Path(args.out).unlink()
+            raise UsageError(f"the exported generator differs from the original by {diff:.1e} on seeds 0-3 "
+                             f"(more than {MATCH:g}); {args.out} was not kept")
         print(f"checked: the exported generator matches the original to {diff:.1e} on seeds 0-3")
     else:
         raise UsageError(f"--out must end in .pt or .ts (TorchScript) or .onnx, got {args.out!r}")
