@@ -113,6 +113,24 @@ def test_bad_layer_or_channel_is_a_clear_error(tiny_run, capsys):
     assert "channels [999] do not exist" in capsys.readouterr().err
 
 
+def test_forgets_scores_are_dissects_against_the_reference_seeds_that_are_not_positives(tiny_run, tmp_path,
+                                                                                        capsys):
+    """Without --negative, the positives are scored against the reference seeds (the faces forget shows
+    by default, which a user may well mark) less the positives themselves: a seed cannot be both."""
+    from fastdcgan.generate.forget import REFERENCE_SEEDS
+    G = fastdcgan.load_generator(tiny_run)
+    positive = list(REFERENCE_SEEDS[:3])
+    negative = list(REFERENCE_SEEDS[3:])
+    feats = [dissect.channel_means(G.net, seed_noise(s, G.nz), 1, None) for s in (positive, negative)]
+    score = dissect.score_channels(*feats, method="diff")
+    want = [(c, f"{score[c]:+.3f}") for c in dissect.top_channels(score, 4)]
+    assert main(["forget", "--checkpoint", str(tiny_run), "--positive", ",".join(map(str, positive)),
+                 "--k", "4", "--layer", "1", "--out", str(tmp_path / "forget.png")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    got = [(int(c), v) for c, v in (line.split() for line in lines[1:1 + len(want)])]
+    assert lines[0].startswith("channel  score") and got == want
+
+
 def test_forget_and_features_commands(tiny_run, tmp_path, capsys):
     out = tmp_path / "forget.png"
     assert main(["forget", "--checkpoint", str(tiny_run), "--positive", "1,5,9", "--k", "3", "--layer", "1",
