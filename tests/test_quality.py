@@ -202,6 +202,13 @@ def test_fid_cli_errors_are_one_line_and_exit_2(ema_run, tiny_fid_net, tmp_path,
     assert fid_main(["--checkpoint", str(ema_run), "--weights", str(tmp_path / "missing.pt")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "python -m fastdcgan.fid --fetch" in err
+    # a folder of one image has no covariance: the statistics' ValueError, as one line
+    one = tmp_path / "one"
+    one.mkdir()
+    Image.new("RGB", (40, 40), (200, 120, 90)).save(one / "face.jpg")
+    assert fid_main(["--checkpoint", str(ema_run), "--data", str(one), "--weights", str(tiny_fid_net)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "at least 2 images, got 1" in err
 
 
 def test_fid_target_ends_the_run_and_the_time_to_fid_is_reported(celeba, tiny_fid_net, tmp_path, capsys):
