@@ -219,3 +219,65 @@ def test_the_gpu_decoder_matches_the_cpu_decoder(faces):
         assert b.device.type == "cuda"
         mad = (a.float() - b.cpu().float()).abs().mean().item()
         assert mad <= 0.5, mad
+
+
+def gpu_pipelines(monkeypatch) -> list:
+    """Every pipeline dali.py makes from now on, built as for a GPU with DALI's own build step skipped
+    (there is no GPU here): the graph -- operators, devices, arguments -- is what a GPU would run."""
+    from nvidia.dali.pipeline import Pipeline
+
+    made = []
+    monkeypatch.setattr(Pipeline, "build", lambda self: None)
+    real = dali.build_pipeline
+
+    def recording(*args, **kw):
+        made.append(real(*args, **kw))
+        return made[-1]
+
+    monkeypatch.setattr(dali, "build_pipeline", recording)
+    return made
+
+
+def operators(pipe) -> dict:
+    """{operator name: (its device, its arguments)} of a pipeline's graph."""
+    pipe._build_graph()
+    return {type(op._op).__name__: (op._op.device, op._op._init_args) for op in pipe._ops}
+
+
+@pytest.mark.parametrize("caller", ["loader", "cache build"])
+def test_the_gpu_pipeline_decodes_whole_images_on_the_ranks_own_gpu(faces, monkeypatch, caller):
+    """What a GPU run's DALI pipeline is, checked on CPU: built for the feed's own GPU (cuda:1 for rank 1,
+    not GPU 0 for every rank), with the mixed decoder (libjpeg-turbo's chroma upsampling, no EXIF turn),
+    which decodes the whole image, so the resize must take plain_path_box of the whole image -- not the
+    region relative to the CPU decoder's partial rectangle (a shifted crop on every GPU image). Both
+    pipelines dali.py makes: the loader's and the cache build's (dali-mixed)."""
+    made, gpu1 = gpu_pipelines(monkeypatch), torch.device("cuda:1")
+    if caller == "loader":
+        DaliLoader(Feed(faces[:8], 32, 4, device=gpu1, threads=3, prefetch=5))._build(0, 0)
+    else:
+        with pytest.raises(InputFailure):  # the pipeline was not built: running it fails, after its making
+            next(dali.decode_chunks(faces[:8], 32, gpu1, 3, 4))
+    (pipe,) = made
+    ops = operators(pipe)
+    assert pipe.device_id == 1 and pipe.num_threads == 3
+    device, decoder = ops["Image"]
+    assert device == "mixed" and decoder["jpeg_fancy_upsampling"] and not decoder["adjust_orientation"]
+    device, resize = ops["Resize"]
+    left, top, right, bottom = dali.plain_path_box(178, 218, 32)
+    assert device == "gpu" and resize["size"] == (32, 32)
+    assert resize["roi_start"] == pytest.approx([top, left])  # (y, x)
+    assert resize["roi_end"] == pytest.approx([bottom, right])
+    if caller == "loader":
+        assert pipe.prefetch_queue_depth == 5
+
+
+def test_a_resume_at_an_epochs_very_end_builds_no_pipeline_for_it(tmp_path):
+    """A run resumed after an epoch's last batch asks for that epoch from batch len(): nothing is left of
+    it, so no pipeline is built for it (the next epoch builds its own; a build for nothing costs a
+    pipeline's start-up, and at a run's end a pipeline that never runs)."""
+    files = write_colors(tmp_path, 16)
+    loader = DaliLoader(Feed(files, 16, 4, seed=2, device=CPU, threads=1))
+    assert list(loader.epoch(3, start_batch=len(loader))) == []
+    assert loader.builds == 0 and loader.pipe is None
+    assert [color_ids(b) for b in loader.epoch(4)] == epoch_batches(16, 4, 2, 4).tolist()
+    assert loader.builds == 1
