@@ -135,3 +135,49 @@ def test_hflip_mirrors_the_seeded_half_of_every_backends_batches(backend, tmp_pa
     for mask, p, f in zip(masks, plain, flipped, strict=True):
         assert torch.equal(f, torch.where(mask.view(-1, 1, 1, 1), p.flip(2), p))
     assert not torch.equal(torch.stack(plain), torch.stack(flipped))
+
+
+def test_data_dali_threads_and_data_prefetch_reach_every_backend_that_has_them(backend, tmp_path):
+    """data.dali_threads and data.prefetch, from the config through Feed.of, reach each backend that
+    uses them: DALI's pipeline (threads, batches ahead), nvjpeg's reading (read threads, batches read
+    ahead) and the cache's build (its decoding threads or processes, which its build line names).
+    Values none of them would take by default: a backend that ignores the setting fails here."""
+    import re
+
+    from fastdcgan.data.dali import default_threads
+    if backend == "torch":
+        pytest.skip("the torch backend has neither (data.workers: test_every_setting.py)")
+    threads, prefetch = max(3, default_threads() + 1), 5
+    cfg = config.build(None, [f"data.backend={backend}", f"data.dali_threads={threads}",
+                              f"data.prefetch={prefetch}", "data.image_size=32", "train.batch_size=4"])
+    said = []
+    one = BACKENDS[backend].open(Feed.of(cfg, scan(make_celeba(tmp_path / "faces", 8)), CPU), said.append)
+    next(iter(one.epoch(0)))
+    seen = {"dali": lambda: (one.pipe.num_threads, one.pipe.prefetch_queue_depth),
+            "nvjpeg": lambda: (one.pool._max_workers, one.prefetch),
+            "cache": lambda: (int(re.search(r", (\d+) (?:threads|processes)", said[0])[1]), prefetch),
+            }[backend]()
+    assert seen == (threads, prefetch), said
+
+
+def test_a_device_failure_while_replacing_a_file_ends_the_epoch_at_once():
+    """A file that no longer decodes is replaced by the next one (first_that_decodes, which every backend
+    uses), but a failure of the device (InputFailure: a CUDA error in nvJPEG) is not the file's fault: it
+    ends the epoch at once, naming itself, instead of being warned about and tried on every other file
+    of the dataset in turn (then ending with a message that hides the CUDA error)."""
+    import warnings
+
+    from fastdcgan.data import InputFailure
+    from fastdcgan.data.base import first_that_decodes
+
+    tried = []
+
+    def decode(path):
+        tried.append(path)
+        raise InputFailure("GPU JPEG decode failed: CUDA error: an illegal memory access was encountered")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no "skipping" warning either
+        with pytest.raises(InputFailure, match="CUDA error"):
+            first_that_decodes(["a.jpg", "b.jpg", "c.jpg"], 1, decode)
+    assert tried == ["b.jpg"]
