@@ -342,3 +342,65 @@ def test_auto_without_dali_picks_another_backend_and_says_why(monkeypatch):
     name, why = loaders.choose("auto", 1000, 64, CPU)
     assert name == "torch" and "exceeds the cache budget" in why and "nvidia-dali is not importable" in why
     assert "\n" not in why
+
+
+@pytest.mark.parametrize("memory", ["device", "host"])
+def test_every_way_the_cache_serves_gives_the_epochs_order_and_resumes_at_the_batch_asked_for(faces, memory):
+    """Both of CacheLoader's gathers: from device memory (where a CUDA run holds the cache; its code run
+    here on a CPU tensor) and from host RAM. Each gives the epoch's order, and a resume at batch k gives
+    exactly the rest of it -- not the epoch again from its first batch."""
+    folder = ensure(scan(faces), 32, CPU).folder
+    arr = np.load(folder / "images.npy")
+    one = CacheLoader(Feed(scan(faces).files, 32, 4, seed=1, device=CPU), folder)
+    if memory == "device":
+        one.gpu_data = torch.from_numpy(one.host)  # the device-memory branch, on the CPU
+    whole = list(one.epoch(2))
+    order = epoch_batches(24, 4, 1, 2).numpy()
+    assert [b.numpy().tolist() for b in whole] == [arr[row].tolist() for row in order]
+    rest = list(one.epoch(2, start_batch=3))
+    assert len(rest) == 3 and all(torch.equal(a, b) for a, b in zip(rest, whole[3:], strict=True))
+
+
+def test_a_build_removes_the_temp_folders_of_dead_builds_and_no_live_one(faces):
+    """A build tidies the temp folders that builds which died left (untouched for an hour), never the
+    folder another process is building into right now (its build would fail or, worse, rename a
+    half-removed folder into place)."""
+    import time
+    import uuid
+
+    arrays = cache.cache_dir() / "arrays"
+    live, dead = arrays / f".tmp-live-{uuid.uuid4().hex}", arrays / f".tmp-dead-{uuid.uuid4().hex}"
+    for folder in (live, dead):
+        folder.mkdir(parents=True)
+        (folder / "images.npy").write_bytes(b"being written")
+    old = time.time() - 7200
+    for path in (dead / "images.npy", dead):
+        os.utime(path, (old, old))
+    assert ensure(scan(faces), 32, CPU).built
+    assert live.is_dir() and (live / "images.npy").is_file()
+    assert not dead.exists()
+
+
+def test_each_decoder_kind_decodes_on_the_device_it_names():
+    """The cache's decoder kinds, on a machine with a GPU: dali-mixed and torchvision-cuda decode on the
+    run's GPU (a build that ran them on the CPU would be slow and key its CPU images as the GPU's), the
+    CPU kinds on the CPU whatever the run's device. Checked on the chunk generators before they start
+    (their arguments; nothing is decoded, so no GPU is needed)."""
+    gpu = torch.device("cuda:1")
+    images = ImageList(REPO, [REPO / "a.jpg"], "folder", sizes=[(178, 218)])
+    want = {"dali-mixed": gpu, "torchvision-cuda": gpu, "torchvision-cpu": CPU, "dali-cpu": CPU, "pil": None}
+    assert set(want) == set(cache.DECODERS)
+    for kind, device in want.items():
+        _, chunks = cache._decoder(kind, images, 32, gpu, 2, {})
+        assert chunks.gi_frame.f_locals.get("device") == device, kind
+        chunks.close()
+
+
+def test_prepares_threads_reach_the_build(faces, capsys):
+    """prepare --threads is the build's threads (or processes), not only the scan's: the summary's
+    decoder says how many decoded. A number no default here gives."""
+    from fastdcgan.prepare import main as prepare
+    threads = max(3, dali.default_threads() + 1)
+    assert prepare([str(faces), "--image-size", "32", "--device", "cpu", "--threads", str(threads)]) == 0
+    out = capsys.readouterr().out
+    assert "cache built" in out and f", {threads} threads)" in out, out
