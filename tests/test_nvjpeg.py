@@ -253,3 +253,23 @@ def test_reading_ahead_as_on_a_gpu_gives_the_chunks_decoding_on_threads_gives(fa
         # a chunk of which nothing decodes
         assert list(nvjpeg.decode_chunks(files[12:14], 32, CPU, threads, 2, read_ahead=read_ahead))[0][1] \
             .startswith("FileNotFoundError: ")
+
+
+def test_every_image_of_a_batch_ends_on_the_decoders_device():
+    """On a GPU, the files the JPEG decoder does not take (PNG, BMP, ...) are decoded by PIL on the CPU and
+    must be moved to the device, and a batch of mixed sizes is assembled there too: a CPU image or batch
+    in a CUDA run fails or crosses back to the host. Checked without a GPU on the meta device (tensors
+    that have a device and a shape, no data), where every decode here goes PIL's way."""
+    meta = torch.device("meta")
+
+    def png(size) -> bytes:
+        out = io.BytesIO()
+        Image.new("RGB", size, (90, 20, 200)).save(out, "PNG")
+        return out.getvalue()
+
+    decoder = BatchDecoder(16, meta)
+    images, failed = decoder.decode([png((20, 30)), png((30, 20)), png((20, 30))])
+    assert not failed and [im.device for im in images] == [meta] * 3
+    assert decoder.fallbacks == 3
+    batch, failed = decoder([png((20, 30)), png((30, 20))])  # two sizes: resized apart, assembled
+    assert not failed and batch.device == meta and batch.shape == (2, 16, 16, 3)
