@@ -69,6 +69,22 @@ def test_cutout_centres_cover_the_image_on_both_axes(h, w):
     assert rows.sum(1).max() == hole[h] and cols.sum(1).max() == hole[w]
 
 
+@pytest.mark.parametrize("h, w", [(16, 40), (40, 16)])
+def test_translation_shifts_each_axis_by_up_to_an_eighth_of_that_axis(h, w):
+    """Where the sides differ, each shift is bounded by its own side (16 -> 2 pixels, 40 -> 5), every
+    shift in range drawn: not one side's range for both (too far along the short side, never far
+    enough along the long one)."""
+    torch.manual_seed(0)
+    x = torch.zeros(2000, 1, h, w)
+    x[:, :, h // 2, w // 2] = 1.0  # one lit pixel: where it lands is the shift
+    out = translation(x)
+    assert out.sum() == 2000
+    where = out[:, 0].flatten(1).argmax(1)
+    dy, dx = (where // w - h // 2).tolist(), (where % w - w // 2).tolist()
+    reach = {16: 2, 40: 5}
+    assert set(dy) == set(range(-reach[h], reach[h] + 1)) and set(dx) == set(range(-reach[w], reach[w] + 1))
+
+
 def test_unknown_names_are_listed_with_the_known_ones():
     from fastdcgan.augment import parse
     with pytest.raises(ValueError) as e:
