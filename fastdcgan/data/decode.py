@@ -76,9 +76,11 @@ def decode_pil(path: str, image_size: int) -> np.ndarray:
     with Image.open(path) as im:
         width, height = im.size  # before draft mode shrinks it
     im = open_rgb(path, draft_size=2 * image_size)
-    kx, ky = im.size[0] / width, im.size[1] / height
+    # libjpeg scales by 1/s (s = 1, 2, 4 or 8) and rounds each side up: the draft's last row or column
+    # may hold part of a pixel's worth, so the source maps by 1/s, not by the ratio of the sides.
+    k = 1 / next((s for s in (8, 4, 2) if -(-width // s) == im.size[0] and -(-height // s) == im.size[1]), 1)
     left, top, right, bottom = plain_path_box(width, height, image_size)
-    box = (left * kx, top * ky, right * kx, bottom * ky)
+    box = (left * k, top * k, right * k, bottom * k)
     im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)
     return np.asarray(im, dtype=np.uint8)
 
