@@ -188,3 +188,16 @@ def test_an_empty_folder_says_which_files_count_as_images(tmp_path):
     (tmp_path / "notes.txt").write_text("no pictures here")
     with pytest.raises(UsageError, match=r"no images \(jpg, jpeg, png, bmp, webp\)"):
         folder.scan(tmp_path)
+
+
+def test_the_verdicts_of_one_split_outlive_a_scan_of_another(celeba):
+    """One verdict file per folder holds every split's verdicts: scanning data.split=valid keeps train's,
+    so the next train scan decodes none of its files again (seen here: a train file corrupted in
+    place at the same size and time still passes, its cached verdict standing)."""
+    train = folder.scan(celeba, "train")
+    folder.scan(celeba, "valid")
+    f = train.files[0]
+    st = f.stat()
+    f.write_bytes(b"\0" * st.st_size)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert folder.scan(celeba, "train").files == train.files

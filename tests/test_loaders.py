@@ -181,3 +181,16 @@ def test_a_device_failure_while_replacing_a_file_ends_the_epoch_at_once():
         with pytest.raises(InputFailure, match="CUDA error"):
             first_that_decodes(["a.jpg", "b.jpg", "c.jpg"], 1, decode)
     assert tried == ["b.jpg"]
+
+
+@pytest.mark.parametrize("name", ["torch", "nvjpeg"])
+def test_batches_arrive_on_the_feeds_device(tmp_path, name):
+    """A backend that decodes on the host (torch; nvjpeg's PIL fallback) hands its batches over on the
+    feed's device: on a GPU run, batches left on the host would fail in the step. Checked without a GPU
+    on the meta device (a device without data). PNGs, so that nvjpeg decodes them PIL's way here too."""
+    from conftest import write_image
+    files = [write_image(tmp_path / f"{i}.png", i, fmt="PNG") for i in range(8)]
+    meta = torch.device("meta")
+    one = BACKENDS[name](Feed(files, 16, 4, seed=0, device=meta, threads=1))
+    batches = list(one.epoch(0))
+    assert len(batches) == 2 and all(b.device == meta and b.shape == (4, 16, 16, 3) for b in batches)

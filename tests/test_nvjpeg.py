@@ -273,3 +273,19 @@ def test_every_image_of_a_batch_ends_on_the_decoders_device():
     assert decoder.fallbacks == 3
     batch, failed = decoder([png((20, 30)), png((30, 20))])  # two sizes: resized apart, assembled
     assert not failed and batch.device == meta and batch.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize("prefetch", [1, 3])
+def test_data_prefetch_batches_are_read_ahead_of_the_one_decoded(tmp_path, prefetch):
+    """While a batch is decoded, data.prefetch more are being read on the read threads (what the setting
+    promises for nvjpeg, as for DALI): counted as the reads started once the first batch is out."""
+    files = write_colors(tmp_path, 32)
+    loader = NvjpegLoader(Feed(files, 16, 4, seed=1, device=CPU, threads=2, prefetch=prefetch))
+    rows = []
+    real = loader._read_row
+    loader._read_row = lambda row: rows.append(row) or real(row)
+    batches = loader.epoch(0)
+    next(batches)
+    loader.pool.shutdown(wait=True)  # every read started has run
+    assert len(rows) == 1 + prefetch
+    batches.close()
