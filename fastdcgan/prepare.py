@@ -6,7 +6,8 @@
 Checks every file (as the trainer does), decodes the good ones into <cache>/arrays/ (see
 fastdcgan/data/cache.py) and prints what it found. A matching cache is reused, not rebuilt, so
 running it before a training job costs nothing when the job would find the cache anyway.
-Exit codes: 0 done; 2 usage or data error.
+Exit codes: 0 done; 2 usage or data error; 1 the decoder failed (a CUDA error, a DALI pipeline that
+died for another reason than a file), said in one line.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ import time
 
 from . import dist
 from .config import Data, UsageError
-from .data import cache, folder
+from .data import InputFailure, cache, folder
 
 
 def _choices(name: str) -> tuple:
@@ -30,7 +31,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m fastdcgan.prepare", description=__doc__.split("\n\n")[0],
                                 epilog="The cache lives under $FASTDCGAN_CACHE, else "
                                        "$XDG_CACHE_HOME/fastdcgan, else ~/.cache/fastdcgan. "
-                                       "Exit codes: 0 done, 2 usage or data error.")
+                                       "Exit codes: 0 done, 2 usage or data error, 1 the decoder failed.")
     p.add_argument("root", metavar="DATA_ROOT", help="image folder or CelebA download (as data.root)")
     p.add_argument("--image-size", type=int, default=Data().image_size, choices=_choices("image_size"),
                    help="pixels, square, as data.image_size (default %(default)s)")
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except InputFailure as e:  # as the trainer says a failed cache build: one line, exit 1
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     for line in _summary(images, report, args.image_size, time.perf_counter() - t0):
         console.print(line, highlight=False, soft_wrap=True)
     return 0

@@ -416,3 +416,21 @@ def test_a_cache_that_left_files_out_counts_the_batches_it_serves(faces):
     one = CacheLoader.open(Feed(images.files, 32, 4, seed=3, device=CPU, sizes=images.sizes,
                                 root=images.root), say=lambda line: None)
     assert len(one) == len(list(one.epoch(0))) == 5
+
+
+def test_prepare_says_a_decoder_failure_in_one_line_and_exits_1(faces, monkeypatch, capsys):
+    """A decoder failing for another reason than a file (here torchvision's decoder hit by a CUDA error)
+    ends prepare as it ends the trainer's cache build: one line naming it, exit 1, not a traceback."""
+    from torchvision import io as tvio
+
+    from fastdcgan.prepare import main as prepare
+    if cache.decoder_kind(CPU) != "torchvision-cpu":
+        pytest.skip("the CUDA error is put into torchvision's decoder, not the one used here")
+
+    def broken(data, **kw):
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(tvio, "decode_jpeg", broken)
+    assert prepare([str(faces), "--image-size", "32", "--device", "cpu"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "illegal memory access" in err and len(err.splitlines()) == 1, err
