@@ -434,3 +434,41 @@ def test_prepare_says_a_decoder_failure_in_one_line_and_exits_1(faces, monkeypat
     assert prepare([str(faces), "--image-size", "32", "--device", "cpu"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "illegal memory access" in err and len(err.splitlines()) == 1, err
+
+
+@needs_dali
+def test_a_dali_build_of_images_of_several_sizes_gives_each_pipeline_its_own_regions(faces, tmp_path):
+    """A DALI cache build runs whole chunks, then the rest, each a pipeline of its own: each is given the
+    regions of its own files (from where the last one stopped), so images of several sizes come out
+    as one pipeline over them all gives them -- none redone by PIL after a region that does not fit."""
+    from PIL import Image
+
+    from fastdcgan.data.folder import header_sizes
+    faces_jpgs = sorted((faces / "img_align_celeba").glob("*.jpg"))
+    files = []
+    for i, (w, h) in enumerate([(178, 218), (100, 130), (218, 178), (64, 64), (150, 90), (120, 200)] * 2):
+        files.append(tmp_path / f"{i:02d}.jpg")
+        Image.open(faces_jpgs[i]).resize((w, h)).save(files[-1], quality=92)
+    sizes, stats = header_sizes(files), {}
+    chunked = [im for c in dali.decode_chunks(files, 32, CPU, 1, 5, stats, sizes) for im in c]  # 5, 5, 2
+    whole = [im for c in dali.decode_chunks(files, 32, CPU, 1, 12, None, sizes) for im in c]
+    assert stats["pil_chunks"] == 0
+    assert len(chunked) == 12 and all(np.array_equal(a, b) for a, b in zip(chunked, whole, strict=True))
+
+
+def test_a_dali_install_that_fails_to_import_is_unavailable_not_a_crash(monkeypatch):
+    """A broken DALI install raises more than ImportError at import (an OSError for a CUDA library it
+    cannot load, say): DALI is then unavailable, with the reason and how to install it, and auto picks
+    another backend; the launch does not end in a traceback."""
+    class Broken:
+        def find_spec(self, name, path=None, target=None):
+            if name == "nvidia.dali":
+                raise OSError("libcuda.so.1: cannot open shared object file")
+            return None
+
+    monkeypatch.delitem(sys.modules, "nvidia.dali", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [Broken(), *sys.meta_path])
+    why = dali.unavailable_reason()
+    assert why.startswith("nvidia-dali is not importable (OSError: libcuda.so.1") and "pip install" in why
+    monkeypatch.setattr(cache, "HOST_FRACTION", 1e-9)
+    assert loaders.choose("auto", 1000, 64, CPU)[0] == "torch"
