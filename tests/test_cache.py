@@ -365,6 +365,7 @@ def test_a_build_removes_the_temp_folders_of_dead_builds_and_no_live_one(faces):
     """A build tidies the temp folders that builds which died left (untouched for an hour), never the
     folder another process is building into right now (its build would fail or, worse, rename a
     half-removed folder into place)."""
+    import shutil
     import time
     import uuid
 
@@ -379,6 +380,7 @@ def test_a_build_removes_the_temp_folders_of_dead_builds_and_no_live_one(faces):
     assert ensure(scan(faces), 32, CPU).built
     assert live.is_dir() and (live / "images.npy").is_file()
     assert not dead.exists()
+    shutil.rmtree(live)  # the session's cache folder is shared by the tests
 
 
 def test_each_decoder_kind_decodes_on_the_device_it_names():
