@@ -102,15 +102,21 @@ def _why_unreadable(e: BaseException) -> str:
                 "checkpoints never do")
     if "Weights only load failed" in text:  # not a pickle at all (text, a foreign format)
         return "not a file torch.save wrote"
-    return "empty or cut short" if isinstance(e, EOFError) else first_line(e)
+    if isinstance(e, EOFError):
+        return "empty or cut short"
+    if isinstance(e, (pickle.UnpicklingError, RuntimeError, OSError, ValueError)):
+        return first_line(e)
+    # what the unpickler trips on in bytes that only look like a pickle (text: IndexError, KeyError...)
+    return f"not a file torch.save wrote ({type(e).__name__}: {first_line(e)})"
 
 
 def load(path: str | os.PathLike, map_location="cpu") -> dict:
     """The dict a checkpoint or state_dict holds. Whatever else the file is (truncated, not torch's,
-    a pickle that would run code), one Unreadable naming it: torch raises many kinds for these."""
+    a pickle that would run code), one Unreadable naming it: torch raises many kinds for these, and
+    the unpickler more for bytes it takes for opcodes (any exception here is the file's)."""
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as e:
+    except Exception as e:
         raise Unreadable(path, _why_unreadable(e)) from None
     if not isinstance(state, dict):
         raise Unreadable(path, f"holds a {type(state).__name__}, not a dict")
