@@ -375,9 +375,9 @@ class GANStep:
         self.static_batch.copy_(batch_u8)
         rng = torch.cuda.get_rng_state()
         side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
 
         def warm_up() -> None:
+            side.wait_stream(torch.cuda.current_stream())  # after the clones _undoing has just queued
             with torch.cuda.stream(side):
                 for _ in range(3):
                     self._step(self.static_batch, r1)
