@@ -4,7 +4,8 @@
 
 `python -m fastdcgan.train key=value ...`, with a real SIGUSR1 sent to every rank as its loop reaches
 STEP (0: none): the trainer's own stop path follows, where the ranks agree on it. Every rank but 0
-lists what it wrote into the run directory (watch_writes): nothing, when it works.
+lists what it wrote into the run directory (watch_writes): nothing, when it works. Rank 0 lists the
+images per step its img/s is counted with (count_timed_images).
 """
 import atexit
 import json
@@ -12,7 +13,7 @@ import os
 import signal
 import sys
 
-from fastdcgan import jobs
+from fastdcgan import jobs, perf
 from fastdcgan.train import main
 
 
@@ -51,7 +52,23 @@ def watch_writes(run_dir: str) -> None:
     atexit.register(lambda: open(f"{run_dir}.writes.rank{rank}.json", "w").write(json.dumps(seen)))
 
 
+def count_timed_images(run_dir: str) -> None:
+    """On rank 0: the images per step each img/s figure is computed with (StepTimer.read's argument),
+    kept in RUN_DIR.timed.rank0.json when the process exits."""
+    if int(os.environ["RANK"]) != 0:
+        return
+    read, seen = perf.StepTimer.read, []
+
+    def recording(self, batch_size):
+        seen.append(batch_size)
+        return read(self, batch_size)
+    perf.StepTimer.read = recording
+    atexit.register(lambda: open(f"{run_dir}.timed.rank0.json", "w").write(json.dumps(seen)))
+
+
 if __name__ == "__main__":
     stop_at(int(sys.argv[1]))
-    watch_writes(next(a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("train.run_dir=")))
+    run_dir = next(a.split("=", 1)[1] for a in sys.argv[2:] if a.startswith("train.run_dir="))
+    watch_writes(run_dir)
+    count_timed_images(run_dir)
     sys.exit(main(sys.argv[2:]))

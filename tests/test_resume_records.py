@@ -182,6 +182,9 @@ def test_two_processes_interrupted_leave_the_run_directory_of_two_uninterrupted(
     same_run_directories(whole, split)
     for run in (whole, split):
         images_count_every_rank(run, 4 * 2)
+        # img/s too (StepTimer.read computes it from the images per step it is given: test_perf.py)
+        timed = json.loads(open(f"{run}.timed.rank0.json").read())
+        assert timed and set(timed) == {4 * 2}
 
 
 def same_run_directories(whole, split):
@@ -210,20 +213,13 @@ def same_run_directories(whole, split):
 
 def images_count_every_rank(run, global_batch):
     """Every record that counts images counts every rank's, in every launch: the images column of
-    metrics.jsonl, time_to_fid.json's entries and the checkpoint hold step x the global batch; and img/s
-    is that batch over a step's time: a window's steps are timed end to end (their data and compute
-    parts, the side jobs between them paused), so img/s x (data_ms + compute_ms) is the global batch, less
-    the time between a window's last step and its log line (under DDP the read of the ranks' sums waits
-    for the slowest rank; observed, both cores busy: 0.86 to 1.0 of the batch). A count of one rank's
-    images gives half of it at most."""
+    metrics.jsonl, time_to_fid.json's entries and the checkpoint hold step x the global batch. Under DDP
+    the uninterrupted run would have a count of one rank's wrong in the same way, which the comparison
+    of the two run directories cannot see."""
     counted = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     counted += json.loads((run / "time_to_fid.json").read_text())["reached"].values()
     counted.append(checkpoint.load(checkpoint.latest(run / "checkpoints")))
     assert all(r["images"] == r["step"] * global_batch for r in counted)
-    timed = [r for r in counted if "img_per_s" in r]
-    assert timed
-    per_step = [r["img_per_s"] * (r["data_ms"] + r["compute_ms"]) / 1000 / global_batch for r in timed]
-    assert all(0.6 < x <= 1.0001 for x in per_step), per_step
 
 
 def test_the_steps_running_sums_resume_per_rank_or_as_totals_on_rank_0():
