@@ -49,7 +49,8 @@ def test_torchscript_export_matches_eager(tiny_run, tmp_path, capsys):
 def test_an_export_that_does_not_match_the_original_is_refused_and_not_kept(tiny_run, tmp_path, capsys,
                                                                             monkeypatch):
     """export draws seeds 0-3 from the file it wrote and from the original: an export that scripted other
-    weights (here the last layer's 0.1 larger) ends with exit 2, the difference named, no file left."""
+    weights (here the last layer's 0.1 larger) ends with exit 2, the difference named, and what --out
+    held before is left as it was."""
     from fastdcgan.generate import export
     copy = export._cpu_copy
 
@@ -60,10 +61,22 @@ def test_an_export_that_does_not_match_the_original_is_refused_and_not_kept(tiny
         return net
     monkeypatch.setattr(export, "_cpu_copy", off)
     out = tmp_path / "g.pt"
+    out.write_bytes(b"an earlier export")
     assert main(["export", "--checkpoint", str(tiny_run), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert "differs from the original by" in err and "not kept" in err and len(err.splitlines()) == 1
-    assert not out.exists()
+    assert "differs from the original by" in err and "not written" in err and len(err.splitlines()) == 1
+    assert out.read_bytes() == b"an earlier export" and sorted(tmp_path.iterdir()) == [out]  # nothing left
+
+
+def test_a_generator_with_non_finite_output_is_not_exported(tiny_run, tmp_path, capsys):
+    state = torch.load(tiny_run / "generator.pth", weights_only=True)
+    next(iter(state.values())).fill_(float("nan"))  # the first layer's weights
+    broken = tmp_path / "broken.pth"
+    torch.save(state, broken)
+    out = tmp_path / "g.pt"
+    assert main(["export", "--checkpoint", str(broken), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite images" in err and len(err.splitlines()) == 1 and not out.exists()
 
 
 def test_onnx_export_refused_without_onnx(tiny_run, tmp_path, capsys, monkeypatch):

@@ -214,14 +214,21 @@ def run_export(G: LoadedGenerator, args: argparse.Namespace) -> None:
                              "--out NAME.pt gives TorchScript")
         export_onnx(G, args.out)
     elif suffix in (".pt", ".ts"):
-        export_torchscript(G, args.out)
-        loaded = load_generator(args.out, G.device)
         seeds = list(range(4))
-        diff = float((loaded.sample_seeds(seeds) - G.sample_seeds(seeds)).abs().max())
-        if not diff <= MATCH:  # NaN too
-            Path(args.out).unlink()
-            raise UsageError(f"the exported generator differs from the original by {diff:.1e} on seeds 0-3 "
-                             f"(more than {MATCH:g}); {args.out} was not kept")
+        want = G.sample_seeds(seeds)
+        if not bool(want.isfinite().all()):
+            raise UsageError(f"{G.source} gives non-finite images on seeds 0-3: nothing exported")
+        out = Path(args.out)
+        checking = out.with_name(f".{out.stem}.checking{out.suffix}")  # --out is replaced once it passes
+        try:
+            export_torchscript(G, checking)
+            diff = float((load_generator(checking, G.device).sample_seeds(seeds) - want).abs().max())
+            if not diff <= MATCH:  # NaN too
+                raise UsageError(f"the exported generator differs from the original by {diff:.1e} on seeds "
+                                 f"0-3 (more than {MATCH:g}); {out} was not written")
+            os.replace(checking, out)
+        finally:
+            checking.unlink(missing_ok=True)
         print(f"checked: the exported generator matches the original to {diff:.1e} on seeds 0-3")
     else:
         raise UsageError(f"--out must end in .pt or .ts (TorchScript) or .onnx, got {args.out!r}")
