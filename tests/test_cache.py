@@ -422,7 +422,8 @@ def test_a_cache_that_left_files_out_counts_the_batches_it_serves(faces):
 
 def test_prepare_says_a_decoder_failure_in_one_line_and_exits_1(faces, monkeypatch, capsys):
     """A decoder failing for another reason than a file (here torchvision's decoder hit by a CUDA error)
-    ends prepare as it ends the trainer's cache build: one line naming it, exit 1, not a traceback."""
+    ends prepare as it ends the trainer's cache build: one line naming it, exit 1, not a traceback; torch's
+    CUDA errors are several lines (the generic advice after the first is left out)."""
     from torchvision import io as tvio
 
     from fastdcgan.prepare import main as prepare
@@ -430,7 +431,10 @@ def test_prepare_says_a_decoder_failure_in_one_line_and_exits_1(faces, monkeypat
         pytest.skip("the CUDA error is put into torchvision's decoder, not the one used here")
 
     def broken(data, **kw):
-        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        raise RuntimeError("CUDA error: an illegal memory access was encountered\n"
+                           "CUDA kernel errors might be asynchronously reported at some other API call, "
+                           "so the stacktrace below might be incorrect.\n"
+                           "For debugging consider passing CUDA_LAUNCH_BLOCKING=1")
 
     monkeypatch.setattr(tvio, "decode_jpeg", broken)
     assert prepare([str(faces), "--image-size", "32", "--device", "cpu"]) == 1
