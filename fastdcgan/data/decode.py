@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .folder import open_rgb
+from .folder import open_drafted
 
 TRANSFORM = "torchvision Resize(S)+CenterCrop(S) region, one antialiased linear resize, RGB uint8 HWC"
 # Error texts that are the device's fault, not a file's: a decoder failing with one of these must end
@@ -73,12 +73,7 @@ def decode_pil(path: str, image_size: int) -> np.ndarray:
     JPEG draft mode lets libjpeg downscale in the DCT domain, but only to twice the target size:
     drafting right down to it (a 1/4 scale for 178x218 -> 32) costs 2.4 grey levels of detail.
     """
-    with Image.open(path) as im:
-        width, height = im.size  # before draft mode shrinks it
-    im = open_rgb(path, draft_size=2 * image_size)
-    # libjpeg scales by 1/s (s = 1, 2, 4 or 8) and rounds each side up: the draft's last row or column
-    # may hold part of a pixel's worth, so the source maps by 1/s, not by the ratio of the sides.
-    k = 1 / next((s for s in (8, 4, 2) if -(-width // s) == im.size[0] and -(-height // s) == im.size[1]), 1)
+    im, (width, height), k = open_drafted(path, 2 * image_size)
     left, top, right, bottom = plain_path_box(width, height, image_size)
     box = (left * k, top * k, right * k, bottom * k)
     im = im.resize((image_size, image_size), Image.Resampling.BILINEAR, box=box)

@@ -108,6 +108,17 @@ def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Im
         return _to_rgb(im, draft_size)
 
 
+def open_drafted(path: str | os.PathLike, draft_size: int) -> tuple[Image.Image, tuple[int, int], float]:
+    """open_rgb with draft_size, and what a crop box needs: the original's (width, height) and the draft's
+    scale (1/2..1/8 for a drafted JPEG, else 1), from draft()'s box of the original within the drafted
+    image. libjpeg rounds a draft's sides up, so the ratio of the sides is not the scale."""
+    with Image.open(path) as im:
+        size = im.size
+        drafted = im.draft("RGB", (draft_size, draft_size))  # None: nothing drafted (not a JPEG)
+        scale = drafted[1][2] / size[0] if drafted else 1.0
+        return _to_rgb(im, None), size, scale
+
+
 def _to_rgb(im: Image.Image, draft_size: int | None) -> Image.Image:
     if draft_size:
         im.draft("RGB", (draft_size, draft_size))
