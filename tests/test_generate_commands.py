@@ -236,15 +236,18 @@ def test_truncation_clips_each_frame_of_the_walk_it_does_not_change_the_walk(viv
     assert not close(tile(strip, 0, 1), rendered(G, between_clipped[1:2])[0])
 
 
+def where(picture, face):
+    """The top-left corner of this 32x32 face (within one rounding step) in the picture, or None."""
+    h, w = face.shape[:2]
+    for y, x in np.argwhere(np.abs(picture[: 1 - h or None, : 1 - w or None] - face[0, 0]).max(-1) <= 1):
+        if np.abs(picture[y: y + h, x: x + w] - face).max() <= 1:
+            return int(y), int(x)
+    return None
+
+
 def contains(picture, face):
     """Whether the picture holds this 32x32 face (within one rounding step) anywhere."""
-    h, w = face.shape[:2]
-    for y in range(picture.shape[0] - h + 1):
-        rows = picture[y: y + h]
-        for x in range(picture.shape[1] - w + 1):
-            if np.abs(rows[:, x: x + w] - face).max() <= 1:
-                return True
-    return False
+    return where(picture, face) is not None
 
 
 def test_arithmetic_result_is_mean_a_minus_mean_b_plus_mean_c(vivid, tmp_path):
@@ -262,15 +265,6 @@ def test_arithmetic_result_is_mean_a_minus_mean_b_plus_mean_c(vivid, tmp_path):
     for mean in (a, b, c):
         assert contains(picture, rendered(G, typical_length(mean))[0])
         assert not contains(picture, rendered(G, mean)[0])
-
-
-def where(picture, face):
-    """The top-left corner of this 32x32 face (within one rounding step) in the picture, or None."""
-    h, w = face.shape[:2]
-    for y, x in np.argwhere(np.abs(picture[: 1 - h or None, : 1 - w or None] - face[0, 0]).max(-1) <= 1):
-        if np.abs(picture[y: y + h, x: x + w] - face).max() <= 1:
-            return int(y), int(x)
-    return None
 
 
 def test_arithmetic_shows_the_exact_result_in_the_middle_of_its_seeded_neighbours(vivid, tmp_path):
