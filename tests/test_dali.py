@@ -221,12 +221,14 @@ def test_the_gpu_decoder_matches_the_cpu_decoder(faces):
         assert mad <= 0.5, mad
 
 
-def gpu_pipelines(monkeypatch) -> list:
+def gpu_pipelines(monkeypatch) -> tuple[list, dict]:
     """Every pipeline dali.py makes from now on, built as for a GPU with DALI's own build step skipped
-    (there is no GPU here): the graph -- operators, devices, arguments -- is what a GPU would run."""
+    (there is no GPU here), and the decoder's and the resize's arguments as the pipeline gave them:
+    {name: (the device it runs on, its keyword arguments)}, what a GPU would run."""
+    from nvidia.dali import fn
     from nvidia.dali.pipeline import Pipeline
 
-    made = []
+    made, ops = [], {}
     monkeypatch.setattr(Pipeline, "build", lambda self: None)
     real = dali.build_pipeline
 
@@ -234,14 +236,18 @@ def gpu_pipelines(monkeypatch) -> list:
         made.append(real(*args, **kw))
         return made[-1]
 
+    def recorded(name, op, device_of):
+        def call(*args, **kw):
+            out = op(*args, **kw)
+            ops[name] = (device_of(args, kw, out), kw)
+            return out
+        return call
+
     monkeypatch.setattr(dali, "build_pipeline", recording)
-    return made
-
-
-def operators(pipe) -> dict:
-    """{operator name: (its device, its arguments)} of a pipeline's graph."""
-    pipe._build_graph()
-    return {type(op._op).__name__: (op._op.device, op._op._init_args) for op in pipe._ops}
+    monkeypatch.setattr(fn.decoders, "image", recorded("decoder", fn.decoders.image,
+                                                       lambda args, kw, out: kw.get("device")))
+    monkeypatch.setattr(fn, "resize", recorded("resize", fn.resize, lambda args, kw, out: out.device))
+    return made, ops
 
 
 @pytest.mark.parametrize("caller", ["loader", "cache build"])
@@ -251,18 +257,17 @@ def test_the_gpu_pipeline_decodes_whole_images_on_the_ranks_own_gpu(faces, monke
     which decodes the whole image, so the resize must take plain_path_box of the whole image -- not the
     region relative to the CPU decoder's partial rectangle (a shifted crop on every GPU image). Both
     pipelines dali.py makes: the loader's and the cache build's (dali-mixed)."""
-    made, gpu1 = gpu_pipelines(monkeypatch), torch.device("cuda:1")
+    (made, ops), gpu1 = gpu_pipelines(monkeypatch), torch.device("cuda:1")
     if caller == "loader":
         DaliLoader(Feed(faces[:8], 32, 4, device=gpu1, threads=3, prefetch=5))._build(0, 0)
     else:
         with pytest.raises(InputFailure):  # the pipeline was not built: running it fails, after its making
             next(dali.decode_chunks(faces[:8], 32, gpu1, 3, 4))
     (pipe,) = made
-    ops = operators(pipe)
     assert pipe.device_id == 1 and pipe.num_threads == 3
-    device, decoder = ops["Image"]
+    device, decoder = ops["decoder"]
     assert device == "mixed" and decoder["jpeg_fancy_upsampling"] and not decoder["adjust_orientation"]
-    device, resize = ops["Resize"]
+    device, resize = ops["resize"]
     left, top, right, bottom = dali.plain_path_box(178, 218, 32)
     assert device == "gpu" and resize["size"] == (32, 32)
     assert resize["roi_start"] == pytest.approx([top, left])  # (y, x)
