@@ -3,8 +3,8 @@ ends with exit code 2 and one line on stderr saying what is wrong and naming the
 traceback. A user's typo or a half-copied checkpoint costs a minute this way, not a search through a
 stack trace.
 
-The tools and what they read (TAKES_A_CHECKPOINT, TAKES_DATA) against the kinds of bad input
-(BAD_CHECKPOINTS, BAD_DATA): every pair is a test, so a tool or a kind added to a table is held to
+The tools and what they read (TAKES_A_CHECKPOINT, TAKES_A_NETWORK, TAKES_DATA) against the kinds of
+bad input (BAD_CHECKPOINTS, BAD_DATA): every pair is a test, so a tool or a kind added to a table is held to
 this with no other change. The tools run in this process, as their console scripts call them.
 """
 from __future__ import annotations
@@ -23,30 +23,31 @@ from fastdcgan.prepare import main as prepare
 from fastdcgan.train import main as train
 
 
-# ----- the bad inputs: each makes its path under a folder and returns it -----
+# ----- the bad inputs: each makes its path in a folder, from a good file of its kind if it needs one -----
 
-def _truncated(folder: Path, run: Path) -> Path:
-    """A checkpoint cut off half-way, as a copy interrupted or a full disk leaves it."""
-    whole = checkpoint.latest(run / "checkpoints").read_bytes()
+def _truncated(folder: Path, good: Path) -> Path:
+    """A good file (a checkpoint, the FID network) cut off half-way, as an interrupted copy or a full
+    disk leaves it."""
+    whole = good.read_bytes()
     path = folder / "half.pt"
     path.write_bytes(whole[: len(whole) // 2])
     return path
 
 
 def _write(name: str, data: bytes) -> Callable[[Path, Path], Path]:
-    def make(folder: Path, run: Path) -> Path:
+    def make(folder: Path, good: Path) -> Path:
         (folder / name).write_bytes(data)
         return folder / name
     return make
 
 
-def _folder(folder: Path, run: Path) -> Path:
+def _folder(folder: Path, good: Path) -> Path:
     (folder / "empty").mkdir()
     return folder / "empty"
 
 
 BAD_CHECKPOINTS = {
-    "missing": lambda folder, run: folder / "nothing.pt",
+    "missing": lambda folder, good: folder / "nothing.pt",
     "text": _write("notes.pt", b"these are not the weights\n"),
     "empty file": _write("empty.pt", b""),
     "truncated": _truncated,
@@ -55,7 +56,7 @@ BAD_CHECKPOINTS = {
 
 
 def _images(n_good: int, n_broken: int) -> Callable[[Path, Path], Path]:
-    def make(folder: Path, run: Path) -> Path:
+    def make(folder: Path, good: Path) -> Path:
         root = folder / "images"
         root.mkdir()
         if n_good:
@@ -68,12 +69,12 @@ def _images(n_good: int, n_broken: int) -> Callable[[Path, Path], Path]:
     return make
 
 
-def _a_file(folder: Path, run: Path) -> Path:
-    return _images(1, 0)(folder, run) / "000000.jpg"
+def _a_file(folder: Path, good: Path) -> Path:
+    return _images(1, 0)(folder, good) / "000000.jpg"
 
 
 BAD_DATA = {
-    "missing": lambda folder, run: folder / "nowhere",
+    "missing": lambda folder, good: folder / "nowhere",
     "empty folder": _folder,
     "one image": _images(1, 0),
     "only broken images": _images(0, 3),
@@ -103,6 +104,15 @@ TAKES_A_CHECKPOINT = {
     "generate export": _generate("export", "out.pt"),
 }
 
+# The FID network (fid.weights, --weights) is read by each tool that scores; the kinds of bad
+# checkpoint are its kinds too ("truncated": half of the network's file).
+TAKES_A_NETWORK = {
+    "train fid.weights": lambda bad, run, celeba, net, tmp: train(
+        tiny_args(celeba, tmp / "run", fid__every=2, fid__n=8, fid__weights=bad)),
+    "fid --weights": lambda bad, run, celeba, net, tmp: fid(
+        ["--checkpoint", str(run), "--data", str(celeba), "--weights", str(bad), "--n", "8"]),
+}
+
 TAKES_DATA = {
     "train data.root": lambda bad, run, celeba, net, tmp: train(tiny_args(bad, tmp / "run")),
     "fid --data": lambda bad, run, celeba, net, tmp: fid(
@@ -116,6 +126,8 @@ FINE = {("prepare", "one image"): "prepare caches any number of images; the trai
 
 CASES = ([pytest.param(tool, kind, TAKES_A_CHECKPOINT[tool], BAD_CHECKPOINTS[kind], id=f"{tool}-{kind}")
           for tool in TAKES_A_CHECKPOINT for kind in BAD_CHECKPOINTS]
+         + [pytest.param(tool, kind, TAKES_A_NETWORK[tool], BAD_CHECKPOINTS[kind], id=f"{tool}-{kind}")
+            for tool in TAKES_A_NETWORK for kind in BAD_CHECKPOINTS]
          + [pytest.param(tool, kind, TAKES_DATA[tool], BAD_DATA[kind], id=f"{tool}-{kind}")
             for tool in TAKES_DATA for kind in BAD_DATA])
 
@@ -123,7 +135,8 @@ CASES = ([pytest.param(tool, kind, TAKES_A_CHECKPOINT[tool], BAD_CHECKPOINTS[kin
 @pytest.mark.parametrize("tool, kind, run_tool, make_bad", CASES)
 def test_bad_input_is_one_line_naming_it_and_exit_2(tool, kind, run_tool, make_bad, tiny_run, tiny_fid_net,
                                                     celeba, tmp_path, capsys):
-    bad = make_bad(tmp_path, tiny_run)
+    good = tiny_fid_net if tool in TAKES_A_NETWORK else checkpoint.latest(tiny_run / "checkpoints")
+    bad = make_bad(tmp_path, good)
     capsys.readouterr()
     try:
         code = run_tool(bad, tiny_run, celeba, tiny_fid_net, tmp_path)
