@@ -70,3 +70,14 @@ def test_a_file_that_is_no_checkpoint_is_one_unreadable_naming_it_and_why(tmp_pa
         checkpoint.load(bad)
     assert e.value.reason.startswith(reason) and str(e.value) == f"{bad}: {e.value.reason}"
     assert "\n" not in str(e.value) and isinstance(e.value, UsageError)
+
+
+def test_bytes_the_unpickler_takes_for_opcodes_are_an_unreadable_file_named_by_what_tripped(tmp_path):
+    """Text starting with 't' (a pickle opcode: build a tuple from the stack) makes torch's unpickler raise
+    IndexError: one Unreadable, naming the file and what tripped, as test_bad_input.py wants of every tool."""
+    path = tmp_path / "notes.pt"
+    path.write_bytes(b"these are not the weights\n")
+    with pytest.raises(checkpoint.Unreadable) as caught:
+        checkpoint.load(path)
+    assert caught.value.reason == "not a file torch.save wrote (IndexError: pop from empty list)"
+    assert str(caught.value).startswith(str(path))

@@ -121,6 +121,18 @@ def test_a_draft_decode_is_scaled_down_but_not_below_the_size_asked(tmp_path):
     assert folder.open_rgb(tmp_path / "big.jpg").size == (256, 192)
 
 
+def test_open_drafted_gives_the_draft_its_original_size_and_its_scale(tmp_path):
+    """decode_pil maps its crop box into the draft by this scale: 1/4 for 250x200 drafted to at least
+    48 px (libjpeg rounds 62.5 up to 63, so the sides' ratio is not the scale); 1 for a PNG, which is
+    never drafted."""
+    write_image(tmp_path / "big.jpg", 0, size=(250, 200))
+    im, size, scale = folder.open_drafted(tmp_path / "big.jpg", 48)
+    assert (im.mode, im.size, size, scale) == ("RGB", (63, 50), (250, 200), 0.25)
+    write_image(tmp_path / "big.png", 0, size=(250, 200))
+    im, size, scale = folder.open_drafted(tmp_path / "big.png", 48)
+    assert (im.mode, im.size, size, scale) == ("RGB", (250, 200), (250, 200), 1.0)
+
+
 def flat(path, size):
     Image.new("RGB", size, (120, 80, 40)).save(path)
     return path
