@@ -274,7 +274,7 @@ def decode_chunks(files: list[Path], image_size: int, device: torch.device, thre
         # Whole chunks, then the rest as a pipeline of its own with a batch of that size. Never a batch
         # filled up by wrapping round the list: the same file twice in one batch, when it does not
         # decode, crashes DALI 2.4's CPU decoder (a segfault, not an error; tests/test_cache.py).
-        batch = chunk if n - done >= chunk else n - done
+        batch = min(chunk, n - done)
         end = done + (n - done) // batch * batch
         pipe = build_pipeline(paths[done:end], list(range(done, end)), regions[done:end], image_size, batch,
                               threads, 2, device)
