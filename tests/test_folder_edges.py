@@ -117,7 +117,7 @@ def test_scan_keeps_to_the_split(celeba):
 
 def test_a_draft_decode_is_scaled_down_but_not_below_the_size_asked(tmp_path):
     write_image(tmp_path / "big.jpg", 0, size=(256, 192))
-    assert folder.open_rgb(tmp_path / "big.jpg", draft_size=48).size == (64, 48)
+    assert folder.open_drafted(tmp_path / "big.jpg", 48)[0].size == (64, 48)
     assert folder.open_rgb(tmp_path / "big.jpg").size == (256, 192)
 
 

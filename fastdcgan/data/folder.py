@@ -98,20 +98,18 @@ def find_images(root: str | os.PathLike, split: str = "all") -> ImageList:
     return ImageList(root, sorted(files), "folder")
 
 
-def open_rgb(path: str | os.PathLike, draft_size: int | None = None) -> Image.Image:
-    """Decode to RGB whatever the mode (grayscale, CMYK, palette, alpha); raise if it does not decode.
-
-    draft_size lets the JPEG decoder scale down by 1/2..1/8 while decoding; every byte of the scan
-    is still entropy-decoded, so a truncated file still fails.
-    """
+def open_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode to RGB whatever the mode (grayscale, CMYK, palette, alpha); raise if it does not decode."""
     with Image.open(path) as im:
-        return _to_rgb(im, draft_size)
+        return _to_rgb(im, None)
 
 
 def open_drafted(path: str | os.PathLike, draft_size: int) -> tuple[Image.Image, tuple[int, int], float]:
-    """open_rgb with draft_size, and what a crop box needs: the original's (width, height) and the draft's
-    scale (1/2..1/8 for a drafted JPEG, else 1), from draft()'s box of the original within the drafted
-    image. libjpeg rounds a draft's sides up, so the ratio of the sides is not the scale."""
+    """open_rgb with JPEG draft mode: the decoder scales down by 1/2..1/8 while decoding, to no less than
+    draft_size a side (every byte of the scan is still entropy-decoded, so a truncated file still fails).
+    With it, what a crop box needs: the original's (width, height) and the draft's scale (1 when nothing
+    was drafted), from draft()'s box of the original within the drafted image. libjpeg rounds a draft's
+    sides up, so the ratio of the sides is not the scale."""
     with Image.open(path) as im:
         size = im.size
         drafted = im.draft("RGB", (draft_size, draft_size))  # None: nothing drafted (not a JPEG)
