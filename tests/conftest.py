@@ -191,3 +191,13 @@ class HostReads(TorchFunctionMode):
             caller = traceback.extract_stack(limit=2)[0]
             self.reads.append(f"{name} at {Path(caller.filename).name}:{caller.lineno}")
         return func(*args, **(kwargs or {}))
+
+
+def runs_here(name: str) -> str:
+    """The backend, or a skip when it cannot run on this machine's CPU (DALI missing; nvjpeg's decoder
+    runs on the CPU too, where torchvision has it)."""
+    from fastdcgan.data import dali, nvjpeg
+    why = {"dali": dali.unavailable_reason(), "nvjpeg": nvjpeg.decoder_missing_reason()}.get(name)
+    if why:
+        pytest.skip(why)
+    return name

@@ -1,12 +1,13 @@
 """The loader contract (fastdcgan/data/base.py), one test per rule, run on every input backend:
 the one seeded order every backend shares, each rank its disjoint share with the partial last global
 batch dropped, a resume at any batch, an abandoned epoch, the one-batch check, a file broken after
-the scan replaced by the next. The backends' own matters (DALI's pipelines, the cache's build, the
+the scan replaced by the next. Every field of the Feed a backend is given, on every backend:
+test_every_feed_field.py. The backends' own matters (DALI's pipelines, the cache's build, the
 GPU decoders) are in test_dali.py, test_cache.py and test_nvjpeg.py."""
 import pytest
 import torch
 
-from conftest import color_ids, make_celeba, write_colors
+from conftest import color_ids, make_celeba, runs_here, write_colors
 from fastdcgan import config
 from fastdcgan.config import UsageError
 from fastdcgan.data.base import Feed
@@ -15,16 +16,6 @@ from fastdcgan.data.loaders import BACKENDS, make_loader
 from fastdcgan.data.order import epoch_batches, flip_masks
 
 CPU = torch.device("cpu")
-
-
-def runs_here(name: str) -> str:
-    """The backend, or a skip when it cannot run on this machine's CPU (DALI missing; nvjpeg's decoder
-    runs on the CPU too, where torchvision has it)."""
-    from fastdcgan.data import dali, nvjpeg
-    why = {"dali": dali.unavailable_reason(), "nvjpeg": nvjpeg.decoder_missing_reason()}.get(name)
-    if why:
-        pytest.skip(why)
-    return name
 
 
 @pytest.fixture(params=sorted(BACKENDS))
@@ -137,29 +128,6 @@ def test_hflip_mirrors_the_seeded_half_of_every_backends_batches(backend, tmp_pa
     assert not torch.equal(torch.stack(plain), torch.stack(flipped))
 
 
-def test_data_dali_threads_and_data_prefetch_reach_every_backend_that_has_them(backend, tmp_path):
-    """data.dali_threads and data.prefetch, from the config through Feed.of, reach each backend that
-    uses them: DALI's pipeline (threads, batches ahead), nvjpeg's reading (read threads, batches read
-    ahead) and the cache's build (its decoding threads or processes, which its build line names).
-    Values none of them would take by default: a backend that ignores the setting fails here."""
-    import re
-
-    from fastdcgan.data.dali import default_threads
-    if backend == "torch":
-        pytest.skip("the torch backend has neither (data.workers: test_every_setting.py)")
-    threads, prefetch = max(3, default_threads() + 1), 5
-    cfg = config.build(None, [f"data.backend={backend}", f"data.dali_threads={threads}",
-                              f"data.prefetch={prefetch}", "data.image_size=32", "train.batch_size=4"])
-    said = []
-    one = BACKENDS[backend].open(Feed.of(cfg, scan(make_celeba(tmp_path / "faces", 8)), CPU), said.append)
-    next(iter(one.epoch(0)))
-    seen = {"dali": lambda: (one.pipe.num_threads, one.pipe.prefetch_queue_depth),
-            "nvjpeg": lambda: (one.pool._max_workers, one.prefetch),
-            "cache": lambda: (int(re.search(r", (\d+) (?:threads|processes)", said[0])[1]), None),
-            }[backend]()
-    assert seen == (threads, None if backend == "cache" else prefetch), said  # the cache has no prefetch
-
-
 def test_a_device_failure_while_replacing_a_file_ends_the_epoch_at_once():
     """A file that no longer decodes is replaced by the next one (first_that_decodes, which every backend
     uses), but a failure of the device (InputFailure: a CUDA error in nvJPEG) is not the file's fault: it
@@ -181,16 +149,3 @@ def test_a_device_failure_while_replacing_a_file_ends_the_epoch_at_once():
         with pytest.raises(InputFailure, match="CUDA error"):
             first_that_decodes(["a.jpg", "b.jpg", "c.jpg"], 1, decode)
     assert tried == ["b.jpg"]
-
-
-@pytest.mark.parametrize("name", ["torch", "nvjpeg"])
-def test_batches_arrive_on_the_feeds_device(tmp_path, name):
-    """A backend that decodes on the host (torch; nvjpeg's PIL fallback) hands its batches over on the
-    feed's device: on a GPU run, batches left on the host would fail in the step. Checked without a GPU
-    on the meta device (a device without data). PNGs, so that nvjpeg decodes them PIL's way here too."""
-    from conftest import write_image
-    files = [write_image(tmp_path / f"{i}.png", i, fmt="PNG") for i in range(8)]
-    meta = torch.device("meta")
-    one = BACKENDS[name](Feed(files, 16, 4, seed=0, device=meta, threads=1))
-    batches = list(one.epoch(0))
-    assert len(batches) == 2 and all(b.device == meta and b.shape == (4, 16, 16, 3) for b in batches)
