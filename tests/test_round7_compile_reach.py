@@ -59,3 +59,18 @@ def test_compile_reaches_every_call_of_the_step(compile):
 @pytest.mark.parametrize("compile", ["off", "default"])
 def test_compile_reaches_every_call_of_the_step_under_ddp(compile, one_process_group):
     check(build(compile, distributed=True), compile != "off", True)
+
+
+@pytest.mark.parametrize("compile", ["default", "max-autotune"])
+def test_every_compile_of_the_step_is_in_the_mode_the_setting_names(compile, monkeypatch):
+    """max-autotune compiles each network and optimizer step in compile_mode's mode (its autotuning,
+    without inductor's CUDA graphs), not the default one: numbers alike, only the call shows it."""
+    from fastdcgan.step import compile_mode
+    modes, real = [], torch.compile
+
+    def recording_compile(fn, *args, **kw):
+        modes.append(kw.get("mode"))
+        return real(fn, *args, **kw)
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    build(compile, distributed=False)
+    assert modes == [compile_mode(compile)] * 4, modes  # G, D, and the two optimizer steps
