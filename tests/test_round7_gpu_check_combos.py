@@ -84,3 +84,25 @@ def test_a_graph_compiled_at_any_timed_step_fails_the_combo(monkeypatch, at):
     assert len(calls) == 2 * steps.STEPS
     assert r["graphs_total"] == r["graphs_after_warmup"] + 1, r
     assert not r["ok"] and "recompiled after warm-up" in r["error"], r
+
+
+def test_the_warm_up_and_the_timed_steps_are_timed_apart(monkeypatch):
+    """warmup_s spans the WARMUP steps, step_ms is the mean of the steps after them: on a clock that
+    advances 10 s in each warm-up step and 1 s in each timed one (the step itself is real)."""
+    import time
+    import types
+
+    from fastdcgan.step import GANStep
+    clock, calls, real_step = [0.0], [], GANStep.step
+
+    def step(self, batch):
+        real_step(self, batch)
+        clock[0] += 10.0 if len(calls) < steps.WARMUP else 1.0
+        calls.append(None)
+    monkeypatch.setattr(GANStep, "step", step)
+    monkeypatch.setattr(steps, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
+                                                             monotonic=time.monotonic))
+    torch.set_num_threads(1)
+    r = steps.train_combo(COMBO, cuda=False, watch_syncs=False)
+    assert len(calls) == steps.STEPS
+    assert r["warmup_s"] == 10.0 * steps.WARMUP and r["step_ms"] == 1000.0, r
