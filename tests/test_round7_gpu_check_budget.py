@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -26,9 +27,13 @@ def test_a_part_started_near_the_budgets_end_is_stopped_there(tmp_path):
                            str(tmp_path / "work"), "--only", "combos", "--budget-s", str(budget)],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     results = json.loads((out / "results.json").read_text())
-    parts = {p["name"]: p for p in results["parts"]}
-    combos = parts["combos"]
-    # started, it must have been given the budget left, not its own 180 s: so it is cut short there
-    assert combos["status"].startswith("not finished (budget)"), (combos["status"], proc.stdout[-3000:])
-    assert proc.returncode == 3, proc.stdout[-3000:]
+    combos = {p["name"]: p for p in results["parts"]}["combos"]
+    # started, it is given the budget left, not its own 180 s (the start line says which) ...
+    limit = float(re.search(r"combos: start \(limit (\d+) s\)", proc.stdout)[1])
+    assert limit <= budget, proc.stdout[-3000:]
     assert results["elapsed_s"] <= budget + KILL_GRACE_S + 5, results["elapsed_s"]
+    # ... and, cut short there (as on 2 cores, where it needs about a minute), it is the budget's, not a
+    # failure of the code; a machine fast enough to finish it in time reports it passed
+    if not combos["status"].startswith("ok"):
+        assert combos["status"].startswith("not finished (budget)"), (combos["status"], proc.stdout[-3000:])
+        assert proc.returncode == 3, proc.stdout[-3000:]
