@@ -21,7 +21,7 @@ import gpu_check_runs  # noqa: E402
 
 def load_bench_conftest():
     """bench/conftest.py as a module of its own (tests/ has a conftest module too)."""
-    spec = importlib.util.spec_from_file_location("bench_conftest_round7", BENCH / "conftest.py")
+    spec = importlib.util.spec_from_file_location("bench_conftest", BENCH / "conftest.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     spec.loader.exec_module(module)
