@@ -18,6 +18,15 @@ from fastdcgan.data.order import epoch_batches, flip_masks
 CPU = torch.device("cpu")
 
 
+def ids(batch: torch.Tensor, batch_size: int = 4, size: int = 16) -> list[int]:
+    """color_ids of a batch in the contract's form (uint8, batch x size x size x 3, on the CPU): every
+    batch any test here meets is checked for it, so a stand-in batch of another size or type (a file
+    replaced mid-epoch, decoded by a fallback) fails whichever test meets it."""
+    assert batch.dtype == torch.uint8 and tuple(batch.shape) == (batch_size, size, size, 3), batch.shape
+    assert batch.device == CPU
+    return color_ids(batch)
+
+
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request) -> str:
     return runs_here(request.param)
@@ -34,7 +43,7 @@ def test_ranks_take_disjoint_shares_of_the_shared_order_and_drop_the_partial_bat
     for rank in range(2):
         one = loader(backend, files, 4, seed=3, rank=rank, world=2)
         assert len(one) == 5
-        batches = [color_ids(b) for b in one.epoch(1)]
+        batches = [ids(b) for b in one.epoch(1)]
         assert batches == epoch_batches(43, 4, 3, 1, rank, 2).tolist()  # the order every backend shares
         seen += [i for b in batches for i in b]
     assert len(seen) == len(set(seen)) == 40
@@ -45,14 +54,14 @@ def test_an_epoch_is_seeded_reshuffled_and_resumes_at_any_batch(backend, tmp_pat
     one = loader(backend, files, 4, seed=5)
 
     def order(epoch, start=0):
-        return [color_ids(b) for b in one.epoch(epoch, start)]
+        return [ids(b) for b in one.epoch(epoch, start)]
 
     e0 = order(0)
     assert e0 == epoch_batches(24, 4, 5, 0).tolist() and sorted(i for b in e0 for i in b) == list(range(24))
     assert order(1) != e0                   # reshuffled each epoch
     assert order(0, start=4) == e0[4:]      # a resume at batch 4 sees exactly the rest
     assert order(0) == e0                   # reproducible
-    other = [color_ids(b) for b in loader(backend, files, 4, seed=6).epoch(0)]
+    other = [ids(b) for b in loader(backend, files, 4, seed=6).epoch(0)]
     assert other != e0                      # seeded
 
 
@@ -62,8 +71,8 @@ def test_an_abandoned_epoch_leaves_the_next_ones_whole(backend, tmp_path):
     first = one.epoch(0)
     next(first)  # left after one batch, as max_steps or a stop signal leaves it
     first.close()
-    assert [color_ids(b) for b in one.epoch(0)] == epoch_batches(24, 4, 2, 0).tolist()
-    assert [color_ids(b) for b in one.epoch(1)] == epoch_batches(24, 4, 2, 1).tolist()
+    assert [ids(b) for b in one.epoch(0)] == epoch_batches(24, 4, 2, 0).tolist()
+    assert [ids(b) for b in one.epoch(1)] == epoch_batches(24, 4, 2, 1).tolist()
 
 
 def test_fewer_images_than_one_global_batch_is_a_usage_error(backend, tmp_path):
@@ -84,7 +93,7 @@ def test_a_file_broken_or_removed_after_the_scan_is_replaced_by_the_next(backend
     files[12].unlink()  # unreadable: an I/O error (an OSError, not FileNotFoundError), here a folder
     files[12].mkdir()
     with pytest.warns(UserWarning, match="skipping") as said:
-        batches = [color_ids(b) for b in one.epoch(0)]
+        batches = [ids(b) for b in one.epoch(0)]
     for got, want in zip(batches, epoch_batches(16, 4, 0, 0).tolist(), strict=True):
         assert got == [i + 1 if i in (5, 9, 12) else i for i in want]
     # each skip says why: the removed file's warning carries the OS's own reason
@@ -103,7 +112,7 @@ def test_a_file_broken_or_removed_after_the_scan_is_replaced_by_the_next(backend
         return i % 16
 
     with pytest.warns(UserWarning, match="skipping"):
-        batches = [color_ids(b) for b in one.epoch(2)]
+        batches = [ids(b) for b in one.epoch(2)]
     assert batches[1] == [stand_in(i) for i in lost]
 
 
