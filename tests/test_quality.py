@@ -366,3 +366,20 @@ def test_a_resumed_launch_rewrites_time_to_fid_on_rank_0_only(tmp_path):
     assert run.time_to_fid.read_text() == text and other.reached == {}
     jobs.FID(3, None, 0.0, run, None, main=True, start=3)
     assert jobs.FID.read_reached(run.time_to_fid) == {}
+
+
+def test_a_score_exactly_at_a_threshold_or_at_fid_target_reaches_it(tmp_path):
+    """'At or below' (fid.target's help, time_to_fid's thresholds): a score of exactly 50 reaches the
+    50 threshold and a target of 50, the next float above 50 neither, for every threshold. Round
+    numbers are what users set as targets, and a tiny or cached network can give one."""
+    from fastdcgan import jobs
+    from fastdcgan.metrics.tracker import FIDTracker
+    from fastdcgan.rundir import RunDir
+    for t in jobs.FID.THRESHOLDS:
+        for fid, reached in ((t, True), (float(np.nextafter(t, np.inf)), False)):
+            job = jobs.FID(3, FIDTracker(config.Config(), [], None, tmp_path, ema=False), t, RunDir(tmp_path),
+                           None, main=False, start=0)
+            row = {"step": 3, "images": 24, "wall_s": 1.0, "fid": fid, "fid_n": 8, "fid_ema": False}
+            job.keep(row, None)
+            assert (t in job.reached, job.target_reached(row)) == (reached, reached), (t, fid)
+            assert min(job.reached, default=np.inf) >= t  # and no threshold below the score
