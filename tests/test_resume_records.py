@@ -213,13 +213,15 @@ def same_run_directories(whole, split):
 
 def images_count_every_rank(run, global_batch):
     """Every record that counts images counts every rank's, in every launch: the images column of
-    metrics.jsonl, time_to_fid.json's entries and the checkpoint hold step x the global batch. Under DDP
-    the uninterrupted run would have a count of one rank's wrong in the same way, which the comparison
-    of the two run directories cannot see."""
+    metrics.jsonl, time_to_fid.json's entries and the checkpoint hold step x the global batch, and
+    plan.json's global batch is it. Under DDP the uninterrupted run would have a count of one rank's
+    wrong in the same way, which the comparison of the two run directories cannot see."""
     counted = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     counted += json.loads((run / "time_to_fid.json").read_text())["reached"].values()
     counted.append(checkpoint.load(checkpoint.latest(run / "checkpoints")))
     assert all(r["images"] == r["step"] * global_batch for r in counted)
+    plan = json.loads((run / "plan.json").read_text())
+    assert plan["global_batch"] == global_batch == plan["batch_per_process"] * plan["world"], plan
 
 
 def test_the_steps_running_sums_resume_per_rank_or_as_totals_on_rank_0():
