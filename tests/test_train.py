@@ -224,6 +224,37 @@ def test_resume_never_trains_a_new_run_dir_and_an_empty_one(celeba, tmp_path, ma
     assert (run / "STATUS").read_text().split() == ["finished", "2"]
 
 
+def test_each_form_of_train_resume_on_each_state_of_the_run_dir(tmp_path):
+    """train.resume by construction: each form (auto, never, a checkpoint's path, a path with no file)
+    against each state a run directory can be in: none yet, empty, files but no checkpoint (a run stopped
+    before its first, or its checkpoints removed: never must not append to its records), checkpoints."""
+    from fastdcgan import config
+    from fastdcgan.config import UsageError
+    from fastdcgan.launch import find_resume
+
+    elsewhere = checkpoint.save({"step": 3}, tmp_path / "other" / "checkpoints", keep=2)
+    makers = {"none": lambda run: None, "empty": lambda run: run.mkdir(),
+              "no checkpoint": lambda run: (run.mkdir(), (run / "metrics.jsonl").write_text('{"step": 2}\n')),
+              "checkpoints": lambda run: checkpoint.save({"step": 4}, run / "checkpoints", keep=2)}
+    refused = "refused"
+    want = {"auto": {"none": None, "empty": None, "no checkpoint": None, "checkpoints": "step_00000004.pt"},
+            "never": {"none": None, "empty": None, "no checkpoint": refused, "checkpoints": refused},
+            str(elsewhere): dict.fromkeys(makers, elsewhere),
+            str(tmp_path / "no-such.pt"): dict.fromkeys(makers, refused)}
+    for k, (resume, by_state) in enumerate(want.items()):
+        assert set(by_state) == set(makers)
+        for state, expected in by_state.items():
+            run = tmp_path / f"{k}-{state}"
+            makers[state](run)
+            try:
+                got = find_resume(config.build(None, [f"train.run_dir={run}", f"train.resume={resume}"]))
+            except UsageError:
+                got = refused
+            if isinstance(got, os.PathLike) and isinstance(expected, str):
+                got = got.name
+            assert got == expected, (resume, state)
+
+
 def test_resume_from_explicit_path_and_mismatched_model(celeba, tmp_path, capsys):
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
