@@ -201,3 +201,12 @@ def runs_here(name: str) -> str:
     if why:
         pytest.skip(why)
     return name
+
+
+@pytest.fixture
+def one_process_group(tmp_path):
+    """A gloo process group of this one process: what DDP needs to wrap a model in a test."""
+    import torch.distributed as tdist
+    tdist.init_process_group("gloo", rank=0, world_size=1, store=tdist.FileStore(str(tmp_path / "store"), 1))
+    yield
+    tdist.destroy_process_group()

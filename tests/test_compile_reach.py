@@ -9,20 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.distributed as tdist
 from torch._dynamo.eval_frame import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from fastdcgan.model import build_models
 from fastdcgan.step import GANStep, StepOptions, make_optimizers
-
-
-@pytest.fixture
-def one_process_group(tmp_path):
-    tdist.init_process_group("gloo", rank=0, world_size=1,
-                             store=tdist.FileStore(str(tmp_path / "store"), 1))
-    yield
-    tdist.destroy_process_group()
 
 
 def build(compile: str, distributed: bool) -> GANStep:

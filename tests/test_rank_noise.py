@@ -8,9 +8,7 @@ and the noise each would draw next is compared: the weights alike on every rank,
 """
 from __future__ import annotations
 
-import pytest
 import torch
-import torch.distributed as tdist
 
 from fastdcgan import checkpoint, config, dist
 from fastdcgan.state import TrainState
@@ -18,12 +16,6 @@ from fastdcgan.state import TrainState
 WORLD = 4
 ARGS = ["model.nz=8", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu", "train.seed=11"]
 
-
-@pytest.fixture
-def one_process_group(tmp_path):
-    tdist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
-    yield
-    tdist.destroy_process_group()
 
 
 def built(rank: int, world: int, args=()) -> TrainState:
