@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import subprocess
@@ -208,8 +209,12 @@ def run_part(part: Part, timeout: float, args: argparse.Namespace, work: Path, f
 
 def ran_out_of_time(record: dict, timeout: float) -> bool:
     """Failed at its time limit: killed there, or gave up on its own (a part's commands get the part's
-    time left, so it reports their timeout a few seconds before the runner would kill it)."""
-    return record["status"].startswith("failed") and record["seconds"] >= timeout - 10
+    time left, so it reports their timeout a few seconds before the runner would kill it), or failed
+    only for the work its time did not reach (combos: none started with under 10 s left; on a loaded
+    machine that comes well before the limit)."""
+    status = record["status"]
+    only_time = re.fullmatch(r"failed: \d+ " + re.escape(common.TIME_SPENT), status) is not None
+    return status.startswith("failed") and (record["seconds"] >= timeout - 10 or only_time)
 
 
 def skip_reason(part: Part, cuda: bool, fid_weights: str) -> str | None:

@@ -37,3 +37,19 @@ def test_a_part_started_near_the_budgets_end_is_stopped_there(tmp_path):
     if not combos["status"].startswith("ok"):
         assert combos["status"].startswith("not finished (budget)"), (combos["status"], proc.stdout[-3000:])
         assert proc.returncode == 3, proc.stdout[-3000:]
+
+
+def test_a_part_that_failed_only_for_want_of_time_ran_out_of_it():
+    """What gpu_check calls the budget's (ran_out_of_time), not the code's: a part killed at its limit or
+    giving up just before it, or one whose only failure is the work its time did not reach, however
+    early it said so (on a loaded machine the combos part has under 10 s left for a combo long before
+    its limit). A real failure beside work not reached stays a failure."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check
+    from gpu_check_common import TIME_SPENT
+    cases = {("failed: timeout after 22 s", 22.0): True, ("failed: exit 1: boom", 15.0): True,
+             (f"failed: 4 {TIME_SPENT}", 3.0): True,
+             (f"failed: 1 combos failed: eager: loss differs; 3 {TIME_SPENT}", 3.0): False,
+             ("failed: exit 1: boom", 3.0): False, ("ok", 22.0): False}
+    for (status, seconds), want in cases.items():
+        assert gpu_check.ran_out_of_time({"status": status, "seconds": seconds}, 22.0) == want, status
