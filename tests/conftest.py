@@ -210,3 +210,13 @@ def one_process_group(tmp_path):
     tdist.init_process_group("gloo", rank=0, world_size=1, store=tdist.FileStore(str(tmp_path / "store"), 1))
     yield
     tdist.destroy_process_group()
+
+
+@pytest.fixture(autouse=True)
+def _torch_threads_restored():
+    """torch's intra-op thread count as each test found it: a test that sets it (gpu_check's combos run
+    on one thread) must not leave later in-process runs on another count than the subprocesses they are
+    compared with bit for bit (test_train.py's SIGTERM resume failed so, in the whole suite only)."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
