@@ -25,7 +25,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import signal
 import subprocess
@@ -212,9 +211,8 @@ def ran_out_of_time(record: dict, timeout: float) -> bool:
     time left, so it reports their timeout a few seconds before the runner would kill it), or failed
     only for the work its time did not reach (combos: none started with under 10 s left; on a loaded
     machine that comes well before the limit)."""
-    status = record["status"]
-    only_time = re.fullmatch(r"failed: \d+ " + re.escape(common.TIME_SPENT), status) is not None
-    return status.startswith("failed") and (record["seconds"] >= timeout - 10 or only_time)
+    only_time = bool(record.get("details", {}).get("out_of_time"))
+    return record["status"].startswith("failed") and (record["seconds"] >= timeout - 10 or only_time)
 
 
 def skip_reason(part: Part, cuda: bool, fid_weights: str) -> str | None:

@@ -23,9 +23,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SELF = Path(__file__).resolve().with_name("gpu_check.py")
 PY = sys.executable
-# How a part says that its only failure is work its time did not reach ("failed: 4 " + TIME_SPENT):
-# when the budget cut that time, gpu_check reports the part not finished (budget), not failed.
-TIME_SPENT = "not run (the part's time was spent)"
 
 
 # ----- results, commands, processes -----

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from gpu_check_common import (PY, REPO, SELF, TIME_SPENT, Ctx, clip, error_line, failed, last_meaningful, ok,
+from gpu_check_common import (PY, REPO, SELF, Ctx, clip, error_line, failed, last_meaningful, ok,
                               pytest_counts, run_cmd, skipped)
 
 
@@ -166,9 +166,10 @@ def run_combos(ctx: Ctx, todo: list[Combo]) -> dict:
     not_run = sum(r.get("error", "").startswith(NOT_RUN) for r in results.values())
     why = ((f"{len(bad)} combos failed: " + "; ".join(bad[:3]) + ("; ..." if len(bad) > 3 else ""))
            if bad else "")
-    return failed("; ".join(filter(None, [why, f"{not_run} {TIME_SPENT}"
+    # out_of_time: the only failure is work the part's time did not reach (gpu_check.ran_out_of_time)
+    return failed("; ".join(filter(None, [why, f"{not_run} not run (the part's time was spent)"
                                                if not_run else ""])),
-                  figure, combos=results)
+                  figure, combos=results, out_of_time=not bad)
 
 
 def combo_table(results: dict) -> list[str]:

@@ -46,10 +46,23 @@ def test_a_part_that_failed_only_for_want_of_time_ran_out_of_it():
     its limit). A real failure beside work not reached stays a failure."""
     sys.path.insert(0, str(REPO / "bench"))
     import gpu_check
-    from gpu_check_common import TIME_SPENT
-    cases = {("failed: timeout after 22 s", 22.0): True, ("failed: exit 1: boom", 15.0): True,
-             (f"failed: 4 {TIME_SPENT}", 3.0): True,
-             (f"failed: 1 combos failed: eager: loss differs; 3 {TIME_SPENT}", 3.0): False,
-             ("failed: exit 1: boom", 3.0): False, ("ok", 22.0): False}
-    for (status, seconds), want in cases.items():
-        assert gpu_check.ran_out_of_time({"status": status, "seconds": seconds}, 22.0) == want, status
+    spent = "failed: 4 not run (the part's time was spent)"
+    mixed = "failed: 1 combos failed: eager: loss differs; 3 not run (the part's time was spent)"
+    cases = [("failed: timeout after 22 s", 22.0, {}, True), ("failed: exit 1: boom", 15.0, {}, True),
+             (spent, 3.0, {"out_of_time": True}, True), (mixed, 3.0, {"out_of_time": False}, False),
+             ("failed: exit 1: boom", 3.0, {}, False), ("ok", 22.0, {}, False)]
+    for status, seconds, details, want in cases:
+        record = {"status": status, "seconds": seconds, "details": details}
+        assert gpu_check.ran_out_of_time(record, 22.0) == want, status
+
+
+def test_the_combos_part_says_when_its_only_failure_is_the_time_it_lacked(tmp_path):
+    """What ran_out_of_time reads: the combos part, left too little time for any combo, says its failure
+    is only that (out_of_time); a part with a real failure does not (test_gpu_check_combos.py)."""
+    import time
+    sys.path.insert(0, str(REPO / "bench"))
+    import gpu_check_steps as steps
+    from gpu_check_common import Ctx
+    ctx = Ctx(tmp_path, tmp_path, "", "", False, deadline=time.monotonic() + 5)
+    r = steps.combos(ctx)
+    assert r["status"].startswith("failed") and r["details"]["out_of_time"] is True, r["status"]
