@@ -65,12 +65,13 @@ def celeba(tmp_path) -> Path:
     return make_celeba(tmp_path / "celeba", 48)
 
 
-def write_colors(root: Path, n: int, size=(40, 48)) -> list[Path]:
-    """n <= 128 JPEGs of one flat colour each that says which file it is (read back with color_ids)."""
+def write_colors(root: Path, n: int, size=(40, 48), suffix=".jpg") -> list[Path]:
+    """n <= 128 JPEGs (or PNGs) of one flat colour each that says which file it is (read back with
+    color_ids)."""
     files = []
     root.mkdir(parents=True, exist_ok=True)
     for i in range(n):
-        files.append(root / f"{i:04d}.jpg")
+        files.append(root / f"{i:04d}{suffix}")
         Image.new("RGB", size, (8 * (i % 32), 32 + 64 * (i // 32), 100)).save(files[-1], quality=95)
     return files
 

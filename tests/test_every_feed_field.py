@@ -27,7 +27,6 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from conftest import color_ids, runs_here, write_colors
 from fastdcgan.data import InputFailure, cache, dali
@@ -216,14 +215,7 @@ def test_every_field_has_a_cell_for_every_backend():
 
 
 def images(tmp_path: Path, kind: str) -> list[Path]:
-    if kind == "jpeg":
-        return write_colors(tmp_path / "colors", N)
-    files = []
-    for i, jpeg in enumerate(write_colors(tmp_path / "jpeg", N)):
-        files.append(tmp_path / "colors" / f"{i:04d}.png")
-        files[-1].parent.mkdir(exist_ok=True)
-        Image.open(jpeg).save(files[-1])
-    return files
+    return write_colors(tmp_path / "colors", N, suffix=".jpg" if kind == "jpeg" else ".png")
 
 
 def feed(files: list[Path], tmp_path: Path, settings: dict) -> Feed:
