@@ -1,55 +1,111 @@
-"""Every rank of a run of any size draws noise of its own, fresh and resumed at another number of ranks.
+"""Every random draw a training step makes is each rank's own, in a run of any size, fresh and resumed.
 
 test_dist.py's two-process test sees rank 0 and rank 1 draw different noise, but two processes cannot
 tell "every rank its own stream" from "rank 0 apart from all the rest" (ranks 1 to N-1 alike: G trained
 on N-1 copies of one batch of fakes). Here four ranks' TrainStates are built in one process, each
 given its rank (the seeding reads only that; the process group beneath DDP is a one-process gloo one),
-and the noise each would draw next is compared: the weights alike on every rank, the noise different.
+and each takes one step on the same batch. Every random tensor the step draws (torch's ops tagged
+`nondeterministic_seeded`, seen below autograd: the noise, DiffAugment's parameters, dropout's masks,
+WGAN-GP's interpolation, and any draw added later) must differ between every two ranks, while the
+weights are alike on every rank.
 """
 from __future__ import annotations
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdcgan import checkpoint, config, dist
 from fastdcgan.state import TrainState
 
 WORLD = 4
-ARGS = ["model.nz=8", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu", "train.seed=11"]
+ARGS = ["model.nz=8", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu", "train.seed=11",
+        "train.batch_size=4"]
+# Every kind of draw the step can make: noise, DiffAugment's three, dropout, WGAN-GP's interpolation.
+DRAWING = ["data.augment=color,translation,cutout", "model.d_dropout=0.5", "train.loss=wgan-gp"]
+BATCH = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
 
+
+class RandomDraws(TorchDispatchMode):
+    """Every tensor a random op makes or fills while it is on, in order, as (op, tensor)."""
+
+    def __init__(self):
+        super().__init__()
+        self.draws: list[tuple[str, torch.Tensor]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if torch.Tag.nondeterministic_seeded in func.tags:
+            self.draws.append((str(func), out.detach().clone()))
+        return out
 
 
 def built(rank: int, world: int, args=()) -> TrainState:
-    return TrainState(config.build(None, [*ARGS, *args]), dist.Env(rank=rank, world=world),
+    return TrainState(config.build(None, [*ARGS, *DRAWING, *args]), dist.Env(rank=rank, world=world),
                       torch.device("cpu"))
 
 
-def next_noise() -> torch.Tensor:
-    return torch.randn(16)  # the step draws its noise from torch's global generator
+def step_draws(s: TrainState) -> list[tuple[str, torch.Tensor]]:
+    """The step's draws. The ranks share this process's generators, so each rank is built (or resumed)
+    and stepped before the next rank is built: each step draws from the state its own rank left."""
+    with RandomDraws() as seen:
+        s.gan.step(BATCH)
+    return seen.draws
 
 
-def test_every_rank_of_a_four_process_run_draws_its_own_noise_on_the_same_weights(one_process_group):
-    noise, weights = [], []
+def weights(s: TrainState) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in [*s.G.parameters(), *s.D.parameters()]])
+
+
+def assert_each_ranks_own(draws: list[list[tuple[str, torch.Tensor]]]) -> None:
+    """The ranks draw alike in kind (the same ops, shapes, in the same order), never alike in value."""
+    kinds = [[(op, t.shape) for op, t in d] for d in draws]
+    assert all(k == kinds[0] for k in kinds), "the ranks' steps draw different kinds of random tensors"
+    expected = {"aten.randn.default", "aten.rand.default", "aten.randint.low", "aten.bernoulli_.float"}
+    assert expected <= {op for op, _ in kinds[0]}  # noise; color and WGAN-GP; translation and cutout; dropout
+    for i, (op, _) in enumerate(draws[0]):
+        for a in range(len(draws)):
+            for b in range(a):
+                assert not torch.equal(draws[a][i][1], draws[b][i][1]), (
+                    f"ranks {b} and {a} draw the same {op} (the step's draw {i})")
+
+
+def test_every_rank_of_a_four_process_run_draws_its_own_on_the_same_weights(one_process_group):
+    draws, weights_ = [], []
     for rank in range(WORLD):
         s = built(rank, WORLD)
-        noise.append(next_noise())
-        weights.append(torch.cat([p.detach().flatten() for p in [*s.G.parameters(), *s.D.parameters()]]))
-    assert all(torch.equal(w, weights[0]) for w in weights)
-    assert len({tuple(n.tolist()) for n in noise}) == WORLD, "two ranks draw the same noise"
+        weights_.append(weights(s))
+        draws.append(step_draws(s))
+    assert all(torch.equal(w, weights_[0]) for w in weights_)
+    assert_each_ranks_own(draws)
 
 
-def test_every_rank_resumed_at_another_number_of_ranks_draws_its_own_noise(one_process_group, tmp_path):
-    """A checkpoint of 2 ranks resumed on 4: the saved random states do not map onto the new ranks, so
-    each new rank seeds a stream of its own (and not the stream of the fresh run's same rank)."""
-    saved = built(0, 1).state_dict() | {"world": 2}
-    saved["rng"] = saved["rng"] * 2
+@pytest.mark.parametrize("saved_world", [WORLD, 2])
+def test_every_rank_resumed_draws_its_own(one_process_group, tmp_path, saved_world):
+    """Resumed on 4 ranks from a checkpoint of 4 (each rank its own saved random state: the draws its
+    uninterrupted self makes) or of 2 (the states do not map onto the new ranks: each seeds a stream of
+    its own, and not the stream of the fresh run's same rank)."""
+    rngs, sums, uninterrupted = [], [], []
+    for rank in range(saved_world):  # what each rank's checkpoint holds, then its next step
+        s = built(rank, saved_world)
+        state = s.state_dict()  # a one-process group gathers this rank's alone
+        rngs.append(state["rng"][0])
+        sums.append(state["gan"]["ranks"][0])
+        uninterrupted.append(step_draws(s))
+    state |= {"rng": rngs, "world": saved_world, "step": 5}
+    state["gan"]["ranks"] = sums
     path = tmp_path / "step.pt"
-    checkpoint.atomic_write(path, lambda f: torch.save(saved | {"step": 5}, f))
-    noise, fresh = [], []
+    checkpoint.atomic_write(path, lambda f: torch.save(state, f))
+    resumed, fresh = [], []
     for rank in range(WORLD):
-        built(rank, WORLD)
-        fresh.append(tuple(next_noise().tolist()))
         s = built(rank, WORLD)
         s.load(path)
-        noise.append(tuple(next_noise().tolist()))
-    assert len(set(noise)) == WORLD, "two ranks draw the same noise after the resume"
-    assert not set(noise) & set(fresh)
+        resumed.append(step_draws(s))
+        fresh.append(step_draws(built(rank, WORLD)))
+    assert_each_ranks_own(resumed)
+    for rank in range(WORLD):
+        if saved_world == WORLD:
+            assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed[rank], uninterrupted[rank],
+                                                                   strict=True)), rank
+        else:
+            assert not torch.equal(resumed[rank][0][1], fresh[rank][0][1]), rank
