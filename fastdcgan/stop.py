@@ -56,14 +56,17 @@ class Stop:
         self.signal: int | None = None
         self.next_check = step + 1  # every rank checks at this step (rank 0 sets it at each check)
         self.checked = (step, time.perf_counter())  # rank 0: step and time of the last check
+        self.found: dict = {}  # the handlers install() replaced
 
     def install(self) -> None:
-        for s in STOP_SIGNALS:
-            signal.signal(s, self._on_signal)
+        self.found = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS}
 
     def uninstall(self) -> None:
-        for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_DFL)
+        """The handlers as install() found them: train() called in-process (a notebook, a test) must
+        leave Ctrl-C raising KeyboardInterrupt, not killing the process."""
+        for s, handler in self.found.items():
+            signal.signal(s, signal.SIG_DFL if handler is None else handler)
+        self.found = {}
 
     def _on_signal(self, signum, frame) -> None:
         self.signal = self.signal or signum
