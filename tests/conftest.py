@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -25,8 +26,68 @@ def needs_cuda(test):
     return pytest.mark.cuda(skip(test))
 
 
+LEAKABLE_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")]
+
+
+# Variables others set as they go: pytest's for each phase, torch's inductor's as it compiles (its cache
+# folder, a pointer it hands its subprocesses).
+NOT_LEAKS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "_TORCHINDUCTOR_")
+
+
+def _environment() -> dict:
+    return {k: v for k, v in os.environ.items() if not k.startswith(NOT_LEAKS)}
+
+
+def _set_environment(env: dict) -> None:
+    for k in _environment().keys() - env.keys():
+        del os.environ[k]
+    os.environ.update(env)
+
+
+def _process_state() -> dict:
+    """What one test can change for every later test in this process, with how to put each back."""
+    import torch.distributed as tdist
+    cudnn = torch.backends.cudnn
+    return {
+        "torch threads": (torch.get_num_threads(), torch.set_num_threads),
+        "default dtype": (torch.get_default_dtype(), torch.set_default_dtype),
+        "grad mode": (torch.is_grad_enabled(), torch.set_grad_enabled),
+        "float32 matmul precision": (torch.get_float32_matmul_precision(),
+                                     torch.set_float32_matmul_precision),
+        "deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
+                                     torch.use_deterministic_algorithms),
+        "cudnn.benchmark": (cudnn.benchmark, lambda v: setattr(cudnn, "benchmark", v)),
+        "working directory": (os.getcwd(), os.chdir),
+        "environment": (_environment(), _set_environment),
+        "process group": (tdist.is_initialized(), lambda _: tdist.destroy_process_group()),
+        **{f"{signal.Signals(s).name} handler": (signal.getsignal(s), lambda h, s=s: signal.signal(s, h))
+           for s in LEAKABLE_SIGNALS},
+    }
+
+
 @pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory, monkeypatch):
+def _no_state_leaks_between_tests():
+    """Each test leaves the process as it found it, or fails naming what it left changed (and that is put
+    back). One test that set torch's thread count and kept it made test_train.py's in-process SIGTERM
+    resume differ from its subprocess in the whole suite only; a train() that left SIGINT at the default
+    action would kill a notebook on its next Ctrl-C. Tests that change these use monkeypatch, which
+    undoes its changes before this check (_isolated_cache, which asks for monkeypatch, asks for this
+    first)."""
+    before = _process_state()
+    yield
+    after = _process_state()
+    changed = [name for name in before if after[name][0] != before[name][0]]
+    for name in changed:
+        before[name][1](before[name][0])
+    if changed:
+        env = before["environment"][0], after["environment"][0]
+        keys = sorted(k for k in env[0].keys() | env[1].keys() if env[0].get(k) != env[1].get(k))
+        which = f" {keys}" if keys else ""
+        pytest.fail(f"the test left changed: {', '.join(changed)}{which}", pytrace=False)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(_no_state_leaks_between_tests, tmp_path_factory, monkeypatch):
     """Validation verdicts and synthetic faces go to a per-session temp folder, not ~/.cache. And every
     process a test starts imports fastdcgan from this checkout: a script run by path (a torchrun
     worker) would otherwise import whatever copy is installed, and test that instead."""
@@ -211,13 +272,3 @@ def one_process_group(tmp_path):
     tdist.init_process_group("gloo", rank=0, world_size=1, store=tdist.FileStore(str(tmp_path / "store"), 1))
     yield
     tdist.destroy_process_group()
-
-
-@pytest.fixture(autouse=True)
-def _torch_threads_restored():
-    """torch's intra-op thread count as each test found it: a test that sets it (gpu_check's combos run
-    on one thread) must not leave later in-process runs on another count than the subprocesses they are
-    compared with bit for bit (test_train.py's SIGTERM resume failed so, in the whole suite only)."""
-    threads = torch.get_num_threads()
-    yield
-    torch.set_num_threads(threads)

@@ -29,7 +29,16 @@ def offset(run: dict, figure: str, by: float) -> None:
 
 
 @pytest.fixture
-def check(monkeypatch):
+def one_thread():
+    """torch on one thread for the test, and back to what it was after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def check(monkeypatch, one_thread):
     """check(figure, by): check_combo(COMBO) on CPU with the combo's run (the second trained; the first
     is the reference) moved by `by` in one figure."""
     real = steps.train_combo
@@ -44,7 +53,6 @@ def check(monkeypatch):
                 offset(out, figure, by)
             return out
         monkeypatch.setattr(steps, "train_combo", train)
-        torch.set_num_threads(1)
         result = steps.check_combo(COMBO, cuda=False)
         assert calls == [COMBO.reference(), COMBO]
         return result
@@ -67,7 +75,7 @@ def test_each_figure_past_its_bound_fails_the_combo(check, figure):
 
 
 @pytest.mark.parametrize("at", range(steps.WARMUP, steps.STEPS))
-def test_a_graph_compiled_at_any_timed_step_fails_the_combo(monkeypatch, at):
+def test_a_graph_compiled_at_any_timed_step_fails_the_combo(monkeypatch, one_thread, at):
     """The combo's graphs are counted when its warm-up ends, before its first timed step: a recompile at
     any step after that (here a graph compiled during that step of the combo's own run) is reported."""
     from fastdcgan.step import GANStep
@@ -79,14 +87,13 @@ def test_a_graph_compiled_at_any_timed_step_fails_the_combo(monkeypatch, at):
         if len(calls) == steps.STEPS + 1 + at:  # the combo's run (the reference's came first), step `at`
             torch.compile(lambda x: x * 2 + 1, backend="eager")(torch.ones(2))
     monkeypatch.setattr(GANStep, "step", step)
-    torch.set_num_threads(1)
     r = steps.check_combo(COMBO, cuda=False)
     assert len(calls) == 2 * steps.STEPS
     assert r["graphs_total"] == r["graphs_after_warmup"] + 1, r
     assert not r["ok"] and "recompiled after warm-up" in r["error"], r
 
 
-def test_the_warm_up_and_the_timed_steps_are_timed_apart(monkeypatch):
+def test_the_warm_up_and_the_timed_steps_are_timed_apart(monkeypatch, one_thread):
     """warmup_s spans the WARMUP steps, step_ms is the mean of the steps after them: on a clock that
     advances 10 s in each warm-up step and 1 s in each timed one (the step itself is real)."""
     import time
@@ -102,7 +109,6 @@ def test_the_warm_up_and_the_timed_steps_are_timed_apart(monkeypatch):
     monkeypatch.setattr(GANStep, "step", step)
     monkeypatch.setattr(steps, "time", types.SimpleNamespace(perf_counter=lambda: clock[0],
                                                              monotonic=time.monotonic))
-    torch.set_num_threads(1)
     r = steps.train_combo(COMBO, cuda=False, watch_syncs=False)
     assert len(calls) == steps.STEPS
     assert r["warmup_s"] == 10.0 * steps.WARMUP and r["step_ms"] == 1000.0, r
