@@ -21,6 +21,10 @@ TOGETHER = {
     "grid --seeds with --seed": (["grid", "--seeds", "1,2", "--seed", "3"], ["--seeds", "--seed"]),
     "forget --drop-channels with --positive": (["forget", "--drop-channels", "1", "--positive", "2,3"],
                                                ["--drop-channels", "--positive"]),
+    # what chooses the channels from marked seeds, with channels named: each would be ignored
+    **{f"forget --drop-channels with {flag}": (["forget", "--drop-channels", "1", flag, value],
+                                               ["--drop-channels", flag])
+       for flag, value in (("--k", "2"), ("--score", "logistic"), ("--box", "0.1,0.1,0.5,0.5"))},
 }
 
 

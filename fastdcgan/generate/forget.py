@@ -27,9 +27,11 @@ def forget_parser() -> Parser:
     p.add_argument("--negative", type=seeds_arg, default=None,
                    help=f"seeds where it does not (default: the {len(REFERENCE_SEEDS)} reference seeds "
                         f"{REFERENCE_SEEDS.start}-{REFERENCE_SEEDS.stop - 1})")
-    p.add_argument("--k", type=positive_int, default=8,
+    # --k and --score default to None, so that one given with --drop-channels (which they do not
+    # apply to) can be refused; chosen_channels applies their defaults.
+    p.add_argument("--k", type=positive_int, default=None,
                    help="how many top-scoring channels to drop (default 8)")
-    p.add_argument("--score", choices=dissect.SCORES, default="diff",
+    p.add_argument("--score", choices=dissect.SCORES, default=None,
                    help="diff: standardised mean difference (default); logistic: logistic-regression weights")
     p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
                    help="score activations inside this box only (fractions of the image; aligned faces put "
@@ -43,8 +45,11 @@ def forget_parser() -> Parser:
 
 def chosen_channels(G: LoadedGenerator, args: argparse.Namespace) -> list[int]:
     if args.drop_channels is not None:
-        if args.positive is not None:
-            raise UsageError("give either --drop-channels or --positive, not both")
+        given = {"--positive": args.positive, "--k": args.k, "--score": args.score, "--box": args.box}
+        choosing = [flag for flag, value in given.items() if value is not None]
+        if choosing:  # they choose the channels that --drop-channels names: give one way, not both
+            raise UsageError(f"give either --drop-channels or {', '.join(choosing)} (which choose the "
+                             "channels to drop), not both")
         return args.drop_channels
     if args.positive is None:
         raise UsageError("forget needs --positive SEEDS (where the feature shows) or --drop-channels")
@@ -52,9 +57,10 @@ def chosen_channels(G: LoadedGenerator, args: argparse.Namespace) -> list[int]:
     box = dissect.parse_box(args.box) if args.box else None
     feats = [dissect.channel_means(G.net, seed_noise(s, G.nz, G.device), args.layer, box)
              for s in (args.positive, negative)]
-    score = dissect.score_channels(*feats, method=args.score)
-    channels = dissect.top_channels(score, args.k)
-    print("channel  score   (" + args.score + ")")
+    method, k = args.score or "diff", args.k or 8
+    score = dissect.score_channels(*feats, method=method)
+    channels = dissect.top_channels(score, k)
+    print("channel  score   (" + method + ")")
     for c in channels:
         print(f"{c:7d}  {score[c]:+.3f}")
     if not channels:
