@@ -260,8 +260,10 @@ def test_the_runs_clock_carries_over_a_resume(celeba, tiny_fid_net, tmp_path):
     second = time.perf_counter() - t
     rows = [r for r in read_metrics(run / "metrics.jsonl") if "fid" in r]
     assert [r["step"] for r in rows] == [4, 8]
-    # the second launch's clock starts where the checkpoint's stopped
+    # the second launch's clock starts where the checkpoint's stopped, and its own checkpoint carries
+    # both launches' time on to a third
     assert 1000 < rows[1]["wall_s"] < 1000 + second
+    assert 1000 < checkpoint.load(checkpoint.latest(run / "checkpoints"))["wall_s"] < 1000 + second
 
 
 def test_the_runs_clock_counts_its_set_up(tmp_path):
