@@ -4,8 +4,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -161,6 +163,39 @@ def run_cli(module: str, *args, timeout=240, **kw) -> subprocess.CompletedProces
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run([sys.executable, "-m", module, *map(str, args)], capture_output=True, text=True,
                           timeout=timeout, cwd=REPO, env=env, **kw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun_two_nodes(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
+    """`python -m torch.distributed.run ARGS` as two nodes: two agents (--nnodes=2, one worker each, a
+    c10d rendezvous on this host). Each worker has LOCAL_RANK 0 and RANK 0 or 1, as on a cluster, so a
+    local rank taken where the rank belongs (a data share, a seed, the one writer) shows; --standalone
+    gives every worker LOCAL_RANK = RANK and hides it. Their outputs together, and the worse exit code."""
+    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
+            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]  # files, not pipes: neither agent blocks
+    agents = [subprocess.Popen([*node, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                               text=True) for log in logs]
+    try:
+        deadline = time.monotonic() + timeout
+        codes = [a.wait(timeout=max(deadline - time.monotonic(), 1)) for a in agents]
+    finally:
+        for a in agents:
+            if a.poll() is None:
+                a.kill()
+                a.wait()
+    out = ""
+    for log in logs:
+        log.seek(0)
+        out += log.read()
+        log.close()
+    return subprocess.CompletedProcess(args, max(codes, key=abs), out, "")
 
 
 def wait_for_step(run: Path, step: int, proc: subprocess.Popen, timeout: float = 180) -> None:

@@ -23,10 +23,7 @@ import itertools
 import json
 import math
 import multiprocessing
-import os
 import shutil
-import subprocess
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -36,7 +33,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from conftest import REPO, make_celeba, tiny_args, write_tiny_fid_net
+from conftest import REPO, make_celeba, tiny_args, torchrun_two_nodes, write_tiny_fid_net
 from fastdcgan import config, losses, perf
 from fastdcgan.config import UsageError
 from fastdcgan.data.base import Feed
@@ -138,12 +135,9 @@ def fit(args: list[str]) -> Seen:
 
 
 def dist_run(args: list[str], tmp: Path) -> Seen:
-    """Two processes under torchrun (gloo), each as tests/settings_worker.py runs it."""
+    """Two processes under torchrun (gloo) as two nodes, each as tests/settings_worker.py runs it."""
     out = tmp / "ranks.pt"
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                        str(REPO / "tests" / "settings_worker.py"), str(out), *args], cwd=REPO,
-                       capture_output=True, text=True, timeout=240,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    r = torchrun_two_nodes([str(REPO / "tests" / "settings_worker.py"), str(out), *args])
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     return Seen(config.build(None, args), ranks=torch.load(out, weights_only=False))
 

@@ -10,14 +10,12 @@ with its reason. A record added later is held to this without a change here.
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 import torch
 
-from conftest import REPO, tiny_args
+from conftest import REPO, tiny_args, torchrun_two_nodes
 from fastdcgan import checkpoint, jobs
 from fastdcgan.state import rank_share
 from fastdcgan.train import main
@@ -153,12 +151,10 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
 
 
 def two_processes(stop: int, args: list[str]) -> None:
-    """A two-process launch (gloo) of the trainer, stopped by SIGUSR1 on every rank at `stop` (0: not)."""
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                        "--nproc_per_node=2", str(REPO / "tests" / "records_worker.py"), str(stop), *args],
-                       cwd=REPO, timeout=240, capture_output=True, text=True,
-                       env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]  # under torchrun a stop exits 0 too
+    """A two-process launch (gloo, as two nodes) of the trainer, stopped by SIGUSR1 on every rank at
+    `stop` (0: not)."""
+    r = torchrun_two_nodes([str(REPO / "tests" / "records_worker.py"), str(stop), *args])
+    assert r.returncode == 0, r.stdout[-6000:]  # under torchrun a stop exits 0 too
     run = next(a.split("=", 1)[1] for a in args if a.startswith("train.run_dir="))
     assert json.loads(open(f"{run}.writes.rank1.json").read()) == [], "rank 1 wrote into the run directory"
 
