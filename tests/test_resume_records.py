@@ -40,21 +40,24 @@ LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (12, None), (15, None)]
 
 
 # The stateful parts on, in two sets: the paper's loss with EMA, augmentation and flips on the torch
-# input; and another loss with lazy R1 (its own step counter), dropout, spectral norm, two D updates
+# input, fine-tuned from another run's weights (train.init: a relaunch must resume its own, not load
+# those again); and another loss with lazy R1 (its own step counter), dropout, spectral norm, two D updates
 # a step and smoothed labels, on the decoded cache, in fp16 (the GradScaler: its scale and its count of
 # clean steps towards the next growth).
 VARIANTS = {
-    "bce-ema-augment": dict(model__ema=0.9, data__augment="color,translation", data__hflip="true"),
+    "bce-ema-augment": dict(model__ema=0.9, data__augment="color,translation", data__hflip="true",
+                            train__init="{tiny_run}"),
     "lsgan-r1-cache-fp16": dict(train__loss="lsgan", train__r1_gamma=1.0, train__r1_every=4,
                                 model__d_dropout=0.2, model__spectral_norm="true", train__d_steps=2,
                                 train__real_label=0.9, data__backend="cache", precision="fp16"),
 }
 
 
-def settings(celeba, run, fid_net, variant):
+def settings(celeba, run, fid_net, variant, tiny_run):
+    chosen = {k: str(tiny_run) if v == "{tiny_run}" else v for k, v in VARIANTS[variant].items()}
     return tiny_args(celeba, run, train__epochs=3, log__every=5, sample__every=4, ckpt__every=4,
                      ckpt__keep=2, fid__every=3, fid__n=16, fid__batch=8, fid__weights=fid_net,
-                     log__tensorboard="true", **VARIANTS[variant])
+                     log__tensorboard="true", **chosen)
 
 
 def stop_at(monkeypatch, step):
@@ -131,20 +134,20 @@ def lose(run, lost):
 @pytest.mark.filterwarnings("ignore::UserWarning")
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(celeba, tiny_fid_net, tmp_path,
-                                                                             monkeypatch, variant):
+                                                                             monkeypatch, variant, tiny_run):
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert main(settings(celeba, whole, tiny_fid_net, variant)) == 0
+    assert main(settings(celeba, whole, tiny_fid_net, variant, tiny_run)) == 0
     for step, lost in LAUNCHES:
         next_second()
         with monkeypatch.context() as m:
             stop_at(m, step)
-            assert main(settings(celeba, split, tiny_fid_net, variant)) == 75
+            assert main(settings(celeba, split, tiny_fid_net, variant, tiny_run)) == 75
         lose(split, lost)
     assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
     next_second()
-    assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
+    assert main(settings(celeba, split, tiny_fid_net, variant, tiny_run)) == 0
     next_second()  # once more after it finished (a requeued job, a rerun script): nothing changes
-    assert main(settings(celeba, split, tiny_fid_net, variant)) == 0
+    assert main(settings(celeba, split, tiny_fid_net, variant, tiny_run)) == 0
     same_run_directories(whole, split)
     for run in (whole, split):
         images_count_every_rank(run, 8)
@@ -161,14 +164,16 @@ def two_processes(stop: int, args: list[str]) -> None:
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_two_processes_interrupted_leave_the_run_directory_of_two_uninterrupted(celeba, tiny_fid_net,
-                                                                               tmp_path):
+                                                                               tmp_path, tiny_run):
     """The same under DDP: every rank's random state, its share of the data and of the FID samples, the
     histograms summed over ranks. The ranks agree on a stop at the epoch's end after the signal (or at
     a paced check before it); its checkpoint is lost, so the next launch resumes at the one before."""
     whole, split = tmp_path / "whole", tmp_path / "split"
     # a file that does not decode: skipped_files.txt is a record too, rank 0's alone to write
     (celeba / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
-    args = lambda run: settings(celeba, run, tiny_fid_net, "bce-ema-augment") + ["train.batch_size=4"]  # noqa: E731
+
+    def args(run):
+        return settings(celeba, run, tiny_fid_net, "bce-ema-augment", tiny_run) + ["train.batch_size=4"]
     two_processes(0, args(whole))
     two_processes(7, args(split))
     stopped = checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"]
