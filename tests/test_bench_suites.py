@@ -26,7 +26,7 @@ BENCH = Path(__file__).resolve().parents[1] / "bench"
 def load(name: str, bench_conftest=None):
     """A file of bench/ as a module of its own; its `from conftest import ...` gets bench/conftest.py
     (tests/conftest.py holds that name in this process)."""
-    spec = importlib.util.spec_from_file_location(f"r8d_bench_{name}", BENCH / f"{name}.py")
+    spec = importlib.util.spec_from_file_location(f"bench_suite_{name}", BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up
     saved = sys.modules.get("conftest")
