@@ -184,4 +184,4 @@ def test_the_first_epoch_adds_every_one_off_cost_to_the_epoch(tmp_path, record):
     epoch = suite.CELEBA / 20.0  # 10 images every 0.5 s
     assert row.img_per_s == pytest.approx(20.0)
     assert row.extra["celeba_epoch"] == f"{epoch / 60:.1f} min"
-    assert row.extra["first_epoch"] == f"{epoch + 5.0:.1f} s"
+    assert row.extra["first_epoch"] == f"{(epoch + 5.0) / 60:.1f} min"  # the unit of the epoch beside it
