@@ -146,7 +146,7 @@ def dist_run(args: list[str], tmp: Path) -> Seen:
 
 STEP = {}                                           # tiny_args: 32x32, batch 8, nz 16, ngf = ndf = 8
 FIT = {"train.batch_size": 4, "train.epochs": 3}    # 4 steps an epoch, 12 steps
-LOOP = {"log.every": 3, "sample.every": 5, "sample.n": 4, "ckpt.every": 5, "ckpt.keep": 10,
+LOOP = {"log.every": 3, "sample.every": 5, "sample.n": 2, "ckpt.every": 5, "ckpt.keep": 10,
         "log.tensorboard": True}
 FID = {**FIT, "train.max_steps": 8, "fid.every": 2, "fid.n": 8, "fid.batch": 4, "fid.weights": "{fid_net}"}
 FID_CHANGED = {"fid.every": 3, "fid.n": 6, "fid.batch": 3, "fid.weights": "{other_fid_net}"}
@@ -393,14 +393,20 @@ def checkpoint_steps(s: Seen) -> list[int]:
     return sorted(saved)[-s.cfg.ckpt.keep:]
 
 
-def grid_size(s: Seen) -> tuple[int, int]:
-    return Image.open(next(s.dir.glob("samples/step_*.png"))).size
+def grid_size(s: Seen) -> list[tuple[int, int]]:
+    """A grid's size, and the real images' (samples/reals.png: drawn from the first batch by a fresh run
+    only, so a resumed run's is the first launch's). sample.n is 2 where it changes: fewer than the
+    batch of 4, in a grid of another shape."""
+    grids = [Image.open(next(s.dir.glob("samples/step_*.png"))).size]
+    return grids + ([Image.open(s.dir / "samples" / "reals.png").size] if s.start == 0 else [])
 
 
-def grid_size_expected(s: Seen) -> tuple[int, int]:
-    n, side = s.cfg.sample.n, s.cfg.data.image_size + 2
-    per_row = max(1, int(n ** 0.5 + 0.5))
-    return per_row * side + 2, math.ceil(n / per_row) * side + 2
+def grid_size_expected(s: Seen) -> list[tuple[int, int]]:
+    def size(n: int) -> tuple[int, int]:
+        side, per_row = s.cfg.data.image_size + 2, max(1, int(n ** 0.5 + 0.5))
+        return per_row * side + 2, math.ceil(n / per_row) * side + 2
+    n = s.cfg.sample.n
+    return [size(n)] + ([size(min(n, s.cfg.train.batch_size))] if s.start == 0 else [])
 
 
 def fid_network(s: Seen) -> str:
@@ -559,7 +565,7 @@ PROBES: dict[str, Probe] = {
                              changed={**FIT, **LOOP}, resume=True),
     "sample.every": Probe(5, equal(lambda s: files(s, "samples/step_*.png", since=s.start), sample_steps),
                           stage="fit", base=FIT, changed={**FIT, **LOOP}, resume=True),
-    "sample.n": Probe(4, equal(grid_size, grid_size_expected), stage="fit", base=FIT, changed={**FIT, **LOOP},
+    "sample.n": Probe(2, equal(grid_size, grid_size_expected), stage="fit", base=FIT, changed={**FIT, **LOOP},
                       resume=True),
     "ckpt.every": Probe(5, equal(lambda s: files(s, "checkpoints/step_*.pt"), checkpoint_steps), stage="fit",
                         base=FIT, changed={**FIT, **LOOP}, resume=True),
