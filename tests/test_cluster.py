@@ -19,7 +19,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -29,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, make_celeba, tiny_args, weights
+from conftest import REPO, free_port, make_celeba, tiny_args, weights
 from fastdcgan import checkpoint
 
 SCRIPT = REPO / "slurm" / "train.sbatch"
@@ -294,12 +293,6 @@ def test_a_warning_while_the_workers_start_is_not_lost(cluster, faces, tmp_path)
     assert TimeLimitJob.WARNING in out and "run state: stopped" in out, out
     step = stop_step(out, "STOP file")
     assert job.status() == ["stopped", str(step)] and step < STEPS, out
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_two_nodes_rendezvous_train_one_run_and_it_resumes_on_one(faces, tmp_path):
