@@ -31,9 +31,9 @@ def needs_cuda(test):
 LEAKABLE_SIGNALS = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGUSR1", "SIGHUP")]
 
 
-# Variables others set as they go: pytest's for each phase, torch's inductor's as it compiles (its cache
-# folder, a pointer it hands its subprocesses).
-NOT_LEAKS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "_TORCHINDUCTOR_")
+# Variables others set as they go: pytest's for each phase, torch's inductor's and triton's as they compile
+# (their cache folders, a pointer inductor hands its subprocesses).
+NOT_LEAKS = ("PYTEST_CURRENT_TEST", "TORCHINDUCTOR_", "_TORCHINDUCTOR_", "TRITON_")
 
 
 def _environment() -> dict:
@@ -56,9 +56,12 @@ def _process_state() -> dict:
         "grad mode": (torch.is_grad_enabled(), torch.set_grad_enabled),
         "float32 matmul precision": (torch.get_float32_matmul_precision(),
                                      torch.set_float32_matmul_precision),
-        "deterministic algorithms": (torch.are_deterministic_algorithms_enabled(),
-                                     torch.use_deterministic_algorithms),
-        "cudnn.benchmark": (cudnn.benchmark, lambda v: setattr(cudnn, "benchmark", v)),
+        "deterministic algorithms": ((torch.are_deterministic_algorithms_enabled(),
+                                      torch.is_deterministic_algorithms_warn_only_enabled()),
+                                     lambda v: torch.use_deterministic_algorithms(v[0], warn_only=v[1])),
+        # not cudnn.benchmark: the trainer turns it on for its process on CUDA (state.configure_backends)
+        "cudnn.deterministic": (cudnn.deterministic, lambda v: setattr(cudnn, "deterministic", v)),
+        "cudnn.allow_tf32": (cudnn.allow_tf32, lambda v: setattr(cudnn, "allow_tf32", v)),
         "working directory": (os.getcwd(), os.chdir),
         "environment": (_environment(), _set_environment),
         "process group": (tdist.is_initialized(), lambda _: tdist.destroy_process_group()),
@@ -175,26 +178,34 @@ def torchrun_two_nodes(args: list[str], timeout: float = 240) -> subprocess.Comp
     """`python -m torch.distributed.run ARGS` as two nodes: two agents (--nnodes=2, one worker each, a
     c10d rendezvous on this host). Each worker has LOCAL_RANK 0 and RANK 0 or 1, as on a cluster, so a
     local rank taken where the rank belongs (a data share, a seed, the one writer) shows; --standalone
-    gives every worker LOCAL_RANK = RANK and hides it. Their outputs together, and the worse exit code."""
+    gives every worker LOCAL_RANK = RANK and hides it. The worse exit code (-9 past the timeout, when an
+    agent still running is sent SIGTERM, which it relays to its worker, then SIGKILL), and each agent's
+    output's end."""
     node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
             "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    logs = [tempfile.TemporaryFile("w+") for _ in range(2)]  # files, not pipes: neither agent blocks
-    agents = [subprocess.Popen([*node, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
-                               text=True) for log in logs]
-    try:
-        deadline = time.monotonic() + timeout
-        codes = [a.wait(timeout=max(deadline - time.monotonic(), 1)) for a in agents]
-    finally:
+    with tempfile.TemporaryFile("w+") as log0, tempfile.TemporaryFile("w+") as log1:
+        logs = [log0, log1]  # files, not pipes: neither agent blocks on a full pipe
+        agents = [subprocess.Popen([*node, *args], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                   text=True) for log in logs]
+        deadline, codes = time.monotonic() + timeout, []
+        for a in agents:
+            try:
+                codes.append(a.wait(timeout=max(deadline - time.monotonic(), 1)))
+            except subprocess.TimeoutExpired:
+                codes.append(-9)
         for a in agents:
             if a.poll() is None:
-                a.kill()
-                a.wait()
-    out = ""
-    for log in logs:
-        log.seek(0)
-        out += log.read()
-        log.close()
+                a.terminate()
+                try:
+                    a.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    a.kill()
+                    a.wait()
+        out = ""
+        for i, (log, code) in enumerate(zip(logs, codes, strict=True)):
+            log.seek(0)
+            out += f"--- node {i}: exit {code} ---\n{log.read()[-4000:]}\n"
     return subprocess.CompletedProcess(args, max(codes, key=abs), out, "")
 
 
@@ -298,6 +309,15 @@ def runs_here(name: str) -> str:
     if why:
         pytest.skip(why)
     return name
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, and back to what it was after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

@@ -1,6 +1,7 @@
 """One rank of tests/test_resume_records.py's two-process runs, under torchrun:
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/records_worker.py STEP key=value ...
+    python -m torch.distributed.run --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d \\
+        --rdzv_endpoint=127.0.0.1:PORT tests/records_worker.py STEP key=value ...    # twice: two nodes
 
 `python -m fastdcgan.train key=value ...`, with a real SIGUSR1 sent to every rank as its loop reaches
 STEP (0: none): the trainer's own stop path follows, where the ranks agree on it. Every rank but 0

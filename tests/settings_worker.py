@@ -1,6 +1,7 @@
 """One rank of the settings table's two-process run (tests/test_every_setting.py), under torchrun.
 
-    python -m torch.distributed.run --standalone --nproc_per_node=2 tests/settings_worker.py OUT key=value ...
+    python -m torch.distributed.run --nnodes=2 --nproc_per_node=1 --rdzv_backend=c10d \\
+        --rdzv_endpoint=127.0.0.1:PORT tests/settings_worker.py OUT key=value ...    # twice: two nodes
 
 Builds the Run as `python -m fastdcgan.train` would, trains one step on this rank's own first batch
 (what the settings govern there), then one step on a batch that is the same on every rank (where only
