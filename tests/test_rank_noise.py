@@ -78,6 +78,10 @@ def test_every_rank_of_a_four_process_run_draws_its_own_on_the_same_weights(one_
         draws.append(step_draws(s))
     assert all(torch.equal(w, weights_[0]) for w in weights_)
     assert_each_ranks_own(draws)
+    # and from its rank alone: rank 0 built again after the others draws what it drew first (ranks built
+    # one after another in one process would otherwise differ by any generator the build does not seed)
+    again = step_draws(built(0, WORLD))
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(again, draws[0], strict=True))
 
 
 @pytest.mark.parametrize("saved_world", [WORLD, 2])
