@@ -73,16 +73,17 @@ def what_ran(printed: str, run) -> dict:
             "workers": data["workers"], "threads": data["dali_threads"]}
 
 
-def seconds_or_minutes(s: float) -> str:
-    return f"{s:.1f} s" if s < 120 else f"{s / 60:.1f} min"
+def in_unit_of(s: float, epoch: float) -> str:
+    """s in the unit an epoch of `epoch` seconds is given in: seconds below 120, else minutes."""
+    return f"{s:.1f} s" if epoch < 120 else f"{s / 60:.1f} min"
 
 
 def record(bench_record, name, seconds, bench_data, baseline=False, once: dict | None = None):
     row = bench_record("e2e", name, seconds, bench_data.batch, baseline=baseline, ngf=bench_data.width)
     epoch = CELEBA / row.img_per_s
-    row.extra["celeba_epoch"] = seconds_or_minutes(epoch)
-    if once:  # in the same unit as celeba_epoch, beside it
-        row.extra["first_epoch"] = seconds_or_minutes(epoch + sum(once.values()))
+    row.extra["celeba_epoch"] = in_unit_of(epoch, epoch)
+    if once:  # in the unit of celeba_epoch, beside it
+        row.extra["first_epoch"] = in_unit_of(epoch + sum(once.values()), epoch)
     return row
 
 
