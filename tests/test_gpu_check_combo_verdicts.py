@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import gpu_check  # noqa: E402
@@ -18,14 +17,6 @@ import gpu_check_common as common  # noqa: E402
 import gpu_check_steps as steps  # noqa: E402
 
 COMBO = steps.Combo(channels_last=False)  # eager fp32 NCHW: its own reference
-
-
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("column", [0, 1], ids=["loss_d", "loss_g"])

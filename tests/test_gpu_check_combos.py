@@ -29,15 +29,6 @@ def offset(run: dict, figure: str, by: float) -> None:
 
 
 @pytest.fixture
-def one_thread():
-    """torch on one thread for the test, and back to what it was after."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture
 def check(monkeypatch, one_thread):
     """check(figure, by): check_combo(COMBO) on CPU with the combo's run (the second trained; the first
     is the reference) moved by `by` in one figure."""
