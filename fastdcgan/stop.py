@@ -64,7 +64,7 @@ class Stop:
     def uninstall(self) -> None:
         """The handlers as install() found them: train() called in-process (a notebook, a test) must
         leave Ctrl-C raising KeyboardInterrupt, not killing the process."""
-        for s, handler in self.found.items():
+        for s, handler in self.found.items():  # None: a handler set outside Python, which cannot be put back
             signal.signal(s, signal.SIG_DFL if handler is None else handler)
         self.found = {}
 

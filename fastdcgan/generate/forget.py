@@ -13,6 +13,7 @@ from .latent import seed_noise, truncate
 
 # forget's negatives when the user marks none: typical faces, far from the small seeds people browse
 REFERENCE_SEEDS = range(1_000_000, 1_000_064)
+K, SCORE = 8, "diff"  # --k's and --score's defaults (None in the parser: see forget_parser)
 
 
 def forget_parser() -> Parser:
@@ -30,7 +31,7 @@ def forget_parser() -> Parser:
     # --k and --score default to None, so that one given with --drop-channels (which they do not
     # apply to) can be refused; chosen_channels applies their defaults.
     p.add_argument("--k", type=positive_int, default=None,
-                   help="how many top-scoring channels to drop (default 8)")
+                   help=f"how many top-scoring channels to drop (default {K})")
     p.add_argument("--score", choices=dissect.SCORES, default=None,
                    help="diff: standardised mean difference (default); logistic: logistic-regression weights")
     p.add_argument("--box", default=None, metavar="X0,Y0,X1,Y1",
@@ -57,7 +58,7 @@ def chosen_channels(G: LoadedGenerator, args: argparse.Namespace) -> list[int]:
     box = dissect.parse_box(args.box) if args.box else None
     feats = [dissect.channel_means(G.net, seed_noise(s, G.nz, G.device), args.layer, box)
              for s in (args.positive, negative)]
-    method, k = args.score or "diff", args.k or 8
+    method, k = args.score or SCORE, args.k or K
     score = dissect.score_channels(*feats, method=method)
     channels = dissect.top_channels(score, k)
     print("channel  score   (" + method + ")")
