@@ -174,6 +174,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def two_node_agent(*options: str) -> list[str]:
+    """The command of one of two torchrun agents that make two nodes on this host (one worker each, a
+    c10d rendezvous on a fresh port): run it twice, with the same port, for the two nodes."""
+    return [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1", *options,
+            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes"]
+
+
 def torchrun_two_nodes(args: list[str], timeout: float = 240) -> subprocess.CompletedProcess:
     """`python -m torch.distributed.run ARGS` as two nodes: two agents (--nnodes=2, one worker each, a
     c10d rendezvous on this host). Each worker has LOCAL_RANK 0 and RANK 0 or 1, as on a cluster, so a
@@ -181,8 +188,7 @@ def torchrun_two_nodes(args: list[str], timeout: float = 240) -> subprocess.Comp
     gives every worker LOCAL_RANK = RANK and hides it. The worse exit code (-9 past the timeout, when an
     agent still running is sent SIGTERM, which it relays to its worker, then SIGKILL), and each agent's
     output's end."""
-    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-            "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}", "--rdzv_id=two-nodes"]
+    node = two_node_agent()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with tempfile.TemporaryFile("w+") as log0, tempfile.TemporaryFile("w+") as log1:
         logs = [log0, log1]  # files, not pipes: neither agent blocks on a full pipe

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, free_port, make_celeba, tiny_args, weights
+from conftest import REPO, make_celeba, tiny_args, two_node_agent, weights
 from fastdcgan import checkpoint
 
 SCRIPT = REPO / "slurm" / "train.sbatch"
@@ -302,9 +302,7 @@ def test_two_nodes_rendezvous_train_one_run_and_it_resumes_on_one(faces, tmp_pat
     run, steps = tmp_path / "run", 60
     args = run_args(faces, run, train__max_steps=steps, log__every=5)
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    node = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc_per_node=1",
-            "--max-restarts=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{free_port()}",
-            "--rdzv_id=two-nodes"]
+    node = two_node_agent("--max-restarts=1")
     nodes = [subprocess.Popen([*node, "-m", "fastdcgan.train", *args], cwd=REPO, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     try:
