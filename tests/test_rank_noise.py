@@ -23,6 +23,7 @@ ARGS = ["model.nz=8", "model.ngf=8", "model.ndf=8", "data.image_size=32", "devic
         "train.batch_size=4"]
 # Every kind of draw the step can make: noise, DiffAugment's three, dropout, WGAN-GP's interpolation.
 DRAWING = ["data.augment=color,translation,cutout", "model.d_dropout=0.5", "train.loss=wgan-gp"]
+Draws = list[tuple[str, torch.Tensor]]  # (op, tensor), in the order drawn
 BATCH = torch.randint(0, 256, (4, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
 
 
@@ -31,7 +32,7 @@ class RandomDraws(TorchDispatchMode):
 
     def __init__(self):
         super().__init__()
-        self.draws: list[tuple[str, torch.Tensor]] = []
+        self.draws: Draws = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -45,7 +46,7 @@ def built(rank: int, world: int, args=()) -> TrainState:
                       torch.device("cpu"))
 
 
-def step_draws(s: TrainState) -> list[tuple[str, torch.Tensor]]:
+def step_draws(s: TrainState) -> Draws:
     """The step's draws. The ranks share this process's generators, so each rank is built (or resumed)
     and stepped before the next rank is built: each step draws from the state its own rank left."""
     with RandomDraws() as seen:
@@ -57,8 +58,10 @@ def weights(s: TrainState) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in [*s.G.parameters(), *s.D.parameters()]])
 
 
-def assert_each_ranks_own(draws: list[list[tuple[str, torch.Tensor]]]) -> None:
-    """The ranks draw alike in kind (the same ops, shapes, in the same order), never alike in value."""
+def assert_each_ranks_own(draws: list[Draws], names: list[str] | None = None) -> None:
+    """The ranks (of one launch or several, named by `names`) draw alike in kind (the same ops, shapes,
+    in the same order), never alike in value."""
+    names = names or [f"rank {r}" for r in range(len(draws))]
     kinds = [[(op, t.shape) for op, t in d] for d in draws]
     assert all(k == kinds[0] for k in kinds), "the ranks' steps draw different kinds of random tensors"
     expected = {"aten.randn.default", "aten.rand.default", "aten.randint.low", "aten.bernoulli_.float"}
@@ -67,7 +70,7 @@ def assert_each_ranks_own(draws: list[list[tuple[str, torch.Tensor]]]) -> None:
         for a in range(len(draws)):
             for b in range(a):
                 assert not torch.equal(draws[a][i][1], draws[b][i][1]), (
-                    f"ranks {b} and {a} draw the same {op} (the step's draw {i})")
+                    f"{names[b]} and {names[a]} draw the same {op} (the step's draw {i})")
 
 
 def test_every_rank_of_a_four_process_run_draws_its_own_on_the_same_weights(one_process_group):
@@ -88,7 +91,7 @@ def test_every_rank_of_a_four_process_run_draws_its_own_on_the_same_weights(one_
 def test_every_rank_resumed_draws_its_own(one_process_group, tmp_path, saved_world):
     """Resumed on 4 ranks from a checkpoint of 4 (each rank its own saved random state: the draws its
     uninterrupted self makes) or of 2 (the states do not map onto the new ranks: each seeds a stream of
-    its own, and not the stream of the fresh run's same rank)."""
+    its own, which no rank of the fresh run draws, nor any rank of a launch resumed one step later)."""
     rngs, sums, uninterrupted = [], [], []
     for rank in range(saved_world):  # what each rank's checkpoint holds, then its next step
         s = built(rank, saved_world)
@@ -96,20 +99,27 @@ def test_every_rank_resumed_draws_its_own(one_process_group, tmp_path, saved_wor
         rngs.append(state["rng"][0])
         sums.append(state["gan"]["ranks"][0])
         uninterrupted.append(step_draws(s))
-    state |= {"rng": rngs, "world": saved_world, "step": 5}
+    state |= {"rng": rngs, "world": saved_world}
     state["gan"]["ranks"] = sums
-    path = tmp_path / "step.pt"
-    checkpoint.atomic_write(path, lambda f: torch.save(state, f))
-    resumed, fresh = [], []
-    for rank in range(WORLD):
-        s = built(rank, WORLD)
-        s.load(path)
-        resumed.append(step_draws(s))
-        fresh.append(step_draws(built(rank, WORLD)))
+
+    def resumed_at(step: int) -> list[Draws]:
+        path = tmp_path / f"step{step}.pt"
+        checkpoint.atomic_write(path, lambda f: torch.save(state | {"step": step}, f))
+        draws = []
+        for rank in range(WORLD):
+            s = built(rank, WORLD)
+            s.load(path)
+            draws.append(step_draws(s))
+        return draws
+
+    resumed = resumed_at(5)
     assert_each_ranks_own(resumed)
-    for rank in range(WORLD):
-        if saved_world == WORLD:
+    if saved_world == WORLD:
+        for rank in range(WORLD):
             assert all(torch.equal(a, b) for (_, a), (_, b) in zip(resumed[rank], uninterrupted[rank],
                                                                    strict=True)), rank
-        else:
-            assert not torch.equal(resumed[rank][0][1], fresh[rank][0][1]), rank
+    else:  # every draw of every rank, across the three launches, its own
+        fresh = [step_draws(built(rank, WORLD)) for rank in range(WORLD)]
+        launches = ["resumed at step 5", "fresh", "resumed at step 6"]
+        assert_each_ranks_own(resumed + fresh + resumed_at(6),
+                              [f"{launch}, rank {r}" for launch in launches for r in range(WORLD)])
