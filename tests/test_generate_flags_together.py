@@ -25,6 +25,7 @@ TOGETHER = {
     **{f"forget --drop-channels with {flag}": (["forget", "--drop-channels", "1", flag, value],
                                                ["--drop-channels", flag])
        for flag, value in (("--k", "2"), ("--score", "logistic"), ("--box", "0.1,0.1,0.5,0.5"))},
+    "interpolate --fps with a PNG strip": (["interpolate", "--seeds", "1,2", "--fps", "3"], ["--fps", "PNG"]),
 }
 
 

@@ -12,6 +12,8 @@ from . import Parser, UsageError, new_parser, positive_float, positive_int, seed
 from .export import LoadedGenerator
 from .latent import interpolation_path, seed_noise, truncate
 
+FPS = 12.0
+
 
 def interpolate_parser() -> Parser:
     p = new_parser("interpolate", "A walk through z between seeds: a PNG strip (one row per pair of "
@@ -23,7 +25,9 @@ def interpolate_parser() -> Parser:
     p.add_argument("--method", choices=("slerp", "linear"), default="slerp",
                    help="slerp (default; keeps z at a typical length) or linear")
     p.add_argument("--loop", action="store_true", help="return to the first seed at the end")
-    p.add_argument("--fps", type=positive_float, default=12.0, help="GIF/MP4 frames per second (default 12)")
+    # None, so that --fps given for a PNG strip (which has no frame rate) can be refused
+    p.add_argument("--fps", type=positive_float, default=None,
+                   help=f"GIF/MP4 frames per second (default {FPS:g})")
     return p
 
 
@@ -37,6 +41,9 @@ def run_interpolate(G: LoadedGenerator, args: argparse.Namespace) -> None:
     ffmpeg = shutil.which("ffmpeg")
     if suffix == ".mp4" and ffmpeg is None:
         raise UsageError("no MP4 encoder: ffmpeg is not on PATH; install it or write a .gif")
+    if suffix == ".png" and args.fps is not None:
+        raise UsageError(f"--fps applies to a .gif or .mp4, and --out {args.out!r} is a PNG strip")
+    fps = FPS if args.fps is None else args.fps
     path = interpolation_path(seed_noise(seeds, G.nz, G.device), args.frames, args.method)
     images = G(truncate(path, args.truncation))
     if suffix == ".png":
@@ -48,7 +55,7 @@ def run_interpolate(G: LoadedGenerator, args: argparse.Namespace) -> None:
     if args.loop:
         images = images[:-1]  # the last frame is the first again: drop it so the loop does not stutter
     if suffix == ".gif":
-        save_gif(images, args.out, args.fps)
+        save_gif(images, args.out, fps)
     else:
-        save_mp4(images, args.out, args.fps, ffmpeg)
+        save_mp4(images, args.out, fps, ffmpeg)
     print(f"wrote {len(images)} frames ({args.method}) to {args.out}")
