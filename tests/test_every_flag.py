@@ -10,6 +10,7 @@ the score's record in fid.jsonl (clock aside) and the largest batch the FID netw
 cache's images.
 """
 import json
+import re
 from pathlib import Path
 import shlex
 import tomllib
@@ -65,9 +66,11 @@ def shared(tool: str, base: str, out: str, truncation: bool = True) -> dict[tupl
 
 
 GRID = "--n 4 --out {out}/grid.png"
-WALK = "--seeds 1,2 --frames 2 --out {out}/walk.gif"
+WALK = "--seeds 1,2 --frames 3 --out {out}/walk.gif"
 ARITH = "--a 1,2 --b 3 --c 4 --n 3 --out {out}/a.png"
-FORGET = "--positive 10,11,12 --negative 20,21,22 --k 3 --seeds 1,2 --out {out}/f.png"  # 3 channels score > 0
+# layer 0 (4x4, the most channels): enough score above zero under every flag and pair of flags
+# (test_flags_in_pairs.py) that --k and what scores the channels each change the channels chosen
+FORGET = "--layer 0 --positive 10,11,12 --negative 20,21,22 --k 3 --seeds 1,2 --out {out}/f.png"
 FEATURES = "--seeds 0 --tile 8 --out {out}/features.png"
 FID = "--weights {net} --n 8 --batch 4"
 PREPARE = "{celeba} --image-size 32 --device cpu --threads 1"
@@ -83,11 +86,11 @@ PROBES: dict[tuple[str, str], Probe] = {
     **shared("generate grid", GRID, "grid.png"),
     ("generate grid", "--seeds"): Probe(run("--seeds 0-3 --out {out}/grid.png"),
                                         run("--seeds 1-4 --out {out}/grid.png")),
-    **changes("generate grid", run(GRID), {"--n": "2", "--seed": "1", "--nrow": "1", "--single": ""}),
+    **changes("generate grid", run(GRID), {"--n": "2", "--seed": "1", "--nrow": "3", "--single": ""}),
 
     **shared("generate interpolate", WALK, "walk.gif"),
     **changes("generate interpolate", run(WALK),
-              {"--seeds": "1,3", "--frames": "3", "--method": "linear", "--loop": "", "--fps": "5"}),
+              {"--seeds": "1,3", "--frames": "2", "--method": "linear", "--loop": "", "--fps": "5"}),
 
     **shared("generate arithmetic", ARITH, "a.png"),
     **changes("generate arithmetic", run(ARITH),
@@ -168,8 +171,11 @@ def outcome(tool: str, args: str, places: dict, folder, monkeypatch, capsys):
             code = generate_main([tool.split()[1], *argv])
         except SystemExit as e:
             code = e.code
-        return code, {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*")
-                      if p.is_file()}, capsys.readouterr().err
+        printed = capsys.readouterr()
+        files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        # and forget's table of the channels it chose, with their scores (its label of the method aside)
+        scores = re.findall(r"^ *\d+ +[+-]\d+\.\d+$", printed.out, re.M)
+        return code, files | ({"scores": scores} if scores else {}), printed.err
     if tool == "fid":
         # the largest batch the feature network was given (what bounds the memory a score takes)
         fed, call = [], extractors.Extractor.__call__

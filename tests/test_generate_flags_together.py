@@ -19,6 +19,7 @@ def exported(tiny_run, tmp_path_factory):
 TOGETHER = {
     "grid --seeds with --n": (["grid", "--seeds", "1,2", "--n", "3"], ["--seeds", "--n"]),
     "grid --seeds with --seed": (["grid", "--seeds", "1,2", "--seed", "3"], ["--seeds", "--seed"]),
+    "grid --single with --nrow": (["grid", "--n", "2", "--single", "--nrow", "2"], ["--single", "--nrow"]),
     "forget --drop-channels with --positive": (["forget", "--drop-channels", "1", "--positive", "2,3"],
                                                ["--drop-channels", "--positive"]),
     # what chooses the channels from marked seeds, with channels named: each would be ignored
