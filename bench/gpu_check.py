@@ -255,7 +255,8 @@ def verdict(records: list[dict]) -> tuple[int, str]:
     if failed:
         return EXIT_FAILED, f"FAILED: {counts}"
     if unfinished or not passed:
-        why = "nothing was checked" if not passed else "the budget ran out"
+        interrupted = any(r["status"].endswith("(interrupted)") for r in records)
+        why = "nothing was checked" if not passed else "interrupted" if interrupted else "the budget ran out"
         return EXIT_INCOMPLETE, f"INCOMPLETE ({why}): {counts}"
     return 0, f"passed: {counts}"
 
@@ -303,6 +304,7 @@ def run_all(args: argparse.Namespace) -> int:
     records: list[dict] = []
     signal.signal(signal.SIGTERM, common.raise_keyboard_interrupt)  # a killed run still writes its summary
     t0 = time.monotonic()  # the budget counts from the first part: set-up above is not the parts' time
+    running = None  # the part under way, if an interrupt comes: not finished; the parts after it: not run
     try:
         for part in selected:
             left = args.budget_s - (time.monotonic() - t0)
@@ -313,7 +315,9 @@ def run_all(args: argparse.Namespace) -> int:
                 timeout = min(part.timeout_s, left)
                 print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: start (limit {timeout:.0f} s)",
                       flush=True)
+                running = part.name
                 record = run_part(part, timeout, args, work, fid_weights)
+                running = None
                 if timeout < part.timeout_s and ran_out_of_time(record, timeout):
                     # the budget's end, not the part's own limit, stopped it: not a failure of the code
                     record["status"] = "not finished (budget): " + record["status"].removeprefix("failed: ")
@@ -327,9 +331,9 @@ def run_all(args: argparse.Namespace) -> int:
             pack_logs(out, work)
     except KeyboardInterrupt:
         done = {r["name"] for r in records}
-        records += [{"name": p.name, "status": "failed: interrupted" if i == 0 else "not run (interrupted)",
-                     "figure": "", "seconds": None, "details": {}}
-                    for i, p in enumerate(p for p in selected if p.name not in done)]
+        records += [{"name": p.name, "status": "not finished (interrupted)" if p.name == running
+                     else "not run (interrupted)", "figure": "", "seconds": None, "details": {}}
+                    for p in selected if p.name not in done]
     finally:
         pack_logs(out, work)
         if temporary:

@@ -10,8 +10,10 @@ lines): each part's own reading of them is what is tested. The runner's own limi
 from __future__ import annotations
 
 import json
+import os
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -39,13 +41,52 @@ def rec(name: str, status: str) -> dict:
     (["ok", "not run (interrupted)"], 3),
     (["skipped: no CUDA", "skipped: no CUDA"], 3),
     (["ok", "skipped: no CUDA"], 0),
-    (["failed: interrupted", "not run (interrupted)"], 1),
+    (["ok", "not finished (interrupted)", "not run (interrupted)"], 3),
+    (["failed: boom", "not finished (interrupted)"], 1),
 ])
 def test_only_a_run_whose_every_part_checked_passed_or_was_skipped_passes(statuses, code):
     records = [rec(f"p{i}", s) for i, s in enumerate(statuses)]
     got, words = gpu_check.verdict(records)
     assert got == code, words
     assert words.startswith({0: "passed", 1: "FAILED", 3: "INCOMPLETE"}[code])
+
+
+@pytest.mark.parametrize("when", ["between parts", "during a part"])
+def test_an_interrupt_leaves_the_check_incomplete_naming_what_it_stopped(when, tmp_path, monkeypatch, capsys):
+    """SIGTERM (a lease's end, a Ctrl-C) after env's record, before the trainer part starts, or while the
+    trainer part runs: exit 3 and a summary saying so, the part it stopped `not finished (interrupted)`,
+    the parts it kept from starting `not run (interrupted)`; never a failure of code that did not fail."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+
+    def signal_in(seconds: float):
+        threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    if when == "between parts":  # the signal as env's logs are packed
+        pack, signalled = gpu_check.pack_logs, []
+
+        def pack_logs(out, work):
+            if not signalled:
+                signalled.append(True)
+                os.kill(os.getpid(), signal.SIGTERM)
+            pack(out, work)
+        monkeypatch.setattr(gpu_check, "pack_logs", pack_logs)
+    else:  # 3 s into the trainer part, which takes longer
+        start = gpu_check.run_part
+        monkeypatch.setattr(gpu_check, "run_part", lambda part, *a: (
+            part.name == "trainer" and signal_in(3), start(part, *a))[1])
+    old = signal.getsignal(signal.SIGTERM)  # run_all turns SIGTERM into KeyboardInterrupt
+    try:
+        code = gpu_check.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
+                               "--budget-s", "200", "--only", "env", "trainer", "fid"])
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    statuses = {p["name"]: p["status"] for p in results["parts"]}
+    stopped = "not run" if when == "between parts" else "not finished"
+    assert statuses == {"env": "ok", "trainer": f"{stopped} (interrupted)", "fid": "not run (interrupted)"}, \
+        capsys.readouterr().out[-2000:]
+    assert code == 3 and results["verdict"].startswith("INCOMPLETE (interrupted)"), results["verdict"]
+    assert "INCOMPLETE (interrupted)" in (tmp_path / "out" / "summary.md").read_text()
 
 
 def test_a_part_stopped_at_its_own_limit_fails_the_run(tmp_path, monkeypatch, capsys):
