@@ -95,8 +95,13 @@ def _no_state_leaks_between_tests():
 def _isolated_cache(_no_state_leaks_between_tests, tmp_path_factory, monkeypatch):
     """Validation verdicts and synthetic faces go to a per-session temp folder, not ~/.cache. And every
     process a test starts imports fastdcgan from this checkout: a script run by path (a torchrun
-    worker) would otherwise import whatever copy is installed, and test that instead."""
-    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+    worker) would otherwise import whatever copy is installed, and test that instead. Their scratch
+    (TMPDIR: torchrun's agents leave a torchelastic_* folder per launch) goes to the session's folder,
+    which pytest prunes, not /tmp."""
+    base = tmp_path_factory.getbasetemp()
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(base / "cache"))
+    (base / "scratch").mkdir(exist_ok=True)
+    monkeypatch.setenv("TMPDIR", str(base / "scratch"))
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
 
 
