@@ -3,8 +3,10 @@ ranges, determinism under the seed, and the same policy for every image D sees."
 import pytest
 import torch
 
+from fastdcgan import config, dist
 from fastdcgan.augment import augment, color, cut_out, cutout, parse, translate, translation
 from fastdcgan.model import build_models
+from fastdcgan.state import TrainState
 from fastdcgan.step import GANStep, StepOptions
 
 ALL = parse("translation,color,cutout")
@@ -121,3 +123,25 @@ def test_every_image_d_sees_gets_the_policy_with_its_own_draw():
         assert ((sizes > 0) & (sizes <= 256)).all()
         assert holes.any(2).sum(1).max() == 16  # at least one full 16-row hole in 8 draws
     assert not torch.equal(seen[1] == 0, seen[2] == 0)  # the G phase draws its own holes
+
+
+def d_inputs(policy: tuple[str, ...]) -> list[torch.Tensor]:
+    """What D is given in one step of a run with data.augment = policy (the trainer's state, seeded)."""
+    cfg = config.build(None, ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu",
+                              f"data.augment={','.join(policy)}"])
+    s = TrainState(cfg, dist.Env(), torch.device("cpu"))
+    seen = []
+    s.D.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
+    batch = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(0))
+    s.gan.step(batch)
+    return seen
+
+
+@pytest.mark.parametrize("left_out", ALL)
+def test_every_operation_of_the_policy_reaches_what_d_sees(left_out):
+    """A run with every operation and one without `left_out` give D other images, each call of the step:
+    an operation of data.augment the step drops (the first only, the last only, one by name) fails."""
+    full, fewer = d_inputs(ALL), d_inputs(tuple(a for a in ALL if a != left_out))
+    assert len(full) == len(fewer) == 3
+    assert all(not torch.equal(a, b) for a, b in zip(full, fewer, strict=True)), left_out
