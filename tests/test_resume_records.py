@@ -5,7 +5,8 @@ once more after it finished, it changes nothing.
 
 By construction: every file of the uninterrupted run is compared with the interrupted run's, by its
 contents; only what is a clock, and the checkpoints a stop adds, are set aside, each named below
-with its reason. A record added later is held to this without a change here.
+with its reason. A record added later is held to this without a change here. The run's clock is held
+apart: each launch's records count on from the clock of the checkpoint it resumed.
 """
 import json
 import os
@@ -125,6 +126,35 @@ def next_second() -> None:
     time.sleep(1 - time.time() % 1 + 0.01)
 
 
+LONG = 1e6  # seconds: what lengthen_the_clock adds to the run's clock in the checkpoint a launch resumes
+
+
+def lengthen_the_clock(run) -> int | None:
+    """Before a launch: the checkpoint it resumes from says the run has been going LONG seconds more (as a
+    run of days would). The clocks are set aside in the comparison with the uninterrupted run; this is
+    what holds them. The step resumed from, or None."""
+    path = checkpoint.latest(run / "checkpoints")
+    if path is None:
+        return None
+    state = checkpoint.load(path)
+    state["wall_s"] += LONG
+    checkpoint.atomic_write(path, lambda f: torch.save(state, f))
+    return state["step"]
+
+
+def the_clock_carries_on(run, resumed: int | None) -> None:
+    """Every record of the run's time (its clock, wall_s) that the launch resumed at `resumed` wrote, in
+    a checkpoint or time_to_fid.json, counts the LONG seconds before it: a clock that restarts with a
+    launch fails."""
+    if resumed is None:
+        return
+    records = [checkpoint.load(p) for p in (run / "checkpoints").glob("step_*.pt")]
+    if (run / "time_to_fid.json").exists():
+        records += json.loads((run / "time_to_fid.json").read_text())["reached"].values()
+    clocks = [r["wall_s"] for r in records if r["step"] > resumed]
+    assert clocks and min(clocks) >= LONG, (resumed, clocks)
+
+
 def lose(run, lost):
     """The checkpoints a launch killed before it wrote them would not have left."""
     for path in (run / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
@@ -139,13 +169,17 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     assert main(settings(celeba, whole, tiny_fid_net, variant, tiny_run)) == 0
     for step, lost in LAUNCHES:
         next_second()
+        resumed = lengthen_the_clock(split)
         with monkeypatch.context() as m:
             stop_at(m, step)
             assert main(settings(celeba, split, tiny_fid_net, variant, tiny_run)) == 75
+        the_clock_carries_on(split, resumed)
         lose(split, lost)
     assert checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"] == LAUNCHES[-1][0]
     next_second()
+    resumed = lengthen_the_clock(split)
     assert main(settings(celeba, split, tiny_fid_net, variant, tiny_run)) == 0
+    the_clock_carries_on(split, resumed)
     next_second()  # once more after it finished (a requeued job, a rerun script): nothing changes
     assert main(settings(celeba, split, tiny_fid_net, variant, tiny_run)) == 0
     same_run_directories(whole, split)
