@@ -256,7 +256,7 @@ def verdict(records: list[dict]) -> tuple[int, str]:
         return EXIT_FAILED, f"FAILED: {counts}"
     if unfinished or not passed:
         interrupted = any(r["status"].endswith("(interrupted)") for r in records)
-        why = "nothing was checked" if not passed else "interrupted" if interrupted else "the budget ran out"
+        why = "interrupted" if interrupted else "nothing was checked" if not passed else "the budget ran out"
         return EXIT_INCOMPLETE, f"INCOMPLETE ({why}): {counts}"
     return 0, f"passed: {counts}"
 
@@ -317,11 +317,11 @@ def run_all(args: argparse.Namespace) -> int:
                       flush=True)
                 running = part.name
                 record = run_part(part, timeout, args, work, fid_weights)
-                running = None
                 if timeout < part.timeout_s and ran_out_of_time(record, timeout):
                     # the budget's end, not the part's own limit, stopped it: not a failure of the code
                     record["status"] = "not finished (budget): " + record["status"].removeprefix("failed: ")
             records.append(record)
+            running = None
             figure = f" | {record['figure']}" if record.get("figure") else ""
             took = f" ({record['seconds']:.1f} s)" if record.get("seconds") is not None else ""
             print(f"[{time.monotonic() - t0:5.0f} s] {part.name}: "

@@ -58,8 +58,11 @@ def test_an_interrupt_leaves_the_check_incomplete_naming_what_it_stopped(when, t
     the parts it kept from starting `not run (interrupted)`; never a failure of code that did not fail."""
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
 
+    timers = []
+
     def signal_in(seconds: float):
-        threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM)).start()
+        timers.append(threading.Timer(seconds, os.kill, (os.getpid(), signal.SIGTERM)))
+        timers[-1].start()
 
     if when == "between parts":  # the signal as env's logs are packed
         pack, signalled = gpu_check.pack_logs, []
@@ -79,6 +82,9 @@ def test_an_interrupt_leaves_the_check_incomplete_naming_what_it_stopped(when, t
         code = gpu_check.main(["--out", str(tmp_path / "out"), "--work", str(tmp_path / "work"),
                                "--budget-s", "200", "--only", "env", "trainer", "fid"])
     finally:
+        for t in timers:  # a signal not yet sent (the part ended first) is never sent
+            t.cancel()
+            t.join()
         signal.signal(signal.SIGTERM, old)
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     statuses = {p["name"]: p["status"] for p in results["parts"]}
