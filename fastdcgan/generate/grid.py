@@ -17,9 +17,8 @@ def grid_parser() -> Parser:
     p.add_argument("--seeds", type=seeds_arg, default=None, help="one image per seed: 0-63, 1,5,9 or 1,4-6")
     p.add_argument("--n", type=int, default=None, help="number of images from --seed (default 64)")
     p.add_argument("--seed", type=int, default=None, help="noise seed for --n images (default 0)")
-    # None, so that --nrow given with --single (which lays out no grid) can be refused
-    p.add_argument("--nrow", type=non_negative_int, default=None,
-                   help="images per grid row (default, or 0: square)")
+    p.add_argument("--nrow", type=non_negative_int, default=0,
+                   help="images per grid row (default 0: square; refused with --single)")
     p.add_argument("--single", action="store_true", help="write one PNG per image into the --out folder")
     return p
 
@@ -34,7 +33,7 @@ def run_grid(G: LoadedGenerator, args: argparse.Namespace) -> None:
         if n < 1:
             raise UsageError("--n must be at least 1")
         z, names = fixed_noise(n, G.nz, seed, G.device), [f"seed{seed}_{i:05d}" for i in range(n)]
-    if args.single and args.nrow is not None:
+    if args.single and args.nrow:  # a layout asked for (0, the default, asks for none)
         raise UsageError("--nrow lays out a grid, and --single writes one PNG per image: give one of them")
     images = G(truncate(z, args.truncation))
     out = Path(args.out)

@@ -27,7 +27,7 @@ def interpolate_parser() -> Parser:
     p.add_argument("--loop", action="store_true", help="return to the first seed at the end")
     # None, so that --fps given for a PNG strip (which has no frame rate) can be refused
     p.add_argument("--fps", type=positive_float, default=None,
-                   help=f"GIF/MP4 frames per second (default {FPS:g})")
+                   help=f"GIF/MP4 frames per second (default {FPS:g}; refused for a PNG strip)")
     return p
 
 
