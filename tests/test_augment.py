@@ -138,10 +138,15 @@ def d_inputs(policy: tuple[str, ...]) -> list[torch.Tensor]:
     return seen
 
 
-@pytest.mark.parametrize("left_out", ALL)
-def test_every_operation_of_the_policy_reaches_what_d_sees(left_out):
-    """A run with every operation and one without `left_out` give D other images, each call of the step:
-    an operation of data.augment the step drops (the first only, the last only, one by name) fails."""
-    full, fewer = d_inputs(ALL), d_inputs(tuple(a for a in ALL if a != left_out))
-    assert len(full) == len(fewer) == 3
-    assert all(not torch.equal(a, b) for a, b in zip(full, fewer, strict=True)), left_out
+# (more, fewer): each operation left out of the whole policy, and each alone against none
+LEAVE_ONE_OUT = {**{f"all but {op}": (ALL, tuple(a for a in ALL if a != op)) for op in ALL},
+                 **{f"{op} alone": ((op,), ()) for op in ALL}}
+
+
+@pytest.mark.parametrize("case", LEAVE_ONE_OUT)
+def test_every_operation_of_the_policy_reaches_what_d_sees(case):
+    """A run with an operation and one without it give D other images, in each call of the step: an
+    operation of data.augment the step drops (the first only, the last only, one by name) fails."""
+    more, fewer = (d_inputs(policy) for policy in LEAVE_ONE_OUT[case])
+    assert len(more) == len(fewer) == 3
+    assert all(not torch.equal(a, b) for a, b in zip(more, fewer, strict=True)), case
