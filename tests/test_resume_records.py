@@ -129,30 +129,32 @@ def next_second() -> None:
 LONG = 1e6  # seconds: what lengthen_the_clock adds to the run's clock in the checkpoint a launch resumes
 
 
-def lengthen_the_clock(run) -> int | None:
+def lengthen_the_clock(run) -> tuple[int, float] | None:
     """Before a launch: the checkpoint it resumes from says the run has been going LONG seconds more (as a
     run of days would). The clocks are set aside in the comparison with the uninterrupted run; this is
-    what holds them. The step resumed from, or None."""
+    what holds them. The step resumed from and its clock, or None."""
     path = checkpoint.latest(run / "checkpoints")
     if path is None:
         return None
     state = checkpoint.load(path)
     state["wall_s"] += LONG
     checkpoint.atomic_write(path, lambda f: torch.save(state, f))
-    return state["step"]
+    return state["step"], state["wall_s"]
 
 
-def the_clock_carries_on(run, resumed: int | None) -> None:
-    """Every record of the run's time (its clock, wall_s) that the launch resumed at `resumed` wrote, in
-    a checkpoint or time_to_fid.json, counts the LONG seconds before it: a clock that restarts with a
-    launch fails."""
+def the_clock_carries_on(run, resumed: tuple[int, float] | None) -> None:
+    """Every record of the run's time (wall_s) the launch resumed at `resumed` wrote after that step (its
+    checkpoints, its FID rows in metrics.jsonl, time_to_fid.json's entries) counts on from the clock of
+    the checkpoint it resumed: a clock that restarts with a launch, or from an earlier checkpoint's, fails."""
     if resumed is None:
         return
+    step, clock = resumed
     records = [checkpoint.load(p) for p in (run / "checkpoints").glob("step_*.pt")]
+    records += [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "wall_s" in r]
     if (run / "time_to_fid.json").exists():
         records += json.loads((run / "time_to_fid.json").read_text())["reached"].values()
-    clocks = [r["wall_s"] for r in records if r["step"] > resumed]
-    assert clocks and min(clocks) >= LONG, (resumed, clocks)
+    clocks = [r["wall_s"] for r in records if r["step"] > step]
+    assert clocks and min(clocks) >= clock, (resumed, clocks)
 
 
 def lose(run, lost):
