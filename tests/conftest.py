@@ -153,6 +153,16 @@ def color_ids(batch: torch.Tensor) -> list[int]:
     return [int(round(r / 8)) + 32 * int(round((g - 32) / 64)) for r, g, _ in mean.tolist()]
 
 
+def tiny_state(*overrides: str):
+    """The trainer's state as one CPU process builds it, at tiny sizes (32x32, nz 16, ngf = ndf = 8),
+    with `overrides` (section.key=value)."""
+    from fastdcgan import config, dist
+    from fastdcgan.state import TrainState
+    cfg = config.build(None, ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu",
+                              *overrides])
+    return TrainState(cfg, dist.Env(), torch.device("cpu"))
+
+
 def tiny_args(root: Path, run_dir: Path, **extra) -> list[str]:
     """Overrides for a run that takes a second or two on CPU: 32x32, ngf=ndf=8, batch 8.
 

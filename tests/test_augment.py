@@ -3,10 +3,9 @@ ranges, determinism under the seed, and the same policy for every image D sees."
 import pytest
 import torch
 
-from fastdcgan import config, dist
+from conftest import tiny_state
 from fastdcgan.augment import augment, color, cut_out, cutout, parse, translate, translation
 from fastdcgan.model import build_models
-from fastdcgan.state import TrainState
 from fastdcgan.step import GANStep, StepOptions
 
 ALL = parse("translation,color,cutout")
@@ -127,9 +126,7 @@ def test_every_image_d_sees_gets_the_policy_with_its_own_draw():
 
 def d_inputs(policy: tuple[str, ...]) -> list[torch.Tensor]:
     """What D is given in one step of a run with data.augment = policy (the trainer's state, seeded)."""
-    cfg = config.build(None, ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu",
-                              f"data.augment={','.join(policy)}"])
-    s = TrainState(cfg, dist.Env(), torch.device("cpu"))
+    s = tiny_state(f"data.augment={','.join(policy)}")
     seen = []
     s.D.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     batch = torch.randint(0, 256, (8, 32, 32, 3), dtype=torch.uint8,

@@ -2,11 +2,10 @@ import pytest
 import torch
 from torch import nn
 
-from fastdcgan import config, dist
+from conftest import tiny_state
 from fastdcgan.losses import LOSSES
 from fastdcgan.model import (Discriminator, Generator, build_models, d_norm_for, fixed_noise,
                              generator_from_state_dict, sample)
-from fastdcgan.state import TrainState
 
 
 @pytest.mark.parametrize("size", [32, 64, 128])
@@ -116,9 +115,7 @@ def test_a_runs_critic_under_a_per_image_penalty_scores_each_image_on_its_own(lo
     """WGAN-GP's penalty is on each image's gradient, which BatchNorm ties to the rest of the batch: a
     run's D (as the trainer builds it, in training mode) must score image 0 the same whatever the other
     images are, under wgan-gp; under the other losses BatchNorm does tie them (this test can see it)."""
-    cfg = config.build(None, ["model.nz=8", "model.ngf=4", "model.ndf=4", "data.image_size=32",
-                              "device=cpu", f"train.loss={loss}"])
-    D = TrainState(cfg, dist.Env(), torch.device("cpu")).D.train()
+    D = tiny_state(f"train.loss={loss}").D.train()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     others = torch.cat([x[:1], torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(1))])
     with torch.no_grad():

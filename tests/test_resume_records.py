@@ -16,7 +16,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, tiny_args, torchrun_two_nodes
+from conftest import REPO, tiny_args, tiny_state, torchrun_two_nodes
 from fastdcgan import checkpoint, jobs
 from fastdcgan.state import rank_share
 from fastdcgan.train import main
@@ -276,15 +276,11 @@ def test_the_steps_running_sums_resume_per_rank_or_as_totals_on_rank_0():
 
 
 def test_a_checkpoint_holds_each_ranks_running_sums():
-    from fastdcgan import config, dist
-    from fastdcgan.state import TrainState
-    cfg = config.build(None, ["model.nz=16", "model.ngf=8", "model.ndf=8", "data.image_size=32",
-                              "device=cpu"])
-    s = TrainState(cfg, dist.Env(), torch.device("cpu"))
+    s = tiny_state()
     s.gan.metrics.sums.fill_(2.0)
     saved = s.gan_state()
     assert set(saved) >= {"ranks", "steps", "scaler"} and "sums" not in saved and len(saved["ranks"]) == 1
-    fresh = TrainState(cfg, dist.Env(), torch.device("cpu"))
+    fresh = tiny_state()
     fresh.load_gan_state(saved)
     assert torch.equal(fresh.gan.metrics.sums, s.gan.metrics.sums)
     older = {k: v for k, v in saved.items() if k != "ranks"} | saved["ranks"][0]  # before per-rank sums
