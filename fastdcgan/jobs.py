@@ -245,7 +245,7 @@ class FID:
     def ended_at_target(cls, file: Path, target: float, step: int) -> bool:
         """Whether the run ended at this `target` by `step` (then a relaunch has nothing to train): the
         first score at or below it ends a run, and is kept as the time to it."""
-        at = {f"{t:g}": r for t, r in cls.read_reached(file).items()}.get(f"{target:g}")
+        at = cls.read_reached(file).get(target)
         return bool(target) and at is not None and at["step"] <= step
 
     def due(self, step: int) -> bool:
@@ -287,9 +287,17 @@ class FID:
                               f"{row['wall_s']:.0f} s into the run")
 
     def _write(self) -> None:
-        reached = {f"{t:g}": v for t, v in sorted(self.reached.items(), reverse=True)}
+        reached = {self.key(t): v for t, v in sorted(self.reached.items(), reverse=True)}
         data = json.dumps({"target": self.target or None, "reached": reached}, indent=1).encode()
         checkpoint.atomic_write(self.file, lambda f: f.write(data))
+
+    @staticmethod
+    def key(threshold: float) -> str:
+        """The threshold as time_to_fid.json names it: "200" for 200.0, and never rounded (a fid.target
+        of 27.2939762 is not "27.294"), so that a resumed run reads back the very threshold it reached
+        and does not reach it a second time, later."""
+        short = f"{threshold:g}"
+        return short if float(short) == threshold else repr(threshold)
 
     def target_reached(self, row: dict) -> bool:
         return bool(self.target) and row["fid"] <= self.target

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, run_cli, tiny_args, weights
-from fastdcgan import checkpoint, config
+from fastdcgan import checkpoint, config, jobs
 from fastdcgan.config import UsageError
 from fastdcgan.fid import main as fid_main
 from fastdcgan.model import build_models, fixed_noise, sample
@@ -235,7 +235,7 @@ def test_fid_target_ends_the_run_and_the_time_to_fid_is_reported(celeba, tiny_fi
     assert max(r["step"] for r in read_metrics(run / "metrics.jsonl")) == stop  # no step after it
     reached = json.loads((run / "time_to_fid.json").read_text())
     assert reached["target"] == target
-    first = reached["reached"][f"{target:g}"]
+    first = reached["reached"][jobs.FID.key(target)]  # the very target, to the last digit
     assert first["step"] == stop and first["images"] == stop * 8 and first["wall_s"] > 0
     summary = f"<={target:g}: {first['wall_s']:.0f} s (step {stop})"
     assert (summary in out.strip().splitlines()[-1]
@@ -361,7 +361,6 @@ def test_a_resumed_launch_rewrites_time_to_fid_on_rank_0_only(tmp_path):
     """A launch resumed before what time_to_fid.json holds (its checkpoint was lost) forgets those
     entries: rank 0 rewrites the file; every other rank reads it and writes nothing (rank 0 alone writes
     the run's files; two writers of one file on a shared filesystem race)."""
-    from fastdcgan import jobs
     from fastdcgan.rundir import RunDir
     run = RunDir(tmp_path)
     entry = {"step": 6, "images": 48, "wall_s": 1.0, "fid": 40.0}
@@ -373,11 +372,33 @@ def test_a_resumed_launch_rewrites_time_to_fid_on_rank_0_only(tmp_path):
     assert jobs.FID.read_reached(run.time_to_fid) == {}
 
 
+def test_a_resumed_run_reads_back_every_threshold_it_reached_to_the_last_digit(tmp_path):
+    """time_to_fid.json names each threshold so that it reads back as the same float: a fid.target of
+    27.293976214016247 written as "27.294" came back as another threshold, and a resumed run reached the
+    target a second time, later, and kept that time (found by tests/test_resume_records.py)."""
+    from fastdcgan.metrics.tracker import FIDTracker
+    from fastdcgan.rundir import RunDir
+    targets = (27.293976214016247, 12.3456789, 0.1 + 0.2, 1e-7, 123456789.0)
+    for t in (*jobs.FID.THRESHOLDS, *targets):
+        assert float(jobs.FID.key(t)) == t, t
+    assert [jobs.FID.key(t) for t in jobs.FID.THRESHOLDS] == ["200", "100", "50", "30", "20", "10"]
+    run = RunDir(tmp_path)
+    for target in targets:
+        tracker = FIDTracker(config.Config(), [], None, tmp_path, ema=False)
+        first = jobs.FID(3, tracker, target, run, None, main=False, start=0)
+        row = {"step": 3, "images": 24, "wall_s": 1.0, "fid": target, "fid_n": 8, "fid_ema": False}
+        first.keep(row, None)
+        first._write()  # as rank 0 does
+        again = jobs.FID(3, tracker, target, run, None, main=False, start=3)
+        assert again.reached == first.reached and jobs.FID.ended_at_target(run.time_to_fid, target, 3), target
+        again.keep(row | {"step": 6, "images": 48, "wall_s": 2.0, "fid": target / 2}, None)
+        assert again.reached[target]["step"] == 3, target
+
+
 def test_a_score_exactly_at_a_threshold_or_at_fid_target_reaches_it(tmp_path):
     """'At or below' (fid.target's help, time_to_fid's thresholds): a score of exactly 50 reaches the
     50 threshold and a target of 50, the next float above 50 neither, for every threshold. Round
     numbers are what users set as targets, and a tiny or cached network can give one."""
-    from fastdcgan import jobs
     from fastdcgan.metrics.tracker import FIDTracker
     from fastdcgan.rundir import RunDir
     for t in jobs.FID.THRESHOLDS:

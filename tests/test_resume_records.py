@@ -6,7 +6,9 @@ once more after it finished, it changes nothing.
 By construction: every file of the uninterrupted run is compared with the interrupted run's, by its
 contents; only what is a clock, and the checkpoints a stop adds, are set aside, each named below
 with its reason. A record added later is held to this without a change here. The run's clock is held
-apart: each launch's records count on from the clock of the checkpoint it resumed.
+apart: each launch's records count on from the clock of the checkpoint it resumed. FID's thresholds
+are the scores of a first run that beat every score before them, so that the times to FID span the
+launches too.
 """
 import json
 import os
@@ -157,6 +159,19 @@ def the_clock_carries_on(run, resumed: tuple[int, float] | None) -> None:
     assert clocks and min(clocks) >= clock, (resumed, clocks)
 
 
+def thresholds_along_the_way(monkeypatch, probe) -> set[int]:
+    """time_to_fid.json's thresholds for the runs to come: FID's own, and each score of `probe` (a run
+    like them) that beats every score before it. FID's own are all reached at the first score with the
+    tiny network, before any stop; these are reached at later steps too, so that the file's entries span
+    the launches (a threshold reached at a step a launch resumes from must be kept, one reached after it
+    counts on from its clock). The steps at which they are reached."""
+    written = map(json.loads, (probe / "metrics.jsonl").read_text().splitlines())
+    scores = [(r["step"], r["fid"]) for r in written if "fid" in r]
+    firsts = [(step, fid) for i, (step, fid) in enumerate(scores) if all(fid < f for _, f in scores[:i])]
+    monkeypatch.setattr(jobs.FID, "THRESHOLDS", (*jobs.FID.THRESHOLDS, *(fid for _, fid in firsts)))
+    return {step for step, _ in firsts}
+
+
 def lose(run, lost):
     """The checkpoints a launch killed before it wrote them would not have left."""
     for path in (run / "checkpoints").glob("step_*.pt" if lost == "all" else str(lost)):
@@ -167,7 +182,11 @@ def lose(run, lost):
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(celeba, tiny_fid_net, tmp_path,
                                                                              monkeypatch, variant, tiny_run):
-    whole, split = tmp_path / "whole", tmp_path / "split"
+    probe, whole, split = tmp_path / "probe", tmp_path / "whole", tmp_path / "split"
+    assert main(settings(celeba, probe, tiny_fid_net, variant, tiny_run)) == 0
+    reached_at = thresholds_along_the_way(monkeypatch, probe)
+    # the score at the last step is a new best (the last launch resumes after it), and one between stops
+    assert {LAUNCHES[-1][0] + 3, LAUNCHES[-1][0]} <= reached_at, reached_at
     assert main(settings(celeba, whole, tiny_fid_net, variant, tiny_run)) == 0
     for step, lost in LAUNCHES:
         next_second()
