@@ -7,6 +7,7 @@ validate() are generated from the same fields, so neither can drift from what th
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +37,11 @@ def opt(default: Any, help: str, choices: tuple = (), *, at_least: float | None 
 
 
 def _out_of_bounds(value: Any, bounds: dict) -> str | None:
-    """What a value breaks of its declared bounds ('must be at least 1'), or None."""
+    """What a value breaks of its declared bounds ('must be at least 1'), or None. NaN and the
+    infinities are in no setting's bounds (a learning rate of inf trains NaN; a timeout of inf fails
+    when the process group starts)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "must be a finite number"
     lo = "[" if "at_least" in bounds else "("
     low, high = bounds.get("at_least", bounds.get("above")), bounds.get("at_most", bounds.get("below"))
     inside = ((low is None or (value >= low if lo == "[" else value > low))

@@ -138,6 +138,28 @@ def test_every_setting_is_declared_with_opt_so_its_choices_and_bounds_are_checke
         assert {"help", "choices", "bounds"} <= set(f.metadata), f"{key}: declare it with opt()"
 
 
+FLOATS = [key for key, obj, f in config.iter_keys(config.Config()) if isinstance(getattr(obj, f.name), float)]
+
+
+@pytest.mark.parametrize("key", FLOATS)
+def test_every_number_setting_refuses_nan_and_the_infinities_from_a_file_or_an_override(key, tmp_path):
+    """No bound holds NaN out by itself (every comparison with it is false), and no setting means
+    anything at infinity: a learning rate of inf trains NaN, a timeout of inf fails once the run has
+    started. Every float setting, the ones added later too, from the command line and from TOML (which
+    has nan and inf literals)."""
+    assert len(FLOATS) >= 10
+    section, name = key.rsplit(".", 1) if "." in key else ("", key)
+    for text in ("nan", "inf", "-inf"):
+        with pytest.raises(UsageError) as e:
+            config.build(None, [f"{key}={text}"])
+        assert str(e.value).startswith(f"bad value for {key}: {text}"), str(e.value)
+        toml = tmp_path / "c.toml"
+        toml.write_text(f"[{section}]\n{name} = {text}\n" if section else f"{name} = {text}\n")
+        with pytest.raises(UsageError) as e:
+            config.build(str(toml))
+        assert f"bad value for {key}: {text}" in str(e.value), str(e.value)
+
+
 @pytest.mark.parametrize("value, bounds, broken", [
     (1, {"at_least": 1}, None),
     (0, {"at_least": 1}, "must be at least 1"),

@@ -322,6 +322,29 @@ def test_a_value_out_of_range_is_refused_with_exit_2(tool, flag, places, tmp_pat
     assert "Traceback" not in err and says in err.strip().splitlines()[-1], err
 
 
+FLOAT_TYPES = ("float", "positive_float", "non_negative_float")
+FLOAT_FLAGS = sorted((tool, a.option_strings[0]) for tool, build in PARSERS.items() for a in build()._actions
+                     if getattr(a.type, "__name__", "") in FLOAT_TYPES)
+
+
+@pytest.mark.parametrize("tool, flag", FLOAT_FLAGS, ids=lambda x: x.replace(" ", "-"))
+def test_every_float_flag_refuses_nan_and_inf(tool, flag, places, tmp_path, monkeypatch, capsys):
+    """NaN passes a range check written as `value < low` (every comparison with it is false), and no
+    flag means anything at infinity: `--truncation nan` drew NaN images. Every float flag, later ones
+    too, on the command its out-of-range check uses."""
+    assert len(FLOAT_FLAGS) >= 6 and (tool, flag) in REFUSED, "give it a value to refuse in REFUSED"
+    args = REFUSED[(tool, flag)][0]
+    assert args.split()[-2] == flag, args
+    for text in ("nan", "inf"):
+        try:
+            code, made, err = outcome(tool, f"{args.rsplit(' ', 1)[0]} {text}", places, tmp_path / text,
+                                      monkeypatch, capsys)
+        except SystemExit as e:
+            code, made, err = e.code, None, capsys.readouterr().err
+        assert code == 2 and not made, (text, code, err)
+        assert "Traceback" not in err and flag in err.strip().splitlines()[-1], err
+
+
 @pytest.mark.parametrize("order", ["before", "after", "around", "between"])
 def test_trains_overrides_may_come_anywhere_among_its_flags(order, tmp_path, capsys):
     """python -m fastdcgan.train's settings (section.key=value) before, after, around and between its flags,

@@ -24,6 +24,7 @@ one line saying which.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import textwrap
 
@@ -48,13 +49,13 @@ def seeds_arg(text: str) -> list[int]:
 
 
 def _number(name: str, kind: type, low: float, words: str, strict: bool = False):
-    """An argparse type: a `kind` at least `low` (above it when strict), else "expected {words}"."""
+    """An argparse type: a finite `kind` at least `low` (above it when strict), else "expected {words}"."""
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or not (value > low if strict else value >= low):  # NaN fails both
+        if value is None or not math.isfinite(value) or not (value > low if strict else value >= low):
             raise argparse.ArgumentTypeError(f"expected {words}, got {text!r}")
         return value
     parse.__name__ = name  # what a flag's type is called (tests/test_every_flag.py reads it)
