@@ -278,7 +278,12 @@ class GANStep:
             self.opt_steps[opt]()
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        return augment(x, self.policy) if self.policy else x
+        """x with data.augment's policy, in the models' memory format: translation's indexing gives
+        channels_last strides whatever it is given, which a contiguous D would convert at every layer."""
+        if not self.policy:
+            return x
+        layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
+        return augment(x, self.policy).contiguous(memory_format=layout)
 
     def _penalty_D(self, x: torch.Tensor) -> torch.Tensor:
         """D as the penalties call it: plain, eager, fp32 (see the class docstring), on augmented images."""

@@ -37,7 +37,7 @@ from conftest import REPO, make_celeba, tiny_args, torchrun_two_nodes, write_tin
 from fastdcgan import config, losses, perf
 from fastdcgan.config import UsageError
 from fastdcgan.data.base import Feed
-from fastdcgan.data.order import flip_masks
+from fastdcgan.data.order import HFlip, flip_masks
 from fastdcgan.step import METRICS, to_model_input
 from fastdcgan.launch import MODEL_LAYOUT
 from fastdcgan.model import build_models
@@ -321,13 +321,15 @@ def augmented(s: Seen) -> tuple[bool, ...]:
             *(not torch.equal(x, real) for x in t["d_in"][2:-1]), not torch.equal(t["d_in"][-1], fake))
 
 
+def backend(s: Seen):
+    """The run's input backend, under data.hflip's wrapper if it has one."""
+    return s.run.loader.loader if isinstance(s.run.loader, HFlip) else s.run.loader
+
+
 def mirrored(s: Seen) -> int:
-    """How many images of the step's batch are the plain order's images mirrored."""
-    from fastdcgan.data.torch import TorchLoader
+    """How many images of the step's batch are the same backend's unflipped images mirrored."""
     epoch, batch = s.trace["before"]["position"]
-    plain = next(iter(TorchLoader(Feed(s.run.images.files, s.cfg.data.image_size, s.cfg.train.batch_size,
-                                       seed=s.cfg.train.seed, device=torch.device("cpu"), workers=0))
-                      .epoch(epoch, batch)))
+    plain = next(iter(backend(s).epoch(epoch, batch)))
     return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b)
                for a, b in zip(s.trace["batch"], plain, strict=True))
 
@@ -454,10 +456,10 @@ PROBES: dict[str, Probe] = {
                           resume=True),
     "data.workers": Probe(2, equal(lambda s: s.trace["workers"], lambda s: s.cfg.data.workers),
                           stage="workers"),
-    "data.dali_threads": Probe(1, equal(lambda s: s.run.loader.pipe.num_threads,
+    "data.dali_threads": Probe(1, equal(lambda s: backend(s).pipe.num_threads,
                                         lambda s: s.cfg.data.dali_threads),
                                base={"data.backend": "dali", "data.dali_threads": 2}),
-    "data.prefetch": Probe(3, equal(lambda s: s.run.loader.pipe.prefetch_queue_depth,
+    "data.prefetch": Probe(3, equal(lambda s: backend(s).pipe.prefetch_queue_depth,
                                     lambda s: s.cfg.data.prefetch),
                            base={"data.backend": "dali", "data.dali_threads": 1}),
     "data.hflip": Probe(True, equal(mirrored,
