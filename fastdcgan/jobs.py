@@ -228,24 +228,32 @@ class FID:
         self.thresholds = sorted({*self.THRESHOLDS, *([target] if target else [])}, reverse=True)
         # A resumed run keeps the times its launches reached by `start`, the step it resumes at; later
         # ones (a launch that ended after its last checkpoint) are reached again, on this run's clock.
-        found = self.read_reached(self.file)
+        found = self.read_reached(self.file, self.thresholds)
         self.reached = {t: r for t, r in found.items() if r["step"] <= start}
         self.scored = -1  # the step this launch last scored
         if main and self.reached != found:
             self._write()
 
     @staticmethod
-    def read_reached(file: Path) -> dict[float, dict]:
+    def read_reached(file: Path, thresholds=()) -> dict[float, dict]:
+        """time_to_fid.json's entries by threshold. Versions before FID.key named a threshold by six
+        digits ("27.294" for 27.293976214016247): such an entry is taken as the threshold of
+        `thresholds` it names, unless that name is a threshold in use itself."""
         try:
-            return {float(k): v for k, v in json.loads(file.read_text())["reached"].items()}
+            found = {float(k): v for k, v in json.loads(file.read_text())["reached"].items()}
         except (OSError, ValueError, KeyError):
             return {}
+        for t in thresholds:
+            short = float(f"{t:g}")
+            if short != t and t not in found and short in found and short not in thresholds:
+                found[t] = found.pop(short)
+        return found
 
     @classmethod
     def ended_at_target(cls, file: Path, target: float, step: int) -> bool:
         """Whether the run ended at this `target` by `step` (then a relaunch has nothing to train): the
         first score at or below it ends a run, and is kept as the time to it."""
-        at = cls.read_reached(file).get(target)
+        at = cls.read_reached(file, (target,)).get(target)
         return bool(target) and at is not None and at["step"] <= step
 
     def due(self, step: int) -> bool:

@@ -375,7 +375,8 @@ def test_a_resumed_launch_rewrites_time_to_fid_on_rank_0_only(tmp_path):
 def test_a_resumed_run_reads_back_every_threshold_it_reached_to_the_last_digit(tmp_path):
     """time_to_fid.json names each threshold so that it reads back as the same float: a fid.target of
     27.293976214016247 written as "27.294" came back as another threshold, and a resumed run reached the
-    target a second time, later, and kept that time (found by tests/test_resume_records.py)."""
+    target a second time, later, and kept that time (found by tests/test_resume_records.py). A file
+    written that way before is read as naming the target."""
     from fastdcgan.metrics.tracker import FIDTracker
     from fastdcgan.rundir import RunDir
     targets = (27.293976214016247, 12.3456789, 0.1 + 0.2, 1e-7, 123456789.0)
@@ -393,6 +394,14 @@ def test_a_resumed_run_reads_back_every_threshold_it_reached_to_the_last_digit(t
         assert again.reached == first.reached and jobs.FID.ended_at_target(run.time_to_fid, target, 3), target
         again.keep(row | {"step": 6, "images": 48, "wall_s": 2.0, "fid": target / 2}, None)
         assert again.reached[target]["step"] == 3, target
+        # a file of a version before, which named it by six digits: the same threshold, not another
+        entry = {"step": 3, "images": 24, "wall_s": 1.0, "fid": target}
+        run.time_to_fid.write_text(json.dumps({"target": target, "reached": {f"{target:g}": entry}}))
+        assert jobs.FID.ended_at_target(run.time_to_fid, target, 3), target
+        older = jobs.FID(3, tracker, target, run, None, main=False, start=3)
+        older.keep(row | {"step": 6, "images": 48, "wall_s": 2.0, "fid": target / 2}, None)
+        short = float(f"{target:g}")  # not a second entry under the old name
+        assert older.reached[target] == entry and (short == target or short not in older.reached), target
 
 
 def test_a_score_exactly_at_a_threshold_or_at_fid_target_reaches_it(tmp_path):
