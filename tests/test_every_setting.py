@@ -36,7 +36,6 @@ from torch import nn
 from conftest import REPO, make_celeba, tiny_args, torchrun_two_nodes, write_tiny_fid_net
 from fastdcgan import config, losses, perf
 from fastdcgan.config import UsageError
-from fastdcgan.data.base import Feed
 from fastdcgan.data.order import HFlip, flip_masks
 from fastdcgan.step import METRICS, to_model_input
 from fastdcgan.launch import MODEL_LAYOUT
