@@ -279,7 +279,8 @@ class GANStep:
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
         """x with data.augment's policy, in the models' memory format: translation's indexing gives
-        channels_last strides whatever it is given, which a contiguous D would convert at every layer."""
+        channels_last strides whatever it is given, and a contiguous D given those runs its whole pass in
+        the other layout. One copy per augmented D call on the contiguous path, none on channels_last."""
         if not self.policy:
             return x
         layout = torch.channels_last if self.options.channels_last else torch.contiguous_format

@@ -326,7 +326,9 @@ def backend(s: Seen):
 
 
 def mirrored(s: Seen) -> int:
-    """How many images of the step's batch are the same backend's unflipped images mirrored."""
+    """How many images of the step's batch are the same backend's unflipped images mirrored (the same
+    backend, so that it holds on every backend; that each backend gives the right images in the right
+    order is test_loaders.py's)."""
     epoch, batch = s.trace["before"]["position"]
     plain = next(iter(backend(s).epoch(epoch, batch)))
     return sum(torch.equal(a, b.flip(1)) and not torch.equal(a, b)

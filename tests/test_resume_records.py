@@ -159,17 +159,16 @@ def the_clock_carries_on(run, resumed: tuple[int, float] | None) -> None:
     assert clocks and min(clocks) >= clock, (resumed, clocks)
 
 
-def thresholds_along_the_way(monkeypatch, probe) -> set[int]:
+def thresholds_along_the_way(monkeypatch, probe) -> None:
     """time_to_fid.json's thresholds for the runs to come: FID's own, and each score of `probe` (a run
     like them) that beats every score before it. FID's own are all reached at the first score with the
     tiny network, before any stop; these are reached at later steps too, so that the file's entries span
     the launches (a threshold reached at a step a launch resumes from must be kept, one reached after it
-    counts on from its clock). The steps at which they are reached."""
+    counts on from its clock)."""
     written = map(json.loads, (probe / "metrics.jsonl").read_text().splitlines())
     scores = [(r["step"], r["fid"]) for r in written if "fid" in r]
-    firsts = [(step, fid) for i, (step, fid) in enumerate(scores) if all(fid < f for _, f in scores[:i])]
-    monkeypatch.setattr(jobs.FID, "THRESHOLDS", (*jobs.FID.THRESHOLDS, *(fid for _, fid in firsts)))
-    return {step for step, _ in firsts}
+    firsts = [fid for i, (_, fid) in enumerate(scores) if all(fid < f for _, f in scores[:i])]
+    monkeypatch.setattr(jobs.FID, "THRESHOLDS", (*jobs.FID.THRESHOLDS, *firsts))
 
 
 def lose(run, lost):
@@ -184,10 +183,14 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
                                                                              monkeypatch, variant, tiny_run):
     probe, whole, split = tmp_path / "probe", tmp_path / "whole", tmp_path / "split"
     assert main(settings(celeba, probe, tiny_fid_net, variant, tiny_run)) == 0
-    reached_at = thresholds_along_the_way(monkeypatch, probe)
-    # the score at the last step is a new best (the last launch resumes after it), and one between stops
-    assert {LAUNCHES[-1][0] + 3, LAUNCHES[-1][0]} <= reached_at, reached_at
+    thresholds_along_the_way(monkeypatch, probe)
     assert main(settings(celeba, whole, tiny_fid_net, variant, tiny_run)) == 0
+    # What the thresholds are for, in the runs compared: one reached at step 15, where the fourth launch
+    # stops after the checkpoint and before the score (the fifth, resumed at 15, scores it on the clock
+    # it resumed); and one at the last step, 18, scored before the run finished, which the launch after
+    # it resumes at and must keep.
+    reached = json.loads((whole / "time_to_fid.json").read_text())["reached"].values()
+    assert {15, 18} <= {r["step"] for r in reached}, sorted(r["step"] for r in reached)
     for step, lost in LAUNCHES:
         next_second()
         resumed = lengthen_the_clock(split)

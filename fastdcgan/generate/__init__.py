@@ -62,10 +62,10 @@ def _number(name: str, kind: type, low: float, words: str, strict: bool = False)
     return parse
 
 
-positive_float = _number("positive_float", float, 0, "a positive number", strict=True)
+positive_float = _number("positive_float", float, 0, "a finite positive number", strict=True)
 positive_int = _number("positive_int", int, 1, "a whole number >= 1")
 non_negative_int = _number("non_negative_int", int, 0, "a whole number >= 0")
-non_negative_float = _number("non_negative_float", float, 0, "a number >= 0")
+non_negative_float = _number("non_negative_float", float, 0, "a finite number >= 0")
 
 
 def new_parser(command: str, summary: str, out: str, sampling: bool = True) -> Parser:
