@@ -174,3 +174,19 @@ def test_cache_dir_resolution(monkeypatch, tmp_path):
     assert cache_dir() == tmp_path / "home" / ".cache" / "fastdcgan"
     monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "c"))
     assert cache_dir() == tmp_path / "c"
+
+
+@pytest.mark.parametrize("split, count", [("all", 40), ("train", 32), ("valid", 4), ("test", 4)])
+def test_the_trainer_takes_data_split_on_the_built_in_faces_as_on_a_folder(split, count, tmp_path,
+                                                                            monkeypatch):
+    """The built-in faces come with CelebA's partition file (80/10/10), so data.split chooses among
+    them as it does for a data.root: a run on the synthetic faces that trains on every partition
+    whatever data.split says passed the settings table, whose probes all use a folder."""
+    from conftest import tiny_args
+    from fastdcgan import config
+    from fastdcgan.train import Run
+    monkeypatch.setenv("FASTDCGAN_CACHE", str(tmp_path / "cache"))
+    args = [a for a in tiny_args(tmp_path, tmp_path / "run") if not a.startswith("data.root=")]
+    run = Run(config.build(None, [*args, "data.root=", "data.synthetic_n=40", "train.batch_size=2",
+                                  f"data.split={split}"]))
+    assert len(run.images.files) == count
