@@ -794,3 +794,21 @@ def test_the_weights_files_hold_the_last_checkpoints_networks(celeba, tmp_path):
         saved = weights(run / name)
         assert saved.keys() == last[key].keys(), name
         assert all(torch.equal(saved[k], last[key][k]) for k in saved), f"{name} is not {key}"
+
+
+def test_train_init_refuses_weights_of_any_other_model_layout(celeba, tmp_path, capsys):
+    """Each setting that shapes the weights (launch.MODEL_LAYOUT; the values the resume test refuses),
+    changed between the run a train.init reads and the run it starts, stops the launch in one line
+    naming train.init: never weights loaded where their names fit and fresh ones kept where they do not
+    (a spectral-norm D's weight_orig, BatchNorm's running statistics beside a LayerNorm critic)."""
+    from fastdcgan.launch import MODEL_LAYOUT
+    from test_every_setting import REFUSED as LAYOUT_CHANGES
+    assert set(LAYOUT_CHANGES) == set(MODEL_LAYOUT)
+    first = tmp_path / "first"
+    assert main(tiny_args(celeba, first, train__max_steps=1)) == 0
+    capsys.readouterr()
+    for key, value in LAYOUT_CHANGES.items():
+        changed = {key.replace(".", "__"): value}
+        assert main(tiny_args(celeba, tmp_path / key, train__init=first, **changed)) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("error: train.init: "), (key, err)
