@@ -278,13 +278,7 @@ class GANStep:
             self.opt_steps[opt]()
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
-        """x with data.augment's policy, in the models' memory format: translation's indexing gives
-        channels_last strides whatever it is given, and a contiguous D given those runs its whole pass in
-        the other layout. One copy per augmented D call on the contiguous path, none on channels_last."""
-        if not self.policy:
-            return x
-        layout = torch.channels_last if self.options.channels_last else torch.contiguous_format
-        return augment(x, self.policy).contiguous(memory_format=layout)
+        return augment(x, self.policy) if self.policy else x
 
     def _penalty_D(self, x: torch.Tensor) -> torch.Tensor:
         """D as the penalties call it: plain, eager, fp32 (see the class docstring), on augmented images."""
