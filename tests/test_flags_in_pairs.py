@@ -29,13 +29,13 @@ def changed_flags() -> dict[str, dict[str, dict[str, str]]]:
     return adding
 
 
-def pairs() -> list[tuple[str, str, str, str]]:
+def pairs(flags: dict[str, dict[str, dict[str, str]]]) -> list[tuple[str, str, str, str]]:
     """(tool, base, A, B): every two flags changed on the base most of the tool's probes share; and each
     flag changed on another base that is that one but for its checkpoint (--ema, on a run with an EMA),
     with each of those, on its own base (two such flags of one tool would not be paired with each other:
     today each tool has one, --ema)."""
     found = []
-    for tool, bases in changed_flags().items():
+    for tool, bases in flags.items():
         main, adds = max(bases.items(), key=lambda kv: len(kv[1]))
         found += [(tool, main, a, b) for a in adds for b in adds if a != b]
         for base, own in bases.items():
@@ -45,11 +45,11 @@ def pairs() -> list[tuple[str, str, str, str]]:
 
 
 CHECKPOINT = re.compile(r"--checkpoint \S+")
-ADDS = {(tool, flag): added for tool, bases in changed_flags().items() for adds in bases.values()
+FLAGS = changed_flags()
+# PROBES holds one probe per (tool, flag), so each flag has one base and one value added to it
+ADDS = {(tool, flag): added for tool, bases in FLAGS.items() for adds in bases.values()
         for flag, added in adds.items()}
-assert len(ADDS) == sum(map(len, (a for b in changed_flags().values() for a in b.values()))), \
-    "a flag probed on two bases: say which value its pairs take"
-PAIRS = pairs()
+PAIRS = pairs(FLAGS)
 IDS = [f"{tool}-{a}-{b}".replace(" ", "-") for tool, _, a, b in PAIRS]
 # (tool, A, B): why A has nothing to change once B is given. Each is a choice, visible in --help.
 MOOT: dict[tuple[str, str, str], str] = {}
