@@ -137,6 +137,27 @@ def test_hflip_mirrors_the_seeded_half_of_every_backends_batches(backend, tmp_pa
     assert not torch.equal(torch.stack(plain), torch.stack(flipped))
 
 
+def test_hflip_mirrors_each_of_four_ranks_own_choice(tmp_path):
+    """Each rank mirrors its own choice of images, every two of four ranks apart: two ranks cannot tell
+    "each rank its own" from "rank 0 apart from the rest" (ranks 1 to 3 alike)."""
+    images = scan(make_celeba(tmp_path / "faces", 96))
+    chosen = []
+
+    def batches(hflip: bool, rank: int) -> list[torch.Tensor]:
+        cfg = config.build(None, ["data.backend=torch", f"data.hflip={str(hflip).lower()}", "data.workers=0",
+                                  "data.image_size=32", "train.batch_size=4", "train.seed=3"])
+        return list(make_loader(cfg, images, CPU, rank, 4, say=lambda line: None).epoch(1))
+
+    for rank in range(4):
+        plain, flipped = batches(False, rank), batches(True, rank)
+        mirrored = torch.stack([(f != p).flatten(1).any(1) for p, f in zip(plain, flipped, strict=True)])
+        assert torch.equal(mirrored, flip_masks(len(plain), 4, 3, 1, rank)), rank
+        chosen.append(mirrored)
+    for a in range(4):
+        for b in range(a):
+            assert not torch.equal(chosen[a], chosen[b]), f"ranks {b} and {a} mirror the same images"
+
+
 def test_a_device_failure_while_replacing_a_file_ends_the_epoch_at_once():
     """A file that no longer decodes is replaced by the next one (first_that_decodes, which every backend
     uses), but a failure of the device (InputFailure: a CUDA error in nvJPEG) is not the file's fault: it
