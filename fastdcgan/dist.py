@@ -188,7 +188,9 @@ class SyncBatchNorm2d(nn.BatchNorm2d):
         var = stats[c:2 * c] / n - mean * mean
         with torch.no_grad():
             self.num_batches_tracked += 1
-            m = self.momentum
+            # momentum None: the cumulative average, as torch's BatchNorms keep it (the EMA generator's
+            # recalibration asks for that)
+            m = 1 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
             self.running_mean.mul_(1 - m).add_(mean.detach(), alpha=m)
             self.running_var.mul_(1 - m).add_(var.detach() * n / (n - 1), alpha=m)
         shape = (1, c, 1, 1)

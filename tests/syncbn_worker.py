@@ -1,14 +1,17 @@
-"""One DDP training step on this rank's slice of a fixed global batch and noise; rank 0 saves the weights.
+"""One DDP training step on this rank's slice of a fixed global batch and noise; rank 0 saves the weights,
+and G's BatchNorm statistics recalibrated as the EMA generator's are (cumulative: momentum None).
 
 Run under torchrun by tests/test_dist.py (argv: out_path, global_batch, sync_bn 0|1); with no process
 group (one process) it trains on the whole batch, the reference the 2-process result must match.
 """
+import copy
 import sys
 
 import torch
 
 from fastdcgan import dist
 from fastdcgan.model import build_models
+from fastdcgan.state import recalibrate_batchnorm
 from fastdcgan.step import GANStep, StepOptions, make_optimizers
 
 NZ = 16
@@ -35,8 +38,10 @@ def one_step(out: str, batch: int, sync_bn: bool) -> None:
     mine = slice(env.rank * part, (env.rank + 1) * part)
     gan._noise = lambda n: noise[mine]  # this rank's share of the one global z
     gan.step(images[mine])
+    recalibrated = copy.deepcopy(G)
+    recalibrate_batchnorm(recalibrated, NZ, device)  # as the trainer does: every rank the same noise
     if env.main:
-        torch.save({"G": G.state_dict(), "D": D.state_dict()}, out)
+        torch.save({"G": G.state_dict(), "D": D.state_dict(), "recalibrated": recalibrated.state_dict()}, out)
     dist.shutdown()
 
 
