@@ -228,14 +228,17 @@ def two_processes(stop: int, args: list[str]) -> None:
 def test_two_processes_interrupted_leave_the_run_directory_of_two_uninterrupted(celeba, tiny_fid_net,
                                                                                tmp_path, tiny_run):
     """The same under DDP: every rank's random state, its share of the data and of the FID samples, the
-    histograms summed over ranks. The ranks agree on a stop at the epoch's end after the signal (or at
-    a paced check before it); its checkpoint is lost, so the next launch resumes at the one before."""
+    histograms summed over ranks, BatchNorm's statistics over the ranks. The ranks agree on a stop at the
+    epoch's end after the signal (or at a paced check before it); its checkpoint is lost, so the next
+    launch resumes at the one before."""
     whole, split = tmp_path / "whole", tmp_path / "split"
     # a file that does not decode: skipped_files.txt is a record too, rank 0's alone to write
     (celeba / "img_align_celeba" / "000003.jpg").write_bytes(b"not a jpeg")
 
     def args(run):
-        return settings(celeba, run, tiny_fid_net, "bce-ema-augment", tiny_run) + ["train.batch_size=4"]
+        # sync_bn: the EMA generator's samples recalibrate its statistics across the ranks (a collective)
+        return settings(celeba, run, tiny_fid_net, "bce-ema-augment", tiny_run) + ["train.batch_size=4",
+                                                                                   "model.sync_bn=true"]
     two_processes(0, args(whole))
     two_processes(7, args(split))
     stopped = checkpoint.load(checkpoint.latest(split / "checkpoints"))["step"]
