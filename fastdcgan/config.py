@@ -168,6 +168,11 @@ class Fid:
     target: float = opt(0.0, "stop (exit 0, checkpoint written) at the first FID at or below this (0 = off)",
                         at_least=0)
 
+    def check(self, cfg: Config) -> None:
+        if self.target > 0 and self.every == 0:  # else the run trains to its end, its stop never checked
+            raise UsageError(f"fid.target={self.target:g} needs fid.every > 0: with fid.every=0 no FID is "
+                             "scored during training")
+
 
 @dataclass
 class Config:

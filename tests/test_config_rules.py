@@ -60,6 +60,8 @@ RULES = [
      ["model.sync_bn=true", "train.loss=wgan-gp", "no BatchNorm"]),
     (["data.augment=translation,color"], None),
     (["data.augment= cutout , color "], None),
+    (["fid.target=20", "fid.every=1"], None),
+    (["fid.target=20"], ["fid.target=20", "fid.every > 0"]),
 ]
 
 
@@ -192,6 +194,8 @@ CROSS_RULES = [
     (["cuda_graphs=true", "precision=fp16"],
      "cuda_graphs=true does not work with precision=fp16: its GradScaler checks for overflow on the host "
      "every step; use precision=bf16"),
+    (["fid.target=20"],
+     "fid.target=20 needs fid.every > 0: with fid.every=0 no FID is scored during training"),
 ]
 
 
