@@ -206,6 +206,23 @@ def check_launch(cfg: Config, world: int, device_type: str) -> None:
         raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
 
 
+def inert(cfg: Config, world: int) -> list[str]:
+    """The settings changed from their defaults that do nothing beside the others at this launch, each in
+    a line that says why (the trainer prints them as notes: a setting ignored is then not silently so)."""
+    t, m, default = cfg.train, cfg.model, Config()
+    rules = [
+        (t.gp_lambda != default.train.gp_lambda and t.loss != "wgan-gp",
+         f"train.gp_lambda={t.gp_lambda:g} does nothing: train.loss={t.loss}, not wgan-gp"),
+        (t.r1_every != default.train.r1_every and t.r1_gamma == 0,
+         f"train.r1_every={t.r1_every} does nothing: train.r1_gamma=0 (R1 off)"),
+        (m.ema_warmup != default.model.ema_warmup and m.ema == 0,
+         f"model.ema_warmup={str(m.ema_warmup).lower()} does nothing: model.ema=0 (no EMA)"),
+        (m.sync_bn and world == 1, "model.sync_bn=true does nothing in one process"),
+        (cfg.optim.scale_lr and world == 1, "optim.scale_lr=true does nothing in one process"),
+    ]
+    return [line for applies, line in rules if applies]
+
+
 def _sections(cfg: Config) -> dict[str, Any]:
     """The dataclass holding each top-level key or section: '' for top-level scalars."""
     out: dict[str, Any] = {"": cfg}

@@ -218,3 +218,25 @@ def test_cuda_graphs_are_refused_only_for_several_processes_on_cuda(graphs, devi
     with pytest.raises(UsageError) as e:
         config.check_launch(cfg, world, device)
     assert str(e.value) == "cuda_graphs=true works in one process only; with several use compile=default"
+
+
+INERT = [  # (overrides, processes, the note, or None where the setting acts)
+    ([], 1, None),
+    (["train.gp_lambda=5"], 1, "train.gp_lambda=5 does nothing: train.loss=bce, not wgan-gp"),
+    (["train.gp_lambda=5", "train.loss=wgan-gp"], 1, None),
+    (["train.r1_every=4"], 1, "train.r1_every=4 does nothing: train.r1_gamma=0 (R1 off)"),
+    (["train.r1_every=4", "train.r1_gamma=1"], 1, None),
+    (["model.ema_warmup=false"], 1, "model.ema_warmup=false does nothing: model.ema=0 (no EMA)"),
+    (["model.ema_warmup=false", "model.ema=0.9"], 1, None),
+    (["model.sync_bn=true"], 1, "model.sync_bn=true does nothing in one process"),
+    (["model.sync_bn=true"], 2, None),
+    (["optim.scale_lr=true"], 1, "optim.scale_lr=true does nothing in one process"),
+    (["optim.scale_lr=true"], 2, None),
+]
+
+
+@pytest.mark.parametrize("overrides, world, note", INERT, ids=[f"{' '.join(o)} x{w}" for o, w, _ in INERT])
+def test_a_setting_that_does_nothing_beside_the_others_is_named_with_why(overrides, world, note):
+    """A setting changed where another makes it do nothing gets a note (the trainer prints it), and only
+    there: it is then not silently ignored. test_train.py checks that each noted one changes nothing."""
+    assert config.inert(config.build(None, overrides), world) == ([note] if note else [])

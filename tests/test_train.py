@@ -115,6 +115,21 @@ def test_a_resumed_launch_gives_its_first_step_a_line_of_its_own(celeba, tmp_pat
     assert steps[0].endswith("(then one every 4 steps)")
 
 
+@pytest.mark.parametrize("setting", ["train.gp_lambda=5", "train.r1_every=1", "model.ema_warmup=false",
+                                     "model.sync_bn=true", "optim.scale_lr=true"])
+def test_a_setting_noted_as_doing_nothing_does_nothing(celeba, tmp_path, capsys, setting):
+    """config.inert's notes are true: the run with the setting noted trains the same weights as the run
+    without it, and prints the note."""
+    plain, noted = tmp_path / "plain", tmp_path / "noted"
+    assert main(tiny_args(celeba, plain, train__max_steps=3)) == 0
+    capsys.readouterr()
+    assert main([*tiny_args(celeba, noted, train__max_steps=3), setting]) == 0
+    assert f"note: {setting} does nothing" in capsys.readouterr().out
+    for name in ("generator.pth", "discriminator.pth"):
+        a, b = weights(plain / name), weights(noted / name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
 def test_resume_with_worker_processes_is_bit_identical(celeba, tmp_path):
     whole, split = tmp_path / "whole", tmp_path / "split"
     assert main(tiny_args(celeba, whole, train__max_steps=8, data__workers=2)) == 0
