@@ -35,11 +35,14 @@ def test_without_a_pointer_the_newest_of_several_wins(tmp_path):
 
 def test_the_pointer_names_the_last_save_even_when_a_higher_step_is_on_disk(tmp_path):
     """A run resumed from an earlier checkpoint into the same folder: its own newest state is what
-    resuming again must take, not the abandoned future of the first attempt."""
-    checkpoint.save(state(8), tmp_path, keep=3)
-    checkpoint.save(state(6), tmp_path, keep=3)
+    resuming again must take, not the abandoned future of the first attempt. The rotation keeps the
+    newest `keep` by step, which the abandoned future fills: the save just made is kept all the same."""
+    checkpoint.save(state(8), tmp_path, keep=2)
+    checkpoint.save(state(9), tmp_path, keep=2)
+    checkpoint.save(state(6), tmp_path, keep=2)
     assert checkpoint.latest(tmp_path).name == "step_00000006.pt"
     assert find_weights(tmp_path).name == "step_00000006.pt"
+    assert checkpoint.load(checkpoint.latest(tmp_path))["step"] == 6
 
 
 def test_a_checkpoint_or_a_weights_file_belongs_to_its_run_directory(tmp_path):
