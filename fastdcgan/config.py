@@ -206,11 +206,17 @@ def check_launch(cfg: Config, world: int, device_type: str) -> None:
         raise UsageError("cuda_graphs=true works in one process only; with several use compile=default")
 
 
-def inert(cfg: Config, world: int) -> list[str]:
-    """The settings changed from their defaults that do nothing beside the others at this launch, each in
-    a line that says why (the trainer prints them as notes: a setting ignored is then not silently so)."""
+def inert(cfg: Config, world: int, backend: str) -> list[str]:
+    """The settings changed from their defaults that do nothing beside the others at this launch (its
+    number of processes, the input backend it chose), each in a line that says why: the trainer prints
+    them as notes, so that a setting ignored is not silently so."""
     t, m, default = cfg.train, cfg.model, Config()
     rules = [
+        (cfg.data.prefetch != default.data.prefetch and backend not in ("dali", "nvjpeg"),
+         f"data.prefetch={cfg.data.prefetch} does nothing: the {backend} backend decodes no batches ahead"),
+        (cfg.fid.n != default.fid.n and cfg.fid.every == 0,
+         f"fid.n={cfg.fid.n} does nothing: fid.every=0 (no FID during training; python -m fastdcgan.fid "
+         "takes --n)"),
         (t.gp_lambda != default.train.gp_lambda and t.loss != "wgan-gp",
          f"train.gp_lambda={t.gp_lambda:g} does nothing: train.loss={t.loss}, not wgan-gp"),
         (t.r1_every != default.train.r1_every and t.r1_gamma == 0,

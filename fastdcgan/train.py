@@ -319,7 +319,7 @@ class Run:
                  if self.env.world > 1 else "")
         say(f"batch {batch} per process{world}, {self.total_steps} steps, {s.flops / 1e9:.2f} GFLOP "
             f"per image per step, run dir {self.dir}")
-        for line in config.inert(cfg, self.env.world):
+        for line in config.inert(cfg, self.env.world, self.loader.name):
             say(f"note: {line}")
         if self.init_from:
             say(f"weights from {self.init_from} (train.init); fresh optimizers, from step 0")

@@ -220,8 +220,14 @@ def test_cuda_graphs_are_refused_only_for_several_processes_on_cuda(graphs, devi
     assert str(e.value) == "cuda_graphs=true works in one process only; with several use compile=default"
 
 
-INERT = [  # (overrides, processes, the note, or None where the setting acts)
+# (overrides, processes, the note, or None where the setting acts), on the torch backend; each noted is one
+# setting on one process, which test_train.py runs to see it change nothing
+INERT = [
     ([], 1, None),
+    (["data.prefetch=4"], 1, "data.prefetch=4 does nothing: the torch backend decodes no batches ahead"),
+    (["fid.n=64"], 1, "fid.n=64 does nothing: fid.every=0 (no FID during training; python -m fastdcgan.fid "
+                      "takes --n)"),
+    (["fid.n=64", "fid.every=10"], 1, None),
     (["train.gp_lambda=5"], 1, "train.gp_lambda=5 does nothing: train.loss=bce, not wgan-gp"),
     (["train.gp_lambda=5", "train.loss=wgan-gp"], 1, None),
     (["train.r1_every=4"], 1, "train.r1_every=4 does nothing: train.r1_gamma=0 (R1 off)"),
@@ -239,4 +245,10 @@ INERT = [  # (overrides, processes, the note, or None where the setting acts)
 def test_a_setting_that_does_nothing_beside_the_others_is_named_with_why(overrides, world, note):
     """A setting changed where another makes it do nothing gets a note (the trainer prints it), and only
     there: it is then not silently ignored. test_train.py checks that each noted one changes nothing."""
-    assert config.inert(config.build(None, overrides), world) == ([note] if note else [])
+    assert config.inert(config.build(None, overrides), world, "torch") == ([note] if note else [])
+    assert not note or (len(overrides), world) == (1, 1)  # what test_train.py runs
+
+
+def test_data_prefetch_is_noted_on_the_backends_that_do_not_read_ahead_only():
+    cfg = config.build(None, ["data.prefetch=4"])
+    assert [b for b in ("torch", "cache", "dali", "nvjpeg") if config.inert(cfg, 1, b)] == ["torch", "cache"]

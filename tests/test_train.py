@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from conftest import REPO, run_cli, tiny_args, wait_for_step, weights
+from test_config_rules import INERT
 from fastdcgan import checkpoint
 from fastdcgan.train import main
 
@@ -115,11 +116,10 @@ def test_a_resumed_launch_gives_its_first_step_a_line_of_its_own(celeba, tmp_pat
     assert steps[0].endswith("(then one every 4 steps)")
 
 
-@pytest.mark.parametrize("setting", ["train.gp_lambda=5", "train.r1_every=1", "model.ema_warmup=false",
-                                     "model.sync_bn=true", "optim.scale_lr=true"])
+@pytest.mark.parametrize("setting", [o[0] for o, world, note in INERT if note])
 def test_a_setting_noted_as_doing_nothing_does_nothing(celeba, tmp_path, capsys, setting):
-    """config.inert's notes are true: the run with the setting noted trains the same weights as the run
-    without it, and prints the note."""
+    """config.inert's notes are true: each noted in test_config_rules.py's table, the run with it trains
+    the same weights as the run without it, and prints the note."""
     plain, noted = tmp_path / "plain", tmp_path / "noted"
     assert main(tiny_args(celeba, plain, train__max_steps=3)) == 0
     capsys.readouterr()
