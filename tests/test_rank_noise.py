@@ -1,4 +1,5 @@
-"""Every random draw a training step makes is each rank's own, in a run of any size, fresh and resumed.
+"""Every random draw a training step makes is each rank's own, in a run of any size, fresh and resumed,
+and follows train.seed on every rank.
 
 test_dist.py's two-process test sees rank 0 and rank 1 draw different noise, but two processes cannot
 tell "every rank its own stream" from "rank 0 apart from all the rest" (ranks 1 to N-1 alike: G trained
@@ -125,3 +126,26 @@ def test_every_rank_resumed_draws_its_own(one_process_group, tmp_path, saved_wor
         launches = ["resumed at step 5", "fresh", "resumed at step 6"]
         assert_each_ranks_own(resumed + fresh + resumed_at(6),
                               [f"{launch}, rank {r}" for launch in launches for r in range(WORLD)])
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+def test_every_ranks_draws_follow_the_seed(one_process_group, tmp_path, resumed):
+    """train.seed reaches every rank's stream, fresh and resumed from a checkpoint of another number of
+    processes (where each rank seeds anew): two seeds draw apart on every rank, not on rank 0 alone (ranks
+    1 to N-1 seeded from their rank only would repeat their draws in every run whatever its seed)."""
+    path = tmp_path / "one_process.pt"
+    if resumed:
+        state = built(0, 1).state_dict()
+        checkpoint.atomic_write(path, lambda f: torch.save(state | {"step": 5}, f))
+
+    def draws(rank: int, seed: int) -> Draws:
+        s = built(rank, WORLD, [f"train.seed={seed}"])
+        if resumed:
+            s.load(path)
+        return step_draws(s)
+
+    for rank in range(WORLD):
+        a, b = draws(rank, 11), draws(rank, 12)
+        assert [op for op, _ in a] == [op for op, _ in b]
+        for i, ((op, x), (_, y)) in enumerate(zip(a, b, strict=True)):
+            assert not torch.equal(x, y), f"rank {rank} draws the same {op} (draw {i}) at seeds 11 and 12"
