@@ -325,6 +325,28 @@ def test_the_ema_generator_samples_with_statistics_of_its_own_weights():
     assert error_fresh < 0.5 * error_stale and error_fresh < 0.02, (error_fresh, error_stale)
 
 
+def test_every_checkpoint_holds_the_ema_generator_with_statistics_of_its_own_weights(celeba, tmp_path):
+    """What `generate --ema` and `fid --ema` load from a checkpoint is what the trainer sampled with: the
+    EMA generator's BatchNorm statistics recalibrated for its weights at that step, also where the
+    checkpoint falls on a step that drew no samples (the copied statistics of G are saved otherwise)."""
+    import copy
+    from fastdcgan.model import generator_from_state_dict
+    from fastdcgan.state import recalibrate_batchnorm
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=6, model__ema=0.9, ckpt__every=3, ckpt__keep=5,
+                          sample__every=4)) == 0
+    saved = checkpoint.list_checkpoints(run / "checkpoints")
+    assert [checkpoint.load(p)["step"] for p in saved] == [3, 6]  # 3: no samples drawn at that step
+    for path in saved:
+        G_ema = checkpoint.load(path)["G_ema"]
+        own = copy.deepcopy(generator_from_state_dict(G_ema))
+        recalibrate_batchnorm(own, 16, torch.device("cpu"))
+        stats = {k: v for k, v in own.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+        # close, not equal: the trainer's G_ema is channels_last, this one is not (float sums reordered)
+        assert stats and all(torch.allclose(G_ema[k], v, rtol=1e-4, atol=1e-6) for k, v in stats.items()), \
+            (path.name, max((G_ema[k] - v).abs().max().item() for k, v in stats.items()))
+
+
 def test_time_to_fid_forgets_what_a_launch_reached_after_the_checkpoint_it_resumes(celeba, tiny_fid_net,
                                                                                    tmp_path):
     """A launch killed after its last checkpoint may have reached a threshold in steps the next launch
