@@ -142,6 +142,13 @@ def all_gather(obj):
     return out
 
 
+def broadcast_buffers(module: nn.Module) -> None:
+    """Rank 0's buffers (BatchNorm's statistics) in `module` on every rank, in place."""
+    if dist.is_initialized():
+        for buffer in module.buffers():
+            dist.broadcast(buffer, src=0)
+
+
 def broadcast(obj):
     """Rank 0's obj on every rank."""
     if not dist.is_initialized():

@@ -173,7 +173,7 @@ class TrainState:
         self.images = 0  # trained on, all ranks and launches: steps times a global batch that may change
         self.resumed_config: dict | None = None  # the settings of the checkpoint resumed, if any
         self.job_records: dict = {}  # the side jobs' records in the checkpoint resumed (jobs.Checkpoints)
-        self.calibrated_at = -1  # the step G_ema's BatchNorm statistics were last recalibrated at
+        self.calibrated_at = -1  # the step the sampling generator's BatchNorm statistics were last set at
         self.started = time.perf_counter()  # when this launch began (the trainer sets its own start)
         self.wall_before = 0.0              # seconds of the launches before it (from the checkpoint)
 
@@ -200,9 +200,14 @@ class TrainState:
 
     def sampling_generator(self) -> torch.nn.Module:
         """The generator that samples, FID and the saved files use: the EMA one when model.ema is on,
-        its BatchNorm statistics recalibrated for its own weights (once per step). A collective under
-        sync_bn: every rank calls it."""
+        its BatchNorm statistics recalibrated for its own weights (once per step); else G, with rank 0's
+        BatchNorm statistics on every rank (without sync_bn each rank's follow its own batches): the G a
+        checkpoint saves, whose FID shares every rank scores, resumed or not. A collective under several
+        processes: every rank calls it."""
         if self.G_ema is None:
+            if self.env.world > 1 and self.calibrated_at != self.step:
+                dist.broadcast_buffers(self.G)  # training never reads them: only the eval-mode forward
+                self.calibrated_at = self.step
             return self.G
         if self.calibrated_at != self.step:
             recalibrate_batchnorm(self.G_ema, self.cfg.model.nz, self.device)

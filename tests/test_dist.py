@@ -253,10 +253,11 @@ def test_the_readmes_dry_run_works_outside_slurm():
 
 
 def test_fid_during_two_process_training(celeba, tmp_path, tiny_fid_net):
-    """Every rank evaluates its share; a new best FID checkpoints on every rank; rank 0 writes."""
+    """Every rank evaluates its share; a new best FID checkpoints on every rank; rank 0 writes; a launch
+    resumed at a step whose score is pending scores it on every rank."""
     run = tmp_path / "run"
     proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__max_steps=8,
-                                                         ckpt__every=100, fid__every=3, fid__n=16,
+                                                         ckpt__every=3, fid__every=3, fid__n=16,
                                                          fid__batch=8, fid__weights=tiny_fid_net))
     out, _ = proc.communicate(timeout=240)
     assert proc.returncode == 0, out
@@ -266,6 +267,20 @@ def test_fid_during_two_process_training(celeba, tmp_path, tiny_fid_net):
     best = json.loads((run / "checkpoints" / "best_fid.json").read_text())
     assert best["fid"] == min(r["fid"] for r in fids)
     assert checkpoint.load(run / "checkpoints" / "best_fid")["step"] == best["step"]
+    # Killed after step 6's checkpoint and before its score: what that leaves. The next launch resumes
+    # at 6 and scores it first, every rank (FID is a collective; on rank 0 alone it waits out the timeout).
+    (run / "checkpoints" / "step_00000008.pt").unlink()
+    rows = (run / "metrics.jsonl").read_text().splitlines()
+    (run / "metrics.jsonl").write_text("".join(
+        f"{line}\n" for line in rows if json.loads(line)["step"] < 6 or
+        (json.loads(line)["step"] == 6 and "fid" not in json.loads(line))))
+    proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__max_steps=8,
+                                                         ckpt__every=3, fid__every=3, fid__n=16, fid__batch=8,
+                                                         fid__weights=tiny_fid_net, train__timeout_s=60))
+    out, _ = proc.communicate(timeout=240)
+    assert proc.returncode == 0, out
+    again = [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "fid" in r]
+    assert [(r["step"], r["fid"]) for r in again] == [(r["step"], r["fid"]) for r in fids]
 
 
 def test_a_resume_on_one_process_keeps_the_epoch_position(celeba, tmp_path, capsys):
