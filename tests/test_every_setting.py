@@ -862,8 +862,9 @@ def test_every_rank_applies_the_settings_alike(settings, places):
     have every step-stage and two-process setting of the table changed, as many at once as config allows,
     so a new setting is checked here too, and beside the others (the run fails if two break together)."""
     # sync_bn refused beside R1, the loss (hinge) and gp_lambda (on wgan-gp) beside train.real_label; taken
-    # first in the second run, they refuse R1 and real_label there. gp_lambda acts under wgan-gp alone,
-    # which refuses sync_bn: it is taken in the second run but does nothing beside its hinge.
+    # first in the second run, they refuse R1 there (and augment, whose probe builds on R1) and
+    # real_label. gp_lambda acts under wgan-gp alone, which refuses sync_bn: the second run takes it, but
+    # it does nothing beside that run's hinge.
     assert NOT_IN_DIST_STEP == ["model.sync_bn", "train.loss", "train.gp_lambda"], NOT_IN_DIST_STEP
     assert NOT_IN_DIST_STEP_REST == ["data.augment", "train.real_label", "train.r1_gamma", "train.r1_every"]
     r0, r1 = launch("dist", globals()[settings]).ranks
