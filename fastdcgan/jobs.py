@@ -112,7 +112,7 @@ class Samples:
         return step % self.every == 0
 
     def save(self, G: torch.nn.Module, name: str, step: int) -> None:
-        """G: the sampling generator, which every rank fetches (a collective under sync_bn)."""
+        """G: the sampling generator, which every rank fetches (a collective under several processes)."""
         self.last = step
         if self.main:
             grid = plots.sample_grid(sample(G, self.fixed_z))
