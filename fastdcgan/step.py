@@ -278,6 +278,9 @@ class GANStep:
             self.opt_steps[opt]()
 
     def _augment(self, x: torch.Tensor) -> torch.Tensor:
+        """x with data.augment's policy. Translation's indexing gives channels_last strides whatever it
+        is given; the result is left so (put in the models' layout, dropout's masks fall in another element
+        order, and runs with channels_last false and true would no longer train alike)."""
         return augment(x, self.policy) if self.policy else x
 
     def _penalty_D(self, x: torch.Tensor) -> torch.Tensor:
