@@ -270,10 +270,9 @@ def test_fid_during_two_process_training(celeba, tmp_path, tiny_fid_net):
     # Killed after step 6's checkpoint and before its score: what that leaves. The next launch resumes
     # at 6 and scores it first, every rank (FID is a collective; on rank 0 alone it waits out the timeout).
     (run / "checkpoints" / "step_00000008.pt").unlink()
-    rows = (run / "metrics.jsonl").read_text().splitlines()
-    (run / "metrics.jsonl").write_text("".join(
-        f"{line}\n" for line in rows if json.loads(line)["step"] < 6 or
-        (json.loads(line)["step"] == 6 and "fid" not in json.loads(line))))
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    kept = [r for r in rows if r["step"] < 6 or (r["step"] == 6 and "fid" not in r)]
+    (run / "metrics.jsonl").write_text("".join(f"{json.dumps(r)}\n" for r in kept))
     proc = torchrun("-m", "fastdcgan.train", *tiny_args(celeba, run, train__batch_size=4, train__max_steps=8,
                                                          ckpt__every=3, fid__every=3, fid__n=16, fid__batch=8,
                                                          fid__weights=tiny_fid_net, train__timeout_s=60))
