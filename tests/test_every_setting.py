@@ -801,12 +801,12 @@ def test_a_setting_that_names_a_missing_file_stops_the_launch_naming_it(key, pla
     assert seen.error.startswith(key) and path in seen.error and "\n" not in seen.error, seen.error
 
 
-@pytest.mark.parametrize("settings", ["DIST", "DIST_STEP", "DIST_STEP_REST"])
+@pytest.mark.parametrize("settings", ["DIST", "DIST_STEP", "DIST_STEP_REST", "DIST_STEP_GP"])
 def test_randomness_differs_per_rank(settings, places):
     """Noise, each DiffAugment operation's draws, dropout masks and hflip's choices come from per-rank state:
     on one batch that is the same on both ranks, the ranks still draw apart (the same draws on every
-    rank would train on one set of fakes and augmentations copied world-size times). DIST_STEP and
-    DIST_STEP_REST: with every step and two-process setting changed, on the cache backend."""
+    rank would train on one set of fakes and augmentations copied world-size times). DIST_STEP,
+    DIST_STEP_REST and DIST_STEP_GP: with every step and two-process setting changed, on the cache backend."""
     r0, r1 = launch("dist", globals()[settings]).ranks
     assert r0["own_batch_mean"] != r1["own_batch_mean"]  # each rank trained on its own images first
     assert not torch.equal(r0["noise"], r1["noise"])
@@ -820,9 +820,11 @@ def test_randomness_differs_per_rank(settings, places):
 def every_step_setting(first: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
     """DIST with every step-stage and two-process probe's changed value at once (on the settings its
     probe builds on, where no earlier value sets them), the keys in `first` taken first, and the keys
-    left out: those config's rules refuse beside the values taken before them. Settings that are sound
-    alone can break together (sync_bn with the EMA crashed at the EMA generator's recalibration, which
-    a checkpoint's contents run)."""
+    left out: those config's rules refuse beside the values taken before them, and those that would
+    leave a setting doing nothing (config.inert: train.loss=hinge after gp_lambda on the wgan-gp it builds
+    on; a setting changed where it does nothing proves nothing here). Settings that are sound alone can break
+    together (sync_bn with the EMA crashed at the EMA generator's recalibration, which a checkpoint's
+    contents run)."""
     merged, refused = dict(DIST), []
     for key in sorted(PROBES, key=lambda k: k not in first):  # stable: the table's order after `first`
         probe = PROBES[key]
@@ -830,16 +832,22 @@ def every_step_setting(first: tuple[str, ...] = ()) -> tuple[dict, list[str]]:
             continue
         wanted = probe.base | merged | {key: probe.value}
         try:
-            config.build(None, [f"{k}={v}" for k, v in wanted.items()])
-            merged = wanted
+            cfg = config.build(None, [f"{k}={v}" for k, v in wanted.items()])
         except config.UsageError:
             refused.append(key)
+            continue
+        if config.inert(cfg, 2, cfg.data.backend):
+            refused.append(key)
+        else:
+            merged = wanted
     return merged, refused
 
 
 DIST_STEP, NOT_IN_DIST_STEP = every_step_setting()
-# the same, those refused above first: each setting is changed in one of the two beside all it allows
+# the same, those refused above first: each setting is changed in one of the runs beside all it allows
 DIST_STEP_REST, NOT_IN_DIST_STEP_REST = every_step_setting(tuple(NOT_IN_DIST_STEP))
+# gp_lambda acts under wgan-gp alone, which refuses sync_bn and real_label, and the second run takes hinge
+DIST_STEP_GP, NOT_IN_DIST_STEP_GP = every_step_setting(("train.gp_lambda",))
 
 
 def differences(a, b, path="") -> list[str]:
@@ -854,19 +862,16 @@ def differences(a, b, path="") -> list[str]:
     return [] if a == b else [f"{path.rstrip('.')}: {a!r} against {b!r}"]
 
 
-@pytest.mark.parametrize("settings", ["DIST", "DIST_CHANGED", "DIST_STEP", "DIST_STEP_REST"])
+@pytest.mark.parametrize("settings", ["DIST", "DIST_CHANGED", "DIST_STEP", "DIST_STEP_REST", "DIST_STEP_GP"])
 def test_every_rank_applies_the_settings_alike(settings, places):
     """Under DDP the ranks average their gradients, so ranks that apply every setting alike keep the same
     weights, EMA, optimizer moments and rates, step counters and plan, bit for bit. A setting honoured on
-    rank 0 only (a rate, the EMA, a penalty's pace, a layout or loss in the plan) sets them apart. Two runs
-    have every step-stage and two-process setting of the table changed, as many at once as config allows,
-    so a new setting is checked here too, and beside the others (the run fails if two break together)."""
-    # sync_bn refused beside R1, the loss (hinge) and gp_lambda (on wgan-gp) beside train.real_label; taken
-    # first in the second run, they refuse R1 there (and augment, whose probe builds on R1) and
-    # real_label. gp_lambda acts under wgan-gp alone, which refuses sync_bn: the second run takes it, but
-    # it does nothing beside that run's hinge.
-    assert NOT_IN_DIST_STEP == ["model.sync_bn", "train.loss", "train.gp_lambda"], NOT_IN_DIST_STEP
-    assert NOT_IN_DIST_STEP_REST == ["data.augment", "train.real_label", "train.r1_gamma", "train.r1_every"]
+    rank 0 only (a rate, the EMA, a penalty's pace, a layout or loss in the plan) sets them apart. Three
+    runs have every step-stage and two-process setting of the table changed, as many at once as config
+    allows and where each acts, so a new setting is checked here too, and beside the others (the run
+    fails if two break together): every one of them acts in one of the three."""
+    nowhere = set(NOT_IN_DIST_STEP) & set(NOT_IN_DIST_STEP_REST) & set(NOT_IN_DIST_STEP_GP)
+    assert not nowhere, f"changed in no two-process run where they act: {sorted(nowhere)}"
     r0, r1 = launch("dist", globals()[settings]).ranks
     assert r0["shared"]["opt_g"]["state"] and r0["shared"]["opt_d"]["state"]  # it trained
     apart = differences(r0["shared"], r1["shared"])
