@@ -47,15 +47,18 @@ class Stop:
     One process reads its signal flag every step. Several must agree in a collective, held only at
     steps rank 0 spaces about STOP_CHECK_S apart by its clock and sends along with each answer: fast
     steps never wait on it, and slow ones are checked every step, so a stop takes effect within about
-    a second or one step, well inside a launcher's grace period (torchrun: 30 s).
+    a second or one step, well inside a launcher's grace period (torchrun: 30 s). The pace is measured
+    from this launch's first two steps, which are checked whatever they take: it needs no step from
+    the caller (a launch resumed at step 10,000 once paced its first check as if it had run them all,
+    and put the next one 10,000 steps off).
     """
 
-    def __init__(self, stop_file: Path, env: dist.Env, step: int):
+    def __init__(self, stop_file: Path, env: dist.Env):
         self.file = stop_file
         self.env = env
         self.signal: int | None = None
-        self.next_check = step + 1  # every rank checks at this step (rank 0 sets it at each check)
-        self.checked = (step, time.perf_counter())  # rank 0: step and time of the last check
+        self.next_check = 0  # every rank checks at this step (rank 0 sets it at each check)
+        self.checked: tuple[int, float] | None = None  # rank 0: step and time of the last check
         self.found: dict = {}  # the handlers install() replaced
 
     def install(self) -> None:
@@ -101,8 +104,10 @@ class Stop:
     def _paced(self, step: int) -> int:
         """The step about STOP_CHECK_S from now at the pace since the last check (only rank 0's counts).
         Pauses (samples, checkpoints, FID) count as slow steps: they bring the next check nearer."""
-        last_step, last_t = self.checked
-        t = time.perf_counter()
+        t, last = time.perf_counter(), self.checked
         self.checked = (step, t)
+        if last is None:  # this launch's first check: the next step's gives the pace
+            return step + 1
+        last_step, last_t = last
         seconds_per_step = (t - last_t) / max(step - last_step, 1)
         return step + max(1, min(int(STOP_CHECK_S / max(seconds_per_step, 1e-6)), 10_000))

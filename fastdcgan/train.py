@@ -128,7 +128,7 @@ class Run:
         self.checkpoints = Checkpoints(cfg.ckpt.every, self.paths.checkpoints, cfg.ckpt.keep, main,
                                        jobs={"plots": self.plots, "samples": self.samples},
                                        resumed=self.resume_from, step=s.step, records=s.job_records)
-        self.stop = Stop(self.paths.stop, self.env, s.step)
+        self.stop = Stop(self.paths.stop, self.env)
         self.fid = (FID(cfg.fid.every, self.tracker, cfg.fid.target, self.paths, report, main, s.step)
                     if self.tracker else None)
 

@@ -151,29 +151,34 @@ def test_sigterm_to_torchrun_stops_slow_steps_in_time(tmp_path):
 
 def test_the_ranks_check_for_a_stop_at_the_steps_rank_0_schedules_and_see_it_there(tmp_path, monkeypatch):
     """Under several processes the ranks ask each other at the steps rank 0 spaces about STOP_CHECK_S
-    apart: at every step when a step takes longer, every ~STOP_CHECK_S / step time steps when faster,
-    and never at a step between (a check one step late is a stop one slow step late, which a launcher's
-    grace period may not have). One rank's side, on a clock the test moves: no process group, so the
-    collective gives back its own answer."""
+    apart: at every step when a step takes longer, every ~STOP_CHECK_S / step time steps when faster
+    (the pace measured from the launch's first two steps), and never at a step between (a check one
+    step late is a stop one slow step late, which a launcher's grace period may not have). The same
+    from whatever step the launch starts (a resumed one): paced from step 0, a launch resumed at step
+    10,000 would put its second check up to 10,000 steps off. One rank's side, on a clock the test
+    moves: no process group, so the collective gives back its own answer."""
     from fastdcgan import dist as fdist
     from fastdcgan import stop as fstop
     clock = [0.0]
     monkeypatch.setattr(fstop.time, "perf_counter", lambda: clock[0])
     asked = []
     agree = fdist.agree
-    monkeypatch.setattr(fdist, "agree", lambda *a: (asked.append(step), agree(*a))[1])
+    monkeypatch.setattr(fdist, "agree", lambda *a: (asked.append(step - start), agree(*a))[1])
     file = tmp_path / "STOP"
-    for seconds, expected in ((2.0, list(range(1, 11))), (fstop.STOP_CHECK_S / 4, [1, 5, 9])):
-        s, asked[:] = fstop.Stop(file, fdist.Env(rank=0, world=2), step=0), []
-        for step in range(1, 11):
-            clock[0] += seconds
-            assert s.requested(step) is None
-        assert asked == expected, (seconds, asked)
-    s, asked[:] = fstop.Stop(file, fdist.Env(rank=0, world=2), step=0), []
-    for step in range(1, 11):  # the file appears after step 1's check: the next check, at 5, sees it
-        clock[0] += fstop.STOP_CHECK_S / 4
-        if step == 2:
-            file.touch()
-        if s.requested(step):
-            break
-    assert (step, asked) == (5, [1, 5]) and s.requested(6, now=True) == "STOP file"
+    for start in (0, 10_000):
+        for seconds, expected in ((2.0, list(range(1, 11))), (fstop.STOP_CHECK_S / 4, [1, 2, 6, 10])):
+            clock[0] += 100.0  # the launch's set-up, or a long wait before it
+            s, asked[:] = fstop.Stop(file, fdist.Env(rank=0, world=2)), []
+            for step in range(start + 1, start + 11):
+                clock[0] += seconds
+                assert s.requested(step) is None
+            assert asked == expected, (start, seconds, asked)
+        s, asked[:] = fstop.Stop(file, fdist.Env(rank=0, world=2)), []
+        for step in range(start + 1, start + 11):  # the file appears after step 2's check: step 6's sees it
+            clock[0] += fstop.STOP_CHECK_S / 4
+            if step == start + 3:
+                file.touch()
+            if s.requested(step):
+                break
+        assert (step - start, asked) == (6, [1, 2, 6]) and s.requested(step + 1, now=True) == "STOP file"
+        file.unlink()
