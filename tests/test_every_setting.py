@@ -37,7 +37,7 @@ from conftest import REPO, make_celeba, tiny_args, torchrun_two_nodes, write_tin
 from fastdcgan import config, losses, perf
 from fastdcgan.config import UsageError
 from fastdcgan.data.order import HFlip, flip_masks
-from fastdcgan.step import METRICS, to_model_input
+from fastdcgan.step import HIST_BINS, METRICS, to_model_input
 from fastdcgan.launch import MODEL_LAYOUT
 from fastdcgan.model import build_models
 from fastdcgan.train import Run
@@ -110,6 +110,7 @@ def step(args: list[str]) -> Seen:
     t["before"] = snapshot(run)
     run.gan.step(t["batch"])
     t["metrics"] = run.gan.read()
+    t["histograms"] = run.gan.take_histograms()
     seen.start = s.step
     return seen
 
@@ -239,10 +240,18 @@ def penalty(s: Seen) -> float:
 
 
 def losses_match(s: Seen) -> bool:
-    _, _, g_phase = d_outputs(s)
-    m = s.trace["metrics"]
+    """The losses, and the D outputs the step reports and bins, are those of train.loss (losses.py's
+    table: probabilities for bce, the outputs as they are for the others; the bins over [0, 1], values
+    outside them in the end bins)."""
+    real, fake, g_phase = d_outputs(s)
+    m, kind = s.trace["metrics"], s.cfg.train.loss
+    binned = torch.stack([torch.histc(losses.for_histogram(kind, x).clamp(0, 1), HIST_BINS, 0, 1)
+                          for x in (real, fake)])
     return (m["loss_d"] == pytest.approx(loss_d_without_penalty(s).item(), rel=1e-5)
-            and m["loss_g"] == pytest.approx(losses.g_loss(s.cfg.train.loss, g_phase).item(), rel=1e-5))
+            and m["loss_g"] == pytest.approx(losses.g_loss(kind, g_phase).item(), rel=1e-5)
+            and m["d_real"] == pytest.approx(losses.reported(kind, real).mean().item(), rel=1e-5)
+            and m["d_fake"] == pytest.approx(losses.reported(kind, fake).mean().item(), rel=1e-5)
+            and torch.equal(s.trace["histograms"], binned))
 
 
 def moves(s: Seen, net: str) -> torch.Tensor:
