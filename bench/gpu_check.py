@@ -76,7 +76,7 @@ PARTS = [
 ]
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="gpu-check", help="folder for the logs and results (default gpu-check/)")
@@ -93,6 +93,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--part", help=argparse.SUPPRESS)
     p.add_argument("--combo", help=argparse.SUPPRESS)
     p.add_argument("--deadline-s", type=float, default=600, help=argparse.SUPPRESS)
+    return p
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = parser()
     args = p.parse_args(argv)
     names = [part.name for part in PARTS]
     for name in args.only or []:
@@ -130,6 +135,9 @@ def run_part_here(args: argparse.Namespace) -> int:
     t = time.monotonic()
     result = part.run(ctx)
     result["seconds"] = round(time.monotonic() - t, 1)
+    # what the runner handed this part, in results.json: a flag dropped on the way shows here
+    result["given"] = {"out": str(ctx.out), "work": str(ctx.work), "data": ctx.data,
+                       "fid_weights": ctx.fid_weights}
     (logs_dir(ctx.work) / f"{part.name}.json").write_text(json.dumps(result, indent=1, default=str))
     return 0
 

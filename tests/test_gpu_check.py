@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
+import gpu_check as check  # noqa: E402
 MIN_PART_S = 20  # gpu_check.MIN_PART_S: a part is not started with less budget left
 
 
@@ -126,3 +129,36 @@ def test_list_and_unknown_parts(tmp_path):
     assert proc.returncode == 2 and "unknown part 'nonsense'" in proc.stderr
     proc, _, _ = gpu_check(tmp_path, "--data", str(tmp_path / "not-copied"))  # forgot to carry the faces
     assert proc.returncode == 2 and "not-copied is not a folder" in proc.stderr
+
+
+def test_every_flag_reaches_the_parts_or_the_record(tmp_path):
+    """Each flag a user gives the check, changed from its default, shows where it acts: the folders and
+    files every part is handed (results.json records them), the budget and the parts in the record, the
+    scratch folder kept or removed. A flag parsed and then dropped on the way to the parts (--fid-weights
+    left out of a part's command runs the fid part on $FASTDCGAN_FID_WEIGHTS; --keep-work ignored removes
+    what the user asked to keep) fails here; a flag added without a check here fails by name. The env
+    part only: a few seconds a run."""
+    hidden = {"--part", "--combo", "--deadline-s"}  # how the runner starts a part: every run here uses them
+    checked = {"--out", "--work", "--data", "--fid-weights", "--budget-s", "--only", "--keep-work",
+               "--list"}  # --list: test_list_and_unknown_parts
+    flags = {a.option_strings[0] for a in check.parser()._actions if a.option_strings} - {"-h"}
+    assert flags == checked | hidden, f"flags without a check here: {sorted(flags - checked - hidden)}"
+    faces, net = tmp_path / "faces", tmp_path / "net.pt"
+    faces.mkdir()
+    net.write_bytes(b"a network")
+    proc, out, parts = gpu_check(tmp_path, "--only", "env", "--budget-s", "77", "--data", str(faces),
+                                 "--fid-weights", str(net))
+    assert proc.returncode == 0, proc.stdout[-2000:]
+    assert list(parts) == ["env"] and json.loads((out / "results.json").read_text())["budget_s"] == 77
+    assert parts["env"]["given"] == {"out": str(out), "work": str(tmp_path / "work"), "data": str(faces),
+                                     "fid_weights": str(net)}
+    for keep in (False, True):  # no --work: a temporary scratch folder, removed at the end unless kept
+        out = tmp_path / f"keep-{keep}"
+        proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(out), "--only", "env",
+                               *(["--keep-work"] if keep else [])], cwd=REPO, capture_output=True, text=True,
+                              env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
+                              timeout=120)
+        assert proc.returncode == 0, proc.stdout[-2000:]
+        scratch = Path(json.loads((out / "results.json").read_text())["work"])
+        assert scratch.name.startswith("gpu-check-") and scratch.is_dir() == keep, (keep, scratch)
+        shutil.rmtree(scratch, ignore_errors=True)
