@@ -3,6 +3,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -42,6 +43,38 @@ def test_build_then_reuse(faces):
     again = ensure(scan(faces), 32, CPU)
     assert not again.built and again.folder == first.folder
     assert ensure(images, 64, CPU).folder != first.folder  # another setting, another cache
+
+
+# One process asking for the cache: waits for a start file (all start together), prints built and folder.
+ASK = """import sys, time
+from pathlib import Path
+import torch
+from fastdcgan.data.cache import ensure
+from fastdcgan.data.folder import scan
+Path(sys.argv[2] + ".ready." + sys.argv[3]).touch()
+while not Path(sys.argv[2]).exists():
+    time.sleep(0.005)
+slow = lambda i: time.sleep(1)  # a build of a second or more: the others ask while it runs
+r = ensure(scan(Path(sys.argv[1])), 32, torch.device("cpu"), progress=slow)
+print(r.built, r.folder)
+"""
+
+
+def test_processes_that_ask_for_one_cache_at_once_build_it_once(faces, tmp_path):
+    """The ranks on a node (or prepare beside a training run) ask for the same cache together: one builds
+    it under the lock, the others wait and reuse it. Built by each, the builds would race in one folder,
+    and each one's clean-up of stale temporary folders could delete another's build under way."""
+    start, n = tmp_path / "start", 3
+    procs = [subprocess.Popen([sys.executable, "-c", ASK, str(faces), str(start), str(i)], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(n)]
+    t = time.monotonic()
+    while len(list(tmp_path.glob("start.ready.*"))) < n and time.monotonic() - t < 120:
+        time.sleep(0.01)
+    start.touch()
+    said = [p.communicate(timeout=120)[0].split() for p in procs]
+    assert all(p.returncode == 0 for p in procs), said
+    assert sorted(s[0] for s in said) == ["False"] * (n - 1) + ["True"], said
+    assert len({s[1] for s in said}) == 1
 
 
 @needs_dali
