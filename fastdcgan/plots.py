@@ -105,16 +105,17 @@ def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike,
     ax.set_xlim(0, 1)
     ax.set_xlabel(axis)
     ax.set_ylabel("fraction of images")
-    ax.set_title(f"Discriminator outputs, epochs {first}-{epoch}" if 0 < first < epoch
-                 else f"Discriminator outputs, epoch {epoch}")
+    title = (f"Discriminator outputs, epochs {first}-{epoch}" if 0 < first < epoch
+             else f"Discriminator outputs, epoch {epoch}")
+    ax.set_title(title)
     ax.legend()
-    _save(fig, out)
+    _save(fig, out, {"Title": title, "Description": f"x: {axis}"})  # the PNG's text says what it shows
 
 
-def _save(fig, out) -> None:
+def _save(fig, out, metadata: dict | None = None) -> None:
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()
-    fig.savefig(out, dpi=100)
+    fig.savefig(out, dpi=100, metadata=metadata)
     plt.close(fig)
 
 

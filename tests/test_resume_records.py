@@ -14,12 +14,14 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO, tiny_args, tiny_state, torchrun_two_nodes
-from fastdcgan import checkpoint, jobs
+from fastdcgan import checkpoint, jobs, losses
 from fastdcgan.state import rank_share
 from fastdcgan.train import main
 
@@ -213,6 +215,14 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     same_run_directories(whole, split)
     for run in (whole, split):
         images_count_every_rank(run, 8)
+        histograms_read_as_the_loss_says(run, dict(VARIANTS[variant]).get("train__loss", "bce"))
+
+
+def histograms_read_as_the_loss_says(run: Path, loss: str) -> None:
+    """Every D-output histogram's x-axis is its loss's reading (losses.py's table), as its PNG says."""
+    drawn = sorted((run / "plots").glob("d_outputs_epoch_*.png"))
+    assert drawn and all(Image.open(p).info["Description"] == f"x: {losses.HISTOGRAM_AXIS[loss]}"
+                         for p in drawn), [Image.open(p).info.get("Description") for p in drawn]
 
 
 def two_processes(stop: int, args: list[str]) -> None:
