@@ -31,9 +31,9 @@ def figures(monkeypatch):
     seen = []
     save = plots._save
 
-    def keep(fig, out):
+    def keep(fig, out, *metadata):
         seen.append([read_axes(ax) for ax in fig.axes])
-        save(fig, out)
+        save(fig, out, *metadata)
     monkeypatch.setattr(plots, "_save", keep)
     return seen
 
