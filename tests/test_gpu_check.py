@@ -19,15 +19,15 @@ import gpu_check as check  # noqa: E402
 MIN_PART_S = 20  # gpu_check.MIN_PART_S: a part is not started with less budget left
 
 
-def gpu_check(tmp_path: Path, *args: str,
-              timeout: float = 300) -> tuple[subprocess.CompletedProcess, Path, dict]:
+def gpu_check(tmp_path: Path, *args: str, timeout: float = 300, out: str = "gc",
+              work: bool = True) -> tuple[subprocess.CompletedProcess, Path, dict]:
     """Run the script as the GPU session does (PYTHONPATH=., no install); its output, --out folder and
-    parts."""
-    out = tmp_path / "gc"
+    parts. work=False: no --work (a temporary scratch folder)."""
+    out = tmp_path / out
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "CUDA_VISIBLE_DEVICES": "",
            "FASTDCGAN_FID_WEIGHTS": ""}
     proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(out),
-                           "--work", str(tmp_path / "work"), *args],
+                           *(["--work", str(tmp_path / "work")] if work else []), *args],
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     results = out / "results.json"
     parts = {p["name"]: p for p in json.loads(results.read_text())["parts"]} if results.exists() else {}
@@ -153,11 +153,8 @@ def test_every_flag_reaches_the_parts_or_the_record(tmp_path):
     assert parts["env"]["given"] == {"out": str(out), "work": str(tmp_path / "work"), "data": str(faces),
                                      "fid_weights": str(net)}
     for keep in (False, True):  # no --work: a temporary scratch folder, removed at the end unless kept
-        out = tmp_path / f"keep-{keep}"
-        proc = subprocess.run([sys.executable, "bench/gpu_check.py", "--out", str(out), "--only", "env",
-                               *(["--keep-work"] if keep else [])], cwd=REPO, capture_output=True, text=True,
-                              env={**os.environ, "PYTHONPATH": str(REPO), "CUDA_VISIBLE_DEVICES": ""},
-                              timeout=120)
+        proc, out, _ = gpu_check(tmp_path, "--only", "env", *(["--keep-work"] if keep else []),
+                                 out=f"keep-{keep}", work=False)
         assert proc.returncode == 0, proc.stdout[-2000:]
         scratch = Path(json.loads((out / "results.json").read_text())["work"])
         assert scratch.name.startswith("gpu-check-") and scratch.is_dir() == keep, (keep, scratch)
