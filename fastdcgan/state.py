@@ -298,7 +298,9 @@ class TrainState:
         kind, form and rate, the updates per step, the labels, BatchNorm's kind."""
         def optimizer(opt: torch.optim.Optimizer) -> dict:
             g = opt.param_groups[0]
-            return {"kind": type(opt).__name__, "lr": float(g["lr"]), "betas": [float(b) for b in g["betas"]],
+            # 7 digits: a compiled step's lr is a float32 tensor, which would read 0.00019999999494757503
+            return {"kind": type(opt).__name__, "lr": float(f"{float(g['lr']):.7g}"),
+                    "betas": [float(b) for b in g["betas"]],
                     **{k: g.get(k) for k in ("foreach", "fused", "capturable")}}
         weight = next(p for p in self.G.parameters() if p.dim() == 4)
         norms = sorted({type(m).__name__ for m in [*self.G.modules(), *self.D.modules()]

@@ -783,6 +783,77 @@ def test_a_resume_that_changes_the_models_layout_is_refused_before_any_set_up(ke
     assert "\n" not in seen.error and "no-such-data" not in seen.error
 
 
+# ----- plan.json: what each setting shows there -----
+
+# The fields of RUN_DIR/plan.json ("what this launch runs, as built") each setting moves, dotted. A pair of
+# runs must differ in the plan in exactly the fields of the settings that differ between them: a setting that
+# reaches the step but not the plan (or the plan but not the step: its probe) fails, and so does a plan
+# field that reads another setting. () for a setting the plan does not show; a field added to config.py must
+# be placed here (test_every_setting_has_a_place_in_the_plan).
+PLAN_SHOWS: dict[str, tuple[str, ...]] = {
+    # compiled on the CPU: Adam's single-tensor form (step.py's optimizer_options)
+    "compile": ("compile", "optimizers.G.foreach", "optimizers.D.foreach"),
+    "precision": ("precision",), "cuda_graphs": (),  # CPU: off either way
+    "channels_last": ("memory_format",), "data.backend": ("backend",), "data.augment": ("augment",),
+    "model.ema": ("ema",), "model.spectral_norm": ("spectral_norm", "norms"), "model.sync_bn": ("norms",),
+    "train.batch_size": ("batch_per_process", "global_batch"), "train.loss": ("loss",),
+    "train.real_label": ("real_label",), "train.d_steps": ("d_steps",), "train.g_steps": ("g_steps",),
+    "train.r1_gamma": ("r1.gamma",), "train.r1_every": ("r1.every",),
+    "optim.lr_g": ("optimizers.G.lr",), "optim.lr_d": ("optimizers.D.lr",),
+    "optim.beta1": ("optimizers.G.betas", "optimizers.D.betas"),
+    "optim.beta2": ("optimizers.G.betas", "optimizers.D.betas"),
+    "optim.scale_lr": ("optimizers.G.lr", "optimizers.D.lr"),
+    **{key: () for key in ("data.root", "data.split", "data.image_size", "data.workers", "data.dali_threads",
+                           "data.prefetch", "data.hflip", "data.synthetic_n", "model.nz", "model.ngf",
+                           "model.ndf", "model.d_dropout", "model.ema_warmup", "train.epochs",
+                           "train.max_steps", "train.seed", "train.run_dir", "train.init", "train.gp_lambda",
+                           "train.timeout_s", "log.every", "log.tensorboard", "sample.every", "sample.n",
+                           "ckpt.every", "ckpt.keep", "fid.every", "fid.n", "fid.weights", "fid.batch",
+                           "fid.target")},
+}
+PLAN_SHOWS |= {"device": ("device",), "train.resume": ()}
+# Probes whose pair has no plan to compare, and why.
+NO_PLAN = {"device": "device=cuda stops on a machine without CUDA; on a GPU, auto resolves other precisions "
+                     "and optimizer forms too (test_fast_step.py's cuda tests)",
+           "train.resume": "never refuses the used run directory: nothing is launched"}
+
+
+def plan_of(s: Seen) -> dict:
+    """The run's plan, dotted: plan.json as a whole run wrote it, or what the trainer writes there (the
+    state's plan of its loader) where the run took one step or none, or, under torchrun, rank 0's."""
+    plan = (s.ranks[0]["shared"]["plan"] if s.ranks else json.loads(s.run.paths.plan.read_text()) if s.dir
+            else s.run.state.plan(s.run.loader.name))
+
+    def flat(d: dict, at: str = "") -> dict:
+        return {k: v for key, value in d.items()
+                for k, v in (flat(value, f"{at}{key}.") if isinstance(value, dict)
+                             else {f"{at}{key}": value}).items()}
+    return flat(plan)
+
+
+def test_every_setting_has_a_place_in_the_plan():
+    assert set(PLAN_SHOWS) == set(ALL_KEYS), f"not in PLAN_SHOWS: {sorted(set(ALL_KEYS) - set(PLAN_SHOWS))}"
+
+
+@pytest.mark.parametrize("key", [k for k in ALL_KEYS if k not in NO_PLAN])
+def test_the_plan_shows_each_setting_where_it_says(key, places):
+    """The probe's two runs (and, where it has them, its resumed runs) differ in plan.json in the fields
+    of the settings they differ in, and in no other."""
+    probe = PROBES[key]
+    if probe.base.get("data.backend") == "dali":
+        pytest.importorskip("nvidia.dali")
+    runs = [pair(key)] + ([(resumed(probe.base, probe),
+                            resumed({**(probe.changed or probe.base), key: probe.value}, probe))]
+                          if probe.resume else [])
+    for base, changed in runs:
+        differ_in = {k.split(":")[0]
+                     for k in config.diff(config.to_dict(base.cfg), config.to_dict(changed.cfg))}
+        want = {f for k in differ_in for f in PLAN_SHOWS[k]}
+        a, b = plan_of(base), plan_of(changed)
+        moved = {f: (a.get(f), b.get(f)) for f in a.keys() | b.keys() if a.get(f) != b.get(f)}
+        assert set(moved) == want, f"settings changed: {sorted(differ_in)}; plan fields moved: {moved}"
+
+
 # The settings that name a file or folder, each naming one that is not there.
 MISSING = {"data.root": "{tmp}/nowhere", "train.resume": "{tmp}/nowhere.pt", "train.init": "{tmp}/nowhere",
            "fid.weights": "{tmp}/nowhere.pt"}
