@@ -1,13 +1,15 @@
 """The numbers of the speed columns, on a clock the test moves: images/s, data and compute time per
 step, pauses and restarts; the warm-up's end and its costs; the FLOPs a step is credited with."""
 import copy
+import json
 
 import pytest
 import torch
 from torch._dynamo.utils import counters
 from torch.utils.flop_counter import FlopCounterMode
 
-from fastdcgan import perf
+from conftest import tiny_args
+from fastdcgan import perf, train
 from fastdcgan.model import build_models
 
 
@@ -132,3 +134,21 @@ def test_each_extra_update_adds_its_own_passes_and_the_models_are_left_alone():
     after = [*G.parameters(), *D.parameters()]  # counted on copies: the models are untouched
     assert all(p.device.type == "cpu" and p.requires_grad and torch.equal(p, q)
                for p, q in zip(after, before, strict=True))
+
+
+def test_mfu_is_against_the_peak_of_the_precision_the_run_trains_in(celeba, tmp_path, monkeypatch):
+    """A GPU's peak depends on the precision (bf16 runs twice TF32's rate on an H100): the trainer asks for
+    the peak of the precision it resolved and trains in, not another. Here each precision's peak is known
+    and different, so the MFU per img/s of each run gives away the peak it was measured against."""
+    peaks = {"fp32": 1e12, "bf16": 2e12, "fp16": 4e12}
+    monkeypatch.setattr(perf, "peak_flops", lambda device, precision: peaks[precision])
+    per_img_s = {}  # MFU per img/s: FLOPs per image over the peak, the same FLOPs in every run
+    for precision in ("fp32", "bf16", "fp16", "auto"):
+        run = tmp_path / precision
+        assert train.main(tiny_args(celeba, run, precision=precision, train__batch_size=4,
+                                    train__max_steps=3, log__every=1)) == 0
+        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        per_img_s[precision] = [r["mfu"] / r["img_per_s"] for r in rows if "mfu" in r]
+    fp32 = per_img_s["fp32"][0]
+    against = {p: [pytest.approx(fp32 / x, rel=1e-6) for x in v] for p, v in per_img_s.items()}
+    assert against == {"fp32": [1.0] * 3, "bf16": [2.0] * 3, "fp16": [4.0] * 3, "auto": [1.0] * 3}, per_img_s
