@@ -746,7 +746,7 @@ def resumed(settings: dict, probe: Probe) -> Seen:
 @pytest.mark.parametrize("key", RESUMED)
 def test_a_resume_applies_the_changed_setting_and_says_so(key, places):
     """Resumed from one checkpoint, a launch with the setting changed uses the new value, checked as
-    a fresh run's is, and names it among the changed settings it prints."""
+    a fresh run's is, names it among the changed settings it prints, and writes it in config.toml."""
     probe = PROBES[key]
     base = resumed(probe.base, probe)
     changed = resumed({**(probe.changed or probe.base), key: probe.value}, probe)
@@ -755,6 +755,8 @@ def test_a_resume_applies_the_changed_setting_and_says_so(key, places):
     probe.check(base, changed)
     if probe.stage == "fit":
         assert "note: settings changed since the checkpoint" in changed.out and f"{key}: " in changed.out
+        for s in (base, changed):  # the run directory's record of its settings is the last launch's
+            assert (s.dir / "config.toml").read_text() == config.to_toml(s.cfg)
     else:
         named = [line.split(":")[0] for line in config.diff(changed.run.state.resumed_config,
                                                               config.to_dict(changed.cfg))]
