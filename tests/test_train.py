@@ -5,12 +5,16 @@ import signal
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import REPO, run_cli, tiny_args, wait_for_step, weights
 from test_config_rules import INERT
-from fastdcgan import checkpoint
+from fastdcgan import checkpoint, config, plots
+from fastdcgan.generate.export import load_generator
+from fastdcgan.model import fixed_noise, sample
 from fastdcgan.train import main
 
 # 48 images, batch 8: 6 steps per epoch, 12 steps in 2 epochs.
@@ -39,6 +43,25 @@ def test_short_run_writes_every_artefact(celeba, tmp_path):
     assert not any(k.startswith(("_orig_mod.", "module.")) for k in G)
     assert all(torch.equal(G[k], s["G"][k]) for k in G)
     assert weights(run / "discriminator.pth").keys() == s["D"].keys()
+
+
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_every_grid_is_what_its_steps_checkpoint_samples(celeba, tmp_path, ema):
+    """Each grid of samples/ (every sample.every steps, at each epoch's end, and at the last step of a run
+    that ends mid-epoch) is the fixed noise through the generator that samples at its step: the EMA's
+    when model.ema is on, as `generate --ema` reads it from that step's checkpoint; else G."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, model__ema=ema, train__max_steps=10, ckpt__every=1,
+                          ckpt__keep=20)) == 0
+    cfg = config.build(run / "config.toml", [])
+    z = fixed_noise(cfg.sample.n, cfg.model.nz, cfg.train.seed + 1)
+    grids = {"step_00000004.png": 4, "epoch_001.png": 6, "step_00000008.png": 8, "step_00000010.png": 10}
+    assert sorted(p.name for p in (run / "samples").iterdir()) == sorted([*grids, "reals.png"])
+    for name, step in grids.items():
+        G = load_generator(run / "checkpoints" / f"step_{step:08d}.pt", ema=bool(ema)).net
+        plots.write_grid(plots.sample_grid(sample(G, z)), tmp_path / name)
+        assert np.array_equal(np.asarray(Image.open(run / "samples" / name)),
+                              np.asarray(Image.open(tmp_path / name))), name
 
 
 def test_resume_is_bit_identical_mid_epoch(celeba, tmp_path):
