@@ -23,6 +23,7 @@ from PIL import Image
 from conftest import REPO, tiny_args, tiny_state, torchrun_two_nodes
 from fastdcgan import checkpoint, jobs, losses
 from fastdcgan.state import rank_share
+from fastdcgan.stop import Stop
 from fastdcgan.train import main
 
 # What may differ, and why. Keys of metrics rows and time_to_fid entries that are clocks:
@@ -37,11 +38,14 @@ SET_ASIDE = ("checkpoints/step_", "tb/", "STATUS")
 # the epochs and the stops in some places and not in others: log rows every 5 (and plots drawn at an
 # epoch end 5 steps after the last drawing), grids every 4, checkpoints every 4, FID every 3.
 # Each launch but the last stops at a step, and loses the checkpoints named: the first, every one (the
-# second starts afresh, with rows, grids, a FID score and time_to_fid.json on disk); the second, its
-# stop's (the third resumes at 8, with the same after it on disk); the third stops on an epoch's last
-# step, before the epoch's end and its FID score; the fourth at a step where FID is due, after the
-# step's checkpoint and before its score.
-LAUNCHES = [(5, "all"), (11, "step_00000011.pt"), (12, None), (15, None)]
+# second starts afresh, with rows, grids, a FID score and time_to_fid.json on disk); the second at the
+# first epoch's end, its signal coming just after the epoch's last step checked for one (AFTER_CHECK:
+# the epoch end's own check finds it, after that epoch's grid and plots and before its checkpoint and
+# FID score); the third, its stop's (the fourth resumes at 8, with the same after it on disk); the
+# fourth stops on an epoch's last step, before the epoch's end and its FID score; the fifth at a step
+# where FID is due, after the step's checkpoint and before its score.
+LAUNCHES = [(5, "all"), (6, None), (11, "step_00000011.pt"), (12, None), (15, None)]
+AFTER_CHECK = {6}
 
 
 # The stateful parts on, in two sets: the paper's loss with EMA, augmentation and flips on the torch
@@ -70,7 +74,18 @@ def settings(celeba, run, fid_net, variant, tiny_run):
 
 
 def stop_at(monkeypatch, step):
-    """A real SIGUSR1 to this process as the loop reaches `step`: the trainer's own stop path follows."""
+    """A real SIGUSR1 to this process as the loop reaches `step` (in AFTER_CHECK: just after the step's
+    own stop check): the trainer's own stop path follows."""
+    if step in AFTER_CHECK:
+        requested = Stop.requested
+
+        def check_then_signal(self, at, now=False):
+            why = requested(self, at, now)
+            if at == step and not now:
+                os.kill(os.getpid(), signal.SIGUSR1)
+            return why
+        monkeypatch.setattr(Stop, "requested", check_then_signal)
+        return
     progress = jobs.Log.progress
 
     def progress_then_signal(self, at, epoch, wall_s):
@@ -191,8 +206,8 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     assert main(settings(celeba, probe, tiny_fid_net, variant, tiny_run)) == 0
     thresholds_along_the_way(monkeypatch, probe)
     assert main(settings(celeba, whole, tiny_fid_net, variant, tiny_run)) == 0
-    # What the thresholds are for, in the runs compared: one reached at step 15, where the fourth launch
-    # stops after the checkpoint and before the score (the fifth, resumed at 15, scores it on the clock
+    # What the thresholds are for, in the runs compared: one reached at step 15, where the fifth launch
+    # stops after the checkpoint and before the score (the sixth, resumed at 15, scores it on the clock
     # it resumed); and one at the last step, 18, scored before the run finished, which the launch after
     # it resumes at and must keep.
     reached = json.loads((whole / "time_to_fid.json").read_text())["reached"].values()
