@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from conftest import REPO, tiny_args, tiny_state, torchrun_two_nodes
-from fastdcgan import checkpoint, jobs, losses
+from fastdcgan import checkpoint, jobs, losses, train
 from fastdcgan.state import rank_share
 from fastdcgan.stop import Stop
 from fastdcgan.train import main
@@ -231,6 +231,29 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
     for run in (whole, split):
         images_count_every_rank(run, 8)
         histograms_read_as_the_loss_says(run, dict(VARIANTS[variant]).get("train__loss", "bce"))
+
+
+def test_each_launchs_set_up_counts_in_the_runs_clock(celeba, tmp_path, monkeypatch):
+    """The run's clock (wall_s) counts each launch from its start, its set-up included (the data scan, a
+    cache build, FID's real statistics): here the data scan of each launch takes LONG seconds on a clock
+    the test moves, so a fresh launch's checkpoints read LONG or more, and a resumed one's the clock of the
+    checkpoint it resumed plus LONG or more. A launch that starts the clock after its set-up (at the
+    checkpoint's loading) fails the second."""
+    moved = [0.0]
+    real = time.perf_counter
+    monkeypatch.setattr(time, "perf_counter", lambda: real() + moved[0])
+    scan = train.scan_data
+
+    def slow_scan(cfg):
+        moved[0] += LONG
+        return scan(cfg)
+    monkeypatch.setattr(train, "scan_data", slow_scan)
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=4)) == 0
+    first = checkpoint.load(run / "checkpoints" / "step_00000004.pt")["wall_s"]
+    assert LONG <= first < 2 * LONG
+    assert main(tiny_args(celeba, run, train__max_steps=8)) == 0
+    assert checkpoint.load(run / "checkpoints" / "step_00000008.pt")["wall_s"] >= first + LONG
 
 
 def histograms_read_as_the_loss_says(run: Path, loss: str) -> None:
