@@ -12,12 +12,15 @@ weights are alike on every rank.
 """
 from __future__ import annotations
 
+import random
+
+import numpy as np
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from fastdcgan import checkpoint, config, dist
-from fastdcgan.state import TrainState
+from fastdcgan.state import TrainState, rng_state, set_rng_state
 
 WORLD = 4
 ARGS = ["model.nz=8", "model.ngf=8", "model.ndf=8", "data.image_size=32", "device=cpu", "train.seed=11",
@@ -149,3 +152,32 @@ def test_every_ranks_draws_follow_the_seed(one_process_group, tmp_path, resumed)
         assert [op for op, _ in a] == [op for op, _ in b]
         for i, ((op, x), (_, y)) in enumerate(zip(a, b, strict=True)):
             assert not torch.equal(x, y), f"rank {rank} draws the same {op} (draw {i}) at seeds 11 and 12"
+
+
+# A draw from each generator a checkpoint's random state holds (state.rng_state()'s keys).
+DRAW = {"torch": lambda: torch.rand(8), "cuda": lambda: torch.rand(8, device="cuda").cpu(),
+        "numpy": lambda: torch.from_numpy(np.random.rand(8)),
+        "python": lambda: torch.tensor([random.random() for _ in range(8)])}
+
+
+def test_a_saved_random_state_puts_back_every_generator_it_holds():
+    """After set_rng_state, each generator draws again what it drew just after the save. A generator
+    added to the saved state without a draw here fails; CUDA's is drawn where there is a GPU (the next
+    test is its CPU-checkable part)."""
+    saved = rng_state()
+    assert set(saved) == set(DRAW)
+    held = [k for k in DRAW if saved[k] is not None]
+    first = {k: DRAW[k]() for k in held}
+    set_rng_state(saved)
+    assert {k: torch.equal(DRAW[k](), first[k]) for k in held} == dict.fromkeys(held, True)
+
+
+def test_a_saved_cuda_random_state_is_handed_to_torch_cuda(monkeypatch):
+    """On a GPU a resumed run draws on from its saved CUDA stream (noise, augmentation, dropout are drawn
+    there), not from the seed's start again: the saved state reaches torch.cuda.set_rng_state."""
+    state = {**rng_state(), "cuda": torch.arange(16, dtype=torch.uint8)}
+    given = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "set_rng_state", given.append)
+    set_rng_state(state)
+    assert len(given) == 1 and torch.equal(given[0], state["cuda"])
