@@ -4,16 +4,20 @@ batch dropped, a resume at any batch, an abandoned epoch, the one-batch check, a
 the scan replaced by the next. Every field of the Feed a backend is given, on every backend:
 test_every_feed_field.py. The backends' own matters (DALI's pipelines, the cache's build, the
 GPU decoders) are in test_dali.py, test_cache.py and test_nvjpeg.py."""
+import shutil
+
 import pytest
 import torch
 
-from conftest import color_ids, make_celeba, runs_here, write_colors
-from fastdcgan import config
+from conftest import color_ids, make_celeba, runs_here, tiny_args, write_colors
+from fastdcgan import config, fid, train
 from fastdcgan.config import UsageError
+from fastdcgan.data import folder
 from fastdcgan.data.base import Feed
 from fastdcgan.data.folder import scan
 from fastdcgan.data.loaders import BACKENDS, make_loader
 from fastdcgan.data.order import epoch_batches, flip_masks
+from fastdcgan.metrics import frechet
 
 CPU = torch.device("cpu")
 
@@ -179,3 +183,23 @@ def test_a_device_failure_while_replacing_a_file_ends_the_epoch_at_once():
         with pytest.raises(InputFailure, match="CUDA error"):
             first_that_decodes(["a.jpg", "b.jpg", "c.jpg"], 1, decode)
     assert tried == ["b.jpg"]
+
+
+def test_data_workers_sizes_every_pool_that_reads_the_images(celeba, tiny_fid_net, tmp_path, monkeypatch):
+    """data.workers is the number of processes of every pool that reads the data set, not the training
+    loader's alone (test_every_setting.py's probe): the data scan's check of each file, and the decode of
+    FID's real images, in training and in `python -m fastdcgan.fid` on its checkpoint. A pool given
+    another number (the default: all the CPUs, or one) runs where the user did not ask. 3: neither the
+    default of 0 nor this machine's CPU count."""
+    sized = []
+    check_all, real_batches = folder._check_all, frechet.real_batches
+    monkeypatch.setattr(folder, "_check_all", lambda paths, workers: (sized.append(("scan", workers)),
+                                                                       check_all(paths, workers))[1])
+    monkeypatch.setattr(frechet, "real_batches", lambda files, size, batch, workers=0: (
+        sized.append(("FID's real images", workers)), real_batches(files, size, batch, workers))[1])
+    run = tmp_path / "run"
+    assert train.main(tiny_args(celeba, run, data__workers=3, train__max_steps=1, fid__every=1, fid__n=8,
+                                fid__weights=tiny_fid_net)) == 0
+    shutil.rmtree(folder.cache_dir())  # the files' verdicts and FID's statistics: the tool makes its own
+    assert fid.main(["--checkpoint", str(run), "--n", "8", "--weights", str(tiny_fid_net)]) == 0
+    assert sized == [("scan", 3), ("FID's real images", 3)] * 2
