@@ -234,11 +234,13 @@ def test_an_interrupted_run_leaves_the_run_directory_of_an_uninterrupted_one(cel
 
 
 def test_each_launchs_set_up_counts_in_the_runs_clock(celeba, tmp_path, monkeypatch):
-    """The run's clock (wall_s) counts each launch from its start, its set-up included (the data scan, a
-    cache build, FID's real statistics): here the data scan of each launch takes LONG seconds on a clock
-    the test moves, so a fresh launch's checkpoints read LONG or more, and a resumed one's the clock of the
-    checkpoint it resumed plus LONG or more. A launch that starts the clock after its set-up (at the
-    checkpoint's loading) fails the second."""
+    """The run's clock (wall_s, and the time to FID it gives) is what a user waits: it counts each launch
+    from its start, its set-up included (the data scan, making the built-in faces, a cache build, FID's
+    real statistics). Here the data scan of each launch takes LONG seconds on a clock the test moves, so
+    a fresh launch's checkpoints read LONG or more, and a resumed one's the clock of the checkpoint it
+    resumed plus LONG or more. A launch that starts the clock after its set-up (at the models, or at the
+    checkpoint's loading) fails. (A moved clock: the same on real time asserted a lower bound that a
+    loaded machine broke.)"""
     moved = [0.0]
     real = time.perf_counter
     monkeypatch.setattr(time, "perf_counter", lambda: real() + moved[0])
