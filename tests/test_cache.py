@@ -314,6 +314,22 @@ def test_auto_weighs_the_cache_at_the_image_size_trained(monkeypatch):
                       (250, 128): True}
 
 
+def test_the_cache_is_held_on_the_gpu_when_it_fits_at_the_size_trained(monkeypatch):
+    """On CUDA the cache is served from GPU memory when N x S x S x 3 bytes fit the GPU's budget, S the
+    size trained at: the CPU-checkable part of CacheLoader.open's choice (a budget given, a CUDA device
+    named; nothing runs on it). Weighed at another size, a 128px cache would be taken for a quarter of its
+    bytes and fill the GPU."""
+    budget = cache.nbytes(1000, 64)
+    monkeypatch.setattr(cache, "memory_budget", lambda device: (budget, "given") if device.type == "cuda"
+                        else pytest.fail("weighed against the host"))
+    cuda = torch.device("cuda")
+    fits = {(n, size): cache.fits_the_gpu(Feed([], size, 8, device=cuda), n)
+            for n, size in ((1000, 64), (1000, 32), (1000, 128), (1001, 64), (250, 128))}
+    assert fits == {(1000, 64): True, (1000, 32): True, (1000, 128): False, (1001, 64): False,
+                    (250, 128): True}
+    assert not cache.fits_the_gpu(Feed([], 32, 8, device=CPU), 1)  # the host serves a CPU run
+
+
 def test_the_trainer_reuses_the_cache_prepare_built(celeba, tmp_path, capsys):
     """What README promises of prepare: decode once ahead, and the trainer's cache backend finds it (the
     same images, size, decoder and data folder make the same cache)."""

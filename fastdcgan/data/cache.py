@@ -225,6 +225,11 @@ def nbytes(n: int, image_size: int) -> int:
     return n * image_size * image_size * 3
 
 
+def fits_the_gpu(feed: Feed, images: int) -> bool:
+    """Whether a cache of `images` at the size the feed trains at fits the budget of its CUDA device."""
+    return feed.device.type == "cuda" and nbytes(images, feed.image_size) <= memory_budget(feed.device)[0]
+
+
 def _to_gpu(arr: np.ndarray, device: torch.device, chunk: int = 4096) -> torch.Tensor:
     """Copy a (memory-mapped) array to the GPU piece by piece: never a second full copy on the host."""
     out = torch.empty(arr.shape, dtype=torch.uint8, device=device)
@@ -319,8 +324,7 @@ class CacheLoader(Loader):
         """Build the cache (or reuse a matching one), saying which, then serve it: from GPU memory when
         it fits the budget, else pinned host memory."""
         report = build_cache(feed.images(), feed.image_size, feed.device, feed.threads, say)
-        on_gpu = (feed.device.type == "cuda"
-                  and nbytes(report.images, feed.image_size) <= memory_budget(feed.device)[0])
+        on_gpu = fits_the_gpu(feed, report.images)
         if feed.device.type == "cuda" and not on_gpu:
             say("input: the cache does not fit the GPU budget; serving it from pinned host memory")
         return cls(feed, report.folder, on_gpu)
