@@ -13,8 +13,11 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from conftest import REPO, make_celeba, tiny_args, wait_for_step
 from fastdcgan import checkpoint
+from fastdcgan.train import main
 from test_dist import torchrun
 
 # A step of ngf=ndf=64 at 64x64, batch 8, takes about 0.8 s of one core here: slow enough that a stop
@@ -182,3 +185,18 @@ def test_the_ranks_check_for_a_stop_at_the_steps_rank_0_schedules_and_see_it_the
                 break
         assert (step - start, asked) == (6, [1, 2, 6]) and s.requested(step + 1, now=True) == "STOP file"
         file.unlink()
+
+
+@pytest.mark.parametrize("restarts", [0, 1, 2])
+def test_workers_torchrun_restarts_after_a_stop_stop_at_once_and_a_new_launch_trains(celeba, tmp_path,
+                                                                                   monkeypatch, restarts):
+    """RUN_DIR/STOP, left by a stop: workers torchrun restarts in that launch (TORCHELASTIC_RESTART_COUNT
+    1 or more: a rank failed after the stop) find it, keep it and stop before training, in an allocation
+    being taken away; a new launch (count 0) clears it and trains on."""
+    run = tmp_path / "run"
+    assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
+    (run / "STOP").write_text("stopped by SIGTERM at step 2\n")
+    monkeypatch.setenv("TORCHELASTIC_RESTART_COUNT", str(restarts))
+    code = main(tiny_args(celeba, run, train__max_steps=4))
+    latest = checkpoint.load(checkpoint.latest(run / "checkpoints"))["step"]
+    assert (code, latest, (run / "STOP").exists()) == ((0, 4, False) if restarts == 0 else (75, 2, True))
