@@ -840,7 +840,7 @@ def test_every_setting_has_a_place_in_the_plan():
 @pytest.mark.parametrize("key", [k for k in ALL_KEYS if k not in NO_PLAN])
 def test_the_plan_shows_each_setting_where_it_says(key, places):
     """The probe's two runs (and, where it has them, its resumed runs) differ in plan.json in the fields
-    of the settings they differ in, and in no other."""
+    of the settings they differ in, and in no other; and neither plan says "auto"."""
     probe = PROBES[key]
     if probe.base.get("data.backend") == "dali":
         pytest.importorskip("nvidia.dali")
@@ -852,6 +852,8 @@ def test_the_plan_shows_each_setting_where_it_says(key, places):
                      for k in config.diff(config.to_dict(base.cfg), config.to_dict(changed.cfg))}
         want = {f for k in differ_in for f in PLAN_SHOWS[k]}
         a, b = plan_of(base), plan_of(changed)
+        # as built: what "auto" chose (precision, compile, backend), never the word asked
+        assert "auto" not in [*a.values(), *b.values()], (a, b)
         moved = {f: (a.get(f), b.get(f)) for f in a.keys() | b.keys() if a.get(f) != b.get(f)}
         assert set(moved) == want, f"settings changed: {sorted(differ_in)}; plan fields moved: {moved}"
 
