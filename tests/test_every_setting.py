@@ -743,13 +743,18 @@ def resumed(settings: dict, probe: Probe) -> Seen:
     return RUNS[key]
 
 
+def resumed_pair(key: str) -> tuple[Seen, Seen]:
+    """The probe's pair, each resumed from one run of its base settings."""
+    probe = PROBES[key]
+    return resumed(probe.base, probe), resumed({**(probe.changed or probe.base), key: probe.value}, probe)
+
+
 @pytest.mark.parametrize("key", RESUMED)
 def test_a_resume_applies_the_changed_setting_and_says_so(key, places):
     """Resumed from one checkpoint, a launch with the setting changed uses the new value, checked as
     a fresh run's is, names it among the changed settings it prints, and writes it in config.toml."""
     probe = PROBES[key]
-    base = resumed(probe.base, probe)
-    changed = resumed({**(probe.changed or probe.base), key: probe.value}, probe)
+    base, changed = resumed_pair(key)
     for s in (base, changed):
         assert not s.error and s.start in (2, 4), s.error
     probe.check(base, changed)
@@ -811,9 +816,9 @@ PLAN_SHOWS: dict[str, tuple[str, ...]] = {
                            "train.max_steps", "train.seed", "train.run_dir", "train.init", "train.gp_lambda",
                            "train.timeout_s", "log.every", "log.tensorboard", "sample.every", "sample.n",
                            "ckpt.every", "ckpt.keep", "fid.every", "fid.n", "fid.weights", "fid.batch",
-                           "fid.target")},
+                           "fid.target", "train.resume")},
+    "device": ("device",),
 }
-PLAN_SHOWS |= {"device": ("device",), "train.resume": ()}
 # Probes whose pair has no plan to compare, and why.
 NO_PLAN = {"device": "device=cuda stops on a machine without CUDA; on a GPU, auto resolves other precisions "
                      "and optimizer forms too (test_fast_step.py's cuda tests)",
@@ -844,9 +849,7 @@ def test_the_plan_shows_each_setting_where_it_says(key, places):
     probe = PROBES[key]
     if probe.base.get("data.backend") == "dali":
         pytest.importorskip("nvidia.dali")
-    runs = [pair(key)] + ([(resumed(probe.base, probe),
-                            resumed({**(probe.changed or probe.base), key: probe.value}, probe))]
-                          if probe.resume else [])
+    runs = [pair(key)] + ([resumed_pair(key)] if probe.resume else [])
     for base, changed in runs:
         differ_in = {k.split(":")[0]
                      for k in config.diff(config.to_dict(base.cfg), config.to_dict(changed.cfg))}

@@ -193,10 +193,16 @@ def test_data_workers_sizes_every_pool_that_reads_the_images(celeba, tiny_fid_ne
     default of 0 nor this machine's CPU count."""
     sized = []
     check_all, real_batches = folder._check_all, frechet.real_batches
-    monkeypatch.setattr(folder, "_check_all", lambda paths, workers: (sized.append(("scan", workers)),
-                                                                       check_all(paths, workers))[1])
-    monkeypatch.setattr(frechet, "real_batches", lambda files, size, batch, workers=0: (
-        sized.append(("FID's real images", workers)), real_batches(files, size, batch, workers))[1])
+
+    def scan_pool(paths, workers):
+        sized.append(("scan", workers))
+        return check_all(paths, workers)
+
+    def fid_pool(files, size, batch, workers=0):
+        sized.append(("FID's real images", workers))
+        return real_batches(files, size, batch, workers)
+    monkeypatch.setattr(folder, "_check_all", scan_pool)
+    monkeypatch.setattr(frechet, "real_batches", fid_pool)
     run = tmp_path / "run"
     assert train.main(tiny_args(celeba, run, data__workers=3, train__max_steps=1, fid__every=1, fid__n=8,
                                 fid__weights=tiny_fid_net)) == 0
