@@ -1,0 +1,446 @@
+"""Every record a run writes follows every setting, by construction.
+
+RECORDS names each file a run directory can hold, with its rule: what the file must hold, given the
+settings of the launch that wrote it and the run's other records. A grid is what its step's checkpoint
+samples from the fixed noise; a FID row, what its step's generator scores; generator.pth, the last
+checkpoint's G; the TensorBoard scalars, the metrics rows; and so on.
+
+Every setting of config.py is changed in a whole run of its own: its probe's value from
+test_every_setting.py, on RECORD_RUN (every record on, a checkpoint at each step). Where its probe resumes,
+it is changed again in a launch that resumes a run of the settings before it. Every rule is checked on each
+run. So these fail here without a test of their own: a setting that reaches the step but not a record (the
+EMA not in the grids or FID, the loss not on the plots' axis), a record that reads another setting, and a
+record that a resumed launch forgets. A file that no rule covers fails
+test_every_file_a_run_writes_has_a_rule by its name.
+
+The settings' effects on the step itself are test_every_setting.py's; that an interrupted run's records
+equal an uninterrupted one's, test_resume_records.py's.
+"""
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+import math
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from fastdcgan import checkpoint, config, losses, plots
+from fastdcgan.generate.export import load_generator
+from fastdcgan.jobs import FID
+from fastdcgan.metrics import extractors
+from fastdcgan.metrics.frechet import frechet_distance, generator_stats, real_stats
+from fastdcgan.model import fixed_noise, sample
+from fastdcgan.report import NOT_SCALARS, TB_GROUPS
+from test_every_setting import ALL_KEYS, PLACES, PROBES, RUNS, Seen, arguments, fit, launch
+from test_every_setting import places  # noqa: F401  (the fixture: the faces, FID networks and runs shared)
+
+pytestmark = pytest.mark.usefixtures("places")
+
+# 16 images at batch 4: 4 steps an epoch, 8 steps. A checkpoint at every step, so that every grid and FID
+# score has its step's weights to be compared with; grids, log rows and FID every 3 steps, across the
+# epochs' ends; sample.n above the batch (reals.png holds one batch).
+RECORD_RUN = {"train.batch_size": 4, "train.epochs": 2, "log.every": 3, "log.tensorboard": True,
+              "sample.every": 3, "sample.n": 6, "ckpt.every": 1, "ckpt.keep": 20, "fid.every": 3, "fid.n": 8,
+              "fid.batch": 4, "fid.weights": "{fid_net}"}
+# Where a probe's value is RECORD_RUN's, or would change nothing a run of RECORD_RUN writes: the value here
+# (log.every 5: a drawing skips the first epoch's end).
+VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 2, "train.batch_size": 8}
+# Where the probe's base is not what the setting needs here: never, on a new run directory, is a fresh run
+# (the probe's base, a used run directory, refuses to start).
+NEEDS = {"train.resume": {}}
+# Settings with no run here, and why.
+NO_RUN = {"device": "device=cuda stops on a machine without CUDA (test_every_setting.py's probe); "
+                    "on a GPU, gpu_check's trainer run"}
+
+
+# ----- what a run is made of: its launches -----
+
+@dataclass(frozen=True)
+class Launch:
+    cfg: config.Config
+    lo: int        # the step it started at
+    hi: int        # the step it ended at
+    warm: bool     # with a compile/capture warm-up (compile or CUDA graphs, as resolved)
+
+
+def launches(s: Seen) -> list[Launch]:
+    """The launches that trained, each with its settings: a fresh run's one; a resumed run's first (with
+    the settings the run was started with, up to the checkpoint resumed) and its own, where it trained."""
+    end, first = int(finished(s).split()[1]), s.trace.get("first")
+    made = [Launch(seen.cfg, lo, hi, seen.run.state.compile != "off" or seen.run.state.cuda_graphs)
+            for seen, lo, hi in ([(first, 0, s.start)] if first else []) + [(s, s.start, end)]]
+    return [la for la in made if la.hi > la.lo]
+
+
+def images(s: Seen) -> int:
+    return len(s.run.images.files)
+
+
+def per_epoch(la: Launch, n: int) -> int:
+    return n // la.cfg.train.batch_size
+
+
+def epoch_of(step: int, la: Launch, n: int) -> int:
+    """The epoch a step is in, counted from 1."""
+    return (step - 1) // per_epoch(la, n) + 1
+
+
+def steps(la: Launch, every: int) -> list[int]:
+    return [k for k in range(la.lo + 1, la.hi + 1) if k % every == 0]
+
+
+def epoch_ends(la: Launch, n: int) -> list[int]:
+    return steps(la, per_epoch(la, n))
+
+
+def owner(s: Seen, step: int) -> Launch:
+    """The launch that trained a step."""
+    return next(la for la in launches(s) if la.lo < step <= la.hi)
+
+
+def finished(s: Seen) -> str:
+    return (s.dir / "STATUS").read_text().split(";")[0].strip()
+
+
+def rows(s: Seen, kind: str) -> list[dict]:
+    return [r for r in plots.read_metrics(s.dir / "metrics.jsonl") if ("fid" in r) == (kind == "fid")]
+
+
+def step_of(path: Path) -> int:
+    return int(path.stem.split("_")[1])
+
+
+def checkpoint_at(s: Seen, step: int) -> Path:
+    return s.dir / "checkpoints" / f"step_{step:08d}.pt"
+
+
+def same_image(a: Path, b: Path) -> bool:
+    return np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(b)))
+
+
+def scored(s: Seen) -> list[tuple[int, Launch]]:
+    """The steps FID scores, each with the launch that scored it: every fid.every steps; and a launch that
+    resumes at a step its fid.every makes due, with no score there yet, scores it first (of the same
+    weights: none is skipped)."""
+    done: list[tuple[int, Launch]] = []
+    for la in launches(s):
+        pending = [la.lo] if la.lo and la.lo % la.cfg.fid.every == 0 and la.lo not in dict(done) else []
+        done += [(k, la) for k in pending + steps(la, la.cfg.fid.every)]
+    return done
+
+
+def last_step(s: Seen) -> int:
+    """Where the run ends: its epochs or train.max_steps, or the first score of the launch with fid.target
+    at or below it."""
+    la = launches(s)[-1]
+    total = la.cfg.train.epochs * per_epoch(la, images(s))
+    total = min(total, la.cfg.train.max_steps or total)
+    target = la.cfg.fid.target
+    mine = [r["step"] for r, (_, by) in zip(rows(s, "fid"), scored(s), strict=False)
+            if by == la and target and r["fid"] <= target]
+    return min([total, *mine])
+
+
+def drawings(s: Seen) -> dict[str, tuple[int, Launch]]:
+    """The D-output histograms (their files, each with its step and launch): at each epoch's end log.every
+    steps or more after the last drawing (the pace spans the launches), and at the run's last step."""
+    n, drawn, want = images(s), 0, {}
+    for la in launches(s):
+        for k in epoch_ends(la, n):
+            if k - drawn >= la.cfg.log.every:
+                drawn, want[f"d_outputs_epoch_{epoch_of(k, la, n):03d}.png"] = k, (k, la)
+    la = launches(s)[-1]
+    if drawn != la.hi:
+        want[f"d_outputs_epoch_{epoch_of(la.hi, la, n):03d}.png"] = (la.hi, la)
+    return want
+
+
+def grid_steps(s: Seen) -> dict[str, tuple[int, Launch]]:
+    """The grids a run draws (their files, each with its step and launch): every sample.every steps, at each
+    epoch's end (named by the epoch), and at a launch's last step."""
+    n, want = images(s), {}
+    for la in launches(s):
+        ends, due = epoch_ends(la, n), steps(la, la.cfg.sample.every)
+        want |= {f"epoch_{k // per_epoch(la, n):03d}.png": (k, la) for k in ends}
+        want |= {f"step_{k:08d}.png": (k, la) for k in due + ([la.hi] if la.hi not in due + ends else [])}
+    return want
+
+
+# ----- the rules: each asserts what its record holds -----
+
+def config_toml(s: Seen) -> None:
+    """The settings of the last launch, resolved."""
+    assert (s.dir / "config.toml").read_text() == config.to_toml(s.cfg)
+
+
+def status(s: Seen) -> None:
+    """finished at the run's last step; the times to FID it gives are time_to_fid.json's."""
+    assert finished(s) == f"finished {last_step(s)}"
+    reached = json.loads((s.dir / "time_to_fid.json").read_text())["reached"]
+    said = (s.dir / "STATUS").read_text()
+    for t, r in reached.items():
+        assert f"<={float(t):g}: " in said and f"(step {r['step']})" in said, (t, said)
+
+
+def train_rows(s: Seen) -> None:
+    """A row at each log.every step and each launch's last, with its epoch and the images seen; the
+    set-up's costs in one row of each launch: its first, or after a warm-up, the first after it."""
+    n, got, want = images(s), rows(s, "train"), []
+    for la in launches(s):
+        logged = sorted(set(steps(la, la.cfg.log.every)) | {la.hi})
+        want += [(k, epoch_of(k, la, n), k * la.cfg.train.batch_size) for k in logged]
+    assert [(r["step"], r["epoch"], r["images"]) for r in got] == want
+    keys = {"step", "epoch", "images", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "data_ms",
+            "compute_ms", "time"}
+    for la in launches(s):
+        mine = [r for r in got if la.lo < r["step"] <= la.hi]
+        costs = [i for i, r in enumerate(mine) if "setup_s" in r]
+        assert costs == [0] or (la.warm and len(costs) == 1), mine
+        warmup = {"warmup_s", "warmup_steps", "warmup_graphs"} if la.warm else set()
+        assert [r.keys() - keys for r in mine] == [{"setup_s", *warmup} if i in costs else set()
+                                                   for i in range(len(mine))]
+
+
+def fid_rows(s: Seen) -> None:
+    """A score at each step scored(), of fid.n images of the sampling generator (the EMA's when model.ema
+    is on) on fid.weights' network: the score that generator's checkpoint gets."""
+    n, got, want = images(s), rows(s, "fid"), scored(s)
+    seen = [(r["step"], r["epoch"], r["images"], r["fid_n"], r["fid_ema"], r["fid_network"]) for r in got]
+    trained = [owner(s, k) for k, _ in want]  # a pending score's step was trained by the launch before
+    assert seen == [(k, epoch_of(k, by, n), k * by.cfg.train.batch_size, la.cfg.fid.n, bool(la.cfg.model.ema),
+                     network_name(la.cfg.fid.weights)) for (k, la), by in zip(want, trained, strict=True)]
+    for r, (k, la) in zip(got, want, strict=True):
+        if not checkpoint_at(s, k).exists():  # rotated out (ckpt.keep)
+            continue
+        cfg = la.cfg
+        G = load_generator(checkpoint_at(s, k), ema=bool(cfg.model.ema)).net
+        ext = extractors.load(cfg.fid.weights)
+        real, _ = real_stats(s.run.images.files, cfg.data.image_size, ext, cfg.fid.batch)
+        score = frechet_distance(real, generator_stats(G, cfg.fid.n, ext, cfg.fid.batch, seed=0))
+        assert r["fid"] == pytest.approx(score, rel=1e-4, abs=1e-3), k
+
+
+def network_name(weights: str) -> str:
+    return "torchscript:" + hashlib.sha1(Path(weights).read_bytes()).hexdigest()[:16]
+
+
+def time_to_fid(s: Seen) -> None:
+    """Each threshold (and fid.target) reached by the first score at or below it of the launches that
+    had it, with its step and images seen."""
+    target = s.cfg.fid.target
+    record = json.loads((s.dir / "time_to_fid.json").read_text())
+    assert record["target"] == (target or None)
+    want = {}
+    for t in sorted({*FID.THRESHOLDS, *([target] if target else [])}, reverse=True):
+        first = next((r for r, (_, la) in zip(rows(s, "fid"), scored(s), strict=True)
+                      if r["fid"] <= t and (t in FID.THRESHOLDS or t == la.cfg.fid.target)), None)
+        if first:
+            want[f"{t:g}"] = {"step": first["step"], "images": first["images"], "fid": first["fid"]}
+    got = {f"{float(t):g}": {k: r[k] for k in ("step", "images", "fid")}
+           for t, r in record["reached"].items()}
+    assert got == want
+
+
+def checkpoint_files(s: Seen) -> None:
+    """step_N.pt at every ckpt.every steps, each epoch's end, each launch's last step and each new best
+    FID; the last ckpt.keep of them; latest names the newest; best_fid is the best score's, with its
+    record; each holds the settings of the launch that saved it."""
+    n, saved = images(s), set()
+    for la in launches(s):
+        saved |= set(steps(la, la.cfg.ckpt.every)) | set(epoch_ends(la, n)) | {la.hi}
+    best, scores = math.inf, rows(s, "fid")
+    for r in scores:
+        if r["fid"] < best:
+            best, saved = r["fid"], saved | {r["step"]}
+    want = sorted(saved)[-launches(s)[-1].cfg.ckpt.keep:]
+    folder = s.dir / "checkpoints"
+    assert sorted(step_of(p) for p in folder.glob("step_*.pt")) == want
+    assert (folder / "latest").read_text().strip() == checkpoint_at(s, want[-1]).name
+    for k in want:
+        held = config.from_dict(checkpoint.load(checkpoint_at(s, k))["config"])
+        assert config.to_dict(held) == config.to_dict(owner(s, k).cfg), k
+    top = min(scores, key=lambda r: r["fid"])
+    assert json.loads((folder / "best_fid.json").read_text()) == {
+        "step": top["step"], "fid": top["fid"], "n": top["fid_n"], "ema": top["fid_ema"]}
+    assert torch.load(folder / "best_fid", weights_only=False)["step"] == top["step"]
+
+
+def weights_files(s: Seen) -> None:
+    """generator.pth, discriminator.pth: the last checkpoint's G and D; generator_ema.pth its EMA G, when
+    model.ema is on."""
+    last = checkpoint.load(checkpoint_at(s, launches(s)[-1].hi))
+    for name, key in (("generator.pth", "G"), ("discriminator.pth", "D"), ("generator_ema.pth", "G_ema")):
+        path = s.dir / name
+        if key == "G_ema" and not s.cfg.model.ema:
+            assert not path.exists()
+            continue
+        got = torch.load(path, weights_only=True)
+        assert got.keys() == last[key].keys() and all(torch.equal(got[k], last[key][k]) for k in got), name
+
+
+def grids(s: Seen) -> None:
+    """samples/: the fixed noise (sample.n of it) through the sampling generator (the EMA's when model.ema
+    is on) of the grid's step, as its checkpoint gives it; reals.png, the first launch's first batch (up to
+    sample.n of it)."""
+    want, folder, tmp = grid_steps(s), s.dir / "samples", s.dir.parent
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*want, "reals.png"])
+    for name, (k, la) in want.items():
+        if not checkpoint_at(s, k).exists():  # rotated out (ckpt.keep)
+            continue
+        cfg = la.cfg
+        z = fixed_noise(cfg.sample.n, cfg.model.nz, cfg.train.seed + 1)
+        G = load_generator(checkpoint_at(s, k), ema=bool(cfg.model.ema)).net
+        plots.write_grid(plots.sample_grid(sample(G, z)), tmp / "grid.png")
+        assert same_image(folder / name, tmp / "grid.png"), name
+    first = s.trace.get("first", s)
+    batch = next(iter(first.run.loader.epoch(0, 0)))[: first.cfg.sample.n]  # as the loader gives it again
+    plots.save_grid(batch.permute(0, 3, 1, 2).float() / 127.5 - 1, tmp / "reals.png")
+    assert same_image(folder / "reals.png", tmp / "reals.png")
+
+
+def plot_files(s: Seen) -> None:
+    """plots/loss.png and plots/fid.png are metrics.jsonl drawn; the D-output histograms at drawings(), on
+    the axis of the train.loss of the launch that drew them."""
+    want, folder, tmp = drawings(s), s.dir / "plots", s.dir.parent
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*want, "loss.png", "fid.png"])
+    for name, (_, la) in want.items():
+        axis = losses.HISTOGRAM_AXIS[la.cfg.train.loss]
+        assert Image.open(folder / name).text["Description"] == f"x: {axis}", name
+    for name, draw in (("loss.png", plots.plot_losses), ("fid.png", plots.plot_fid)):
+        draw(s.dir / "metrics.jsonl", tmp / name)
+        assert same_image(folder / name, tmp / name), name
+
+
+def tensorboard(s: Seen) -> None:
+    """The launches with log.tensorboard on write every number of their metrics rows as a scalar at its
+    step, their grids and their D-output histograms; a run with none has no tb/."""
+    on = [la for la in launches(s) if la.cfg.log.tensorboard]
+    if not on:
+        assert not (s.dir / "tb").exists()
+        return
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(s.dir / "tb"), size_guidance={"scalars": 0, "images": 0, "histograms": 0})
+    acc.Reload()
+    got = {(t, e.step): e.value for t in acc.Tags()["scalars"] for e in acc.Scalars(t)}
+    fid = dict(scored(s))
+    want = {(f"{TB_GROUPS.get(k, 'train')}/{k}", r["step"]): v
+            for r in plots.read_metrics(s.dir / "metrics.jsonl")
+            if (fid[r["step"]] if "fid" in r else owner(s, r["step"])) in on
+            for k, v in r.items() if k not in NOT_SCALARS and type(v) in (int, float)}  # not bools
+    assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
+    shown = sorted(k for k, la in grid_steps(s).values() if la in on)
+    assert sorted(e.step for e in acc.Images("samples")) == shown
+    drawn = sorted(k for k, la in drawings(s).values() if la in on)
+    for tag in ("D/real", "D/fake"):
+        assert sorted(e.step for e in acc.Histograms(tag)) == drawn, tag
+
+
+RECORDS: dict[str, Callable[[Seen], None] | str] = {
+    "config.toml": config_toml,
+    "STATUS": status,
+    "metrics.jsonl": lambda s: (train_rows(s), fid_rows(s)),
+    "time_to_fid.json": time_to_fid,
+    "checkpoints/*": checkpoint_files,
+    "*.pth": weights_files,
+    "samples/*": grids,
+    "plots/*": plot_files,
+    "tb/*": tensorboard,
+    "plan.json": "test_every_setting.py's PLAN_SHOWS: each setting's place in the plan, in its probe's runs",
+    "skipped_files.txt": "written when files are skipped: test_bad_input.py",
+    "fid.jsonl": "python -m fastdcgan.fid's scores: test_fid.py",
+    "STOP": "a user's file: test_stop.py",
+}
+
+
+# ----- the runs -----
+
+def value(key: str):
+    return VALUE.get(key, PROBES[key].value)
+
+
+def needs(key: str) -> dict:
+    """What the setting needs to act (its probe's base: wgan-gp for gp_lambda); a whole run's probe's base is
+    for its own runs' length, and RECORD_RUN stands in for it."""
+    return NEEDS.get(key, PROBES[key].base if PROBES[key].stage != "fit" else {})
+
+
+def settings(key: str) -> dict:
+    return {**RECORD_RUN, **needs(key), key: value(key)}
+
+
+def fresh(key: str) -> Seen:
+    return launch("fit", settings(key))
+
+
+def resumed(key: str) -> Seen:
+    """A launch with the setting changed that resumes a run of the settings before it, stopped at the
+    first epoch's end (step 4)."""
+    first = launch("fit", {**RECORD_RUN, **needs(key), "train.max_steps": 4})
+    assert first.trace["code"] == 0, first.out
+    run_key = ("records-resumed", key)
+    if run_key not in RUNS:
+        folder = PLACES["tmp"] / f"records-resumed-{key}"
+        shutil.copytree(first.dir, folder)
+        RUNS[run_key] = fit(arguments(settings(key), folder))
+        RUNS[run_key].trace["first"] = first
+    return RUNS[run_key]
+
+
+RUN_KEYS = [key for key in ALL_KEYS if key not in NO_RUN]
+RESUMED_KEYS = [key for key in RUN_KEYS if PROBES[key].resume]
+
+
+def test_every_setting_has_a_run_or_says_why_not():
+    assert set(RUN_KEYS) | set(NO_RUN) == set(ALL_KEYS) and not set(NO_RUN) - set(ALL_KEYS)
+    for key in RUN_KEYS:  # a change from what the run would have had: a run that could show it
+        before = dict(a.split("=", 1) for a in arguments({**RECORD_RUN, **needs(key)}, PLACES["tmp"]))
+        after = dict(a.split("=", 1) for a in arguments(settings(key), PLACES["tmp"]))
+        default = config.get(config.to_dict(config.Config()), key)
+        assert after[key] != before.get(key, str(default)), key
+
+
+def check_every_record(s: Seen) -> None:
+    assert s.trace["code"] == 0, s.out[-3000:]
+    for rule in RECORDS.values():
+        if callable(rule):
+            rule(s)
+
+
+@pytest.mark.parametrize("key", RUN_KEYS)
+def test_every_record_follows_the_setting(key):
+    if PROBES[key].base.get("data.backend") == "dali":
+        pytest.importorskip("nvidia.dali")
+    check_every_record(fresh(key))
+
+
+@pytest.mark.parametrize("key", RESUMED_KEYS)
+def test_every_record_follows_the_setting_changed_on_resume(key):
+    if PROBES[key].base.get("data.backend") == "dali":
+        pytest.importorskip("nvidia.dali")
+    s = resumed(key)
+    assert s.start == 4, s.out[-3000:]
+    check_every_record(s)
+
+
+def test_every_file_a_run_writes_has_a_rule():
+    """Every file of these runs matches a pattern of RECORDS (a new record fails here by its name), and every
+    rule's pattern matches a file of RECORD_RUN's run."""
+    runs = [s for k, s in RUNS.items() if k[0] in ("fit", "records-resumed") and s.dir]
+    written = {p.relative_to(s.dir).as_posix() for s in runs for p in s.dir.rglob("*") if p.is_file()}
+    assert written, "no runs made: run the module's other tests first"
+    ruleless = sorted(f for f in written if not any(fnmatch.fnmatch(f, pattern) for pattern in RECORDS))
+    assert not ruleless, f"files no rule in RECORDS covers: {ruleless}"
+    base = launch("fit", RECORD_RUN)
+    check_every_record(base)
+    mine = [p.relative_to(base.dir).as_posix() for p in base.dir.rglob("*") if p.is_file()]
+    unused = [pattern for pattern, rule in RECORDS.items()
+              if callable(rule) and not any(fnmatch.fnmatch(f, pattern) for f in mine)]
+    assert not unused, f"rules for files RECORD_RUN's run does not write: {unused}"
