@@ -131,7 +131,7 @@ def scored(s: Seen) -> list[tuple[int, Launch]]:
     resumes at a step its fid.every makes due, with no score there yet, scores it first (of the same
     weights: none is skipped)."""
     done: list[tuple[int, Launch]] = []
-    for la in launches(s):
+    for la in filter(lambda la: la.cfg.fid.every, launches(s)):
         pending = [la.lo] if la.lo and la.lo % la.cfg.fid.every == 0 and la.lo not in dict(done) else []
         done += [(k, la) for k in pending + steps(la, la.cfg.fid.every)]
     return done
@@ -182,10 +182,14 @@ def config_toml(s: Seen) -> None:
 
 
 def status(s: Seen) -> None:
-    """finished at the run's last step; the times to FID it gives are time_to_fid.json's."""
+    """finished at the run's last step; the times to FID it gives are time_to_fid.json's (none without
+    FID)."""
     assert finished(s) == f"finished {last_step(s)}"
-    reached = json.loads((s.dir / "time_to_fid.json").read_text())["reached"]
     said = (s.dir / "STATUS").read_text()
+    if not scored(s):
+        assert said == f"finished {last_step(s)}\n"
+        return
+    reached = json.loads((s.dir / "time_to_fid.json").read_text())["reached"]
     for t, r in reached.items():
         assert f"<={float(t):g}: " in said and f"(step {r['step']})" in said, (t, said)
 
@@ -235,6 +239,9 @@ def network_name(weights: str) -> str:
 def time_to_fid(s: Seen) -> None:
     """Each threshold (and fid.target) reached by the first score at or below it of the launches that
     had it, with its step and images seen."""
+    if not scored(s):
+        assert not (s.dir / "time_to_fid.json").exists()
+        return
     target = s.cfg.fid.target
     record = json.loads((s.dir / "time_to_fid.json").read_text())
     assert record["target"] == (target or None)
@@ -267,6 +274,9 @@ def checkpoint_files(s: Seen) -> None:
     for k in want:
         held = config.from_dict(checkpoint.load(checkpoint_at(s, k))["config"])
         assert config.to_dict(held) == config.to_dict(owner(s, k).cfg), k
+    if not scores:
+        assert not list(folder.glob("best_fid*"))
+        return
     top = min(scores, key=lambda r: r["fid"])
     assert json.loads((folder / "best_fid.json").read_text()) == {
         "step": top["step"], "fid": top["fid"], "n": top["fid_n"], "ema": top["fid_ema"]}
@@ -310,11 +320,12 @@ def plot_files(s: Seen) -> None:
     """plots/loss.png and plots/fid.png are metrics.jsonl drawn; the D-output histograms at drawings(), on
     the axis of the train.loss of the launch that drew them."""
     want, folder, tmp = drawings(s), s.dir / "plots", s.dir.parent
-    assert sorted(p.name for p in folder.iterdir()) == sorted([*want, "loss.png", "fid.png"])
+    fid = ["fid.png"] if scored(s) else []
+    assert sorted(p.name for p in folder.iterdir()) == sorted([*want, "loss.png", *fid])
     for name, (_, la) in want.items():
         axis = losses.HISTOGRAM_AXIS[la.cfg.train.loss]
         assert Image.open(folder / name).text["Description"] == f"x: {axis}", name
-    for name, draw in (("loss.png", plots.plot_losses), ("fid.png", plots.plot_fid)):
+    for name, draw in (("loss.png", plots.plot_losses), *[(name, plots.plot_fid) for name in fid]):
         draw(s.dir / "metrics.jsonl", tmp / name)
         assert same_image(folder / name, tmp / name), name
 
@@ -428,6 +439,19 @@ def test_every_record_follows_the_setting_changed_on_resume(key):
     s = resumed(key)
     assert s.start == 4, s.out[-3000:]
     check_every_record(s)
+
+
+def test_every_record_of_a_run_with_the_default_records():
+    """Without FID or TensorBoard (as a run is by default), and resumed with both on."""
+    plain = {**RECORD_RUN, "fid.every": 0, "log.tensorboard": False}
+    check_every_record(launch("fit", plain))
+    first = launch("fit", {**plain, "train.max_steps": 4})
+    folder = PLACES["tmp"] / "records-resumed-plain"
+    shutil.copytree(first.dir, folder)
+    later = fit(arguments(RECORD_RUN, folder))
+    later.trace["first"] = first
+    RUNS[("records-resumed", "plain")] = later
+    check_every_record(later)
 
 
 def test_every_file_a_run_writes_has_a_rule():
