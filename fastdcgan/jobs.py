@@ -51,13 +51,14 @@ class Log:
         self.every, self.total, self.report = every, total, report
         self.flops_per_image, self.peak = flops_per_image, peak * devices if peak else None
         self.started: tuple[int, float] | None = None  # this launch's first step, and when its loop began
+        self.last = -1  # the step of the latest row
 
     def due(self, step: int) -> bool:
         return step % self.every == 0 or step == self.total
 
     def start(self, step: int) -> None:
         """The loop begins (at `step`, after a resume): the pace of the ETA is counted from here."""
-        self.started = (step, time.perf_counter())
+        self.started, self.last = (step, time.perf_counter()), step
 
     def clock(self, step: int, wall_s: float) -> str:
         """'elapsed 1m02s  eta 3m10s': the run's wall clock, and the steps left at this launch's pace."""
@@ -77,6 +78,7 @@ class Log:
                wall_s: float) -> dict:
         """A metrics.jsonl row and a log line: the step's running means, the window's timing (img/s,
         data and compute ms), the set-up's costs on the first row after it."""
+        self.last = step
         row = {"step": step, "epoch": epoch, "images": images, **means, **timing, "time": time.time(),
                **costs}
         if self.peak and "img_per_s" in row:
@@ -212,6 +214,8 @@ class Checkpoints:
             torch.save(state.D.state_dict(), run_dir.discriminator)
             if state.G_ema is not None:
                 torch.save(sampling.state_dict(), run_dir.generator_ema)
+            else:  # an earlier launch's, with model.ema on: not this G's EMA
+                run_dir.generator_ema.unlink(missing_ok=True)
 
 
 class FID:
@@ -231,8 +235,8 @@ class FID:
         found = self.read_reached(self.file, self.thresholds)
         self.reached = {t: r for t, r in found.items() if r["step"] <= start}
         self.scored = -1  # the step this launch last scored
-        if main and self.reached != found:
-            self._write()
+        if main and self.file.exists() and (self.reached != found or self.read_target(self.file) != target):
+            self._write()  # what this launch keeps, and its own fid.target (a relaunch may change it)
 
     @staticmethod
     def read_reached(file: Path, thresholds=()) -> dict[float, dict]:
@@ -248,6 +252,13 @@ class FID:
             if short != t and t not in found and short in found and short not in thresholds:
                 found[t] = found.pop(short)
         return found
+
+    @staticmethod
+    def read_target(file: Path) -> float:
+        try:
+            return json.loads(file.read_text())["target"] or 0.0
+        except (OSError, ValueError, KeyError):
+            return 0.0
 
     @classmethod
     def ended_at_target(cls, file: Path, target: float, step: int) -> bool:

@@ -187,8 +187,9 @@ class Run:
         s, log, samples, plots_, ckpts, stop, fid = (self.state, self.log, self.samples, self.plots,
                                                      self.checkpoints, self.stop, self.fid)
         timer = self.timer = perf.StepTimer(s.device)
-        warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs, time.perf_counter() - self.t_created)
-        images_per_step = self.cfg.train.batch_size * self.env.world  # every rank's images count
+        warmup = self.warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs,
+                                           time.perf_counter() - self.t_created)
+        images_per_step = self.images_per_step = self.cfg.train.batch_size * self.env.world  # every rank's
         log.start(s.step)
         if fid and self.resume_from and s.step and fid.pending(s.step):
             # A launch that stopped (or was killed) at a step FID was due at, after that step's checkpoint
@@ -215,11 +216,7 @@ class Run:
                 # ----- the side jobs, in this order
                 log.progress(step, epoch, s.wall_s())
                 if log.due(step):
-                    means = s.gan.read()  # one host sync per log line, never per step
-                    if not all(math.isfinite(v) for v in means.values()):
-                        raise NonFinite(step)
-                    log.record(step, epoch, s.images, means, timer.read(images_per_step),
-                               warmup.take_costs(), s.wall_s())
+                    self._record(step, epoch)
                 why = stop.requested(step)
                 pausing = samples.due(step) or ckpts.due(step) or bool(fid and fid.due(step))
                 with timer.paused() if pausing or why else nullcontext():  # these wait for the device
@@ -247,6 +244,15 @@ class Run:
                     if fid and fid.pending(s.step) and self._score_fid(s.step, s.epoch):
                         self.total_steps = s.step
 
+    def _record(self, step: int, epoch: int) -> None:
+        """A metrics row of the steps since the last (one host sync per row, never per step)."""
+        s = self.state
+        means = s.gan.read()
+        if not all(math.isfinite(v) for v in means.values()):
+            raise NonFinite(step)
+        self.log.record(step, epoch, s.images, means, self.timer.read(self.images_per_step),
+                        self.warmup.take_costs(), s.wall_s())
+
     def _score_fid(self, step: int, epoch: int) -> bool:
         """FID now; a new best is checkpointed (best_fid links to that file). True at fid.target."""
         s, fid, ckpts = self.state, self.fid, self.checkpoints
@@ -260,6 +266,8 @@ class Run:
         """After the last step: what is not done yet of the last grid, plots and checkpoint, then the
         weights users load (generator.pth, discriminator.pth)."""
         s = self.state
+        if self.log.last != s.step:  # fid.target ended the run at a step that was not a log step
+            self._record(s.step, s.epoch_label)
         with self.timer.paused():
             if self.samples.last != s.step:  # stopped mid-epoch (max_steps): every run ends with a grid
                 self.samples.save(s.sampling_generator(), f"step_{s.step:08d}", s.step)

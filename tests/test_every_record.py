@@ -45,14 +45,15 @@ from test_every_setting import places  # noqa: F401  (the fixture: the faces, FI
 pytestmark = pytest.mark.usefixtures("places")
 
 # 16 images at batch 4: 4 steps an epoch, 8 steps. A checkpoint at every step, so that every grid and FID
-# score has its step's weights to be compared with; grids, log rows and FID every 3 steps, across the
-# epochs' ends; sample.n above the batch (reals.png holds one batch).
+# score has its step's weights to be compared with; grids and log rows every 3 steps, across the epochs'
+# ends, and FID every 2 (fid.target ends a run at a step that is not a log step); sample.n above the batch
+# (reals.png holds one batch).
 RECORD_RUN = {"train.batch_size": 4, "train.epochs": 2, "log.every": 3, "log.tensorboard": True,
-              "sample.every": 3, "sample.n": 6, "ckpt.every": 1, "ckpt.keep": 20, "fid.every": 3, "fid.n": 8,
+              "sample.every": 3, "sample.n": 6, "ckpt.every": 1, "ckpt.keep": 20, "fid.every": 2, "fid.n": 8,
               "fid.batch": 4, "fid.weights": "{fid_net}"}
 # Where a probe's value is RECORD_RUN's, or would change nothing a run of RECORD_RUN writes: the value here
 # (log.every 5: a drawing skips the first epoch's end).
-VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 2, "train.batch_size": 8}
+VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 3, "train.batch_size": 8}
 # Where the probe's base is not what the setting needs here: never, on a new run directory, is a fresh run
 # (the probe's base, a used run directory, refuses to start).
 NEEDS = {"train.resume": {}}
@@ -237,16 +238,15 @@ def network_name(weights: str) -> str:
 
 
 def time_to_fid(s: Seen) -> None:
-    """Each threshold (and fid.target) reached by the first score at or below it of the launches that
-    had it, with its step and images seen."""
+    """Each threshold (and each launch's fid.target) reached by the first score at or below it of the
+    launches that had it, with its step and images seen; the target, the last launch's."""
     if not scored(s):
         assert not (s.dir / "time_to_fid.json").exists()
         return
-    target = s.cfg.fid.target
     record = json.loads((s.dir / "time_to_fid.json").read_text())
-    assert record["target"] == (target or None)
-    want = {}
-    for t in sorted({*FID.THRESHOLDS, *([target] if target else [])}, reverse=True):
+    assert record["target"] == (s.cfg.fid.target or None)
+    want, targets = {}, {la.cfg.fid.target for la in launches(s)} - {0.0}
+    for t in sorted({*FID.THRESHOLDS, *targets}, reverse=True):
         first = next((r for r, (_, la) in zip(rows(s, "fid"), scored(s), strict=True)
                       if r["fid"] <= t and (t in FID.THRESHOLDS or t == la.cfg.fid.target)), None)
         if first:
@@ -451,6 +451,47 @@ def test_every_record_of_a_run_with_the_default_records():
     later = fit(arguments(RECORD_RUN, folder))
     later.trace["first"] = first
     RUNS[("records-resumed", "plain")] = later
+    check_every_record(later)
+
+
+def every_value_at_once() -> tuple[dict, dict, list[str]]:
+    """What both launches have (RECORD_RUN, and what settings need to act that no value here changes), the
+    values of every setting whose probe resumes, as many at once as config allows (each beside the values
+    taken before it; what a setting needs of another's, where that one has no value yet, among them), and
+    the settings left out."""
+    needed, values, left_out = dict(RECORD_RUN), {}, []
+    for key in RESUMED_KEYS:
+        if PROBES[key].base.get("data.backend") == "dali":
+            continue
+        own = {k: v for k, v in needs(key).items() if k == key or k not in RESUMED_KEYS}
+        other = {k: v for k, v in needs(key).items() if k not in own and k not in values}
+        trial_needed, trial_values = {**needed, **own}, {**other, **values, key: value(key)}
+        try:
+            for settings in ({**trial_needed, **trial_values}, trial_needed):
+                cfg = config.build(None, [f"{k}={v}" for k, v in settings.items()])
+                if config.inert(cfg, 1, cfg.data.backend):
+                    raise config.UsageError("inert")
+        except config.UsageError:
+            left_out.append(key)
+            continue
+        needed, values = trial_needed, trial_values
+    return needed, values, left_out
+
+
+def test_every_record_when_every_setting_goes_back_on_resume():
+    """Resumed with every setting changed back at once, from a run with every value (its fid.target ends
+    it early): no record keeps the first launch's settings (an EMA generator file without the EMA, the
+    old fid.target in time_to_fid.json)."""
+    needed, values, left_out = every_value_at_once()
+    assert len(values) >= len(RESUMED_KEYS) - 6, left_out
+    first = launch("fit", {**needed, **values, "train.max_steps": 4})
+    assert first.trace["code"] == 0, first.out
+    folder = PLACES["tmp"] / "records-resumed-back"
+    shutil.copytree(first.dir, folder)
+    later = fit(arguments(needed, folder))
+    later.trace["first"] = first
+    RUNS[("records-resumed", "back")] = later
+    assert later.start < 4 and later.start == int(finished(first).split()[1])
     check_every_record(later)
 
 
