@@ -36,7 +36,7 @@ from fastdcgan import checkpoint, config, losses, plots
 from fastdcgan.generate.export import load_generator
 from fastdcgan.jobs import FID
 from fastdcgan.metrics import extractors
-from fastdcgan.metrics.frechet import frechet_distance, generator_stats, real_stats
+from fastdcgan.metrics.frechet import feature_sums, frechet_distance, generator_stats, real_batches
 from fastdcgan.model import fixed_noise, sample
 from fastdcgan.report import NOT_SCALARS, TB_GROUPS
 from test_every_setting import ALL_KEYS, PLACES, PROBES, RUNS, Seen, arguments, fit, launch
@@ -227,8 +227,9 @@ def fid_rows(s: Seen) -> None:
             continue
         cfg = la.cfg
         G = load_generator(checkpoint_at(s, k), ema=bool(cfg.model.ema)).net
-        ext = extractors.load(cfg.fid.weights)
-        real, _ = real_stats(s.run.images.files, cfg.data.image_size, ext, cfg.fid.batch)
+        ext = extractors.load(cfg.fid.weights)  # the real images' statistics made here, not the cache's
+        reals = real_batches(s.run.images.files, cfg.data.image_size, cfg.fid.batch)
+        real = feature_sums(reals, ext).gaussian()
         score = frechet_distance(real, generator_stats(G, cfg.fid.n, ext, cfg.fid.batch, seed=0))
         assert r["fid"] == pytest.approx(score, rel=1e-4, abs=1e-3), k
 
@@ -349,9 +350,14 @@ def tensorboard(s: Seen) -> None:
     assert got.keys() == want.keys() and all(got[k] == pytest.approx(want[k], rel=1e-6) for k in want)
     shown = sorted(k for k, la in grid_steps(s).values() if la in on)
     assert sorted(e.step for e in acc.Images("samples")) == shown
-    drawn = sorted(k for k, la in drawings(s).values() if la in on)
-    for tag in ("D/real", "D/fake"):
-        assert sorted(e.step for e in acc.Histograms(tag)) == drawn, tag
+    # each drawing's histograms: D's outputs on the real and on the fake images of every step since the
+    # drawing before (one D update's of each step), which differ
+    drawn = sorted(drawings(s).values(), key=lambda d: d[0])
+    want = {k: (k - before) * la.cfg.train.batch_size
+            for (before, _), (k, la) in zip([(0, None), *drawn], drawn, strict=False) if la in on}
+    real, fake = ({e.step: e.histogram_value for e in acc.Histograms(tag)} for tag in ("D/real", "D/fake"))
+    assert {k: h.num for k, h in real.items()} == {k: h.num for k, h in fake.items()} == want
+    assert all(list(real[k].bucket) != list(fake[k].bucket) for k in want)
 
 
 RECORDS: dict[str, Callable[[Seen], None] | str] = {
