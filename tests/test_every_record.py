@@ -231,7 +231,7 @@ def fid_rows(s: Seen) -> None:
         reals = real_batches(s.run.images.files, cfg.data.image_size, cfg.fid.batch)
         real = feature_sums(reals, ext).gaussian()
         score = frechet_distance(real, generator_stats(G, cfg.fid.n, ext, cfg.fid.batch, seed=0))
-        assert r["fid"] == pytest.approx(score, rel=1e-4, abs=1e-3), k
+        assert r["fid"] == pytest.approx(score, rel=1e-9, abs=0), k
 
 
 def network_name(weights: str) -> str:
