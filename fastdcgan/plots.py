@@ -85,10 +85,11 @@ def plot_fid(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
     ax.annotate(f"best {fid[best]:.1f}", (step[best], fid[best]), textcoords="offset points", xytext=(0, 8),
                 ha="center")
     ema = " (EMA generator)" if rows[-1].get("fid_ema") else ""
-    ax.set_title(f"FID on {rows[-1].get('fid_n', '?')} samples{ema}, lower is better")
+    title = f"FID on {rows[-1].get('fid_n', '?')} samples{ema}, lower is better"  # as the latest score
+    ax.set_title(title)
     ax.set_xlabel("step")
     ax.set_ylabel("FID")
-    _save(fig, out)
+    _save(fig, out, {"Title": title})  # the PNG's text says what it shows
 
 
 def plot_d_outputs(hist: torch.Tensor, epoch: int, out: str | os.PathLike,

@@ -53,7 +53,8 @@ RECORD_RUN = {"train.batch_size": 4, "train.epochs": 2, "log.every": 3, "log.ten
               "fid.batch": 4, "fid.weights": "{fid_net}"}
 # Where a probe's value is RECORD_RUN's, or would change nothing a run of RECORD_RUN writes: the value here
 # (log.every 5: a drawing skips the first epoch's end).
-VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 3, "train.batch_size": 8}
+VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 3, "train.batch_size": 8,
+         "optim.lr_d": 4.0123456789e-4}
 # Where the probe's base is not what the setting needs here: never, on a new run directory, is a fresh run
 # (the probe's base, a used run directory, refuses to start).
 NEEDS = {"train.resume": {}}
@@ -178,8 +179,9 @@ def grid_steps(s: Seen) -> dict[str, tuple[int, Launch]]:
 # ----- the rules: each asserts what its record holds -----
 
 def config_toml(s: Seen) -> None:
-    """The settings of the last launch, resolved."""
-    assert (s.dir / "config.toml").read_text() == config.to_toml(s.cfg)
+    """The settings of the last launch, as `--config RUN_DIR/config.toml` reads them back: every value
+    exact (optim.lr_d's has more digits than a short float format keeps)."""
+    assert config.to_dict(config.build(s.dir / "config.toml", [])) == config.to_dict(s.cfg)
 
 
 def status(s: Seen) -> None:
@@ -329,6 +331,11 @@ def plot_files(s: Seen) -> None:
     for name, draw in (("loss.png", plots.plot_losses), *[(name, plots.plot_fid) for name in fid]):
         draw(s.dir / "metrics.jsonl", tmp / name)
         assert same_image(folder / name, tmp / name), name
+    if fid:  # its title: the latest score's settings
+        la = scored(s)[-1][1]
+        ema = " (EMA generator)" if la.cfg.model.ema else ""
+        said = Image.open(folder / "fid.png").text["Title"]
+        assert said == f"FID on {la.cfg.fid.n} samples{ema}, lower is better"
 
 
 def tensorboard(s: Seen) -> None:
