@@ -239,8 +239,9 @@ def test_each_launchs_set_up_counts_in_the_runs_clock(celeba, tmp_path, monkeypa
     real statistics). Here the data scan of each launch takes LONG seconds on a clock the test moves, so
     a fresh launch's checkpoints read LONG or more, and a resumed one's the clock of the checkpoint it
     resumed plus LONG or more. A launch that starts the clock after its set-up (at the models, or at the
-    checkpoint's loading) fails. (A moved clock: the same on real time asserted a lower bound that a
-    loaded machine broke.)"""
+    checkpoint's loading) fails. Each launch's first metrics row gives its own set-up (setup_s: LONG or
+    more, and less than two, not the earlier launches' time too). (A moved clock: the same on real time
+    asserted a lower bound that a loaded machine broke.)"""
     moved = [0.0]
     real = time.perf_counter
     monkeypatch.setattr(time, "perf_counter", lambda: real() + moved[0])
@@ -256,6 +257,9 @@ def test_each_launchs_set_up_counts_in_the_runs_clock(celeba, tmp_path, monkeypa
     assert LONG <= first < 2 * LONG
     assert main(tiny_args(celeba, run, train__max_steps=8)) == 0
     assert checkpoint.load(run / "checkpoints" / "step_00000008.pt")["wall_s"] >= first + LONG
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    set_up = [r["setup_s"] for r in logged if "setup_s" in r]
+    assert len(set_up) == 2 and all(LONG <= x < 2 * LONG for x in set_up), set_up
 
 
 def histograms_read_as_the_loss_says(run: Path, loss: str) -> None:
