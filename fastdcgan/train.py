@@ -189,7 +189,8 @@ class Run:
         timer = self.timer = perf.StepTimer(s.device)
         warmup = self.warmup = perf.Warmup(s.compile != "off" or s.cuda_graphs,
                                            time.perf_counter() - self.t_created)
-        images_per_step = self.images_per_step = self.cfg.train.batch_size * self.env.world  # every rank's
+        # every rank's images count
+        images_per_step = self.images_per_step = self.cfg.train.batch_size * self.env.world
         log.start(s.step)
         if fid and self.resume_from and s.step and fid.pending(s.step):
             # A launch that stopped (or was killed) at a step FID was due at, after that step's checkpoint
