@@ -235,18 +235,16 @@ class FID:
         found = self.read_reached(self.file, self.thresholds)
         self.reached = {t: r for t, r in found.items() if r["step"] <= start}
         self.scored = -1  # the step this launch last scored
-        if main and self.file.exists() and (self.reached != found or self.read_target(self.file) != target):
-            self._write()  # what this launch keeps, and its own fid.target (a relaunch may change it)
+        other_target = (self.read_record(self.file).get("target") or 0.0) != target  # a relaunch's own
+        if main and self.file.exists() and (self.reached != found or other_target):
+            self._write()
 
     @staticmethod
     def read_reached(file: Path, thresholds=()) -> dict[float, dict]:
         """time_to_fid.json's entries by threshold. Versions before FID.key named a threshold by six
         digits ("27.294" for 27.293976214016247): such an entry is taken as the threshold of
         `thresholds` it names, unless that name is a threshold in use itself."""
-        try:
-            found = {float(k): v for k, v in json.loads(file.read_text())["reached"].items()}
-        except (OSError, ValueError, KeyError):
-            return {}
+        found = {float(k): v for k, v in FID.read_record(file).get("reached", {}).items()}
         for t in thresholds:
             short = float(f"{t:g}")
             if short != t and t not in found and short in found and short not in thresholds:
@@ -254,11 +252,12 @@ class FID:
         return found
 
     @staticmethod
-    def read_target(file: Path) -> float:
+    def read_record(file: Path) -> dict:
+        """time_to_fid.json as written; {} where there is none, or it cannot be read."""
         try:
-            return json.loads(file.read_text())["target"] or 0.0
-        except (OSError, ValueError, KeyError):
-            return 0.0
+            return json.loads(file.read_text())
+        except (OSError, ValueError):
+            return {}
 
     @classmethod
     def ended_at_target(cls, file: Path, target: float, step: int) -> bool:
