@@ -150,10 +150,12 @@ class Plots:
     def undrawn(self, step: int) -> bool:
         return step != self.drawn[0]
 
-    def draw(self, histograms: torch.Tensor, step: int, label: int) -> None:
-        """histograms: the D outputs' (2 x bins, every rank's summed) since the last drawing."""
+    def draw(self, histograms: torch.Tensor, step: int, label: int, paced: bool = True) -> None:
+        """histograms: the D outputs' (2 x bins, every rank's summed) since the last paced drawing. A
+        drawing that is not paced (a launch's last step) leaves the pace as it was."""
         first = self.drawn[1] + 1
-        self.drawn = (step, label)
+        if paced:
+            self.drawn = (step, label)
         if self.main:
             plots.plot_losses(self.run_dir.metrics, self.run_dir.plots / "loss.png")
             plots.plot_d_outputs(histograms, label, self.run_dir.plots / f"d_outputs_epoch_{label:03d}.png",

@@ -157,14 +157,15 @@ class StepMetrics:
             dist.all_reduce(ok, op=dist.ReduceOp.MIN)
         return bool(ok)
 
-    def take_histograms(self) -> torch.Tensor:
-        """The epoch's D(x) and D(G(z)) histograms (2 x HIST_BINS, on the host), then reset."""
+    def take_histograms(self, keep: bool = False) -> torch.Tensor:
+        """The D(x) and D(G(z)) histograms since the last take (2 x HIST_BINS, on the host, every rank's
+        summed), then reset, unless keep."""
         h = self.hist.clone()
         if dist.is_initialized():
             dist.all_reduce(h)
-        self.hist.zero_()
-        h = h.cpu()
-        return h
+        if not keep:
+            self.hist.zero_()
+        return h.cpu()
 
 
 @dataclass(frozen=True)
@@ -402,8 +403,8 @@ class GANStep:
     def finite(self) -> bool:
         return self.metrics.finite()
 
-    def take_histograms(self) -> torch.Tensor:
-        return self.metrics.take_histograms()
+    def take_histograms(self, keep: bool = False) -> torch.Tensor:
+        return self.metrics.take_histograms(keep)
 
     def state_dict(self) -> dict:
         m = self.metrics

@@ -273,7 +273,9 @@ class Run:
             if self.samples.last != s.step:  # stopped mid-epoch (max_steps): every run ends with a grid
                 self.samples.save(s.sampling_generator(), f"step_{s.step:08d}", s.step)
             if self.plots.undrawn(s.step):
-                self.plots.draw(s.gan.take_histograms(), s.step, s.epoch_label)
+                # a look at the histograms that leaves them and the pace as they were: whether or not this
+                # step's checkpoint came before it, a relaunch draws as if the run had never stopped
+                self.plots.draw(s.gan.take_histograms(keep=True), s.step, s.epoch_label, paced=False)
             if not self.checkpoints.saved_at(s.step):
                 self.checkpoints.save(s)
             self.checkpoints.write_weights(s, self.paths)
