@@ -33,12 +33,16 @@ import torch
 from PIL import Image
 
 from fastdcgan import checkpoint, config, losses, plots
+from fastdcgan.data.loaders import make_loader
 from fastdcgan.generate.export import load_generator
 from fastdcgan.jobs import FID
+from fastdcgan.launch import scan_data
 from fastdcgan.metrics import extractors
 from fastdcgan.metrics.frechet import feature_sums, frechet_distance, generator_stats, real_batches
 from fastdcgan.model import fixed_noise, sample
 from fastdcgan.report import NOT_SCALARS, TB_GROUPS
+from fastdcgan.state import resolve_compile
+from conftest import REPO, torchrun_two_nodes
 from test_every_setting import ALL_KEYS, PLACES, PROBES, RUNS, Seen, arguments, fit, launch
 from test_every_setting import places  # noqa: F401  (the fixture: the faces, FID networks and runs shared)
 
@@ -59,6 +63,7 @@ VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 
 # (the probe's base, a used run directory, refuses to start).
 NEEDS = {"train.resume": {}}
 # Settings with no run here, and why.
+CPU = torch.device("cpu")  # where every run here trains
 NO_RUN = {"device": "device=cuda stops on a machine without CUDA (test_every_setting.py's probe); "
                     "on a GPU, gpu_check's trainer run"}
 
@@ -71,36 +76,67 @@ class Launch:
     lo: int        # the step it started at
     hi: int        # the step it ended at
     warm: bool     # with a compile/capture warm-up (compile or CUDA graphs, as resolved)
+    world: int     # its processes
+
+    @property
+    def batch(self) -> int:
+        """Its global batch: every rank's images of a step."""
+        return self.cfg.train.batch_size * self.world
+
+
+def world(seen: Seen) -> int:
+    """A launch's processes: one in this process (its Run), or what a two-process launch was given."""
+    return seen.run.env.world if seen.run else seen.trace["world"]
 
 
 def launches(s: Seen) -> list[Launch]:
     """The launches that trained, each with its settings: a fresh run's one; a resumed run's first (with
     the settings the run was started with, up to the checkpoint resumed) and its own, where it trained."""
     end, first = int(finished(s).split()[1]), s.trace.get("first")
-    made = [Launch(seen.cfg, lo, hi, seen.run.state.compile != "off" or seen.run.state.cuda_graphs)
+    made = [Launch(seen.cfg, lo, hi, resolve_compile(seen.cfg.compile, CPU) != "off",
+                   world(seen))
             for seen, lo, hi in ([(first, 0, s.start)] if first else []) + [(s, s.start, end)]]
     return [la for la in made if la.hi > la.lo]
 
 
-def images(s: Seen) -> int:
-    return len(s.run.images.files)
+def files(s: Seen) -> list[Path]:
+    """The images the run trains on, as its first launch's scan found them."""
+    first = s.trace.get("first", s)
+    return first.run.images.files if first.run else scan_data(first.cfg).files
 
 
-def per_epoch(la: Launch, n: int) -> int:
-    return n // la.cfg.train.batch_size
+@dataclass(frozen=True)
+class At:
+    epoch: int     # as rows, lines and file names count it (from 1): at an epoch's end, the one just done
+    images: int    # every rank's images seen, up to the step's end
+    end: bool      # the step ends an epoch
 
 
-def epoch_of(step: int, la: Launch, n: int) -> int:
-    """The epoch a step is in, counted from 1."""
-    return (step - 1) // per_epoch(la, n) + 1
+def walk(s: Seen) -> tuple[dict[int, At], dict[int, tuple[int, int]]]:
+    """Where each step of the run falls, and each launch's start (by its first step: the epoch and the
+    steps of it done). An epoch is len(files) // the global batch steps. A launch with another global batch
+    (batch size or processes) than the one before it keeps the images seen in the epoch: its position is
+    the old one times the old global batch over its own, rounded down."""
+    n, at, start = len(files(s)), {}, {}
+    epoch = pos = seen = before = 0
+    for la in launches(s):
+        pos = pos * before // la.batch
+        start[la.lo], before = (epoch, pos), la.batch
+        for k in range(la.lo + 1, la.hi + 1):
+            pos, seen = pos + 1, seen + la.batch
+            end = pos == n // la.batch
+            epoch, pos = (epoch + 1, 0) if end else (epoch, pos)
+            at[k] = At(epoch + (1 if pos else 0), seen, end)
+    return at, start
 
 
 def steps(la: Launch, every: int) -> list[int]:
     return [k for k in range(la.lo + 1, la.hi + 1) if k % every == 0]
 
 
-def epoch_ends(la: Launch, n: int) -> list[int]:
-    return steps(la, per_epoch(la, n))
+def epoch_ends(s: Seen, la: Launch) -> list[int]:
+    at = walk(s)[0]
+    return [k for k in range(la.lo + 1, la.hi + 1) if at[k].end]
 
 
 def owner(s: Seen, step: int) -> Launch:
@@ -143,7 +179,8 @@ def last_step(s: Seen) -> int:
     """Where the run ends: its epochs or train.max_steps, or the first score of the launch with fid.target
     at or below it."""
     la = launches(s)[-1]
-    total = la.cfg.train.epochs * per_epoch(la, images(s))
+    epoch, pos = walk(s)[1][la.lo]  # what the launch had left, at its global batch
+    total = la.lo + (la.cfg.train.epochs - epoch) * (len(files(s)) // la.batch) - pos
     total = min(total, la.cfg.train.max_steps or total)
     target = la.cfg.fid.target
     mine = [r["step"] for r, (_, by) in zip(rows(s, "fid"), scored(s), strict=False)
@@ -151,27 +188,36 @@ def last_step(s: Seen) -> int:
     return min([total, *mine])
 
 
-def drawings(s: Seen) -> dict[str, tuple[int, Launch]]:
-    """The D-output histograms (their files, each with its step and launch): at each epoch's end log.every
-    steps or more after the last drawing (the pace spans the launches), and at the run's last step."""
-    n, drawn, want = images(s), 0, {}
+@dataclass(frozen=True)
+class Drawing:
+    step: int
+    launch: Launch
+    since: int     # the paced drawing before it (0: none): its histograms count the steps after that one
+    name: str      # its file in plots/ (a later drawing of the same epoch writes over it)
+
+
+def drawings(s: Seen) -> list[Drawing]:
+    """The D-output drawings, in order: at each epoch's end log.every steps or more after the paced
+    drawing before (the pace spans the launches), and at each launch's last step where none was, a look
+    that leaves the pace as it was: a relaunch draws as if the run had never stopped."""
+    at, paced, made = walk(s)[0], 0, []
     for la in launches(s):
-        for k in epoch_ends(la, n):
-            if k - drawn >= la.cfg.log.every:
-                drawn, want[f"d_outputs_epoch_{epoch_of(k, la, n):03d}.png"] = k, (k, la)
-    la = launches(s)[-1]
-    if drawn != la.hi:
-        want[f"d_outputs_epoch_{epoch_of(la.hi, la, n):03d}.png"] = (la.hi, la)
-    return want
+        for k in epoch_ends(s, la):
+            if k - paced >= la.cfg.log.every:
+                made.append(Drawing(k, la, paced, f"d_outputs_epoch_{at[k].epoch:03d}.png"))
+                paced = k
+        if paced != la.hi:
+            made.append(Drawing(la.hi, la, paced, f"d_outputs_epoch_{at[la.hi].epoch:03d}.png"))
+    return made
 
 
 def grid_steps(s: Seen) -> dict[str, tuple[int, Launch]]:
     """The grids a run draws (their files, each with its step and launch): every sample.every steps, at each
     epoch's end (named by the epoch), and at a launch's last step."""
-    n, want = images(s), {}
+    at, want = walk(s)[0], {}
     for la in launches(s):
-        ends, due = epoch_ends(la, n), steps(la, la.cfg.sample.every)
-        want |= {f"epoch_{k // per_epoch(la, n):03d}.png": (k, la) for k in ends}
+        ends, due = epoch_ends(s, la), steps(la, la.cfg.sample.every)
+        want |= {f"epoch_{at[k].epoch:03d}.png": (k, la) for k in ends}
         want |= {f"step_{k:08d}.png": (k, la) for k in due + ([la.hi] if la.hi not in due + ends else [])}
     return want
 
@@ -200,10 +246,10 @@ def status(s: Seen) -> None:
 def train_rows(s: Seen) -> None:
     """A row at each log.every step and each launch's last, with its epoch and the images seen; the
     set-up's costs in one row of each launch: its first, or after a warm-up, the first after it."""
-    n, got, want = images(s), rows(s, "train"), []
+    at, got, want = walk(s)[0], rows(s, "train"), []
     for la in launches(s):
         logged = sorted(set(steps(la, la.cfg.log.every)) | {la.hi})
-        want += [(k, epoch_of(k, la, n), k * la.cfg.train.batch_size) for k in logged]
+        want += [(k, at[k].epoch, at[k].images) for k in logged]
     assert [(r["step"], r["epoch"], r["images"]) for r in got] == want
     keys = {"step", "epoch", "images", "loss_d", "loss_g", "d_real", "d_fake", "img_per_s", "data_ms",
             "compute_ms", "time"}
@@ -219,18 +265,17 @@ def train_rows(s: Seen) -> None:
 def fid_rows(s: Seen) -> None:
     """A score at each step scored(), of fid.n images of the sampling generator (the EMA's when model.ema
     is on) on fid.weights' network: the score that generator's checkpoint gets."""
-    n, got, want = images(s), rows(s, "fid"), scored(s)
+    at, got, want = walk(s)[0], rows(s, "fid"), scored(s)
     seen = [(r["step"], r["epoch"], r["images"], r["fid_n"], r["fid_ema"], r["fid_network"]) for r in got]
-    trained = [owner(s, k) for k, _ in want]  # a pending score's step was trained by the launch before
-    assert seen == [(k, epoch_of(k, by, n), k * by.cfg.train.batch_size, la.cfg.fid.n, bool(la.cfg.model.ema),
-                     network_name(la.cfg.fid.weights)) for (k, la), by in zip(want, trained, strict=True)]
+    assert seen == [(k, at[k].epoch, at[k].images, la.cfg.fid.n, bool(la.cfg.model.ema),
+                     network_name(la.cfg.fid.weights)) for k, la in want]
     for r, (k, la) in zip(got, want, strict=True):
         if not checkpoint_at(s, k).exists():  # rotated out (ckpt.keep)
             continue
         cfg = la.cfg
         G = load_generator(checkpoint_at(s, k), ema=bool(cfg.model.ema)).net
         ext = extractors.load(cfg.fid.weights)  # the real images' statistics made here, not the cache's
-        reals = real_batches(s.run.images.files, cfg.data.image_size, cfg.fid.batch)
+        reals = real_batches(files(s), cfg.data.image_size, cfg.fid.batch)
         real = feature_sums(reals, ext).gaussian()
         score = frechet_distance(real, generator_stats(G, cfg.fid.n, ext, cfg.fid.batch, seed=0))
         assert r["fid"] == pytest.approx(score, rel=1e-9, abs=0), k
@@ -263,9 +308,9 @@ def checkpoint_files(s: Seen) -> None:
     """step_N.pt at every ckpt.every steps, each epoch's end, each launch's last step and each new best
     FID; the last ckpt.keep of them; latest names the newest; best_fid is the best score's, with its
     record; each holds the settings of the launch that saved it."""
-    n, saved = images(s), set()
+    saved = set()
     for la in launches(s):
-        saved |= set(steps(la, la.cfg.ckpt.every)) | set(epoch_ends(la, n)) | {la.hi}
+        saved |= set(steps(la, la.cfg.ckpt.every)) | set(epoch_ends(s, la)) | {la.hi}
     best, scores = math.inf, rows(s, "fid")
     for r in scores:
         if r["fid"] < best:
@@ -314,7 +359,9 @@ def grids(s: Seen) -> None:
         plots.write_grid(plots.sample_grid(sample(G, z)), tmp / "grid.png")
         assert same_image(folder / name, tmp / "grid.png"), name
     first = s.trace.get("first", s)
-    batch = next(iter(first.run.loader.epoch(0, 0)))[: first.cfg.sample.n]  # as the loader gives it again
+    loader = (first.run.loader if first.run else
+              make_loader(first.cfg, scan_data(first.cfg), CPU, 0, world(first)))
+    batch = next(iter(loader.epoch(0, 0)))[: first.cfg.sample.n]  # rank 0's, as its loader gives it again
     plots.save_grid(batch.permute(0, 3, 1, 2).float() / 127.5 - 1, tmp / "reals.png")
     assert same_image(folder / "reals.png", tmp / "reals.png")
 
@@ -322,7 +369,8 @@ def grids(s: Seen) -> None:
 def plot_files(s: Seen) -> None:
     """plots/loss.png and plots/fid.png are metrics.jsonl drawn; the D-output histograms at drawings(), on
     the axis of the train.loss of the launch that drew them."""
-    want, folder, tmp = drawings(s), s.dir / "plots", s.dir.parent
+    want = {d.name: (d.step, d.launch) for d in drawings(s)}  # each file, its last drawing
+    folder, tmp = s.dir / "plots", s.dir.parent
     fid = ["fid.png"] if scored(s) else []
     assert sorted(p.name for p in folder.iterdir()) == sorted([*want, "loss.png", *fid])
     for name, (_, la) in want.items():
@@ -358,10 +406,9 @@ def tensorboard(s: Seen) -> None:
     shown = sorted(k for k, la in grid_steps(s).values() if la in on)
     assert sorted(e.step for e in acc.Images("samples")) == shown
     # each drawing's histograms: D's outputs on the real and on the fake images of every step since the
-    # drawing before (one D update's of each step), which differ
-    drawn = sorted(drawings(s).values(), key=lambda d: d[0])
-    want = {k: (k - before) * la.cfg.train.batch_size
-            for (before, _), (k, la) in zip([(0, None), *drawn], drawn, strict=False) if la in on}
+    # paced drawing before (one D update's of each step, on every rank), which differ
+    at = {0: At(0, 0, False), **walk(s)[0]}
+    want = {d.step: at[d.step].images - at[d.since].images for d in drawings(s) if d.launch in on}
     real, fake = ({e.step: e.histogram_value for e in acc.Histograms(tag)} for tag in ("D/real", "D/fake"))
     assert {k: h.num for k, h in real.items()} == {k: h.num for k, h in fake.items()} == want
     assert all(list(real[k].bucket) != list(fake[k].bucket) for k in want)
@@ -506,6 +553,62 @@ def test_every_record_when_every_setting_goes_back_on_resume():
     RUNS[("records-resumed", "back")] = later
     assert later.start < 4 and later.start == int(finished(first).split()[1])
     check_every_record(later)
+
+
+def two_processes(settings: dict, name: str, first: Seen | None = None) -> Seen:
+    """A launch of these settings as two processes (gloo, two nodes, each as records_worker.py runs the
+    trainer), on a new run directory or on a copy of first's; rank 1 writes nothing into it."""
+    folder = PLACES["tmp"] / name
+    if first:
+        shutil.copytree(first.dir, folder)
+    args = arguments(settings, folder)
+    r = torchrun_two_nodes([str(REPO / "tests" / "records_worker.py"), "0", *args])
+    s = Seen(config.build(None, args), out=r.stdout, dir=folder, trace={"code": r.returncode, "world": 2})
+    if first:
+        s.start, s.trace["first"] = int(finished(first).split()[1]), first
+    if r.returncode == 0:
+        assert json.loads(Path(f"{folder}.writes.rank1.json").read_text()) == [], "rank 1 wrote into the run"
+    return s
+
+
+def one_process(settings: dict, name: str, first: Seen) -> Seen:
+    """A launch of these settings in this process, on a copy of first's run directory."""
+    shutil.copytree(first.dir, PLACES["tmp"] / name)
+    s = fit(arguments(settings, PLACES["tmp"] / name))
+    s.trace["first"] = first
+    return s
+
+
+# Runs of two launches, each (settings, processes), where no setting's own run shows what they do (None: a
+# fresh run): a launch that changes the global batch (mid-epoch, where the position converts inexactly),
+# two processes (16 images at batch 2: 4 steps an epoch), and a launch that ends between checkpoints.
+SPLITS = {
+    "batch size": (({**RECORD_RUN, "train.max_steps": 3}, 1), ({**RECORD_RUN, "train.batch_size": 8}, 1)),
+    "two processes": (None, ({**RECORD_RUN, "train.batch_size": 2}, 2)),
+    "one process, then two": (({**RECORD_RUN, "train.batch_size": 2, "train.max_steps": 5}, 1),
+                              ({**RECORD_RUN, "train.batch_size": 2}, 2)),
+    "two processes, then one": (({**RECORD_RUN, "train.batch_size": 2, "train.max_steps": 3}, 2),
+                                ({**RECORD_RUN, "train.batch_size": 8}, 1)),
+    "ended between checkpoints": (({**RECORD_RUN, "ckpt.every": 5, "train.max_steps": 3}, 1),
+                                  ({**RECORD_RUN, "ckpt.every": 5}, 1)),
+}
+
+
+@pytest.mark.parametrize("case", SPLITS)
+def test_every_record_of_a_run_in_two_launches(case):
+    """Every rank's images in the counts, the epochs at the global batch, a resumed position converted by the
+    images seen, rank 0's first batch in reals.png, the FID samples shared out, every rank's D outputs in the
+    histograms; and a launch's last grid, drawing and checkpoint where no step's were due."""
+    (before, n_before), (after, n_after) = SPLITS[case][0] or (None, 0), SPLITS[case][1]
+    tag = case.replace(" ", "-").replace(",", "")
+    first = None
+    if before:
+        first = launch("fit", before) if n_before == 1 else two_processes(before, f"records-{tag}-first")
+        assert first.trace["code"] == 0, first.out[-3000:]
+    s = (two_processes(after, f"records-{tag}", first) if n_after == 2 else
+         one_process(after, f"records-{tag}", first))
+    RUNS[("records-resumed", tag)] = s
+    check_every_record(s)
 
 
 def test_every_file_a_run_writes_has_a_rule():
