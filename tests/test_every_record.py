@@ -62,8 +62,8 @@ VALUE = {"log.every": 5, "log.tensorboard": False, "ckpt.keep": 3, "fid.every": 
 # Where the probe's base is not what the setting needs here: never, on a new run directory, is a fresh run
 # (the probe's base, a used run directory, refuses to start).
 NEEDS = {"train.resume": {}}
-# Settings with no run here, and why.
 CPU = torch.device("cpu")  # where every run here trains
+# Settings with no run here, and why.
 NO_RUN = {"device": "device=cuda stops on a machine without CUDA (test_every_setting.py's probe); "
                     "on a GPU, gpu_check's trainer run"}
 
@@ -75,7 +75,7 @@ class Launch:
     cfg: config.Config
     lo: int        # the step it started at
     hi: int        # the step it ended at
-    warm: bool     # with a compile/capture warm-up (compile or CUDA graphs, as resolved)
+    warm: bool     # with a compile warm-up (compile as resolved on the CPU, where CUDA graphs are off)
     world: int     # its processes
 
     @property
@@ -93,8 +93,7 @@ def launches(s: Seen) -> list[Launch]:
     """The launches that trained, each with its settings: a fresh run's one; a resumed run's first (with
     the settings the run was started with, up to the checkpoint resumed) and its own, where it trained."""
     end, first = int(finished(s).split()[1]), s.trace.get("first")
-    made = [Launch(seen.cfg, lo, hi, resolve_compile(seen.cfg.compile, CPU) != "off",
-                   world(seen))
+    made = [Launch(seen.cfg, lo, hi, resolve_compile(seen.cfg.compile, CPU) != "off", world(seen))
             for seen, lo, hi in ([(first, 0, s.start)] if first else []) + [(s, s.start, end)]]
     return [la for la in made if la.hi > la.lo]
 
