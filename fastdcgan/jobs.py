@@ -132,8 +132,8 @@ class Plots:
 
     def __init__(self, min_steps: int, step: int, epoch: int, run_dir: RunDir, loss: str, report: Report,
                  main: bool):
-        self.min_steps, self.run_dir, self.axis, self.report, self.main = (
-            min_steps, run_dir, losses.HISTOGRAM_AXIS[loss], report, main)
+        self.min_steps, self.run_dir, self.loss, self.axis, self.report, self.main = (
+            min_steps, run_dir, loss, losses.HISTOGRAM_AXIS[loss], report, main)
         # the step and the last whole epoch drawn: where this launch begins, unless a checkpoint says
         # (load_state_dict: the drawings' pace then spans the launches, as if never stopped)
         self.drawn = (step, epoch)
@@ -157,7 +157,7 @@ class Plots:
         if paced:
             self.drawn = (step, label)
         if self.main:
-            plots.plot_losses(self.run_dir.metrics, self.run_dir.plots / "loss.png")
+            plots.plot_losses(self.run_dir.metrics, self.run_dir.plots / "loss.png", self.loss)
             plots.plot_d_outputs(histograms, label, self.run_dir.plots / f"d_outputs_epoch_{label:03d}.png",
                                  self.axis, first=first)
             self.report.histogram("D/real", histograms[0], step)

@@ -21,6 +21,11 @@ import torch
 import torch.nn.functional as F
 
 LOSSES = ("bce", "lsgan", "hinge", "wgan-gp")
+# What d_real and d_fake are for each loss (the table above): loss.png's axis; only bce's are probabilities.
+REPORTED = {"bce": "mean D(x), D(G(z)): probability of real",
+            "lsgan": "mean D output (targets: 0 fake, 1 real)",
+            "hinge": "mean D output (margins at -1 and +1)",
+            "wgan-gp": "mean critic output"}
 # The x-axis of the D-output histogram for each loss (see the table above).
 HISTOGRAM_AXIS = {"bce": "D's probability of real, sigmoid(D)",
                   "lsgan": "D's output (targets: 0 fake, 1 real)",

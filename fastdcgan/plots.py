@@ -13,6 +13,8 @@ import torch  # noqa: E402
 from PIL import Image, ImageDraw  # noqa: E402
 from torchvision.utils import make_grid, save_image  # noqa: E402
 
+from .losses import REPORTED  # noqa: E402
+
 
 def sample_grid(images: torch.Tensor, nrow: int | None = None) -> torch.Tensor:
     """Images in [-1, 1], NCHW, as one CHW grid in [0, 1] (square-ish unless nrow is given)."""
@@ -51,8 +53,8 @@ def parse_metrics(lines: list[str]) -> list[dict]:
     return [r for r in rows if isinstance(r, dict) and "step" in r]
 
 
-def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:
-    """G and D losses, and mean D(x) and D(G(z)), against the step."""
+def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike, loss: str = "bce") -> None:
+    """G and D losses, and mean D(x) and D(G(z)) as train.loss reports them, against the step."""
     rows = [r for r in read_metrics(metrics_path) if "loss_d" in r]  # FID rows share the file
     if not rows:
         return
@@ -66,11 +68,12 @@ def plot_losses(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None
     top.legend()
     bottom.plot(step, [r["d_real"] for r in rows], label="D(x)", marker=marker)
     bottom.plot(step, [r["d_fake"] for r in rows], label="D(G(z))", marker=marker)
-    bottom.set_ylim(0, 1)
+    if loss == "bce":  # probabilities; the other losses report D's scores, which a [0, 1] axis would cut
+        bottom.set_ylim(0, 1)
     bottom.set_xlabel("step")
-    bottom.set_ylabel("mean D output")
+    bottom.set_ylabel(REPORTED[loss])
     bottom.legend()
-    _save(fig, out)
+    _save(fig, out, {"Description": f"y: {REPORTED[loss]}"})  # the PNG's text says what it shows
 
 
 def plot_fid(metrics_path: str | os.PathLike, out: str | os.PathLike) -> None:

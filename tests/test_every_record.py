@@ -366,8 +366,9 @@ def grids(s: Seen) -> None:
 
 
 def plot_files(s: Seen) -> None:
-    """plots/loss.png and plots/fid.png are metrics.jsonl drawn; the D-output histograms at drawings(), on
-    the axis of the train.loss of the launch that drew them."""
+    """plots/loss.png and plots/fid.png are metrics.jsonl drawn, loss.png's D outputs as the train.loss of
+    the last drawing's launch reports them; the D-output histograms at drawings(), on the axis of the
+    train.loss of the launch that drew them."""
     want = {d.name: (d.step, d.launch) for d in drawings(s)}  # each file, its last drawing
     folder, tmp = s.dir / "plots", s.dir.parent
     fid = ["fid.png"] if scored(s) else []
@@ -375,7 +376,10 @@ def plot_files(s: Seen) -> None:
     for name, (_, la) in want.items():
         axis = losses.HISTOGRAM_AXIS[la.cfg.train.loss]
         assert Image.open(folder / name).text["Description"] == f"x: {axis}", name
-    for name, draw in (("loss.png", plots.plot_losses), *[(name, plots.plot_fid) for name in fid]):
+    loss = drawings(s)[-1].launch.cfg.train.loss  # loss.png is drawn again at every drawing
+    assert Image.open(folder / "loss.png").text["Description"] == f"y: {losses.REPORTED[loss]}"
+    for name, draw in (("loss.png", lambda m, out: plots.plot_losses(m, out, loss)),
+                       *[(name, plots.plot_fid) for name in fid]):
         draw(s.dir / "metrics.jsonl", tmp / name)
         assert same_image(folder / name, tmp / name), name
     if fid:  # its title: the latest score's settings
