@@ -312,6 +312,8 @@ class Run:
         if im.small:
             size = cfg.data.image_size
             say(f"warning: {im.small} images are smaller than {size}x{size}; they are upscaled")
+        if self.main:  # this launch's scan's list: one an earlier launch wrote goes once its files decode
+            self.paths.skipped.unlink(missing_ok=True)
         if im.skipped and self.main:
             listing = self.paths.skipped
             listing.write_text("".join(f"{p}\t{why}\n" for p, why in im.skipped))

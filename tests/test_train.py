@@ -311,12 +311,24 @@ def test_bad_data_root_is_a_usage_error(tmp_path, capsys):
 
 
 def test_skipped_files_are_warned_and_listed(celeba, tmp_path, capsys):
-    (celeba / "img_align_celeba" / "000002.jpg").write_bytes(b"")
+    """skipped_files.txt is the launch's own scan's list: a relaunch lists what it skips, and none once every
+    file decodes."""
+    folder = celeba / "img_align_celeba"
+    good = (folder / "000002.jpg").read_bytes()
+    (folder / "000002.jpg").write_bytes(b"")
     run = tmp_path / "run"
     assert main(tiny_args(celeba, run, train__max_steps=1)) == 0
     out = capsys.readouterr().out
     assert "skipped 1 files" in out and "000002.jpg" in out
     assert "000002.jpg" in (run / "skipped_files.txt").read_text()
+    (folder / "000002.jpg").write_bytes(good)
+    (folder / "000005.jpg").write_bytes(b"not a jpeg")
+    assert main(tiny_args(celeba, run, train__max_steps=2)) == 0
+    listed = (run / "skipped_files.txt").read_text().splitlines()
+    assert len(listed) == 1 and "000005.jpg" in listed[0]
+    (folder / "000005.jpg").write_bytes(good)
+    assert main(tiny_args(celeba, run, train__max_steps=3)) == 0
+    assert not (run / "skipped_files.txt").exists()
 
 
 def test_the_fast_preset_compiles_only_where_it_pays(celeba, tmp_path, capsys):
