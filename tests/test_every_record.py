@@ -428,7 +428,7 @@ RECORDS: dict[str, Callable[[Seen], None] | str] = {
     "plots/*": plot_files,
     "tb/*": tensorboard,
     "plan.json": "test_every_setting.py's PLAN_SHOWS: each setting's place in the plan, in its probe's runs",
-    "skipped_files.txt": "written when files are skipped: test_bad_input.py",
+    "skipped_files.txt": "each launch's scan's list of files that do not decode: test_train.py",
     "fid.jsonl": "python -m fastdcgan.fid's scores: test_fid.py",
     "STOP": "a user's file: test_stop.py",
 }
