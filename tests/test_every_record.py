@@ -42,7 +42,7 @@ from fastdcgan.metrics.frechet import feature_sums, frechet_distance, generator_
 from fastdcgan.model import fixed_noise, sample
 from fastdcgan.report import NOT_SCALARS, TB_GROUPS
 from fastdcgan.state import resolve_compile
-from conftest import REPO, torchrun_two_nodes
+from conftest import REPO, make_celeba, torchrun_two_nodes
 from test_every_setting import ALL_KEYS, PLACES, PROBES, RUNS, Seen, arguments, fit, launch
 from test_every_setting import places  # noqa: F401  (the fixture: the faces, FID networks and runs shared)
 
@@ -582,22 +582,32 @@ def one_process(settings: dict, name: str, first: Seen) -> Seen:
     return s
 
 
+@pytest.fixture(scope="module")
+def odd_faces(request):
+    """17 faces: a count no number of processes divides (each rank's share of the FID's real images)."""
+    request.getfixturevalue("places")
+    PLACES["odd"] = make_celeba(PLACES["tmp"] / "odd", 17)
+
+
 # Runs of two launches, each (settings, processes), where no setting's own run shows what they do (None: a
-# fresh run): a launch that changes the global batch (mid-epoch, where the position converts inexactly),
-# two processes (16 images at batch 2: 4 steps an epoch), and a launch that ends between checkpoints.
+# fresh run), on the 17 faces: a launch that changes the global batch (mid-epoch, where the position
+# converts inexactly), two processes (batch 2: 4 steps an epoch), and a launch that ends between
+# checkpoints.
+SPLIT_RUN = {**RECORD_RUN, "data.root": "{odd}"}
 SPLITS = {
-    "batch size": (({**RECORD_RUN, "train.max_steps": 3}, 1), ({**RECORD_RUN, "train.batch_size": 8}, 1)),
-    "two processes": (None, ({**RECORD_RUN, "train.batch_size": 2}, 2)),
-    "one process, then two": (({**RECORD_RUN, "train.batch_size": 2, "train.max_steps": 5}, 1),
-                              ({**RECORD_RUN, "train.batch_size": 2}, 2)),
-    "two processes, then one": (({**RECORD_RUN, "train.batch_size": 2, "train.max_steps": 3}, 2),
-                                ({**RECORD_RUN, "train.batch_size": 8}, 1)),
-    "ended between checkpoints": (({**RECORD_RUN, "ckpt.every": 5, "train.max_steps": 3}, 1),
-                                  ({**RECORD_RUN, "ckpt.every": 5}, 1)),
+    "batch size": (({**SPLIT_RUN, "train.max_steps": 3}, 1), ({**SPLIT_RUN, "train.batch_size": 8}, 1)),
+    "two processes": (None, ({**SPLIT_RUN, "train.batch_size": 2}, 2)),
+    "one process, then two": (({**SPLIT_RUN, "train.batch_size": 2, "train.max_steps": 5}, 1),
+                              ({**SPLIT_RUN, "train.batch_size": 2}, 2)),
+    "two processes, then one": (({**SPLIT_RUN, "train.batch_size": 2, "train.max_steps": 3}, 2),
+                                ({**SPLIT_RUN, "train.batch_size": 8}, 1)),
+    "ended between checkpoints": (({**SPLIT_RUN, "ckpt.every": 5, "train.max_steps": 3}, 1),
+                                  ({**SPLIT_RUN, "ckpt.every": 5}, 1)),
 }
 
 
 @pytest.mark.parametrize("case", SPLITS)
+@pytest.mark.usefixtures("odd_faces")
 def test_every_record_of_a_run_in_two_launches(case):
     """Every rank's images in the counts, the epochs at the global batch, a resumed position converted by the
     images seen, rank 0's first batch in reals.png, the FID samples shared out, every rank's D outputs in the
