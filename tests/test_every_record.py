@@ -330,6 +330,24 @@ def checkpoint_files(s: Seen) -> None:
     assert torch.load(folder / "best_fid", weights_only=False)["step"] == top["step"]
 
 
+def ema_average(s: Seen) -> None:
+    """Each checkpoint's EMA generator is the average model.ema and model.ema_warmup call for: one update a
+    step, of the step's G, at weight max(9 / (10 + t), 1 - model.ema) after t updates (1 - model.ema
+    without the warm-up). The average starts at G where the launch before had no EMA. Its weights only:
+    its BatchNorm statistics are recalibrated at each save."""
+    for k in range(2, launches(s)[-1].hi + 1):
+        cfg, now, before = owner(s, k).cfg, checkpoint_at(s, k), checkpoint_at(s, k - 1)
+        if not (cfg.model.ema and now.exists() and before.exists()):
+            continue
+        now, before = checkpoint.load(now), checkpoint.load(before)
+        start = before.get("G_ema", before["G"])
+        w = max(9 / (10 + k - 1), 1 - cfg.model.ema) if cfg.model.ema_warmup else 1 - cfg.model.ema
+        for name, got in now["G_ema"].items():
+            if "running_" not in name and "num_batches" not in name:
+                want = torch.lerp(start[name], now["G"][name], w)
+                assert torch.allclose(got, want, rtol=1e-5, atol=1e-6), (k, name)
+
+
 def weights_files(s: Seen) -> None:
     """generator.pth, discriminator.pth: the last checkpoint's G and D; generator_ema.pth its EMA G, when
     model.ema is on."""
@@ -422,7 +440,7 @@ RECORDS: dict[str, Callable[[Seen], None] | str] = {
     "STATUS": status,
     "metrics.jsonl": lambda s: (train_rows(s), fid_rows(s)),
     "time_to_fid.json": time_to_fid,
-    "checkpoints/*": checkpoint_files,
+    "checkpoints/*": lambda s: (checkpoint_files(s), ema_average(s)),
     "*.pth": weights_files,
     "samples/*": grids,
     "plots/*": plot_files,
@@ -539,6 +557,15 @@ def every_value_at_once() -> tuple[dict, dict, list[str]]:
             continue
         needed, values = trial_needed, trial_values
     return needed, values, left_out
+
+
+def test_every_record_of_a_run_with_every_value_at_once():
+    """The settings acting together (the EMA with two G updates a step, R1 with the augment), in one run
+    that keeps a checkpoint at every step: so the rules that compare a step's checkpoint (the grids, the FID
+    rows, the EMA's average) check every step, which ckpt.every's value among them would leave out."""
+    needed, values, _ = every_value_at_once()
+    s = launch("fit", {**needed, **{k: v for k, v in values.items() if not k.startswith("ckpt.")}})
+    check_every_record(s)
 
 
 def test_every_record_when_every_setting_goes_back_on_resume():
