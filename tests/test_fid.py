@@ -359,3 +359,22 @@ def test_a_run_on_the_synthetic_faces_is_scored_against_its_own_set(tmp_path, ti
     assert fid.main(["--checkpoint", str(run), "--weights", str(tiny_fid_net), "--n", "8", "--batch", "4",
                      "--device", "cpu"]) == 0
     assert f"; 40 real images in {root} at 32x32" in capsys.readouterr().out
+
+
+def test_the_real_images_are_decoded_with_the_runs_data_workers(celeba, tmp_path, tiny_fid_net, monkeypatch):
+    """python -m fastdcgan.fid reads data.workers from the checkpoint: the scan and the real images' decode
+    (a long stall in one process on a large folder) both get it."""
+    from fastdcgan import fid
+    from fastdcgan.metrics import frechet
+    from fastdcgan.train import main as train
+    run = tmp_path / "run"
+    assert train(tiny_args(celeba, run, data__workers=1, train__max_steps=1)) == 0
+    given, decode = [], frechet.real_batches
+
+    def seen(files, image_size, batch, workers=0):
+        given.append(workers)
+        return decode(files, image_size, batch, workers)
+    monkeypatch.setattr(frechet, "real_batches", seen)
+    assert fid.main(["--checkpoint", str(run), "--weights", str(tiny_fid_net), "--n", "8", "--batch", "4",
+                     "--device", "cpu"]) == 0
+    assert given == [1]
